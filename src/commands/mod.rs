@@ -1,0 +1,17 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod train;
+
+use crate::cli::ConfigArgs;
+use crate::config::Config;
+use anyhow::Result;
+
+/// Loads the config named by the flags and applies `--device`.
+pub fn load_config(args: &ConfigArgs) -> Result<Config> {
+    let mut config = Config::load(args.config.as_deref(), &args.set)?;
+    if let Some(d) = &args.device {
+        config.run.device = d.clone();
+    }
+    Ok(config)
+}

@@ -1,0 +1,27 @@
+//! keel: an experiment runner for very deep Transformers, reproducing
+//! "Post-LayerNorm Is Back: Stable, ExpressivE, and Deep" (Chen & Wei, arXiv 2601.19895).
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod train;
+
+/// A problem with what the user gave keel (flags, files, folders). Exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// True when `err` comes from bad user input (exit status 2) rather than a runtime failure.
+pub fn is_input_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.is::<InputError>() || c.is::<config::ConfigError>() || c.is::<data::DataError>())
+}
+
+/// keel's version and the git revision it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KEEL_GIT_REV"), ")");

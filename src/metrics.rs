@@ -1,0 +1,112 @@
+//! A run directory's machine-readable outputs: append-only CSVs with stable headers, and
+//! `summary.json` / `config.toml` written atomically (temporary name, flush, rename).
+//!
+//! Formats (documented in README.md):
+//! - `metrics.csv`: step,tokens,lr,loss,grad_norm,tokens_per_s,elapsed_s (one row per step;
+//!   grad_norm is the global norm before clipping)
+//! - `eval.csv`: step,val_loss,val_ppl
+//! - `grad_norms.csv`: step,layer,kind,grad_norm (long format; layer is the sub-layer index,
+//!   0 = bottom, empty for the embedding, final norm and head rows)
+
+use serde::Serialize;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const METRICS_HEADER: [&str; 7] = ["step", "tokens", "lr", "loss", "grad_norm", "tokens_per_s", "elapsed_s"];
+pub const EVAL_HEADER: [&str; 3] = ["step", "val_loss", "val_ppl"];
+pub const GRAD_NORMS_HEADER: [&str; 4] = ["step", "layer", "kind", "grad_norm"];
+
+/// Writes `contents` to `path` through a temporary file and a rename, so a crash never leaves a
+/// half-written file under the final name.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut tmp = PathBuf::from(path);
+    let name = format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out"));
+    tmp.set_file_name(name);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+pub struct RunWriters {
+    metrics: csv::Writer<File>,
+    eval: csv::Writer<File>,
+    grad_norms: csv::Writer<File>,
+}
+
+fn open(dir: &Path, name: &str, header: &[&str]) -> std::io::Result<csv::Writer<File>> {
+    let mut w = csv::Writer::from_writer(File::create(dir.join(name))?);
+    w.write_record(header)?;
+    w.flush()?;
+    Ok(w)
+}
+
+/// A row of `grad_norms.csv`.
+pub struct GradNormRow {
+    pub layer: Option<usize>,
+    pub kind: &'static str,
+    pub grad_norm: f64,
+}
+
+impl RunWriters {
+    pub fn create(dir: &Path) -> std::io::Result<Self> {
+        Ok(RunWriters {
+            metrics: open(dir, "metrics.csv", &METRICS_HEADER)?,
+            eval: open(dir, "eval.csv", &EVAL_HEADER)?,
+            grad_norms: open(dir, "grad_norms.csv", &GRAD_NORMS_HEADER)?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn metrics(&mut self, step: usize, tokens: usize, lr: f64, loss: f64, grad_norm: f64, tokens_per_s: f64, elapsed_s: f64) -> std::io::Result<()> {
+        self.metrics.write_record([
+            step.to_string(),
+            tokens.to_string(),
+            lr.to_string(),
+            loss.to_string(),
+            grad_norm.to_string(),
+            format!("{tokens_per_s:.1}"),
+            format!("{elapsed_s:.3}"),
+        ])?;
+        self.metrics.flush()
+    }
+
+    pub fn eval(&mut self, step: usize, val_loss: f64) -> std::io::Result<()> {
+        self.eval.write_record([step.to_string(), val_loss.to_string(), val_loss.exp().to_string()])?;
+        self.eval.flush()
+    }
+
+    pub fn grad_norms(&mut self, step: usize, rows: &[GradNormRow]) -> std::io::Result<()> {
+        for r in rows {
+            let layer = r.layer.map(|l| l.to_string()).unwrap_or_default();
+            self.grad_norms.write_record([step.to_string(), layer, r.kind.to_string(), r.grad_norm.to_string()])?;
+        }
+        self.grad_norms.flush()
+    }
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Summary {
+    pub run_name: String,
+    pub placement: String,
+    pub depth: usize,
+    pub d_model: usize,
+    pub n_params: usize,
+    pub steps_planned: usize,
+    pub steps_completed: usize,
+    pub tokens: usize,
+    pub initial_loss: Option<f64>,
+    /// Mean training loss over the last `log_every` completed steps.
+    pub final_train_loss: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub final_val_ppl: Option<f64>,
+    pub diverged: bool,
+    pub diverged_at_step: Option<usize>,
+    pub tokens_per_s: f64,
+    pub wall_time_s: f64,
+    pub device: String,
+}

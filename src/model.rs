@@ -1,0 +1,358 @@
+//! The decoder-only language model, with the norm placement as a typed choice.
+//!
+//! Paper: Chen & Wei, "Post-LayerNorm Is Back: Stable, ExpressivE, and Deep", arXiv 2601.19895.
+//!
+//! The model is a stack of L sub-layers (L = `model.depth`; block i holds sub-layer 2i, attention,
+//! and 2i+1, FFN). Each sub-layer wraps a branch F (attention or FFN) in a residual form:
+//!
+//! ```text
+//! Pre-LN   x' = x + F(N(x))
+//! Post-LN  x' = N(x + F(x))
+//! Keel     x' = N_out(alpha * x + F(N_in(x))),   alpha = L
+//! ```
+//!
+//! Keel's first layer (paper v2): x1 = x0 + Attn(N(x0)); x2 = N_out(x1 + FFN(N_in(x1))).
+//! v1 makes the whole first block Pre-LN.
+//!
+//! Activations run as (N, C) with N = B*T rows; attention sees (B, T, H, D) through its shape.
+//! Weights are stored (in, out), so a linear layer is `x.matmul(w)`.
+
+use crate::config::{FfnKind, KeelFirstLayer, NormKind, Placement, Precision, Resolved};
+use crate::ops::{self, AttnShape, Kernels, Rope};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use std::sync::Arc;
+
+/// Which part of the model a parameter belongs to, for per-layer gradient norms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Embedding,
+    /// Sub-layer index, 0 = bottom.
+    SubLayer(usize),
+    FinalNorm,
+    Head,
+}
+
+/// A named trainable tensor. `decay` is true for 2-D weight matrices (embeddings included).
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+    pub decay: bool,
+    pub group: Group,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubLayerKind {
+    Attn,
+    Ffn,
+}
+
+impl SubLayerKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SubLayerKind::Attn => "attn",
+            SubLayerKind::Ffn => "ffn",
+        }
+    }
+}
+
+/// Creates parameters from keel's seeded RNG: each parameter's values depend only on the seed and
+/// its name, so they are the same on every device and unaffected by other parameters.
+struct ParamBuilder<'a> {
+    seed: u64,
+    dtype: DType,
+    device: &'a Device,
+    params: Vec<Param>,
+}
+
+impl ParamBuilder<'_> {
+    fn push(&mut self, name: String, values: Vec<f64>, shape: &[usize], group: Group) -> Result<Tensor> {
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(self.dtype)?.to_device(self.device)?;
+        let var = Var::from_tensor(&t)?;
+        let tensor = var.as_tensor().clone();
+        self.params.push(Param { name, var, decay: shape.len() == 2, group });
+        Ok(tensor)
+    }
+
+    fn normal(&mut self, name: String, shape: &[usize], std: f64, group: Group) -> Result<Tensor> {
+        let mut rng = Rng::stream(self.seed, &name);
+        let n: usize = shape.iter().product();
+        let values = (0..n).map(|_| rng.normal() * std).collect();
+        self.push(name, values, shape, group)
+    }
+
+    fn constant(&mut self, name: String, c: usize, value: f64, group: Group) -> Result<Tensor> {
+        self.push(name, vec![value; c], &[c], group)
+    }
+}
+
+/// A normalization layer (RMSNorm: gamma; LayerNorm: gamma and beta).
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub kind: NormKind,
+    pub gamma: Tensor,
+    pub beta: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl Norm {
+    fn new(b: &mut ParamBuilder, prefix: &str, kind: NormKind, c: usize, eps: f64, group: Group) -> Result<Self> {
+        let gamma = b.constant(format!("{prefix}.weight"), c, 1.0, group)?;
+        let beta = match kind {
+            NormKind::RmsNorm => None,
+            NormKind::LayerNorm => Some(b.constant(format!("{prefix}.bias"), c, 0.0, group)?),
+        };
+        Ok(Norm { kind, gamma, beta, eps })
+    }
+
+    /// N(x), x: (N, C).
+    pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        match (&self.kind, &self.beta) {
+            (NormKind::RmsNorm, _) => ops::rms_norm(x, &self.gamma, self.eps, k),
+            (NormKind::LayerNorm, Some(beta)) => ops::composite::layer_norm(x, &self.gamma, beta, self.eps),
+            (NormKind::LayerNorm, None) => unreachable!("layer norm has a bias"),
+        }
+    }
+
+    /// N(alpha * x + f), fused for RMSNorm.
+    pub fn residual(&self, x: &Tensor, f: &Tensor, alpha: f64, k: Kernels) -> Result<Tensor> {
+        match self.kind {
+            NormKind::RmsNorm => ops::residual_rms_norm(x, f, &self.gamma, alpha, self.eps, k),
+            NormKind::LayerNorm => self.forward(&ops::residual(x, f, alpha)?, k),
+        }
+    }
+}
+
+/// How a sub-layer combines the shortcut and its branch.
+#[derive(Debug, Clone)]
+pub enum Residual {
+    /// x + F(N(x))
+    Pre { norm: Norm },
+    /// N(alpha * x + F(x)); Post-LN has alpha = 1.
+    Post { alpha: f64, norm: Norm },
+    /// N_out(alpha * x + F(N_in(x)))
+    Keel { alpha: f64, norm_in: Norm, norm_out: Norm },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ResidualForm {
+    Pre,
+    Post { alpha: f64 },
+    Keel { alpha: f64 },
+}
+
+impl ResidualForm {
+    /// The residual form of sub-layer `index` for a placement: the one place that knows placements.
+    fn for_sublayer(r: &Resolved, index: usize) -> Self {
+        let m = r.model();
+        match m.placement {
+            Placement::PreLn => ResidualForm::Pre,
+            Placement::PostLn => ResidualForm::Post { alpha: 1.0 },
+            Placement::Keel => match (m.keel_first_layer, index) {
+                (KeelFirstLayer::V2, 0) => ResidualForm::Pre,
+                (KeelFirstLayer::V2, 1) => ResidualForm::Keel { alpha: 1.0 },
+                (KeelFirstLayer::V1, 0 | 1) => ResidualForm::Pre,
+                _ => ResidualForm::Keel { alpha: r.alpha },
+            },
+        }
+    }
+}
+
+/// Causal self-attention with RoPE and grouped KV heads (no biases).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// (C, (H + 2 Hkv) D): q, k and v projections side by side.
+    pub wqkv: Tensor,
+    /// (H D, C)
+    pub wo: Tensor,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// x: (B*T, C) -> (B*T, C).
+    fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
+        let qkv = x.matmul(&self.wqkv)?;
+        let shape = AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
+        ops::causal_attention(&qkv, shape, rope, k)?.matmul(&self.wo)
+    }
+}
+
+/// Position-wise feed-forward network.
+#[derive(Debug, Clone)]
+pub struct Ffn {
+    pub kind: FfnKind,
+    /// SwiGLU: (C, 2 d_ff) = [W_gate | W_up]; GELU: (C, d_ff).
+    pub w_in: Tensor,
+    /// (d_ff, C)
+    pub w_out: Tensor,
+}
+
+impl Ffn {
+    /// x: (B*T, C) -> (B*T, C).
+    fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        let h = x.matmul(&self.w_in)?;
+        let a = match self.kind {
+            FfnKind::Swiglu => ops::swiglu(&h, k)?,
+            FfnKind::Gelu => h.gelu_erf()?,
+        };
+        a.matmul(&self.w_out)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Branch {
+    Attn(Attention),
+    Ffn(Ffn),
+}
+
+#[derive(Debug, Clone)]
+pub struct SubLayer {
+    pub index: usize,
+    pub kind: SubLayerKind,
+    pub residual: Residual,
+    pub branch: Branch,
+}
+
+impl SubLayer {
+    /// F(x) alone: the attention or FFN branch.
+    pub fn branch(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
+        match &self.branch {
+            Branch::Attn(a) => a.forward(x, batch, seq, rope, k),
+            Branch::Ffn(f) => f.forward(x, k),
+        }
+    }
+
+    /// x: (B*T, C) -> (B*T, C), one residual step of the paper's equations.
+    pub fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
+        match &self.residual {
+            Residual::Pre { norm } => x + self.branch(&norm.forward(x, k)?, batch, seq, rope, k)?,
+            Residual::Post { alpha, norm } => norm.residual(x, &self.branch(x, batch, seq, rope, k)?, *alpha, k),
+            Residual::Keel { alpha, norm_in, norm_out } => {
+                let f = self.branch(&norm_in.forward(x, k)?, batch, seq, rope, k)?;
+                norm_out.residual(x, &f, *alpha, k)
+            }
+        }
+    }
+}
+
+/// The language model: embedding, L sub-layers, optional final norm, LM head.
+pub struct Model {
+    pub tok_emb: Tensor,
+    pub sublayers: Vec<SubLayer>,
+    pub final_norm: Option<Norm>,
+    /// (C, V); `None` when tied to the embedding.
+    pub head: Option<Tensor>,
+    pub params: Vec<Param>,
+    pub kernels: Kernels,
+    pub rope: Arc<Rope>,
+    pub vocab_size: usize,
+}
+
+pub fn dtype_of(p: Precision) -> DType {
+    match p {
+        Precision::F32 => DType::F32,
+        Precision::F64 => DType::F64,
+    }
+}
+
+impl Model {
+    pub fn new(r: &Resolved, device: &Device) -> Result<Self> {
+        let m = r.model();
+        let c = m.d_model;
+        let std = m.init_std;
+        let (h, hkv, d) = (m.n_heads, r.n_kv_heads(), r.head_dim());
+        let mut b = ParamBuilder { seed: r.train().seed, dtype: dtype_of(r.train().precision), device, params: Vec::new() };
+        let tok_emb = b.normal("tok_emb".into(), &[r.vocab_size(), c], std, Group::Embedding)?;
+        let mut sublayers = Vec::with_capacity(m.depth);
+        for index in 0..m.depth {
+            let group = Group::SubLayer(index);
+            let (kind, name) = if index % 2 == 0 {
+                (SubLayerKind::Attn, format!("blocks.{}.attn", index / 2))
+            } else {
+                (SubLayerKind::Ffn, format!("blocks.{}.ffn", index / 2))
+            };
+            let norm = |b: &mut ParamBuilder, suffix: &str| Norm::new(b, &format!("{name}.{suffix}"), m.norm, c, m.norm_eps, group);
+            let residual = match ResidualForm::for_sublayer(r, index) {
+                ResidualForm::Pre => Residual::Pre { norm: norm(&mut b, "norm")? },
+                ResidualForm::Post { alpha } => Residual::Post { alpha, norm: norm(&mut b, "norm")? },
+                ResidualForm::Keel { alpha } => Residual::Keel { alpha, norm_in: norm(&mut b, "norm_in")?, norm_out: norm(&mut b, "norm_out")? },
+            };
+            let branch = match kind {
+                SubLayerKind::Attn => Branch::Attn(Attention {
+                    wqkv: b.normal(format!("{name}.wqkv"), &[c, (h + 2 * hkv) * d], std, group)?,
+                    wo: b.normal(format!("{name}.wo"), &[h * d, c], std, group)?,
+                    n_heads: h,
+                    n_kv_heads: hkv,
+                    head_dim: d,
+                }),
+                SubLayerKind::Ffn => {
+                    let width = match m.ffn {
+                        FfnKind::Swiglu => 2 * r.d_ff(),
+                        FfnKind::Gelu => r.d_ff(),
+                    };
+                    Branch::Ffn(Ffn {
+                        kind: m.ffn,
+                        w_in: b.normal(format!("{name}.w_in"), &[c, width], std, group)?,
+                        w_out: b.normal(format!("{name}.w_out"), &[r.d_ff(), c], std, group)?,
+                    })
+                }
+            };
+            sublayers.push(SubLayer { index, kind, residual, branch });
+        }
+        let final_norm = if r.final_norm() {
+            Some(Norm::new(&mut b, "final_norm", m.norm, c, m.norm_eps, Group::FinalNorm)?)
+        } else {
+            None
+        };
+        let head = if m.tie_embeddings {
+            None
+        } else {
+            Some(b.normal("lm_head".into(), &[c, r.vocab_size()], std, Group::Head)?)
+        };
+        Ok(Model {
+            tok_emb,
+            sublayers,
+            final_norm,
+            head,
+            params: b.params,
+            kernels: Kernels::for_device(device),
+            rope: Arc::new(Rope::new(r.train().seq_len, d, m.rope_theta)),
+            vocab_size: r.vocab_size(),
+        })
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+
+    /// tokens: (B, T) u32 -> the residual stream after the last sub-layer and final norm, (B*T, C).
+    pub fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = tokens.dims2()?;
+        let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?;
+        for sl in &self.sublayers {
+            x = sl.forward(&x, batch, seq, &self.rope, self.kernels)?;
+        }
+        match &self.final_norm {
+            Some(n) => n.forward(&x, self.kernels),
+            None => Ok(x),
+        }
+    }
+
+    /// tokens: (B, T) u32 -> logits (B*T, V).
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let x = self.hidden(tokens)?;
+        match &self.head {
+            Some(w) => x.matmul(w),
+            None => x.matmul(&self.tok_emb.t()?),
+        }
+    }
+
+    /// Mean next-token cross-entropy; tokens and targets: (B, T) u32.
+    pub fn loss(&self, tokens: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.forward(tokens)?;
+        candle_nn::loss::cross_entropy(&logits, &targets.flatten_all()?)
+    }
+}

@@ -1,0 +1,267 @@
+//! The training loop: sample, forward, backward, clip, AdamW, log; validate periodically.
+//! Divergence (a non-finite loss or gradient) is a result: the run stops cleanly and says where.
+
+use crate::config::Resolved;
+use crate::data::{Corpus, Sampler};
+use crate::metrics::{GradNormRow, RunWriters, Summary};
+use crate::model::{Group, Model, SubLayerKind};
+use crate::optim::{lr_at, sum_squares, AdamW};
+use anyhow::{anyhow, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How progress is shown to a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// An indicatif bar (stderr is a terminal).
+    Bar,
+    /// A plain line every `log_every` steps.
+    Lines,
+    Quiet,
+}
+
+/// Wall time spent in each phase of the steps taken so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimes {
+    pub forward: Duration,
+    pub backward: Duration,
+    pub optimizer: Duration,
+}
+
+/// Result of one optimizer step.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Sum of squared gradients per parameter (same order as `model.params`).
+    pub param_sq: Vec<f64>,
+    /// False when the loss or the gradient was not finite; no update was applied then.
+    pub finite: bool,
+}
+
+/// The model, its optimizer and its data stream.
+pub struct Trainer {
+    pub model: Model,
+    pub opt: AdamW,
+    pub sampler: Sampler,
+    pub resolved: Resolved,
+    pub times: PhaseTimes,
+}
+
+pub fn scalar(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+impl Trainer {
+    pub fn new(resolved: &Resolved, device: &Device) -> Result<Self> {
+        let t = resolved.train();
+        let model = Model::new(resolved, device).context("building the model")?;
+        let opt = AdamW::new(&model.params, t)?;
+        let sampler = Sampler::new(t.seed, "train-batches", t.batch_size, t.seq_len);
+        Ok(Trainer { model, opt, sampler, resolved: resolved.clone(), times: PhaseTimes::default() })
+    }
+
+    /// One optimizer step (with gradient accumulation) at learning rate `lr`.
+    pub fn step(&mut self, corpus: &Corpus, lr: f64) -> Result<StepResult> {
+        let t = self.resolved.train().clone();
+        let device = self.model.tok_emb.device().clone();
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.model.params.len()];
+        let mut loss_sum = 0.0;
+        for _ in 0..t.grad_accum {
+            let start = Instant::now();
+            let (x, y) = self.sampler.next(&corpus.train, &device)?;
+            let loss = self.model.loss(&x, &y)?;
+            loss_sum += scalar(&loss)?;
+            self.times.forward += start.elapsed();
+            let start = Instant::now();
+            let loss = if t.grad_accum > 1 { (loss / t.grad_accum as f64)? } else { loss };
+            let mut store = loss.backward()?;
+            for (p, acc) in self.model.params.iter().zip(grads.iter_mut()) {
+                let g = store
+                    .remove(p.var.as_tensor())
+                    .ok_or_else(|| anyhow!("parameter {} received no gradient (a Candle op without backward cut the graph)", p.name))?;
+                *acc = Some(match acc.take() {
+                    None => g,
+                    Some(a) => (a + g)?,
+                });
+            }
+            self.times.backward += start.elapsed();
+        }
+        let start = Instant::now();
+        let grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("filled")).collect();
+        let loss = loss_sum / t.grad_accum as f64;
+        let param_sq = grads.iter().map(sum_squares).collect::<candle_core::Result<Vec<f64>>>()?;
+        let grad_norm = param_sq.iter().sum::<f64>().sqrt();
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        if finite {
+            // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when above the max.
+            let scale = if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / (grad_norm + 1e-6) } else { 1.0 };
+            self.opt.step(&self.model.params, &grads, lr, scale)?;
+        }
+        self.times.optimizer += start.elapsed();
+        Ok(StepResult { loss, grad_norm, param_sq, finite })
+    }
+
+    /// Mean loss over `eval_batches` fixed validation batches (the same batches at every call and
+    /// for every seed, so validation losses compare across runs).
+    pub fn validate(&self, corpus: &Corpus) -> Result<f64> {
+        let t = self.resolved.train();
+        let device = self.model.tok_emb.device();
+        let mut sampler = Sampler::new(0, "val-batches", t.batch_size, t.seq_len);
+        let mut sum = 0.0;
+        for _ in 0..t.eval_batches {
+            let (x, y) = sampler.next(&corpus.val, device)?;
+            sum += scalar(&self.model.loss(&x.detach(), &y)?.detach())?;
+        }
+        Ok(sum / t.eval_batches as f64)
+    }
+
+    /// Per-sub-layer gradient norms (plus embedding, final norm and head) from per-parameter
+    /// sums of squares.
+    pub fn grad_norm_rows(&self, param_sq: &[f64]) -> Vec<GradNormRow> {
+        let depth = self.model.sublayers.len();
+        let mut sub = vec![0.0; depth];
+        let (mut emb, mut fin, mut head) = (0.0, None::<f64>, None::<f64>);
+        for (p, sq) in self.model.params.iter().zip(param_sq) {
+            match p.group {
+                Group::Embedding => emb += sq,
+                Group::SubLayer(i) => sub[i] += sq,
+                Group::FinalNorm => *fin.get_or_insert(0.0) += sq,
+                Group::Head => *head.get_or_insert(0.0) += sq,
+            }
+        }
+        let mut rows = vec![GradNormRow { layer: None, kind: "embedding", grad_norm: emb.sqrt() }];
+        for (i, sl) in self.model.sublayers.iter().enumerate() {
+            let kind = match sl.kind {
+                SubLayerKind::Attn => "attn",
+                SubLayerKind::Ffn => "ffn",
+            };
+            rows.push(GradNormRow { layer: Some(i), kind, grad_norm: sub[i].sqrt() });
+        }
+        if let Some(f) = fin {
+            rows.push(GradNormRow { layer: None, kind: "final_norm", grad_norm: f.sqrt() });
+        }
+        if let Some(h) = head {
+            rows.push(GradNormRow { layer: None, kind: "head", grad_norm: h.sqrt() });
+        }
+        rows
+    }
+}
+
+fn progress_bar(steps: usize) -> ProgressBar {
+    let pb = ProgressBar::new(steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Trains the resolved experiment on `corpus`, writing the run's files into `out`.
+pub fn train(resolved: &Resolved, corpus: &Corpus, device: &Device, out: &Path, progress: ProgressMode) -> Result<Summary> {
+    let t = resolved.train().clone();
+    let m = resolved.model().clone();
+    let mut trainer = Trainer::new(resolved, device)?;
+    let n_params = trainer.model.n_params();
+    let mut writers = RunWriters::create(out).with_context(|| format!("creating output files in {}", out.display()))?;
+    let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
+    let bar = (progress == ProgressMode::Bar).then(|| progress_bar(t.steps));
+    if progress == ProgressMode::Lines {
+        println!("training {} ({} params, {} sub-layers, {}) on {} for {} steps", resolved.config.run.name, n_params, m.depth, m.placement, corpus.description, t.steps);
+    }
+    let run_start = Instant::now();
+    let mut train_time = Duration::ZERO;
+    let mut recent: Vec<f64> = Vec::new();
+    let mut initial_loss = None;
+    let mut diverged_at = None;
+    let mut last_val = None;
+    let mut steps_completed = 0;
+    for step in 1..=t.steps {
+        let lr = lr_at(&t, step);
+        let step_start = Instant::now();
+        let r = trainer.step(corpus, lr)?;
+        let dt = step_start.elapsed();
+        train_time += dt;
+        let tokens = step * tokens_per_step;
+        let tps = tokens_per_step as f64 / dt.as_secs_f64().max(1e-9);
+        writers.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, run_start.elapsed().as_secs_f64())?;
+        initial_loss.get_or_insert(r.loss);
+        if t.grad_norm_every > 0 && (step == 1 || step % t.grad_norm_every == 0 || !r.finite) {
+            writers.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq))?;
+        }
+        if !r.finite {
+            diverged_at = Some(step);
+            let msg = format!("diverged at step {step}: loss {} grad norm {}", r.loss, r.grad_norm);
+            match &bar {
+                Some(b) => b.println(&msg),
+                None if progress != ProgressMode::Quiet => println!("{msg}"),
+                None => {}
+            }
+            break;
+        }
+        steps_completed = step;
+        recent.push(r.loss);
+        if recent.len() > t.log_every {
+            recent.remove(0);
+        }
+        let is_eval = (t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps;
+        if is_eval {
+            let v = trainer.validate(corpus)?;
+            writers.eval(step, v)?;
+            last_val = Some(v);
+        }
+        let total_tps = (step * tokens_per_step) as f64 / train_time.as_secs_f64().max(1e-9);
+        let val_note = if is_eval { format!(" val {:.4}", last_val.unwrap_or(f64::NAN)) } else { String::new() };
+        match &bar {
+            Some(b) => {
+                b.set_position(step as u64);
+                b.set_message(format!("loss {:.4} lr {lr:.2e} {total_tps:.0} tok/s{val_note}", r.loss));
+            }
+            None if progress == ProgressMode::Lines && (step % t.log_every == 0 || step == t.steps || is_eval) => {
+                println!(
+                    "step {step:>6}/{} loss {:.4} lr {lr:.2e} grad {:.3} {total_tps:.0} tok/s {:.1}s{val_note}",
+                    t.steps,
+                    r.loss,
+                    r.grad_norm,
+                    run_start.elapsed().as_secs_f64()
+                );
+            }
+            None => {}
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let final_train_loss = (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
+    let summary = Summary {
+        run_name: resolved.config.run.name.clone(),
+        placement: m.placement.to_string(),
+        depth: m.depth,
+        d_model: m.d_model,
+        n_params,
+        steps_planned: t.steps,
+        steps_completed,
+        tokens: steps_completed * tokens_per_step,
+        initial_loss,
+        final_train_loss,
+        final_val_loss: last_val,
+        final_val_ppl: last_val.map(f64::exp),
+        diverged: diverged_at.is_some(),
+        diverged_at_step: diverged_at,
+        tokens_per_s: (steps_completed * tokens_per_step) as f64 / train_time.as_secs_f64().max(1e-9),
+        wall_time_s: run_start.elapsed().as_secs_f64(),
+        device: format!("{device:?}"),
+    };
+    if diverged_at.is_none() {
+        let tensors: std::collections::HashMap<String, Tensor> = trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+        let tmp = out.join(".model.safetensors.tmp");
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(&tmp, out.join("model.safetensors"))?;
+    }
+    crate::metrics::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(summary)
+}

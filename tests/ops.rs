@@ -1,0 +1,148 @@
+//! Each fused CPU kernel against its composite (stock Candle) twin, forward and backward,
+//! on several shapes including odd sizes, in f64 and f32.
+
+mod common;
+use candle_core::{DType, Tensor, Var};
+use common::*;
+use keel::ops::{self, composite, AttnShape, Kernels, Rope};
+use std::sync::Arc;
+
+/// Forward outputs and input gradients of `f` for a random upstream gradient.
+fn run(inputs: &[Var], f: &dyn Fn(&[Tensor]) -> Tensor, seed: u64) -> (Tensor, Vec<Tensor>) {
+    let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&ts);
+    let w = randn(seed, out.dims(), out.dtype());
+    let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = inputs.iter().map(|v| grads.get(v.as_tensor()).expect("gradient reaches every input").clone()).collect();
+    (out, gs)
+}
+
+fn compare(name: &str, inputs: &[Var], fused: &dyn Fn(&[Tensor]) -> Tensor, reference: &dyn Fn(&[Tensor]) -> Tensor, tol: f64) {
+    let (a, ga) = run(inputs, fused, 99);
+    let (b, gb) = run(inputs, reference, 99);
+    let d = max_rel_diff(&a, &b);
+    assert!(d < tol, "{name} forward differs by {d}");
+    for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
+        let d = max_rel_diff(x, y);
+        assert!(d < tol, "{name} gradient of input {i} differs by {d}");
+    }
+}
+
+#[test]
+fn rms_norm_matches_composite() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        for (n, c) in [(1, 1), (3, 7), (33, 16), (70, 65)] {
+            let x = var(1, &[n, c], dtype);
+            let g = var(2, &[c], dtype);
+            compare(
+                &format!("rms_norm {n}x{c} {dtype:?}"),
+                &[x, g],
+                &|t| ops::rms_norm(&t[0], &t[1], 1e-5, Kernels::Fused).unwrap(),
+                &|t| composite::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+                tol,
+            );
+        }
+    }
+}
+
+#[test]
+fn residual_rms_norm_matches_composite() {
+    for alpha in [1.0, 3.0, 2048.0] {
+        for (n, c) in [(5, 3), (40, 24)] {
+            let x = var(3, &[n, c], DType::F64);
+            let f = var(4, &[n, c], DType::F64);
+            let g = var(5, &[c], DType::F64);
+            compare(
+                &format!("residual_rms_norm alpha {alpha} {n}x{c}"),
+                &[x, f, g],
+                &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Fused).unwrap(),
+                &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Composite).unwrap(),
+                1e-10,
+            );
+        }
+    }
+}
+
+#[test]
+fn swiglu_matches_composite() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        for (n, f) in [(1, 1), (7, 5), (65, 24)] {
+            let h = var(6, &[n, 2 * f], dtype);
+            compare(
+                &format!("swiglu {n}x{f} {dtype:?}"),
+                &[h],
+                &|t| ops::swiglu(&t[0], Kernels::Fused).unwrap(),
+                &|t| composite::swiglu(&t[0]).unwrap(),
+                tol,
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_matches_composite() {
+    let cases = [
+        // (batch, seq, heads, kv heads, head dim)
+        (1, 1, 1, 1, 2),
+        (2, 5, 2, 1, 4),
+        (3, 7, 4, 2, 6),
+        (2, 33, 3, 3, 8),
+        (1, 16, 4, 1, 10),
+    ];
+    for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
+        for (batch, seq, n_heads, n_kv_heads, head_dim) in cases {
+            let s = AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
+            let rope = Arc::new(Rope::new(seq + 3, head_dim, 10_000.0));
+            let qkv = var(7, &[batch * seq, (n_heads + 2 * n_kv_heads) * head_dim], dtype);
+            compare(
+                &format!("attention {s:?} {dtype:?}"),
+                &[qkv],
+                &|t| ops::causal_attention(&t[0], s, &rope, Kernels::Fused).unwrap(),
+                &|t| ops::causal_attention(&t[0], s, &rope, Kernels::Composite).unwrap(),
+                tol,
+            );
+        }
+    }
+}
+
+/// The composite attention itself against a direct loop over the definition, so the pair above
+/// is anchored to the equation and not only to each other.
+#[test]
+fn composite_attention_matches_definition() {
+    let (b, t, h, hkv, d) = (2, 4, 2, 1, 4);
+    let s = AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d };
+    let rope = Rope::new(t, d, 10_000.0);
+    let qkv = randn(8, &[b * t, (h + 2 * hkv) * d], DType::F64);
+    let got = to_vec(&composite::causal_attention(&qkv, s, &rope).unwrap());
+    let x = to_vec(&qkv);
+    let w = (h + 2 * hkv) * d;
+    let rot = |row: usize, col: usize, pos: usize| -> Vec<f64> {
+        let v = &x[row * w + col..row * w + col + d];
+        let half = d / 2;
+        let mut o = vec![0.0; d];
+        for i in 0..half {
+            let a = pos as f64 * 10_000f64.powf(-(2.0 * i as f64) / d as f64);
+            o[i] = v[i] * a.cos() - v[i + half] * a.sin();
+            o[i + half] = v[i + half] * a.cos() + v[i] * a.sin();
+        }
+        o
+    };
+    for bi in 0..b {
+        for head in 0..h {
+            let g = head / (h / hkv);
+            for i in 0..t {
+                let q = rot(bi * t + i, head * d, i);
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| q.iter().zip(rot(bi * t + j, (h + g) * d, j)).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt())
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - mx).exp()).sum();
+                for c in 0..d {
+                    let want: f64 = (0..=i).map(|j| (scores[j] - mx).exp() / z * x[(bi * t + j) * w + (h + hkv + g) * d + c]).sum();
+                    let have = got[(bi * t + i) * h * d + head * d + c];
+                    assert!((want - have).abs() < 1e-12, "b{bi} h{head} t{i} c{c}: {have} vs {want}");
+                }
+            }
+        }
+    }
+}
