@@ -40,10 +40,16 @@ impl Placement {
 
     pub fn parse(s: &str) -> Result<Placement, ConfigError> {
         let s = s.trim();
-        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
-            ConfigError(format!("unknown placement `{s}`: use one of {}", names.join(", ")))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
+                ConfigError(format!(
+                    "unknown placement `{s}`: use one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -317,7 +323,7 @@ fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
         .into_iter()
         .map(|c| (edit_distance(name, c), c))
         .min()
-        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 2).max(2))
+        .filter(|(d, c)| *d <= c.len().max(name.len()) / 2 + 1)
         .map(|(_, c)| c)
 }
 
@@ -444,7 +450,11 @@ impl Config {
                 problems.push(msg)
             }
         };
-        bad(m.depth == 0, "model.depth must be at least 2 (it counts sub-layers: attention and FFN each count)".into());
+        bad(
+            m.depth == 0,
+            "model.depth must be at least 2 (it counts sub-layers: attention and FFN each count)"
+                .into(),
+        );
         bad(m.depth % 2 == 1, format!("model.depth = {} is odd: depth counts sub-layers and a block has two (attention + FFN); use {} or {}", m.depth, m.depth - 1, m.depth + 1));
         bad(m.d_model == 0, "model.d_model must be positive".into());
         bad(m.n_heads == 0, "model.n_heads must be positive".into());
@@ -452,7 +462,10 @@ impl Config {
         if m.n_heads > 0 && m.d_model > 0 {
             bad(m.d_model % m.n_heads != 0, format!("model.n_heads = {} does not divide model.d_model = {}: pick a head count that divides it", m.n_heads, m.d_model));
             let hd = m.d_model / m.n_heads.max(1);
-            bad(hd % 2 == 1, format!("head size d_model / n_heads = {hd} is odd; RoPE needs an even head size"));
+            bad(
+                hd % 2 == 1,
+                format!("head size d_model / n_heads = {hd} is odd; RoPE needs an even head size"),
+            );
             bad(n_kv_heads == 0 || m.n_heads % n_kv_heads != 0, format!("model.n_kv_heads = {n_kv_heads} must divide model.n_heads = {} (grouped-query attention)", m.n_heads));
         }
         let d_ff = m.d_ff.unwrap_or(match m.ffn {
@@ -462,7 +475,10 @@ impl Config {
         bad(d_ff == 0, "model.d_ff must be positive".into());
         bad(!(m.norm_eps > 0.0), "model.norm_eps must be > 0".into());
         bad(!(m.rope_theta > 0.0), "model.rope_theta must be > 0".into());
-        bad(!(m.init_std > 0.0 && m.init_std.is_finite()), "model.init_std must be > 0".into());
+        bad(
+            !(m.init_std > 0.0 && m.init_std.is_finite()),
+            "model.init_std must be > 0".into(),
+        );
         let alpha = match m.alpha {
             Alpha::Mode(AlphaMode::L) => m.depth as f64,
             Alpha::Mode(AlphaMode::SqrtL) => (m.depth as f64).sqrt(),
@@ -472,23 +488,71 @@ impl Config {
         let vocab_size = m.vocab_size.unwrap_or(data_vocab);
         bad(vocab_size < data_vocab, format!("model.vocab_size = {vocab_size} is smaller than the data's vocabulary ({data_vocab}); remove the key to use the data's"));
         bad(t.steps == 0, "train.steps must be at least 1".into());
-        bad(t.batch_size == 0, "train.batch_size must be at least 1".into());
+        bad(
+            t.batch_size == 0,
+            "train.batch_size must be at least 1".into(),
+        );
         bad(t.seq_len < 2, "train.seq_len must be at least 2".into());
-        bad(!(t.lr > 0.0 && t.lr.is_finite()), format!("train.lr = {} must be > 0", t.lr));
-        bad(!(t.min_lr >= 0.0 && t.min_lr <= t.lr), format!("train.min_lr = {} must lie in [0, train.lr = {}]", t.min_lr, t.lr));
-        bad(!(0.0..1.0).contains(&t.beta1), format!("train.beta1 = {} must lie in [0, 1)", t.beta1));
-        bad(!(0.0..1.0).contains(&t.beta2), format!("train.beta2 = {} must lie in [0, 1)", t.beta2));
+        bad(
+            !(t.lr > 0.0 && t.lr.is_finite()),
+            format!("train.lr = {} must be > 0", t.lr),
+        );
+        bad(
+            !(t.min_lr >= 0.0 && t.min_lr <= t.lr),
+            format!(
+                "train.min_lr = {} must lie in [0, train.lr = {}]",
+                t.min_lr, t.lr
+            ),
+        );
+        bad(
+            !(0.0..1.0).contains(&t.beta1),
+            format!("train.beta1 = {} must lie in [0, 1)", t.beta1),
+        );
+        bad(
+            !(0.0..1.0).contains(&t.beta2),
+            format!("train.beta2 = {} must lie in [0, 1)", t.beta2),
+        );
         bad(!(t.eps > 0.0), "train.eps must be > 0".into());
-        bad(!(t.weight_decay >= 0.0), "train.weight_decay must be >= 0".into());
-        bad(!(t.grad_clip >= 0.0), "train.grad_clip must be >= 0 (0 disables clipping)".into());
-        bad(t.grad_accum == 0, "train.grad_accum must be at least 1".into());
-        bad(t.log_every == 0, "train.log_every must be at least 1".into());
-        bad(t.eval_batches == 0, "train.eval_batches must be at least 1".into());
+        bad(
+            !(t.weight_decay >= 0.0),
+            "train.weight_decay must be >= 0".into(),
+        );
+        bad(
+            !(t.grad_clip >= 0.0),
+            "train.grad_clip must be >= 0 (0 disables clipping)".into(),
+        );
+        bad(
+            t.grad_accum == 0,
+            "train.grad_accum must be at least 1".into(),
+        );
+        bad(
+            t.log_every == 0,
+            "train.log_every must be at least 1".into(),
+        );
+        bad(
+            t.eval_batches == 0,
+            "train.eval_batches must be at least 1".into(),
+        );
         let d = &self.data;
-        bad(!(d.val_fraction > 0.0 && d.val_fraction < 1.0), format!("data.val_fraction = {} must lie in (0, 1)", d.val_fraction));
-        bad(d.source.is_empty(), "data.source is empty: use \"synthetic\" or a path to a text file".into());
-        bad(d.synthetic_bytes < 10_000, "data.synthetic_bytes must be at least 10000".into());
-        bad(self.run.name.is_empty() || self.run.name.contains(['/', '\\']), format!("run.name = {:?} must be a non-empty name without slashes (use --out for a path)", self.run.name));
+        bad(
+            !(d.val_fraction > 0.0 && d.val_fraction < 1.0),
+            format!("data.val_fraction = {} must lie in (0, 1)", d.val_fraction),
+        );
+        bad(
+            d.source.is_empty(),
+            "data.source is empty: use \"synthetic\" or a path to a text file".into(),
+        );
+        bad(
+            d.synthetic_bytes < 10_000,
+            "data.synthetic_bytes must be at least 10000".into(),
+        );
+        bad(
+            self.run.name.is_empty() || self.run.name.contains(['/', '\\']),
+            format!(
+                "run.name = {:?} must be a non-empty name without slashes (use --out for a path)",
+                self.run.name
+            ),
+        );
         if !problems.is_empty() {
             return err(format!(
                 "invalid config ({} problem{}):\n  - {}",
@@ -558,7 +622,10 @@ mod tests {
 
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
         let mut t = Config::parse_table(text, "test")?;
-        apply_overrides(&mut t, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        apply_overrides(
+            &mut t,
+            &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )?;
         from_table(t)
     }
 
@@ -574,7 +641,10 @@ mod tests {
     #[test]
     fn unknown_key_names_closest() {
         let e = load("[model]\ndepht = 4\n", &[]).unwrap_err().0;
-        assert!(e.contains("model.depht") && e.contains("model.depth"), "{e}");
+        assert!(
+            e.contains("model.depht") && e.contains("model.depth"),
+            "{e}"
+        );
         let e = load("[modle]\ndepth = 4\n", &[]).unwrap_err().0;
         assert!(e.contains("[model]"), "{e}");
         let e = load("", &["train.lrr=1"]).unwrap_err().0;
@@ -583,7 +653,16 @@ mod tests {
 
     #[test]
     fn overrides_are_typed() {
-        let c = load("", &["model.depth=64", "model.placement=pre_ln", "train.lr=1e-3", "model.alpha=2.5"]).unwrap();
+        let c = load(
+            "",
+            &[
+                "model.depth=64",
+                "model.placement=pre_ln",
+                "train.lr=1e-3",
+                "model.alpha=2.5",
+            ],
+        )
+        .unwrap();
         assert_eq!(c.model.depth, 64);
         assert_eq!(c.model.placement, Placement::PreLn);
         assert_eq!(c.train.lr, 1e-3);
@@ -631,11 +710,45 @@ mod tests {
     #[test]
     fn known_keys_cover_issue_names() {
         let keys = known_keys();
-        let has = |s: &str, k: &str| keys.iter().any(|(a, ks)| a == s && ks.iter().any(|x| x == k));
-        for k in ["depth", "d_model", "n_heads", "n_kv_heads", "d_ff", "placement", "norm", "ffn", "alpha", "keel_first_layer", "tie_embeddings", "rope_theta", "init_std"] {
+        let has = |s: &str, k: &str| {
+            keys.iter()
+                .any(|(a, ks)| a == s && ks.iter().any(|x| x == k))
+        };
+        for k in [
+            "depth",
+            "d_model",
+            "n_heads",
+            "n_kv_heads",
+            "d_ff",
+            "placement",
+            "norm",
+            "ffn",
+            "alpha",
+            "keel_first_layer",
+            "tie_embeddings",
+            "rope_theta",
+            "init_std",
+        ] {
             assert!(has("model", k), "{k}");
         }
-        for k in ["steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "seed", "log_every", "eval_every", "grad_norm_every"] {
+        for k in [
+            "steps",
+            "batch_size",
+            "seq_len",
+            "lr",
+            "min_lr",
+            "warmup_steps",
+            "schedule",
+            "weight_decay",
+            "beta1",
+            "beta2",
+            "grad_clip",
+            "grad_accum",
+            "seed",
+            "log_every",
+            "eval_every",
+            "grad_norm_every",
+        ] {
             assert!(has("train", k), "{k}");
         }
         assert!(has("data", "source") && has("run", "name"));

@@ -13,7 +13,15 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const METRICS_HEADER: [&str; 7] = ["step", "tokens", "lr", "loss", "grad_norm", "tokens_per_s", "elapsed_s"];
+pub const METRICS_HEADER: [&str; 7] = [
+    "step",
+    "tokens",
+    "lr",
+    "loss",
+    "grad_norm",
+    "tokens_per_s",
+    "elapsed_s",
+];
 pub const EVAL_HEADER: [&str; 3] = ["step", "val_loss", "val_ppl"];
 pub const GRAD_NORMS_HEADER: [&str; 4] = ["step", "layer", "kind", "grad_norm"];
 
@@ -21,7 +29,10 @@ pub const GRAD_NORMS_HEADER: [&str; 4] = ["step", "layer", "kind", "grad_norm"];
 /// half-written file under the final name.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut tmp = PathBuf::from(path);
-    let name = format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out"));
+    let name = format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    );
     tmp.set_file_name(name);
     {
         let mut f = File::create(&tmp)?;
@@ -61,11 +72,20 @@ impl RunWriters {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn metrics(&mut self, step: usize, tokens: usize, lr: f64, loss: f64, grad_norm: f64, tokens_per_s: f64, elapsed_s: f64) -> std::io::Result<()> {
+    pub fn metrics(
+        &mut self,
+        step: usize,
+        tokens: usize,
+        lr: f64,
+        loss: f64,
+        grad_norm: f64,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+    ) -> std::io::Result<()> {
         self.metrics.write_record([
             step.to_string(),
             tokens.to_string(),
-            lr.to_string(),
+            format!("{lr:e}"),
             loss.to_string(),
             grad_norm.to_string(),
             format!("{tokens_per_s:.1}"),
@@ -75,14 +95,23 @@ impl RunWriters {
     }
 
     pub fn eval(&mut self, step: usize, val_loss: f64) -> std::io::Result<()> {
-        self.eval.write_record([step.to_string(), val_loss.to_string(), val_loss.exp().to_string()])?;
+        self.eval.write_record([
+            step.to_string(),
+            val_loss.to_string(),
+            val_loss.exp().to_string(),
+        ])?;
         self.eval.flush()
     }
 
     pub fn grad_norms(&mut self, step: usize, rows: &[GradNormRow]) -> std::io::Result<()> {
         for r in rows {
             let layer = r.layer.map(|l| l.to_string()).unwrap_or_default();
-            self.grad_norms.write_record([step.to_string(), layer, r.kind.to_string(), r.grad_norm.to_string()])?;
+            self.grad_norms.write_record([
+                step.to_string(),
+                layer,
+                r.kind.to_string(),
+                r.grad_norm.to_string(),
+            ])?;
         }
         self.grad_norms.flush()
     }

@@ -77,15 +77,28 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
-        Rope { seq_len, head_dim, cos, sin }
+        Rope {
+            seq_len,
+            head_dim,
+            cos,
+            sin,
+        }
     }
 
     /// The tables as (T, D/2) tensors, for the composite path.
-    pub fn tensors(&self, t: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    pub fn tensors(
+        &self,
+        t: usize,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
         let cos = Tensor::from_slice(&self.cos[..t * half], (t, half), &candle_core::Device::Cpu)?;
         let sin = Tensor::from_slice(&self.sin[..t * half], (t, half), &candle_core::Device::Cpu)?;
-        Ok((cos.to_dtype(dtype)?.to_device(device)?, sin.to_dtype(dtype)?.to_device(device)?))
+        Ok((
+            cos.to_dtype(dtype)?.to_device(device)?,
+            sin.to_dtype(dtype)?.to_device(device)?,
+        ))
     }
 }
 
@@ -103,9 +116,19 @@ pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64, k: Kernels) -> Result<Tens
 
 /// Residual followed by RMSNorm: y = RMSNorm(alpha * x + f) (Post-LN with alpha = 1, Keel with
 /// alpha = L). x, f: (N, C), gamma: (C).
-pub fn residual_rms_norm(x: &Tensor, f: &Tensor, gamma: &Tensor, alpha: f64, eps: f64, k: Kernels) -> Result<Tensor> {
+pub fn residual_rms_norm(
+    x: &Tensor,
+    f: &Tensor,
+    gamma: &Tensor,
+    alpha: f64,
+    eps: f64,
+    k: Kernels,
+) -> Result<Tensor> {
     match k {
-        Kernels::Fused => x.contiguous()?.apply_op3(&f.contiguous()?, gamma, ResidualRmsNorm { alpha, eps }),
+        Kernels::Fused => {
+            x.contiguous()?
+                .apply_op3(&f.contiguous()?, gamma, ResidualRmsNorm { alpha, eps })
+        }
         Kernels::Composite => composite::rms_norm(&residual(x, f, alpha)?, gamma, eps),
     }
 }
@@ -146,9 +169,17 @@ impl AttnShape {
 /// Causal multi-head attention with RoPE and grouped KV heads.
 /// qkv: (B*T, (H + 2 Hkv) D), laid out [q heads | k heads | v heads] per row.
 /// Returns (B*T, H D): softmax(rope(q) rope(k)^T / sqrt(D) + causal mask) v, heads concatenated.
-pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
+pub fn causal_attention(
+    qkv: &Tensor,
+    s: AttnShape,
+    rope: &Arc<Rope>,
+    k: Kernels,
+) -> Result<Tensor> {
     match k {
-        Kernels::Fused => qkv.contiguous()?.apply_op1(Attention { s, rope: rope.clone() }),
+        Kernels::Fused => qkv.contiguous()?.apply_op1(Attention {
+            s,
+            rope: rope.clone(),
+        }),
         Kernels::Composite => composite::causal_attention(qkv, s, rope),
     }
 }
@@ -172,7 +203,9 @@ pub mod composite {
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let r = (var + eps)?.sqrt()?.recip()?;
-        xc.broadcast_mul(&r)?.broadcast_mul(gamma)?.broadcast_add(beta)
+        xc.broadcast_mul(&r)?
+            .broadcast_mul(gamma)?
+            .broadcast_add(beta)
     }
 
     pub fn swiglu(h: &Tensor) -> Result<Tensor> {
@@ -193,7 +226,13 @@ pub mod composite {
     }
 
     pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope_table: &Rope) -> Result<Tensor> {
-        let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        let AttnShape {
+            batch: b,
+            seq: t,
+            n_heads: h,
+            n_kv_heads: hkv,
+            head_dim: d,
+        } = s;
         let (cos, sin) = rope_table.tensors(t, qkv.dtype(), qkv.device())?;
         let qkv = qkv.reshape((b, t, h + 2 * hkv, d))?;
         let heads = |start: usize, n: usize| -> Result<Tensor> {
@@ -207,7 +246,10 @@ pub mod composite {
             if rep == 1 {
                 return Ok(x);
             }
-            x.unsqueeze(2)?.broadcast_as((b, hkv, rep, t, d))?.contiguous()?.reshape((b, h, t, d))
+            x.unsqueeze(2)?
+                .broadcast_as((b, hkv, rep, t, d))?
+                .contiguous()?
+                .reshape((b, h, t, d))
         };
         let (k, v) = (expand(k)?, expand(v)?);
         let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
@@ -292,16 +334,38 @@ impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "keel-rms-norm"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let c = l2.shape().elem_count();
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(rms_fwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, c, self.eps)),
-            DType::F64 => f64::to_cpu_storage_owned(rms_fwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, c, self.eps)),
+            DType::F32 => f32::to_cpu_storage_owned(rms_fwd_kernel(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                c,
+                self.eps,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(rms_fwd_kernel(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                c,
+                self.eps,
+            )),
             dt => candle_core::bail!("keel rms_norm: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dgamma) = rms_bwd(x, gamma, dy, self.eps)?;
         Ok((Some(dx), Some(dgamma)))
     }
@@ -321,11 +385,31 @@ impl CustomOp3 for RmsNormBwd {
     fn name(&self) -> &'static str {
         "keel-rms-norm-bwd"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, c) = l1.shape().dims2()?;
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(rms_bwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, c, self.eps)),
-            DType::F64 => f64::to_cpu_storage_owned(rms_bwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, c, self.eps)),
+            DType::F32 => f32::to_cpu_storage_owned(rms_bwd_kernel(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                contiguous(s3, l3)?,
+                c,
+                self.eps,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(rms_bwd_kernel(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                contiguous(s3, l3)?,
+                c,
+                self.eps,
+            )),
             dt => candle_core::bail!("keel rms_norm bwd: unsupported dtype {dt:?}"),
         };
         Ok((out, Shape::from((n + 1, c))))
@@ -346,22 +430,55 @@ impl CustomOp3 for ResidualRmsNorm {
     fn name(&self) -> &'static str {
         "keel-residual-rms-norm"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let c = l3.shape().elem_count();
         fn run<T: Real>(x: &[T], f: &[T], g: &[T], c: usize, alpha: f64, eps: f64) -> Vec<T> {
             rms_fwd_kernel(&residual_kernel(x, f, alpha), g, c, eps)
         }
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(run::<f32>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, c, self.alpha, self.eps)),
-            DType::F64 => f64::to_cpu_storage_owned(run::<f64>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, c, self.alpha, self.eps)),
+            DType::F32 => f32::to_cpu_storage_owned(run::<f32>(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                contiguous(s3, l3)?,
+                c,
+                self.alpha,
+                self.eps,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(run::<f64>(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                contiguous(s3, l3)?,
+                c,
+                self.alpha,
+                self.eps,
+            )),
             dt => candle_core::bail!("keel residual_rms_norm: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, f: &Tensor, gamma: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        f: &Tensor,
+        gamma: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let h = residual(x, f, self.alpha)?;
         let (dh, dgamma) = rms_bwd(&h, gamma, dy, self.eps)?;
-        let dx = if self.alpha == 1.0 { dh.clone() } else { dh.affine(self.alpha, 0.0)? };
+        let dx = if self.alpha == 1.0 {
+            dh.clone()
+        } else {
+            dh.affine(self.alpha, 0.0)?
+        };
         Ok((Some(dx), Some(dh), Some(dgamma)))
     }
 }
@@ -399,7 +516,11 @@ fn swiglu_bwd_kernel<T: Real>(h: &[T], dy: &[T], f: usize) -> Vec<T> {
         .zip(h.par_chunks(2 * f * ROW_CHUNK))
         .zip(dy.par_chunks(f * ROW_CHUNK))
         .for_each(|((dhs, hs), dys)| {
-            for ((dhr, hr), dyr) in dhs.chunks_mut(2 * f).zip(hs.chunks(2 * f)).zip(dys.chunks(f)) {
+            for ((dhr, hr), dyr) in dhs
+                .chunks_mut(2 * f)
+                .zip(hs.chunks(2 * f))
+                .zip(dys.chunks(f))
+            {
                 let (a, b) = hr.split_at(f);
                 let (da, db) = dhr.split_at_mut(f);
                 for i in 0..f {
@@ -437,11 +558,25 @@ impl CustomOp2 for SwiGluBwd {
     fn name(&self) -> &'static str {
         "keel-swiglu-bwd"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let f = l1.shape().dims2()?.1 / 2;
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(swiglu_bwd_kernel(contiguous::<f32>(s1, l1)?, contiguous(s2, l2)?, f)),
-            DType::F64 => f64::to_cpu_storage_owned(swiglu_bwd_kernel(contiguous::<f64>(s1, l1)?, contiguous(s2, l2)?, f)),
+            DType::F32 => f32::to_cpu_storage_owned(swiglu_bwd_kernel(
+                contiguous::<f32>(s1, l1)?,
+                contiguous(s2, l2)?,
+                f,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(swiglu_bwd_kernel(
+                contiguous::<f64>(s1, l1)?,
+                contiguous(s2, l2)?,
+                f,
+            )),
             dt => candle_core::bail!("keel swiglu bwd: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))
@@ -466,20 +601,53 @@ unsafe impl<T> Sync for SendPtr<T> {}
 /// dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) @ rhs (k x n), all strides in elements.
 #[allow(clippy::too_many_arguments)]
 unsafe fn mm<T: 'static + Real>(
-    m: usize, n: usize, k: usize,
-    dst: *mut T, dst_rs: usize, accumulate: bool,
-    lhs: *const T, lhs_rs: isize, lhs_cs: isize,
-    rhs: *const T, rhs_rs: isize, rhs_cs: isize,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const T,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const T,
+    rhs_rs: isize,
+    rhs_cs: isize,
 ) {
     gemm::gemm(
-        m, n, k, dst, 1, dst_rs as isize, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
-        T::one(), T::one(), false, false, false, gemm::Parallelism::None,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        T::one(),
+        T::one(),
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
     )
 }
 
 /// Gathers head columns [col, col + D) of rows b*T..(b+1)*T from a (B*T, W) matrix into (T, D),
 /// rotating by RoPE when `rope` is given.
-fn gather_head<T: Real>(src: &[T], w: usize, b: usize, t: usize, col: usize, d: usize, rope: Option<&Rope>) -> Vec<T> {
+fn gather_head<T: Real>(
+    src: &[T],
+    w: usize,
+    b: usize,
+    t: usize,
+    col: usize,
+    d: usize,
+    rope: Option<&Rope>,
+) -> Vec<T> {
     let half = d / 2;
     let mut out = vec![T::zero(); t * d];
     for i in 0..t {
@@ -503,7 +671,16 @@ fn gather_head<T: Real>(src: &[T], w: usize, b: usize, t: usize, col: usize, d: 
 
 /// Writes (T, D) into head columns of a (B*T, W) matrix, applying the transpose of RoPE's
 /// rotation (the backward of `gather_head`) when `rope` is given.
-unsafe fn scatter_head<T: Real>(dst: SendPtr<T>, w: usize, b: usize, t: usize, col: usize, d: usize, src: &[T], rope: Option<&Rope>) {
+unsafe fn scatter_head<T: Real>(
+    dst: SendPtr<T>,
+    w: usize,
+    b: usize,
+    t: usize,
+    col: usize,
+    d: usize,
+    src: &[T],
+    rope: Option<&Rope>,
+) {
     let half = d / 2;
     for i in 0..t {
         let o = std::slice::from_raw_parts_mut(dst.0.add((b * t + i) * w + col), d);
@@ -550,14 +727,33 @@ fn causal_softmax<T: Real>(p: &mut [T], t: usize, scale: T) {
 fn probs<T: Real>(q: &[T], k: &[T], t: usize, d: usize, scale: T) -> Vec<T> {
     let mut p = vec![T::zero(); t * t];
     unsafe {
-        mm(t, t, d, p.as_mut_ptr(), t, false, q.as_ptr(), d as isize, 1, k.as_ptr(), 1, d as isize);
+        mm(
+            t,
+            t,
+            d,
+            p.as_mut_ptr(),
+            t,
+            false,
+            q.as_ptr(),
+            d as isize,
+            1,
+            k.as_ptr(),
+            1,
+            d as isize,
+        );
     }
     causal_softmax(&mut p, t, scale);
     p
 }
 
 fn attn_fwd_kernel<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> Vec<T> {
-    let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+    let AttnShape {
+        batch,
+        seq: t,
+        n_heads: h,
+        n_kv_heads: hkv,
+        head_dim: d,
+    } = s;
     let w = s.qkv_width();
     let ow = h * d;
     let rep = h / hkv;
@@ -574,14 +770,33 @@ fn attn_fwd_kernel<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> Vec<T> {
         let v = unsafe { qkv.as_ptr().add(b * t * w + (h + hkv + g) * d) };
         unsafe {
             let dst = optr.0.add(b * t * ow + head * d);
-            mm(t, d, t, dst, ow, false, p.as_ptr(), t as isize, 1, v, w as isize, 1);
+            mm(
+                t,
+                d,
+                t,
+                dst,
+                ow,
+                false,
+                p.as_ptr(),
+                t as isize,
+                1,
+                v,
+                w as isize,
+                1,
+            );
         }
     });
     out
 }
 
 fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope) -> Vec<T> {
-    let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+    let AttnShape {
+        batch,
+        seq: t,
+        n_heads: h,
+        n_kv_heads: hkv,
+        head_dim: d,
+    } = s;
     let w = s.qkv_width();
     let ow = h * d;
     let rep = h / hkv;
@@ -604,9 +819,35 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope) ->
             let dout_h = unsafe { dout.as_ptr().add(b * t * ow + head * d) };
             unsafe {
                 // dV += P^T dO
-                mm(t, d, t, dv.as_mut_ptr(), d, true, p.as_ptr(), 1, t as isize, dout_h, ow as isize, 1);
+                mm(
+                    t,
+                    d,
+                    t,
+                    dv.as_mut_ptr(),
+                    d,
+                    true,
+                    p.as_ptr(),
+                    1,
+                    t as isize,
+                    dout_h,
+                    ow as isize,
+                    1,
+                );
                 // dP = dO V^T
-                mm(t, t, d, dp.as_mut_ptr(), t, false, dout_h, ow as isize, 1, v.as_ptr(), 1, d as isize);
+                mm(
+                    t,
+                    t,
+                    d,
+                    dp.as_mut_ptr(),
+                    t,
+                    false,
+                    dout_h,
+                    ow as isize,
+                    1,
+                    v.as_ptr(),
+                    1,
+                    d as isize,
+                );
             }
             // dS = P * (dP - rowsum(P * dP)) * scale, written over P.
             for i in 0..t {
@@ -619,8 +860,34 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope) ->
             }
             unsafe {
                 // dQ = dS K ; dK += dS^T Q
-                mm(t, d, t, dq.as_mut_ptr(), d, false, p.as_ptr(), t as isize, 1, k.as_ptr(), d as isize, 1);
-                mm(t, d, t, dk.as_mut_ptr(), d, true, p.as_ptr(), 1, t as isize, q.as_ptr(), d as isize, 1);
+                mm(
+                    t,
+                    d,
+                    t,
+                    dq.as_mut_ptr(),
+                    d,
+                    false,
+                    p.as_ptr(),
+                    t as isize,
+                    1,
+                    k.as_ptr(),
+                    d as isize,
+                    1,
+                );
+                mm(
+                    t,
+                    d,
+                    t,
+                    dk.as_mut_ptr(),
+                    d,
+                    true,
+                    p.as_ptr(),
+                    1,
+                    t as isize,
+                    q.as_ptr(),
+                    d as isize,
+                    1,
+                );
                 scatter_head(gptr, w, b, t, head * d, d, &dq, Some(rope));
             }
         }
@@ -639,17 +906,28 @@ impl CustomOp1 for Attention {
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let s = self.s;
         if l.shape().dims2()? != (s.batch * s.seq, s.qkv_width()) || self.rope.seq_len < s.seq {
-            candle_core::bail!("keel attention: qkv shape {:?} does not match {:?}", l.shape(), s);
+            candle_core::bail!(
+                "keel attention: qkv shape {:?} does not match {:?}",
+                l.shape(),
+                s
+            );
         }
         let out = match st.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(attn_fwd_kernel(contiguous::<f32>(st, l)?, s, &self.rope)),
-            DType::F64 => f64::to_cpu_storage_owned(attn_fwd_kernel(contiguous::<f64>(st, l)?, s, &self.rope)),
+            DType::F32 => {
+                f32::to_cpu_storage_owned(attn_fwd_kernel(contiguous::<f32>(st, l)?, s, &self.rope))
+            }
+            DType::F64 => {
+                f64::to_cpu_storage_owned(attn_fwd_kernel(contiguous::<f64>(st, l)?, s, &self.rope))
+            }
             dt => candle_core::bail!("keel attention: unsupported dtype {dt:?}"),
         };
         Ok((out, Shape::from((s.batch * s.seq, s.n_heads * s.head_dim))))
     }
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
-        let op = AttentionBwd { s: self.s, rope: self.rope.clone() };
+        let op = AttentionBwd {
+            s: self.s,
+            rope: self.rope.clone(),
+        };
         Ok(Some(qkv.apply_op2_no_bwd(&dout.contiguous()?, &op)?))
     }
 }
@@ -663,10 +941,26 @@ impl CustomOp2 for AttentionBwd {
     fn name(&self) -> &'static str {
         "keel-causal-attention-bwd"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(attn_bwd_kernel(contiguous::<f32>(s1, l1)?, contiguous(s2, l2)?, self.s, &self.rope)),
-            DType::F64 => f64::to_cpu_storage_owned(attn_bwd_kernel(contiguous::<f64>(s1, l1)?, contiguous(s2, l2)?, self.s, &self.rope)),
+            DType::F32 => f32::to_cpu_storage_owned(attn_bwd_kernel(
+                contiguous::<f32>(s1, l1)?,
+                contiguous(s2, l2)?,
+                self.s,
+                &self.rope,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(attn_bwd_kernel(
+                contiguous::<f64>(s1, l1)?,
+                contiguous(s2, l2)?,
+                self.s,
+                &self.rope,
+            )),
             dt => candle_core::bail!("keel attention bwd: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))

@@ -15,7 +15,9 @@
 
 use crate::config::{Schedule, TrainConfig};
 use crate::model::Param;
-use candle_core::{backend::BackendStorage, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor,
+};
 use std::sync::Mutex;
 
 /// Learning rate after `step` optimizer steps have been started (1-based): linear warmup from 0 to
@@ -29,7 +31,9 @@ pub fn lr_at(t: &TrainConfig, step: usize) -> f64 {
     match t.schedule {
         Schedule::Constant => t.lr,
         Schedule::Linear => t.lr + (t.min_lr - t.lr) * progress,
-        Schedule::Cosine => t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        Schedule::Cosine => {
+            t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
     }
 }
 
@@ -40,9 +44,16 @@ pub fn sum_squares(t: &Tensor) -> Result<f64> {
     if let Storage::Cpu(cpu) = &*storage {
         let (a, b) = layout.contiguous_offsets().expect("contiguous");
         return Ok(match cpu.dtype() {
-            DType::F32 => cpu.as_slice::<f32>()?[a..b].iter().map(|&x| (x as f64) * (x as f64)).sum(),
+            DType::F32 => cpu.as_slice::<f32>()?[a..b]
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum(),
             DType::F64 => cpu.as_slice::<f64>()?[a..b].iter().map(|&x| x * x).sum(),
-            _ => t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
+            _ => t
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?,
         });
     }
     drop(storage);
@@ -70,14 +81,24 @@ impl AdamW {
             .map(|p| {
                 let n = p.var.elem_count();
                 Ok(if p.var.device().is_cpu() {
-                    Moments::Host { m: vec![0.0; n], v: vec![0.0; n] }
+                    Moments::Host {
+                        m: vec![0.0; n],
+                        v: vec![0.0; n],
+                    }
                 } else {
                     let z = p.var.zeros_like()?.to_dtype(DType::F32)?;
                     Moments::Device { m: z.clone(), v: z }
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(AdamW { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay, step: 0, moments })
+        Ok(AdamW {
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+            step: 0,
+            moments,
+        })
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -86,7 +107,13 @@ impl AdamW {
 
     /// One update. `grads[i]` belongs to `params[i]`; every gradient is multiplied by
     /// `grad_scale` first (the clipping factor).
-    pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
+    pub fn step(
+        &mut self,
+        params: &[Param],
+        grads: &[Tensor],
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
@@ -161,9 +188,19 @@ impl InplaceOp2 for HostAdamW<'_> {
     fn name(&self) -> &'static str {
         "keel-adamw"
     }
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (a, b) = l1.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("param not contiguous".into()))?;
-        let (ga, gb) = l2.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("grad not contiguous".into()))?;
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (a, b) = l1
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("param not contiguous".into()))?;
+        let (ga, gb) = l2
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("grad not contiguous".into()))?;
         match (s1, s2) {
             (CpuStorage::F32(p), CpuStorage::F32(g)) => self.run(&mut p[a..b], &g[ga..gb]),
             (CpuStorage::F64(p), CpuStorage::F64(g)) => self.run(&mut p[a..b], &g[ga..gb]),
@@ -181,7 +218,13 @@ mod tests {
 
     #[test]
     fn schedule_shapes() {
-        let mut t = TrainConfig { steps: 100, warmup_steps: 10, lr: 1.0, min_lr: 0.1, ..Default::default() };
+        let mut t = TrainConfig {
+            steps: 100,
+            warmup_steps: 10,
+            lr: 1.0,
+            min_lr: 0.1,
+            ..Default::default()
+        };
         assert!((lr_at(&t, 5) - 0.5).abs() < 1e-12);
         assert!((lr_at(&t, 10) - 1.0).abs() < 1e-12);
         assert!((lr_at(&t, 100) - 0.1).abs() < 1e-12);
@@ -198,20 +241,41 @@ mod tests {
     fn adamw_matches_closed_form() {
         let dev = Device::Cpu;
         let var = Var::from_vec(vec![1.0f32, -2.0], (1, 2), &dev).unwrap();
-        let params = vec![Param { name: "w".into(), var: var.clone(), decay: true, group: Group::Head }];
-        let t = TrainConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, ..Default::default() };
+        let params = vec![Param {
+            name: "w".into(),
+            var: var.clone(),
+            decay: true,
+            group: Group::Head,
+        }];
+        let t = TrainConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
         let mut opt = AdamW::new(&params, &t).unwrap();
         let g = Tensor::new(&[[0.5f32, -1.0]], &dev).unwrap();
         opt.step(&params, &[g.clone()], 0.1, 1.0).unwrap();
         // Step 1: m_hat = g, v_hat = g^2 -> update = sign(g) (eps negligible).
         let p1 = [1.0 * (1.0 - 0.01) - 0.1, -2.0 * (1.0 - 0.01) + 0.1];
-        let got = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (a, b) in got.iter().zip(p1) {
             assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
         }
         // Step 2 with the same gradient scaled by 0.5 via grad_scale: m = 0.9*0.1g... computed directly.
         opt.step(&params, &[g], 0.1, 0.5).unwrap();
-        let got = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (i, g0) in [0.5f64, -1.0].iter().enumerate() {
             let (b1, b2) = (0.9f64, 0.99f64);
             let m = b1 * (1.0 - b1) * g0 + (1.0 - b1) * 0.5 * g0;

@@ -13,11 +13,25 @@ fn run(inputs: &[Var], f: &dyn Fn(&[Tensor]) -> Tensor, seed: u64) -> (Tensor, V
     let out = f(&ts);
     let w = randn(seed, out.dims(), out.dtype());
     let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
-    let gs = inputs.iter().map(|v| grads.get(v.as_tensor()).expect("gradient reaches every input").clone()).collect();
+    let gs = inputs
+        .iter()
+        .map(|v| {
+            grads
+                .get(v.as_tensor())
+                .expect("gradient reaches every input")
+                .clone()
+        })
+        .collect();
     (out, gs)
 }
 
-fn compare(name: &str, inputs: &[Var], fused: &dyn Fn(&[Tensor]) -> Tensor, reference: &dyn Fn(&[Tensor]) -> Tensor, tol: f64) {
+fn compare(
+    name: &str,
+    inputs: &[Var],
+    fused: &dyn Fn(&[Tensor]) -> Tensor,
+    reference: &dyn Fn(&[Tensor]) -> Tensor,
+    tol: f64,
+) {
     let (a, ga) = run(inputs, fused, 99);
     let (b, gb) = run(inputs, reference, 99);
     let d = max_rel_diff(&a, &b);
@@ -55,8 +69,14 @@ fn residual_rms_norm_matches_composite() {
             compare(
                 &format!("residual_rms_norm alpha {alpha} {n}x{c}"),
                 &[x, f, g],
-                &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Fused).unwrap(),
-                &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Composite).unwrap(),
+                &|t| {
+                    ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Fused)
+                        .unwrap()
+                },
+                &|t| {
+                    ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Composite)
+                        .unwrap()
+                },
                 1e-10,
             );
         }
@@ -91,9 +111,19 @@ fn attention_matches_composite() {
     ];
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
         for (batch, seq, n_heads, n_kv_heads, head_dim) in cases {
-            let s = AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
+            let s = AttnShape {
+                batch,
+                seq,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+            };
             let rope = Arc::new(Rope::new(seq + 3, head_dim, 10_000.0));
-            let qkv = var(7, &[batch * seq, (n_heads + 2 * n_kv_heads) * head_dim], dtype);
+            let qkv = var(
+                7,
+                &[batch * seq, (n_heads + 2 * n_kv_heads) * head_dim],
+                dtype,
+            );
             compare(
                 &format!("attention {s:?} {dtype:?}"),
                 &[qkv],
@@ -110,7 +140,13 @@ fn attention_matches_composite() {
 #[test]
 fn composite_attention_matches_definition() {
     let (b, t, h, hkv, d) = (2, 4, 2, 1, 4);
-    let s = AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d };
+    let s = AttnShape {
+        batch: b,
+        seq: t,
+        n_heads: h,
+        n_kv_heads: hkv,
+        head_dim: d,
+    };
     let rope = Rope::new(t, d, 10_000.0);
     let qkv = randn(8, &[b * t, (h + 2 * hkv) * d], DType::F64);
     let got = to_vec(&composite::causal_attention(&qkv, s, &rope).unwrap());
@@ -133,14 +169,27 @@ fn composite_attention_matches_definition() {
             for i in 0..t {
                 let q = rot(bi * t + i, head * d, i);
                 let scores: Vec<f64> = (0..=i)
-                    .map(|j| q.iter().zip(rot(bi * t + j, (h + g) * d, j)).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt())
+                    .map(|j| {
+                        q.iter()
+                            .zip(rot(bi * t + j, (h + g) * d, j))
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
                     .collect();
                 let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = scores.iter().map(|s| (s - mx).exp()).sum();
                 for c in 0..d {
-                    let want: f64 = (0..=i).map(|j| (scores[j] - mx).exp() / z * x[(bi * t + j) * w + (h + hkv + g) * d + c]).sum();
+                    let want: f64 = (0..=i)
+                        .map(|j| {
+                            (scores[j] - mx).exp() / z * x[(bi * t + j) * w + (h + hkv + g) * d + c]
+                        })
+                        .sum();
                     let have = got[(bi * t + i) * h * d + head * d + c];
-                    assert!((want - have).abs() < 1e-12, "b{bi} h{head} t{i} c{c}: {have} vs {want}");
+                    assert!(
+                        (want - have).abs() < 1e-12,
+                        "b{bi} h{head} t{i} c{c}: {have} vs {want}"
+                    );
                 }
             }
         }

@@ -14,10 +14,17 @@ use std::time::Instant;
 
 /// The reference config R, before the user's config and `--set` overrides.
 pub fn reference_overrides() -> Vec<String> {
-    ["model.d_model=128", "model.n_heads=4", "model.depth=32", "train.seq_len=128", "train.batch_size=8", "data.synthetic_bytes=200000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "model.d_model=128",
+        "model.n_heads=4",
+        "model.depth=32",
+        "train.seq_len=128",
+        "train.batch_size=8",
+        "data.synthetic_bytes=200000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 pub struct BenchResult {
@@ -68,13 +75,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(d) = &args.config.device {
         config.run.device = d.clone();
     }
-    let placements: Vec<String> = if args.placements.is_empty() { vec![config.model.placement.to_string()] } else { args.placements.clone() };
+    let placements: Vec<String> = if args.placements.is_empty() {
+        vec![config.model.placement.to_string()]
+    } else {
+        args.placements.clone()
+    };
     println!(
         "keel bench: d_model {} heads {} depth {} seq {} batch {} vocab 256, {} timed steps after {} warm-up (threads: {})",
         config.model.d_model, config.model.n_heads, config.model.depth, config.train.seq_len, config.train.batch_size, args.steps, args.warmup,
         rayon::current_num_threads()
     );
-    println!("{:<10} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9}", "placement", "params", "tokens/s", "ms/step", "fwd ms", "bwd ms", "opt ms");
+    println!(
+        "{:<10} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9}",
+        "placement", "params", "tokens/s", "ms/step", "fwd ms", "bwd ms", "opt ms"
+    );
     let mut rows = Vec::new();
     for p in &placements {
         let mut c = config.clone();
@@ -82,19 +96,42 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let r = bench_one(&c, args.steps, args.warmup)?;
         println!(
             "{:<10} {:>10} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            r.placement.to_string(), r.n_params, r.tokens_per_s, r.ms_per_step, r.forward_ms, r.backward_ms, r.optimizer_ms
+            r.placement.to_string(),
+            r.n_params,
+            r.tokens_per_s,
+            r.ms_per_step,
+            r.forward_ms,
+            r.backward_ms,
+            r.optimizer_ms
         );
         rows.push(r);
     }
     if let Some(path) = &args.csv {
         let new = !path.exists();
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
             .map_err(|e| InputError(format!("cannot open {} for writing: {e}", path.display())))?;
         if new {
             writeln!(f, "placement,d_model,depth,seq_len,batch_size,n_params,tokens_per_s,ms_per_step,forward_ms,backward_ms,optimizer_ms")?;
         }
         for r in rows {
-            writeln!(f, "{},{},{},{},{},{},{:.1},{:.2},{:.2},{:.2},{:.2}", r.placement, config.model.d_model, config.model.depth, config.train.seq_len, config.train.batch_size, r.n_params, r.tokens_per_s, r.ms_per_step, r.forward_ms, r.backward_ms, r.optimizer_ms)?;
+            writeln!(
+                f,
+                "{},{},{},{},{},{},{:.1},{:.2},{:.2},{:.2},{:.2}",
+                r.placement,
+                config.model.d_model,
+                config.model.depth,
+                config.train.seq_len,
+                config.train.batch_size,
+                r.n_params,
+                r.tokens_per_s,
+                r.ms_per_step,
+                r.forward_ms,
+                r.backward_ms,
+                r.optimizer_ms
+            )?;
         }
     }
     Ok(())

@@ -9,7 +9,10 @@ pub fn randn(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
     let mut rng = Rng::new(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
 }
 
 pub fn var(seed: u64, shape: &[usize], dtype: DType) -> Var {
@@ -17,20 +20,34 @@ pub fn var(seed: u64, shape: &[usize], dtype: DType) -> Var {
 }
 
 pub fn to_vec(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
 }
 
 /// Largest |a - b| / (1 + |b|).
 pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    to_vec(a).iter().zip(to_vec(b)).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f64::max)
+    to_vec(a)
+        .iter()
+        .zip(to_vec(b))
+        .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+        .fold(0.0, f64::max)
 }
 
 /// A tiny experiment (tens of thousands of parameters at most) with overrides.
 pub fn tiny(sets: &[&str]) -> Resolved {
     let mut all = vec![
-        "model.depth=4", "model.d_model=16", "model.n_heads=2", "model.n_kv_heads=1",
-        "train.seq_len=8", "train.batch_size=2", "train.precision=f64",
+        "model.depth=4",
+        "model.d_model=16",
+        "model.n_heads=2",
+        "model.n_kv_heads=1",
+        "train.seq_len=8",
+        "train.batch_size=2",
+        "train.precision=f64",
     ];
     all.extend_from_slice(sets);
     let overrides: Vec<String> = all.iter().map(|s| s.to_string()).collect();
@@ -41,5 +58,8 @@ pub fn tokens(seed: u64, b: usize, t: usize, vocab: usize) -> (Tensor, Tensor) {
     let mut rng = Rng::new(seed);
     let x: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
-    (Tensor::from_vec(x, (b, t), &Device::Cpu).unwrap(), Tensor::from_vec(y, (b, t), &Device::Cpu).unwrap())
+    (
+        Tensor::from_vec(x, (b, t), &Device::Cpu).unwrap(),
+        Tensor::from_vec(y, (b, t), &Device::Cpu).unwrap(),
+    )
 }
