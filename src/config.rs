@@ -40,16 +40,10 @@ impl Placement {
 
     pub fn parse(s: &str) -> Result<Placement, ConfigError> {
         let s = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
-                ConfigError(format!(
-                    "unknown placement `{s}`: use one of {}",
-                    names.join(", ")
-                ))
-            })
+        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
+            ConfigError(format!("unknown placement `{s}`: use one of {}", names.join(", ")))
+        })
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -249,12 +243,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig {
-            source: "synthetic".into(),
-            val_fraction: 0.1,
-            synthetic_seed: 1234,
-            synthetic_bytes: 2_000_000,
-        }
+        DataConfig { source: "synthetic".into(), val_fraction: 0.1, synthetic_seed: 1234, synthetic_bytes: 2_000_000 }
     }
 }
 
@@ -270,11 +259,7 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig {
-            name: "run".into(),
-            out_dir: "runs".into(),
-            device: "cpu".into(),
-        }
+        RunConfig { name: "run".into(), out_dir: "runs".into(), device: "cpu".into() }
     }
 }
 
@@ -342,9 +327,7 @@ fn check_known_keys(table: &toml::Table) -> Result<(), ConfigError> {
             return err(format!("unknown config section [{section}]: {hint}"));
         };
         let Some(body) = body.as_table() else {
-            return err(format!(
-                "`{section}` must be a section ([{section}] with keys under it), not a value"
-            ));
+            return err(format!("`{section}` must be a section ([{section}] with keys under it), not a value"));
         };
         for key in body.keys() {
             if !keys.iter().any(|k| k == key) {
@@ -373,24 +356,16 @@ fn parse_override_value(raw: &str) -> toml::Value {
 pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<(), ConfigError> {
     for item in overrides {
         let Some((path, raw)) = item.split_once('=') else {
-            return err(format!(
-                "--set `{item}` has no `=`: write it as section.key=value, e.g. --set train.lr=1e-3"
-            ));
+            return err(format!("--set `{item}` has no `=`: write it as section.key=value, e.g. --set train.lr=1e-3"));
         };
         let path = path.trim();
         let Some((section, key)) = path.split_once('.') else {
-            return err(format!(
-                "--set `{item}`: the key must name its section, e.g. train.lr or model.depth"
-            ));
+            return err(format!("--set `{item}`: the key must name its section, e.g. train.lr or model.depth"));
         };
         if section.is_empty() || key.is_empty() || key.contains('.') {
-            return err(format!(
-                "--set `{item}`: expected exactly section.key, e.g. model.depth=64"
-            ));
+            return err(format!("--set `{item}`: expected exactly section.key, e.g. model.depth=64"));
         }
-        let entry = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section_table) = entry.as_table_mut() else {
             return err(format!("--set `{item}`: `{section}` is not a section"));
         };
@@ -431,8 +406,7 @@ impl Config {
     }
 
     pub fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
-        text.parse::<toml::Table>()
-            .map_err(|e| ConfigError(format!("{origin} is not valid TOML: {e}")))
+        text.parse::<toml::Table>().map_err(|e| ConfigError(format!("{origin} is not valid TOML: {e}")))
     }
 
     /// Parses TOML text (no overrides); for tests and tools.
@@ -450,23 +424,36 @@ impl Config {
                 problems.push(msg)
             }
         };
+        bad(m.depth == 0, "model.depth must be at least 2 (it counts sub-layers: attention and FFN each count)".into());
         bad(
-            m.depth == 0,
-            "model.depth must be at least 2 (it counts sub-layers: attention and FFN each count)"
-                .into(),
+            m.depth % 2 == 1,
+            format!(
+                "model.depth = {} is odd: depth counts sub-layers and a block has two (attention + FFN); use {} or {}",
+                m.depth,
+                m.depth - 1,
+                m.depth + 1
+            ),
         );
-        bad(m.depth % 2 == 1, format!("model.depth = {} is odd: depth counts sub-layers and a block has two (attention + FFN); use {} or {}", m.depth, m.depth - 1, m.depth + 1));
         bad(m.d_model == 0, "model.d_model must be positive".into());
         bad(m.n_heads == 0, "model.n_heads must be positive".into());
         let n_kv_heads = m.n_kv_heads.unwrap_or(m.n_heads);
         if m.n_heads > 0 && m.d_model > 0 {
-            bad(m.d_model % m.n_heads != 0, format!("model.n_heads = {} does not divide model.d_model = {}: pick a head count that divides it", m.n_heads, m.d_model));
-            let hd = m.d_model / m.n_heads.max(1);
             bad(
-                hd % 2 == 1,
-                format!("head size d_model / n_heads = {hd} is odd; RoPE needs an even head size"),
+                m.d_model % m.n_heads != 0,
+                format!(
+                    "model.n_heads = {} does not divide model.d_model = {}: pick a head count that divides it",
+                    m.n_heads, m.d_model
+                ),
             );
-            bad(n_kv_heads == 0 || m.n_heads % n_kv_heads != 0, format!("model.n_kv_heads = {n_kv_heads} must divide model.n_heads = {} (grouped-query attention)", m.n_heads));
+            let hd = m.d_model / m.n_heads.max(1);
+            bad(hd % 2 == 1, format!("head size d_model / n_heads = {hd} is odd; RoPE needs an even head size"));
+            bad(
+                n_kv_heads == 0 || m.n_heads % n_kv_heads != 0,
+                format!(
+                    "model.n_kv_heads = {n_kv_heads} must divide model.n_heads = {} (grouped-query attention)",
+                    m.n_heads
+                ),
+            );
         }
         let d_ff = m.d_ff.unwrap_or(match m.ffn {
             FfnKind::Swiglu => 3 * m.d_model,
@@ -475,83 +462,46 @@ impl Config {
         bad(d_ff == 0, "model.d_ff must be positive".into());
         bad(!(m.norm_eps > 0.0), "model.norm_eps must be > 0".into());
         bad(!(m.rope_theta > 0.0), "model.rope_theta must be > 0".into());
-        bad(
-            !(m.init_std > 0.0 && m.init_std.is_finite()),
-            "model.init_std must be > 0".into(),
-        );
+        bad(!(m.init_std > 0.0 && m.init_std.is_finite()), "model.init_std must be > 0".into());
         let alpha = match m.alpha {
             Alpha::Mode(AlphaMode::L) => m.depth as f64,
             Alpha::Mode(AlphaMode::SqrtL) => (m.depth as f64).sqrt(),
             Alpha::Value(v) => v,
         };
-        bad(!(alpha > 0.0 && alpha.is_finite()), format!("model.alpha = {alpha} must be positive: use \"L\" (the paper's choice), \"sqrtL\" or a number > 0"));
+        bad(
+            !(alpha > 0.0 && alpha.is_finite()),
+            format!(
+                "model.alpha = {alpha} must be positive: use \"L\" (the paper's choice), \"sqrtL\" or a number > 0"
+            ),
+        );
         let vocab_size = m.vocab_size.unwrap_or(data_vocab);
         bad(vocab_size < data_vocab, format!("model.vocab_size = {vocab_size} is smaller than the data's vocabulary ({data_vocab}); remove the key to use the data's"));
         bad(t.steps == 0, "train.steps must be at least 1".into());
-        bad(
-            t.batch_size == 0,
-            "train.batch_size must be at least 1".into(),
-        );
+        bad(t.batch_size == 0, "train.batch_size must be at least 1".into());
         bad(t.seq_len < 2, "train.seq_len must be at least 2".into());
-        bad(
-            !(t.lr > 0.0 && t.lr.is_finite()),
-            format!("train.lr = {} must be > 0", t.lr),
-        );
+        bad(!(t.lr > 0.0 && t.lr.is_finite()), format!("train.lr = {} must be > 0", t.lr));
         bad(
             !(t.min_lr >= 0.0 && t.min_lr <= t.lr),
-            format!(
-                "train.min_lr = {} must lie in [0, train.lr = {}]",
-                t.min_lr, t.lr
-            ),
+            format!("train.min_lr = {} must lie in [0, train.lr = {}]", t.min_lr, t.lr),
         );
-        bad(
-            !(0.0..1.0).contains(&t.beta1),
-            format!("train.beta1 = {} must lie in [0, 1)", t.beta1),
-        );
-        bad(
-            !(0.0..1.0).contains(&t.beta2),
-            format!("train.beta2 = {} must lie in [0, 1)", t.beta2),
-        );
+        bad(!(0.0..1.0).contains(&t.beta1), format!("train.beta1 = {} must lie in [0, 1)", t.beta1));
+        bad(!(0.0..1.0).contains(&t.beta2), format!("train.beta2 = {} must lie in [0, 1)", t.beta2));
         bad(!(t.eps > 0.0), "train.eps must be > 0".into());
-        bad(
-            !(t.weight_decay >= 0.0),
-            "train.weight_decay must be >= 0".into(),
-        );
-        bad(
-            !(t.grad_clip >= 0.0),
-            "train.grad_clip must be >= 0 (0 disables clipping)".into(),
-        );
-        bad(
-            t.grad_accum == 0,
-            "train.grad_accum must be at least 1".into(),
-        );
-        bad(
-            t.log_every == 0,
-            "train.log_every must be at least 1".into(),
-        );
-        bad(
-            t.eval_batches == 0,
-            "train.eval_batches must be at least 1".into(),
-        );
+        bad(!(t.weight_decay >= 0.0), "train.weight_decay must be >= 0".into());
+        bad(!(t.grad_clip >= 0.0), "train.grad_clip must be >= 0 (0 disables clipping)".into());
+        bad(t.grad_accum == 0, "train.grad_accum must be at least 1".into());
+        bad(t.log_every == 0, "train.log_every must be at least 1".into());
+        bad(t.eval_batches == 0, "train.eval_batches must be at least 1".into());
         let d = &self.data;
         bad(
             !(d.val_fraction > 0.0 && d.val_fraction < 1.0),
             format!("data.val_fraction = {} must lie in (0, 1)", d.val_fraction),
         );
-        bad(
-            d.source.is_empty(),
-            "data.source is empty: use \"synthetic\" or a path to a text file".into(),
-        );
-        bad(
-            d.synthetic_bytes < 10_000,
-            "data.synthetic_bytes must be at least 10000".into(),
-        );
+        bad(d.source.is_empty(), "data.source is empty: use \"synthetic\" or a path to a text file".into());
+        bad(d.synthetic_bytes < 10_000, "data.synthetic_bytes must be at least 10000".into());
         bad(
             self.run.name.is_empty() || self.run.name.contains(['/', '\\']),
-            format!(
-                "run.name = {:?} must be a non-empty name without slashes (use --out for a path)",
-                self.run.name
-            ),
+            format!("run.name = {:?} must be a non-empty name without slashes (use --out for a path)", self.run.name),
         );
         if !problems.is_empty() {
             return err(format!(
@@ -567,10 +517,7 @@ impl Config {
         resolved.model.vocab_size = Some(vocab_size);
         resolved.model.final_norm = Some(m.final_norm.unwrap_or(m.placement == Placement::PreLn));
         resolved.meta = None;
-        Ok(Resolved {
-            config: resolved,
-            alpha,
-        })
+        Ok(Resolved { config: resolved, alpha })
     }
 }
 
@@ -622,10 +569,7 @@ mod tests {
 
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
         let mut t = Config::parse_table(text, "test")?;
-        apply_overrides(
-            &mut t,
-            &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )?;
+        apply_overrides(&mut t, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         from_table(t)
     }
 
@@ -641,10 +585,7 @@ mod tests {
     #[test]
     fn unknown_key_names_closest() {
         let e = load("[model]\ndepht = 4\n", &[]).unwrap_err().0;
-        assert!(
-            e.contains("model.depht") && e.contains("model.depth"),
-            "{e}"
-        );
+        assert!(e.contains("model.depht") && e.contains("model.depth"), "{e}");
         let e = load("[modle]\ndepth = 4\n", &[]).unwrap_err().0;
         assert!(e.contains("[model]"), "{e}");
         let e = load("", &["train.lrr=1"]).unwrap_err().0;
@@ -653,16 +594,7 @@ mod tests {
 
     #[test]
     fn overrides_are_typed() {
-        let c = load(
-            "",
-            &[
-                "model.depth=64",
-                "model.placement=pre_ln",
-                "train.lr=1e-3",
-                "model.alpha=2.5",
-            ],
-        )
-        .unwrap();
+        let c = load("", &["model.depth=64", "model.placement=pre_ln", "train.lr=1e-3", "model.alpha=2.5"]).unwrap();
         assert_eq!(c.model.depth, 64);
         assert_eq!(c.model.placement, Placement::PreLn);
         assert_eq!(c.train.lr, 1e-3);
@@ -710,10 +642,7 @@ mod tests {
     #[test]
     fn known_keys_cover_issue_names() {
         let keys = known_keys();
-        let has = |s: &str, k: &str| {
-            keys.iter()
-                .any(|(a, ks)| a == s && ks.iter().any(|x| x == k))
-        };
+        let has = |s: &str, k: &str| keys.iter().any(|(a, ks)| a == s && ks.iter().any(|x| x == k));
         for k in [
             "depth",
             "d_model",

@@ -8,11 +8,9 @@ pub fn parse(spec: &str) -> Result<Device, InputError> {
     let spec = spec.trim().to_ascii_lowercase();
     let (kind, ordinal) = match spec.split_once(':') {
         Some((k, n)) => {
-            let n = n.parse::<usize>().map_err(|_| {
-                InputError(format!(
-                    "device `{spec}`: `{n}` is not a device number; write e.g. cuda:0"
-                ))
-            })?;
+            let n = n
+                .parse::<usize>()
+                .map_err(|_| InputError(format!("device `{spec}`: `{n}` is not a device number; write e.g. cuda:0")))?;
             (k.to_string(), n)
         }
         None => (spec.clone(), 0),
@@ -28,18 +26,14 @@ pub fn parse(spec: &str) -> Result<Device, InputError> {
         } else {
             Device::Cpu
         }),
-        _ => Err(InputError(format!(
-            "unknown device `{spec}`: use cpu, cuda, cuda:N, metal or auto"
-        ))),
+        _ => Err(InputError(format!("unknown device `{spec}`: use cpu, cuda, cuda:N, metal or auto"))),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> Result<Device, InputError> {
     Device::new_cuda(ordinal).map_err(|e| {
-        InputError(format!(
-            "cannot open CUDA device {ordinal}: {e}\n  check `nvidia-smi`, or use --device cpu"
-        ))
+        InputError(format!("cannot open CUDA device {ordinal}: {e}\n  check `nvidia-smi`, or use --device cpu"))
     })
 }
 
@@ -50,11 +44,8 @@ fn cuda(_ordinal: usize) -> Result<Device, InputError> {
 
 #[cfg(feature = "metal")]
 fn metal(ordinal: usize) -> Result<Device, InputError> {
-    Device::new_metal(ordinal).map_err(|e| {
-        InputError(format!(
-            "cannot open Metal device {ordinal}: {e}\n  use --device cpu"
-        ))
-    })
+    Device::new_metal(ordinal)
+        .map_err(|e| InputError(format!("cannot open Metal device {ordinal}: {e}\n  use --device cpu")))
 }
 
 #[cfg(not(feature = "metal"))]

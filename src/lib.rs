@@ -20,8 +20,7 @@ pub struct InputError(pub String);
 
 /// True when `err` comes from bad user input (exit status 2) rather than a runtime failure.
 pub fn is_input_error(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|c| c.is::<InputError>() || c.is::<config::ConfigError>() || c.is::<data::DataError>())
+    err.chain().any(|c| c.is::<InputError>() || c.is::<config::ConfigError>() || c.is::<data::DataError>())
 }
 
 /// keel's version and the git revision it was built from.

@@ -13,15 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const METRICS_HEADER: [&str; 7] = [
-    "step",
-    "tokens",
-    "lr",
-    "loss",
-    "grad_norm",
-    "tokens_per_s",
-    "elapsed_s",
-];
+pub const METRICS_HEADER: [&str; 7] = ["step", "tokens", "lr", "loss", "grad_norm", "tokens_per_s", "elapsed_s"];
 pub const EVAL_HEADER: [&str; 3] = ["step", "val_loss", "val_ppl"];
 pub const GRAD_NORMS_HEADER: [&str; 4] = ["step", "layer", "kind", "grad_norm"];
 
@@ -29,10 +21,7 @@ pub const GRAD_NORMS_HEADER: [&str; 4] = ["step", "layer", "kind", "grad_norm"];
 /// half-written file under the final name.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut tmp = PathBuf::from(path);
-    let name = format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-    );
+    let name = format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out"));
     tmp.set_file_name(name);
     {
         let mut f = File::create(&tmp)?;
@@ -95,23 +84,14 @@ impl RunWriters {
     }
 
     pub fn eval(&mut self, step: usize, val_loss: f64) -> std::io::Result<()> {
-        self.eval.write_record([
-            step.to_string(),
-            val_loss.to_string(),
-            val_loss.exp().to_string(),
-        ])?;
+        self.eval.write_record([step.to_string(), val_loss.to_string(), val_loss.exp().to_string()])?;
         self.eval.flush()
     }
 
     pub fn grad_norms(&mut self, step: usize, rows: &[GradNormRow]) -> std::io::Result<()> {
         for r in rows {
             let layer = r.layer.map(|l| l.to_string()).unwrap_or_default();
-            self.grad_norms.write_record([
-                step.to_string(),
-                layer,
-                r.kind.to_string(),
-                r.grad_norm.to_string(),
-            ])?;
+            self.grad_norms.write_record([step.to_string(), layer, r.kind.to_string(), r.grad_norm.to_string()])?;
         }
         self.grad_norms.flush()
     }

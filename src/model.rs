@@ -67,24 +67,11 @@ struct ParamBuilder<'a> {
 }
 
 impl ParamBuilder<'_> {
-    fn push(
-        &mut self,
-        name: String,
-        values: Vec<f64>,
-        shape: &[usize],
-        group: Group,
-    ) -> Result<Tensor> {
-        let t = Tensor::from_vec(values, shape, &Device::Cpu)?
-            .to_dtype(self.dtype)?
-            .to_device(self.device)?;
+    fn push(&mut self, name: String, values: Vec<f64>, shape: &[usize], group: Group) -> Result<Tensor> {
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(self.dtype)?.to_device(self.device)?;
         let var = Var::from_tensor(&t)?;
         let tensor = var.as_tensor().clone();
-        self.params.push(Param {
-            name,
-            var,
-            decay: shape.len() == 2,
-            group,
-        });
+        self.params.push(Param { name, var, decay: shape.len() == 2, group });
         Ok(tensor)
     }
 
@@ -110,34 +97,20 @@ pub struct Norm {
 }
 
 impl Norm {
-    fn new(
-        b: &mut ParamBuilder,
-        prefix: &str,
-        kind: NormKind,
-        c: usize,
-        eps: f64,
-        group: Group,
-    ) -> Result<Self> {
+    fn new(b: &mut ParamBuilder, prefix: &str, kind: NormKind, c: usize, eps: f64, group: Group) -> Result<Self> {
         let gamma = b.constant(format!("{prefix}.weight"), c, 1.0, group)?;
         let beta = match kind {
             NormKind::RmsNorm => None,
             NormKind::LayerNorm => Some(b.constant(format!("{prefix}.bias"), c, 0.0, group)?),
         };
-        Ok(Norm {
-            kind,
-            gamma,
-            beta,
-            eps,
-        })
+        Ok(Norm { kind, gamma, beta, eps })
     }
 
     /// N(x), x: (N, C).
     pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
         match (&self.kind, &self.beta) {
             (NormKind::RmsNorm, _) => ops::rms_norm(x, &self.gamma, self.eps, k),
-            (NormKind::LayerNorm, Some(beta)) => {
-                ops::composite::layer_norm(x, &self.gamma, beta, self.eps)
-            }
+            (NormKind::LayerNorm, Some(beta)) => ops::composite::layer_norm(x, &self.gamma, beta, self.eps),
             (NormKind::LayerNorm, None) => unreachable!("layer norm has a bias"),
         }
     }
@@ -159,11 +132,7 @@ pub enum Residual {
     /// N(alpha * x + F(x)); Post-LN has alpha = 1.
     Post { alpha: f64, norm: Norm },
     /// N_out(alpha * x + F(N_in(x)))
-    Keel {
-        alpha: f64,
-        norm_in: Norm,
-        norm_out: Norm,
-    },
+    Keel { alpha: f64, norm_in: Norm, norm_out: Norm },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -204,22 +173,10 @@ pub struct Attention {
 
 impl Attention {
     /// x: (B*T, C) -> (B*T, C).
-    fn forward(
-        &self,
-        x: &Tensor,
-        batch: usize,
-        seq: usize,
-        rope: &Arc<Rope>,
-        k: Kernels,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
         let qkv = x.matmul(&self.wqkv)?;
-        let shape = AttnShape {
-            batch,
-            seq,
-            n_heads: self.n_heads,
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
-        };
+        let shape =
+            AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
         ops::causal_attention(&qkv, shape, rope, k)?.matmul(&self.wo)
     }
 }
@@ -262,14 +219,7 @@ pub struct SubLayer {
 
 impl SubLayer {
     /// F(x) alone: the attention or FFN branch.
-    pub fn branch(
-        &self,
-        x: &Tensor,
-        batch: usize,
-        seq: usize,
-        rope: &Arc<Rope>,
-        k: Kernels,
-    ) -> Result<Tensor> {
+    pub fn branch(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
         match &self.branch {
             Branch::Attn(a) => a.forward(x, batch, seq, rope, k),
             Branch::Ffn(f) => f.forward(x, k),
@@ -277,24 +227,11 @@ impl SubLayer {
     }
 
     /// x: (B*T, C) -> (B*T, C), one residual step of the paper's equations.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        batch: usize,
-        seq: usize,
-        rope: &Arc<Rope>,
-        k: Kernels,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
         match &self.residual {
             Residual::Pre { norm } => x + self.branch(&norm.forward(x, k)?, batch, seq, rope, k)?,
-            Residual::Post { alpha, norm } => {
-                norm.residual(x, &self.branch(x, batch, seq, rope, k)?, *alpha, k)
-            }
-            Residual::Keel {
-                alpha,
-                norm_in,
-                norm_out,
-            } => {
+            Residual::Post { alpha, norm } => norm.residual(x, &self.branch(x, batch, seq, rope, k)?, *alpha, k),
+            Residual::Keel { alpha, norm_in, norm_out } => {
                 let f = self.branch(&norm_in.forward(x, k)?, batch, seq, rope, k)?;
                 norm_out.residual(x, &f, *alpha, k)
             }
@@ -328,18 +265,9 @@ impl Model {
         let c = m.d_model;
         let std = m.init_std;
         let (h, hkv, d) = (m.n_heads, r.n_kv_heads(), r.head_dim());
-        let mut b = ParamBuilder {
-            seed: r.train().seed,
-            dtype: dtype_of(r.train().precision),
-            device,
-            params: Vec::new(),
-        };
-        let tok_emb = b.normal(
-            "tok_emb".into(),
-            &[r.vocab_size(), c],
-            std,
-            Group::Embedding,
-        )?;
+        let mut b =
+            ParamBuilder { seed: r.train().seed, dtype: dtype_of(r.train().precision), device, params: Vec::new() };
+        let tok_emb = b.normal("tok_emb".into(), &[r.vocab_size(), c], std, Group::Embedding)?;
         let mut sublayers = Vec::with_capacity(m.depth);
         for index in 0..m.depth {
             let group = Group::SubLayer(index);
@@ -352,18 +280,11 @@ impl Model {
                 Norm::new(b, &format!("{name}.{suffix}"), m.norm, c, m.norm_eps, group)
             };
             let residual = match ResidualForm::for_sublayer(r, index) {
-                ResidualForm::Pre => Residual::Pre {
-                    norm: norm(&mut b, "norm")?,
-                },
-                ResidualForm::Post { alpha } => Residual::Post {
-                    alpha,
-                    norm: norm(&mut b, "norm")?,
-                },
-                ResidualForm::Keel { alpha } => Residual::Keel {
-                    alpha,
-                    norm_in: norm(&mut b, "norm_in")?,
-                    norm_out: norm(&mut b, "norm_out")?,
-                },
+                ResidualForm::Pre => Residual::Pre { norm: norm(&mut b, "norm")? },
+                ResidualForm::Post { alpha } => Residual::Post { alpha, norm: norm(&mut b, "norm")? },
+                ResidualForm::Keel { alpha } => {
+                    Residual::Keel { alpha, norm_in: norm(&mut b, "norm_in")?, norm_out: norm(&mut b, "norm_out")? }
+                }
             };
             let branch = match kind {
                 SubLayerKind::Attn => Branch::Attn(Attention {
@@ -385,22 +306,10 @@ impl Model {
                     })
                 }
             };
-            sublayers.push(SubLayer {
-                index,
-                kind,
-                residual,
-                branch,
-            });
+            sublayers.push(SubLayer { index, kind, residual, branch });
         }
         let final_norm = if r.final_norm() {
-            Some(Norm::new(
-                &mut b,
-                "final_norm",
-                m.norm,
-                c,
-                m.norm_eps,
-                Group::FinalNorm,
-            )?)
+            Some(Norm::new(&mut b, "final_norm", m.norm, c, m.norm_eps, Group::FinalNorm)?)
         } else {
             None
         };

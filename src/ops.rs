@@ -9,8 +9,8 @@
 //! Every fused op is tested against its composite twin, forward and backward.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result,
-    Shape, Tensor, WithDType, D,
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    WithDType, D,
 };
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -34,9 +34,88 @@ impl Kernels {
 }
 
 /// Floating-point types the fused kernels run in.
-pub trait Real: WithDType + num_traits::Float + Send + Sync + std::iter::Sum {}
-impl Real for f32 {}
-impl Real for f64 {}
+pub trait Real: WithDType + num_traits::Float + Send + Sync + std::iter::Sum {
+    /// exp, vectorizable in f32 (see [`exp_f32`]).
+    fn fast_exp(self) -> Self;
+
+    /// xs[i] <- exp(xs[i] - shift).
+    fn exp_shifted(xs: &mut [Self], shift: Self) {
+        for x in xs {
+            *x = (*x - shift).fast_exp();
+        }
+    }
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn fast_exp(self) -> f32 {
+        exp_f32(self)
+    }
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn fast_exp(self) -> f64 {
+        self.exp()
+    }
+}
+
+/// Sum of a[i] * b[i] with eight independent accumulators, so the loop vectorizes (a single
+/// running float sum cannot be reordered by the compiler). The order is fixed: deterministic.
+#[inline(always)]
+pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    let chunks = n / 8;
+    for i in 0..chunks {
+        for l in 0..8 {
+            acc[l] = acc[l] + a[i * 8 + l] * b[i * 8 + l];
+        }
+    }
+    let mut tail = T::zero();
+    for i in chunks * 8..n {
+        tail = tail + a[i] * b[i];
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Sum of elements, vectorizable (see [`dot`]).
+#[inline(always)]
+pub fn sum<T: Real>(a: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for l in 0..8 {
+            acc[l] = acc[l] + a[i * 8 + l];
+        }
+    }
+    let mut tail = T::zero();
+    for v in &a[chunks * 8..] {
+        tail = tail + *v;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// exp for f32 as straight-line arithmetic that the compiler vectorizes (libm's expf is a call per
+/// element): Cephes' expf polynomial on x - n ln2, with n rounded through the 1.5 * 2^23 trick so
+/// no SSE4.1 rounding instruction is needed. Relative error below 2e-7 over the clamp range;
+/// results below e^-87.3 flush to ~1e-38 instead of 0, which a softmax cannot tell apart.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let r2 = r * r;
+    let p = (((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1)
+        * r2
+        + r
+        + 1.0;
+    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
 
 fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
@@ -77,28 +156,15 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
-        Rope {
-            seq_len,
-            head_dim,
-            cos,
-            sin,
-        }
+        Rope { seq_len, head_dim, cos, sin }
     }
 
     /// The tables as (T, D/2) tensors, for the composite path.
-    pub fn tensors(
-        &self,
-        t: usize,
-        dtype: DType,
-        device: &candle_core::Device,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn tensors(&self, t: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
         let cos = Tensor::from_slice(&self.cos[..t * half], (t, half), &candle_core::Device::Cpu)?;
         let sin = Tensor::from_slice(&self.sin[..t * half], (t, half), &candle_core::Device::Cpu)?;
-        Ok((
-            cos.to_dtype(dtype)?.to_device(device)?,
-            sin.to_dtype(dtype)?.to_device(device)?,
-        ))
+        Ok((cos.to_dtype(dtype)?.to_device(device)?, sin.to_dtype(dtype)?.to_device(device)?))
     }
 }
 
@@ -116,19 +182,9 @@ pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64, k: Kernels) -> Result<Tens
 
 /// Residual followed by RMSNorm: y = RMSNorm(alpha * x + f) (Post-LN with alpha = 1, Keel with
 /// alpha = L). x, f: (N, C), gamma: (C).
-pub fn residual_rms_norm(
-    x: &Tensor,
-    f: &Tensor,
-    gamma: &Tensor,
-    alpha: f64,
-    eps: f64,
-    k: Kernels,
-) -> Result<Tensor> {
+pub fn residual_rms_norm(x: &Tensor, f: &Tensor, gamma: &Tensor, alpha: f64, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => {
-            x.contiguous()?
-                .apply_op3(&f.contiguous()?, gamma, ResidualRmsNorm { alpha, eps })
-        }
+        Kernels::Fused => x.contiguous()?.apply_op3(&f.contiguous()?, gamma, ResidualRmsNorm { alpha, eps }),
         Kernels::Composite => composite::rms_norm(&residual(x, f, alpha)?, gamma, eps),
     }
 }
@@ -169,17 +225,9 @@ impl AttnShape {
 /// Causal multi-head attention with RoPE and grouped KV heads.
 /// qkv: (B*T, (H + 2 Hkv) D), laid out [q heads | k heads | v heads] per row.
 /// Returns (B*T, H D): softmax(rope(q) rope(k)^T / sqrt(D) + causal mask) v, heads concatenated.
-pub fn causal_attention(
-    qkv: &Tensor,
-    s: AttnShape,
-    rope: &Arc<Rope>,
-    k: Kernels,
-) -> Result<Tensor> {
+pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => qkv.contiguous()?.apply_op1(Attention {
-            s,
-            rope: rope.clone(),
-        }),
+        Kernels::Fused => qkv.contiguous()?.apply_op1(Attention { s, rope: rope.clone(), saved: Default::default() }),
         Kernels::Composite => composite::causal_attention(qkv, s, rope),
     }
 }
@@ -203,9 +251,7 @@ pub mod composite {
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let r = (var + eps)?.sqrt()?.recip()?;
-        xc.broadcast_mul(&r)?
-            .broadcast_mul(gamma)?
-            .broadcast_add(beta)
+        xc.broadcast_mul(&r)?.broadcast_mul(gamma)?.broadcast_add(beta)
     }
 
     pub fn swiglu(h: &Tensor) -> Result<Tensor> {
@@ -226,18 +272,11 @@ pub mod composite {
     }
 
     pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope_table: &Rope) -> Result<Tensor> {
-        let AttnShape {
-            batch: b,
-            seq: t,
-            n_heads: h,
-            n_kv_heads: hkv,
-            head_dim: d,
-        } = s;
+        let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
         let (cos, sin) = rope_table.tensors(t, qkv.dtype(), qkv.device())?;
         let qkv = qkv.reshape((b, t, h + 2 * hkv, d))?;
-        let heads = |start: usize, n: usize| -> Result<Tensor> {
-            qkv.narrow(2, start, n)?.transpose(1, 2)?.contiguous()
-        };
+        let heads =
+            |start: usize, n: usize| -> Result<Tensor> { qkv.narrow(2, start, n)?.transpose(1, 2)?.contiguous() };
         let q = rope(&heads(0, h)?, &cos, &sin)?;
         let k = rope(&heads(h, hkv)?, &cos, &sin)?;
         let v = heads(h + hkv, hkv)?;
@@ -246,16 +285,12 @@ pub mod composite {
             if rep == 1 {
                 return Ok(x);
             }
-            x.unsqueeze(2)?
-                .broadcast_as((b, hkv, rep, t, d))?
-                .contiguous()?
-                .reshape((b, h, t, d))
+            x.unsqueeze(2)?.broadcast_as((b, hkv, rep, t, d))?.contiguous()?.reshape((b, h, t, d))
         };
         let (k, v) = (expand(k)?, expand(v)?);
         let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
+        let mask: Vec<f32> =
+            (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
         let mask = Tensor::from_vec(mask, (t, t), qkv.device())?.to_dtype(qkv.dtype())?;
         let p = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
         let o = p.matmul(&v)?; // (B, H, T, D)
@@ -271,53 +306,81 @@ fn rms_fwd_kernel<T: Real>(h: &[T], gamma: &[T], c: usize, eps: f64) -> Vec<T> {
     let mut y = vec![T::zero(); h.len()];
     let eps = T::from_f64(eps);
     let inv_c = T::from_f64(1.0 / c as f64);
-    y.par_chunks_mut(c * ROW_CHUNK)
-        .zip(h.par_chunks(c * ROW_CHUNK))
-        .for_each(|(ys, hs)| {
-            for (yr, hr) in ys.chunks_mut(c).zip(hs.chunks(c)) {
-                let ms = hr.iter().map(|&v| v * v).sum::<T>() * inv_c;
-                let r = (ms + eps).sqrt().recip();
-                for ((yv, &hv), &g) in yr.iter_mut().zip(hr).zip(gamma) {
-                    *yv = hv * r * g;
-                }
+    y.par_chunks_mut(c * ROW_CHUNK).zip(h.par_chunks(c * ROW_CHUNK)).for_each(|(ys, hs)| {
+        for (yr, hr) in ys.chunks_mut(c).zip(hs.chunks(c)) {
+            let ms = dot(hr, hr) * inv_c;
+            let r = (ms + eps).sqrt().recip();
+            for ((yv, &hv), &g) in yr.iter_mut().zip(hr).zip(gamma) {
+                *yv = hv * r * g;
             }
-        });
+        }
+    });
     y
 }
 
-/// Backward of y = h * r * gamma, r = 1/sqrt(mean(h^2) + eps):
-/// dh = r * (g - xhat * mean(g * xhat)) with g = dy * gamma, xhat = h * r;
-/// dgamma = sum_rows(dy * xhat). Returns rows [dh (N, C) ; dgamma (1, C)].
-fn rms_bwd_kernel<T: Real>(h: &[T], gamma: &[T], dy: &[T], c: usize, eps: f64) -> Vec<T> {
-    let n = h.len() / c;
-    let mut out = vec![T::zero(); (n + 1) * c];
+/// Backward of y = h * r * gamma with h = alpha * x + f (or h = x without f),
+/// r = 1/sqrt(mean(h^2) + eps): with g = dy * gamma and xhat = h * r,
+/// dh = r * (g - xhat * mean(g * xhat)), dx = alpha dh, df = dh, dgamma = sum_rows(dy * xhat).
+/// Returns rows [dx (N, C) ; df (N, C) if f is given ; dgamma (1, C)].
+fn rms_bwd_kernel<T: Real>(x: &[T], f: Option<&[T]>, alpha: f64, gamma: &[T], dy: &[T], c: usize, eps: f64) -> Vec<T> {
+    let n = x.len() / c;
+    let blocks = if f.is_some() { 2 } else { 1 };
+    let mut out = vec![T::zero(); (blocks * n + 1) * c];
     let eps = T::from_f64(eps);
+    let alpha = T::from_f64(alpha);
     let inv_c = T::from_f64(1.0 / c as f64);
-    let (dh, _) = out.split_at_mut(n * c);
-    let partials: Vec<Vec<T>> = dh
-        .par_chunks_mut(c * ROW_CHUNK)
-        .zip(h.par_chunks(c * ROW_CHUNK))
-        .zip(dy.par_chunks(c * ROW_CHUNK))
-        .map(|((dhs, hs), dys)| {
+    let (grads, _) = out.split_at_mut(blocks * n * c);
+    let (dx, df) = grads.split_at_mut(n * c);
+    let rows = ROW_CHUNK * c;
+    let df_chunks: Vec<Option<&mut [T]>> = match f {
+        Some(_) => df.chunks_mut(rows).map(Some).collect(),
+        None => (0..n.div_ceil(ROW_CHUNK)).map(|_| None).collect(),
+    };
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut(rows)
+        .zip(df_chunks)
+        .enumerate()
+        .map(|(chunk, (dxs, mut dfs))| {
+            let base = chunk * rows;
             let mut dg = vec![T::zero(); c];
-            for ((dhr, hr), dyr) in dhs.chunks_mut(c).zip(hs.chunks(c)).zip(dys.chunks(c)) {
-                let ms = hr.iter().map(|&v| v * v).sum::<T>() * inv_c;
-                let r = (ms + eps).sqrt().recip();
-                let mut dot = T::zero();
-                for i in 0..c {
-                    let xhat = hr[i] * r;
-                    dg[i] += dyr[i] * xhat;
-                    dot += dyr[i] * gamma[i] * xhat;
+            let mut h = vec![T::zero(); c];
+            let mut g = vec![T::zero(); c];
+            for (row, dxr) in dxs.chunks_mut(c).enumerate() {
+                let off = base + row * c;
+                let xr = &x[off..off + c];
+                match f {
+                    Some(f) => {
+                        for ((hv, &xv), &fv) in h.iter_mut().zip(xr).zip(&f[off..off + c]) {
+                            *hv = alpha * xv + fv;
+                        }
+                    }
+                    None => h.copy_from_slice(xr),
                 }
-                let m = dot * inv_c;
+                let dyr = &dy[off..off + c];
+                let ms = dot(&h, &h) * inv_c;
+                let r = (ms + eps).sqrt().recip();
                 for i in 0..c {
-                    dhr[i] = r * (dyr[i] * gamma[i] - hr[i] * r * m);
+                    dg[i] += dyr[i] * h[i] * r;
+                    g[i] = dyr[i] * gamma[i];
+                }
+                let m = dot(&g, &h) * r * inv_c;
+                for i in 0..c {
+                    dxr[i] = r * (g[i] - h[i] * r * m);
+                }
+                if let Some(dfs) = dfs.as_deref_mut() {
+                    let dfr = &mut dfs[row * c..(row + 1) * c];
+                    dfr.copy_from_slice(dxr);
+                    if alpha != T::one() {
+                        for v in dxr.iter_mut() {
+                            *v = *v * alpha;
+                        }
+                    }
                 }
             }
             dg
         })
         .collect();
-    let dgamma = &mut out[n * c..];
+    let dgamma = &mut out[blocks * n * c..];
     for p in partials {
         for (a, b) in dgamma.iter_mut().zip(p) {
             *a += b;
@@ -334,38 +397,20 @@ impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "keel-rms-norm"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let c = l2.shape().elem_count();
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(rms_fwd_kernel(
-                contiguous(s1, l1)?,
-                contiguous(s2, l2)?,
-                c,
-                self.eps,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(rms_fwd_kernel(
-                contiguous(s1, l1)?,
-                contiguous(s2, l2)?,
-                c,
-                self.eps,
-            )),
+            DType::F32 => {
+                f32::to_cpu_storage_owned(rms_fwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, c, self.eps))
+            }
+            DType::F64 => {
+                f64::to_cpu_storage_owned(rms_fwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, c, self.eps))
+            }
             dt => candle_core::bail!("keel rms_norm: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dgamma) = rms_bwd(x, gamma, dy, self.eps)?;
         Ok((Some(dx), Some(dgamma)))
     }
@@ -375,6 +420,57 @@ fn rms_bwd(h: &Tensor, gamma: &Tensor, dy: &Tensor, eps: f64) -> Result<(Tensor,
     let (n, c) = h.dims2()?;
     let packed = h.apply_op3_no_bwd(gamma, &dy.contiguous()?, &RmsNormBwd { eps })?;
     Ok((packed.narrow(0, 0, n)?, packed.narrow(0, n, 1)?.reshape(c)?))
+}
+
+/// The op that holds the fused residual-norm backward: inputs (x, f, dy), gamma alongside.
+struct ResidualRmsNormBwd {
+    alpha: f64,
+    eps: f64,
+    gamma: Tensor,
+}
+
+impl CustomOp3 for ResidualRmsNormBwd {
+    fn name(&self) -> &'static str {
+        "keel-residual-rms-norm-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c) = l1.shape().dims2()?;
+        let gamma = self.gamma.contiguous()?;
+        let (gs, gl) = gamma.storage_and_layout();
+        let candle_core::Storage::Cpu(gs) = &*gs else {
+            candle_core::bail!("keel residual_rms_norm bwd: gamma not on cpu")
+        };
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(rms_bwd_kernel(
+                contiguous(s1, l1)?,
+                Some(contiguous(s2, l2)?),
+                self.alpha,
+                contiguous(gs, gl)?,
+                contiguous(s3, l3)?,
+                c,
+                self.eps,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(rms_bwd_kernel(
+                contiguous(s1, l1)?,
+                Some(contiguous(s2, l2)?),
+                self.alpha,
+                contiguous(gs, gl)?,
+                contiguous(s3, l3)?,
+                c,
+                self.eps,
+            )),
+            dt => candle_core::bail!("keel residual_rms_norm bwd: unsupported dtype {dt:?}"),
+        };
+        Ok((out, Shape::from((2 * n + 1, c))))
+    }
 }
 
 struct RmsNormBwd {
@@ -398,6 +494,8 @@ impl CustomOp3 for RmsNormBwd {
         let out = match s1.dtype() {
             DType::F32 => f32::to_cpu_storage_owned(rms_bwd_kernel(
                 contiguous(s1, l1)?,
+                None,
+                1.0,
                 contiguous(s2, l2)?,
                 contiguous(s3, l3)?,
                 c,
@@ -405,6 +503,8 @@ impl CustomOp3 for RmsNormBwd {
             )),
             DType::F64 => f64::to_cpu_storage_owned(rms_bwd_kernel(
                 contiguous(s1, l1)?,
+                None,
+                1.0,
                 contiguous(s2, l2)?,
                 contiguous(s3, l3)?,
                 c,
@@ -472,14 +572,13 @@ impl CustomOp3 for ResidualRmsNorm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let h = residual(x, f, self.alpha)?;
-        let (dh, dgamma) = rms_bwd(&h, gamma, dy, self.eps)?;
-        let dx = if self.alpha == 1.0 {
-            dh.clone()
-        } else {
-            dh.affine(self.alpha, 0.0)?
-        };
-        Ok((Some(dx), Some(dh), Some(dgamma)))
+        let (n, c) = x.dims2()?;
+        let op = ResidualRmsNormBwd { alpha: self.alpha, eps: self.eps, gamma: gamma.clone() };
+        let packed = x.apply_op3_no_bwd(f, &dy.contiguous()?, &op)?;
+        let dx = packed.narrow(0, 0, n)?;
+        let df = packed.narrow(0, n, n)?;
+        let dgamma = packed.narrow(0, 2 * n, 1)?.reshape(c)?;
+        Ok((Some(dx), Some(df), Some(dgamma)))
     }
 }
 
@@ -490,22 +589,20 @@ impl CustomOp3 for ResidualRmsNorm {
 struct SwiGlu;
 
 fn sigmoid<T: Real>(a: T) -> T {
-    T::one() / (T::one() + (-a).exp())
+    T::one() / (T::one() + (-a).fast_exp())
 }
 
 fn swiglu_fwd_kernel<T: Real>(h: &[T], f: usize) -> Vec<T> {
     let n = h.len() / (2 * f);
     let mut y = vec![T::zero(); n * f];
-    y.par_chunks_mut(f * ROW_CHUNK)
-        .zip(h.par_chunks(2 * f * ROW_CHUNK))
-        .for_each(|(ys, hs)| {
-            for (yr, hr) in ys.chunks_mut(f).zip(hs.chunks(2 * f)) {
-                let (a, b) = hr.split_at(f);
-                for i in 0..f {
-                    yr[i] = a[i] * sigmoid(a[i]) * b[i];
-                }
+    y.par_chunks_mut(f * ROW_CHUNK).zip(h.par_chunks(2 * f * ROW_CHUNK)).for_each(|(ys, hs)| {
+        for (yr, hr) in ys.chunks_mut(f).zip(hs.chunks(2 * f)) {
+            let (a, b) = hr.split_at(f);
+            for i in 0..f {
+                yr[i] = a[i] * sigmoid(a[i]) * b[i];
             }
-        });
+        }
+    });
     y
 }
 
@@ -516,11 +613,7 @@ fn swiglu_bwd_kernel<T: Real>(h: &[T], dy: &[T], f: usize) -> Vec<T> {
         .zip(h.par_chunks(2 * f * ROW_CHUNK))
         .zip(dy.par_chunks(f * ROW_CHUNK))
         .for_each(|((dhs, hs), dys)| {
-            for ((dhr, hr), dyr) in dhs
-                .chunks_mut(2 * f)
-                .zip(hs.chunks(2 * f))
-                .zip(dys.chunks(f))
-            {
+            for ((dhr, hr), dyr) in dhs.chunks_mut(2 * f).zip(hs.chunks(2 * f)).zip(dys.chunks(f)) {
                 let (a, b) = hr.split_at(f);
                 let (da, db) = dhr.split_at_mut(f);
                 for i in 0..f {
@@ -558,25 +651,15 @@ impl CustomOp2 for SwiGluBwd {
     fn name(&self) -> &'static str {
         "keel-swiglu-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let f = l1.shape().dims2()?.1 / 2;
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(swiglu_bwd_kernel(
-                contiguous::<f32>(s1, l1)?,
-                contiguous(s2, l2)?,
-                f,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(swiglu_bwd_kernel(
-                contiguous::<f64>(s1, l1)?,
-                contiguous(s2, l2)?,
-                f,
-            )),
+            DType::F32 => {
+                f32::to_cpu_storage_owned(swiglu_bwd_kernel(contiguous::<f32>(s1, l1)?, contiguous(s2, l2)?, f))
+            }
+            DType::F64 => {
+                f64::to_cpu_storage_owned(swiglu_bwd_kernel(contiguous::<f64>(s1, l1)?, contiguous(s2, l2)?, f))
+            }
             dt => candle_core::bail!("keel swiglu bwd: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))
@@ -590,6 +673,8 @@ impl CustomOp2 for SwiGluBwd {
 struct Attention {
     s: AttnShape,
     rope: Arc<Rope>,
+    /// The forward's attention probabilities, taken by the backward pass.
+    saved: std::sync::Mutex<Option<CpuStorage>>,
 }
 
 /// A raw pointer that may cross rayon tasks; each task writes a disjoint set of elements.
@@ -639,15 +724,7 @@ unsafe fn mm<T: 'static + Real>(
 
 /// Gathers head columns [col, col + D) of rows b*T..(b+1)*T from a (B*T, W) matrix into (T, D),
 /// rotating by RoPE when `rope` is given.
-fn gather_head<T: Real>(
-    src: &[T],
-    w: usize,
-    b: usize,
-    t: usize,
-    col: usize,
-    d: usize,
-    rope: Option<&Rope>,
-) -> Vec<T> {
+fn gather_head<T: Real>(src: &[T], w: usize, b: usize, t: usize, col: usize, d: usize, rope: Option<&Rope>) -> Vec<T> {
     let half = d / 2;
     let mut out = vec![T::zero(); t * d];
     for i in 0..t {
@@ -704,99 +781,92 @@ unsafe fn scatter_head<T: Real>(
 fn causal_softmax<T: Real>(p: &mut [T], t: usize, scale: T) {
     for i in 0..t {
         let row = &mut p[i * t..(i + 1) * t];
+        let (live, masked) = row.split_at_mut(i + 1);
         let mut mx = T::neg_infinity();
-        for v in &row[..=i] {
-            mx = num_traits::Float::max(mx, *v * scale);
+        for v in live.iter_mut() {
+            *v = *v * scale;
+            mx = num_traits::Float::max(mx, *v);
         }
-        let mut sum = T::zero();
-        for v in &mut row[..=i] {
-            *v = (*v * scale - mx).exp();
-            sum += *v;
+        T::exp_shifted(live, mx);
+        let inv = sum(live).recip();
+        for v in live.iter_mut() {
+            *v = *v * inv;
         }
-        let inv = sum.recip();
-        for v in &mut row[..=i] {
-            *v *= inv;
-        }
-        for v in &mut row[i + 1..] {
-            *v = T::zero();
-        }
+        masked.fill(T::zero());
     }
 }
 
-/// P = causal_softmax(q k^T * scale) for one head: q, k (T, D) -> (T, T).
+/// Row blocks for skipping the masked upper triangle: a (T, T) causal product is computed block
+/// row by block row, each only up to its diagonal (37.5% fewer flops at T = 128).
+const CAUSAL_BLOCK: usize = 32;
+
+fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t.div_ceil(CAUSAL_BLOCK)).map(move |r| (r * CAUSAL_BLOCK, CAUSAL_BLOCK.min(t - r * CAUSAL_BLOCK)))
+}
+
+/// P = causal_softmax(q k^T * scale) for one head: q, k (T, D) -> (T, T), written into `p`.
+fn probs_into<T: Real>(p: &mut [T], q: &[T], k: &[T], t: usize, d: usize, scale: T) {
+    for (r0, rn) in causal_blocks(t) {
+        // S[r0..r0+rn, 0..r0+rn] = Q[r0..] K[0..r0+rn]^T
+        unsafe {
+            mm(
+                rn,
+                r0 + rn,
+                d,
+                p.as_mut_ptr().add(r0 * t),
+                t,
+                false,
+                q.as_ptr().add(r0 * d),
+                d as isize,
+                1,
+                k.as_ptr(),
+                1,
+                d as isize,
+            );
+        }
+    }
+    causal_softmax(p, t, scale);
+}
+
 fn probs<T: Real>(q: &[T], k: &[T], t: usize, d: usize, scale: T) -> Vec<T> {
     let mut p = vec![T::zero(); t * t];
-    unsafe {
-        mm(
-            t,
-            t,
-            d,
-            p.as_mut_ptr(),
-            t,
-            false,
-            q.as_ptr(),
-            d as isize,
-            1,
-            k.as_ptr(),
-            1,
-            d as isize,
-        );
-    }
-    causal_softmax(&mut p, t, scale);
+    probs_into(&mut p, q, k, t, d, scale);
     p
 }
 
-fn attn_fwd_kernel<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> Vec<T> {
-    let AttnShape {
-        batch,
-        seq: t,
-        n_heads: h,
-        n_kv_heads: hkv,
-        head_dim: d,
-    } = s;
+/// Forward: returns the output (B*T, H D) and the attention probabilities, one (T, T) block per
+/// (batch, head), kept for the backward pass.
+fn attn_fwd_kernel<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> (Vec<T>, Vec<T>) {
+    let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
     let w = s.qkv_width();
     let ow = h * d;
     let rep = h / hkv;
     let scale = T::from_f64(1.0 / (d as f64).sqrt());
     let mut out = vec![T::zero(); batch * t * ow];
+    let mut probs_all = vec![T::zero(); batch * h * t * t];
     let optr = SendPtr(out.as_mut_ptr());
-    (0..batch * h).into_par_iter().for_each(|task| {
+    probs_all.par_chunks_mut(t * t).enumerate().for_each(|(task, p)| {
         let optr = optr;
         let (b, head) = (task / h, task % h);
         let g = head / rep;
         let q = gather_head(qkv, w, b, t, head * d, d, Some(rope));
         let k = gather_head(qkv, w, b, t, (h + g) * d, d, Some(rope));
-        let p = probs(&q, &k, t, d, scale);
+        probs_into(p, &q, &k, t, d, scale);
         let v = unsafe { qkv.as_ptr().add(b * t * w + (h + hkv + g) * d) };
-        unsafe {
-            let dst = optr.0.add(b * t * ow + head * d);
-            mm(
-                t,
-                d,
-                t,
-                dst,
-                ow,
-                false,
-                p.as_ptr(),
-                t as isize,
-                1,
-                v,
-                w as isize,
-                1,
-            );
+        for (r0, rn) in causal_blocks(t) {
+            // O[r0..r0+rn] = P[r0.., 0..r0+rn] V[0..r0+rn]
+            unsafe {
+                let dst = optr.0.add((b * t + r0) * ow + head * d);
+                mm(rn, d, r0 + rn, dst, ow, false, p.as_ptr().add(r0 * t), t as isize, 1, v, w as isize, 1);
+            }
         }
     });
-    out
+    (out, probs_all)
 }
 
-fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope) -> Vec<T> {
-    let AttnShape {
-        batch,
-        seq: t,
-        n_heads: h,
-        n_kv_heads: hkv,
-        head_dim: d,
-    } = s;
+/// Backward. `saved` holds the forward's probabilities; without them they are recomputed.
+fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, saved: Option<&[T]>) -> Vec<T> {
+    let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
     let w = s.qkv_width();
     let ow = h * d;
     let rep = h / hkv;
@@ -811,85 +881,100 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope) ->
         let v = gather_head(qkv, w, b, t, (h + hkv + g) * d, d, None);
         let mut dk = vec![T::zero(); t * d];
         let mut dv = vec![T::zero(); t * d];
-        let mut dp = vec![T::zero(); t * t];
+        let mut ds = vec![T::zero(); t * t];
         let mut dq = vec![T::zero(); t * d];
         for head in g * rep..(g + 1) * rep {
             let q = gather_head(qkv, w, b, t, head * d, d, Some(rope));
-            let mut p = probs(&q, &k, t, d, scale);
+            let recomputed;
+            let p: &[T] = match saved {
+                Some(all) => &all[(b * h + head) * t * t..(b * h + head + 1) * t * t],
+                None => {
+                    recomputed = probs(&q, &k, t, d, scale);
+                    &recomputed
+                }
+            };
             let dout_h = unsafe { dout.as_ptr().add(b * t * ow + head * d) };
-            unsafe {
-                // dV += P^T dO
-                mm(
-                    t,
-                    d,
-                    t,
-                    dv.as_mut_ptr(),
-                    d,
-                    true,
-                    p.as_ptr(),
-                    1,
-                    t as isize,
-                    dout_h,
-                    ow as isize,
-                    1,
-                );
-                // dP = dO V^T
-                mm(
-                    t,
-                    t,
-                    d,
-                    dp.as_mut_ptr(),
-                    t,
-                    false,
-                    dout_h,
-                    ow as isize,
-                    1,
-                    v.as_ptr(),
-                    1,
-                    d as isize,
-                );
-            }
-            // dS = P * (dP - rowsum(P * dP)) * scale, written over P.
-            for i in 0..t {
-                let pr = &mut p[i * t..(i + 1) * t];
-                let dpr = &dp[i * t..(i + 1) * t];
-                let dot: T = pr[..=i].iter().zip(&dpr[..=i]).map(|(&a, &b)| a * b).sum();
-                for j in 0..=i {
-                    pr[j] = pr[j] * (dpr[j] - dot) * scale;
+            for (r0, rn) in causal_blocks(t) {
+                unsafe {
+                    // dV[r0..r0+rn] += P[r0.., r0..r0+rn]^T dO[r0..]   (rows i >= r0 only)
+                    let lhs = p.as_ptr().add(r0 * t + r0);
+                    mm(
+                        rn,
+                        d,
+                        t - r0,
+                        dv.as_mut_ptr().add(r0 * d),
+                        d,
+                        true,
+                        lhs,
+                        1,
+                        t as isize,
+                        dout_h.add(r0 * ow),
+                        ow as isize,
+                        1,
+                    );
+                    // dP[r0..r0+rn, 0..r0+rn] = dO[r0..] V[0..r0+rn]^T
+                    mm(
+                        rn,
+                        r0 + rn,
+                        d,
+                        ds.as_mut_ptr().add(r0 * t),
+                        t,
+                        false,
+                        dout_h.add(r0 * ow),
+                        ow as isize,
+                        1,
+                        v.as_ptr(),
+                        1,
+                        d as isize,
+                    );
                 }
             }
-            unsafe {
-                // dQ = dS K ; dK += dS^T Q
-                mm(
-                    t,
-                    d,
-                    t,
-                    dq.as_mut_ptr(),
-                    d,
-                    false,
-                    p.as_ptr(),
-                    t as isize,
-                    1,
-                    k.as_ptr(),
-                    d as isize,
-                    1,
-                );
-                mm(
-                    t,
-                    d,
-                    t,
-                    dk.as_mut_ptr(),
-                    d,
-                    true,
-                    p.as_ptr(),
-                    1,
-                    t as isize,
-                    q.as_ptr(),
-                    d as isize,
-                    1,
-                );
-                scatter_head(gptr, w, b, t, head * d, d, &dq, Some(rope));
+            // dS = P * (dP - rowsum(P * dP)) * scale, written over dP.
+            for i in 0..t {
+                let pr = &p[i * t..(i + 1) * t];
+                let dsr = &mut ds[i * t..(i + 1) * t];
+                let dot = dot(&pr[..=i], &dsr[..=i]);
+                for j in 0..=i {
+                    dsr[j] = pr[j] * (dsr[j] - dot) * scale;
+                }
+                dsr[i + 1..].fill(T::zero());
             }
+            for (r0, rn) in causal_blocks(t) {
+                unsafe {
+                    // dQ[r0..r0+rn] = dS[r0.., 0..r0+rn] K[0..r0+rn]
+                    mm(
+                        rn,
+                        d,
+                        r0 + rn,
+                        dq.as_mut_ptr().add(r0 * d),
+                        d,
+                        false,
+                        ds.as_ptr().add(r0 * t),
+                        t as isize,
+                        1,
+                        k.as_ptr(),
+                        d as isize,
+                        1,
+                    );
+                    // dK[r0..r0+rn] += dS[r0.., r0..r0+rn]^T Q[r0..]
+                    let lhs = ds.as_ptr().add(r0 * t + r0);
+                    mm(
+                        rn,
+                        d,
+                        t - r0,
+                        dk.as_mut_ptr().add(r0 * d),
+                        d,
+                        true,
+                        lhs,
+                        1,
+                        t as isize,
+                        q.as_ptr().add(r0 * d),
+                        d as isize,
+                        1,
+                    );
+                }
+            }
+            unsafe { scatter_head(gptr, w, b, t, head * d, d, &dq, Some(rope)) };
         }
         unsafe {
             scatter_head(gptr, w, b, t, (h + g) * d, d, &dk, Some(rope));
@@ -906,28 +991,25 @@ impl CustomOp1 for Attention {
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let s = self.s;
         if l.shape().dims2()? != (s.batch * s.seq, s.qkv_width()) || self.rope.seq_len < s.seq {
-            candle_core::bail!(
-                "keel attention: qkv shape {:?} does not match {:?}",
-                l.shape(),
-                s
-            );
+            candle_core::bail!("keel attention: qkv shape {:?} does not match {:?}", l.shape(), s);
         }
-        let out = match st.dtype() {
+        let (out, probs) = match st.dtype() {
             DType::F32 => {
-                f32::to_cpu_storage_owned(attn_fwd_kernel(contiguous::<f32>(st, l)?, s, &self.rope))
+                let (o, p) = attn_fwd_kernel(contiguous::<f32>(st, l)?, s, &self.rope);
+                (f32::to_cpu_storage_owned(o), f32::to_cpu_storage_owned(p))
             }
             DType::F64 => {
-                f64::to_cpu_storage_owned(attn_fwd_kernel(contiguous::<f64>(st, l)?, s, &self.rope))
+                let (o, p) = attn_fwd_kernel(contiguous::<f64>(st, l)?, s, &self.rope);
+                (f64::to_cpu_storage_owned(o), f64::to_cpu_storage_owned(p))
             }
             dt => candle_core::bail!("keel attention: unsupported dtype {dt:?}"),
         };
+        *self.saved.lock().expect("attention probabilities") = Some(probs);
         Ok((out, Shape::from((s.batch * s.seq, s.n_heads * s.head_dim))))
     }
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
-        let op = AttentionBwd {
-            s: self.s,
-            rope: self.rope.clone(),
-        };
+        let saved = self.saved.lock().expect("attention probabilities").take();
+        let op = AttentionBwd { s: self.s, rope: self.rope.clone(), saved };
         Ok(Some(qkv.apply_op2_no_bwd(&dout.contiguous()?, &op)?))
     }
 }
@@ -935,32 +1017,35 @@ impl CustomOp1 for Attention {
 struct AttentionBwd {
     s: AttnShape,
     rope: Arc<Rope>,
+    saved: Option<CpuStorage>,
 }
 
 impl CustomOp2 for AttentionBwd {
     fn name(&self) -> &'static str {
         "keel-causal-attention-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(attn_bwd_kernel(
-                contiguous::<f32>(s1, l1)?,
-                contiguous(s2, l2)?,
-                self.s,
-                &self.rope,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(attn_bwd_kernel(
-                contiguous::<f64>(s1, l1)?,
-                contiguous(s2, l2)?,
-                self.s,
-                &self.rope,
-            )),
+            DType::F32 => {
+                let saved = self.saved.as_ref().map(|p| p.as_slice::<f32>()).transpose()?;
+                f32::to_cpu_storage_owned(attn_bwd_kernel(
+                    contiguous::<f32>(s1, l1)?,
+                    contiguous(s2, l2)?,
+                    self.s,
+                    &self.rope,
+                    saved,
+                ))
+            }
+            DType::F64 => {
+                let saved = self.saved.as_ref().map(|p| p.as_slice::<f64>()).transpose()?;
+                f64::to_cpu_storage_owned(attn_bwd_kernel(
+                    contiguous::<f64>(s1, l1)?,
+                    contiguous(s2, l2)?,
+                    self.s,
+                    &self.rope,
+                    saved,
+                ))
+            }
             dt => candle_core::bail!("keel attention bwd: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))

@@ -10,14 +10,13 @@
 //! p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 //! ```
 //!
-//! On CPU the moments live in host memory (f64) and the update is one fused in-place pass per
-//! parameter; elsewhere it is composed from Candle ops.
+//! On CPU the moments live in host memory in the parameter's dtype (as PyTorch keeps them) and the
+//! update is one fused, parallel, in-place pass per parameter; elsewhere it is composed from
+//! Candle ops with f32 moments.
 
 use crate::config::{Schedule, TrainConfig};
 use crate::model::Param;
-use candle_core::{
-    backend::BackendStorage, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor,
-};
+use candle_core::{backend::BackendStorage, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor};
 use std::sync::Mutex;
 
 /// Learning rate after `step` optimizer steps have been started (1-based): linear warmup from 0 to
@@ -31,9 +30,7 @@ pub fn lr_at(t: &TrainConfig, step: usize) -> f64 {
     match t.schedule {
         Schedule::Constant => t.lr,
         Schedule::Linear => t.lr + (t.min_lr - t.lr) * progress,
-        Schedule::Cosine => {
-            t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-        }
+        Schedule::Cosine => t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
     }
 }
 
@@ -44,16 +41,9 @@ pub fn sum_squares(t: &Tensor) -> Result<f64> {
     if let Storage::Cpu(cpu) = &*storage {
         let (a, b) = layout.contiguous_offsets().expect("contiguous");
         return Ok(match cpu.dtype() {
-            DType::F32 => cpu.as_slice::<f32>()?[a..b]
-                .iter()
-                .map(|&x| (x as f64) * (x as f64))
-                .sum(),
+            DType::F32 => cpu.as_slice::<f32>()?[a..b].iter().map(|&x| (x as f64) * (x as f64)).sum(),
             DType::F64 => cpu.as_slice::<f64>()?[a..b].iter().map(|&x| x * x).sum(),
-            _ => t
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?,
+            _ => t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
         });
     }
     drop(storage);
@@ -61,7 +51,8 @@ pub fn sum_squares(t: &Tensor) -> Result<f64> {
 }
 
 enum Moments {
-    Host { m: Vec<f64>, v: Vec<f64> },
+    HostF32 { m: Vec<f32>, v: Vec<f32> },
+    HostF64 { m: Vec<f64>, v: Vec<f64> },
     Device { m: Tensor, v: Tensor },
 }
 
@@ -80,25 +71,17 @@ impl AdamW {
             .iter()
             .map(|p| {
                 let n = p.var.elem_count();
-                Ok(if p.var.device().is_cpu() {
-                    Moments::Host {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
-                    }
+                Ok(if p.var.device().is_cpu() && p.var.dtype() == DType::F32 {
+                    Moments::HostF32 { m: vec![0.0; n], v: vec![0.0; n] }
+                } else if p.var.device().is_cpu() && p.var.dtype() == DType::F64 {
+                    Moments::HostF64 { m: vec![0.0; n], v: vec![0.0; n] }
                 } else {
                     let z = p.var.zeros_like()?.to_dtype(DType::F32)?;
                     Moments::Device { m: z.clone(), v: z }
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(AdamW {
-            beta1: t.beta1,
-            beta2: t.beta2,
-            eps: t.eps,
-            weight_decay: t.weight_decay,
-            step: 0,
-            moments,
-        })
+        Ok(AdamW { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay, step: 0, moments })
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -107,33 +90,21 @@ impl AdamW {
 
     /// One update. `grads[i]` belongs to `params[i]`; every gradient is multiplied by
     /// `grad_scale` first (the clipping factor).
-    pub fn step(
-        &mut self,
-        params: &[Param],
-        grads: &[Tensor],
-        lr: f64,
-        grad_scale: f64,
-    ) -> Result<()> {
+    pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
         for ((p, g), mom) in params.iter().zip(grads).zip(self.moments.iter_mut()) {
             let wd = if p.decay { self.weight_decay } else { 0.0 };
             let g = g.contiguous()?;
+            let hyper = Hyper { lr, wd, beta1: self.beta1, beta2: self.beta2, eps: self.eps, bc1, bc2, grad_scale };
             match mom {
-                Moments::Host { m, v } => {
-                    let op = HostAdamW {
-                        m: Mutex::new(m),
-                        v: Mutex::new(v),
-                        lr,
-                        wd,
-                        beta1: self.beta1,
-                        beta2: self.beta2,
-                        eps: self.eps,
-                        bc1,
-                        bc2,
-                        grad_scale,
-                    };
+                Moments::HostF32 { m, v } => {
+                    let op = HostAdamW { moments: Mutex::new(HostMoments::F32(m, v)), hyper };
+                    p.var.as_tensor().inplace_op2(&g, &op)?;
+                }
+                Moments::HostF64 { m, v } => {
+                    let op = HostAdamW { moments: Mutex::new(HostMoments::F64(m, v)), hyper };
                     p.var.as_tensor().inplace_op2(&g, &op)?;
                 }
                 Moments::Device { m, v } => {
@@ -151,9 +122,8 @@ impl AdamW {
     }
 }
 
-struct HostAdamW<'a> {
-    m: Mutex<&'a mut Vec<f64>>,
-    v: Mutex<&'a mut Vec<f64>>,
+#[derive(Clone, Copy)]
+struct Hyper {
     lr: f64,
     wd: f64,
     beta1: f64,
@@ -164,47 +134,57 @@ struct HostAdamW<'a> {
     grad_scale: f64,
 }
 
-impl HostAdamW<'_> {
-    fn run<T: crate::ops::Real>(&self, p: &mut [T], g: &[T]) {
-        let mut m = self.m.lock().expect("moments");
-        let mut v = self.v.lock().expect("moments");
-        let decay = 1.0 - self.lr * self.wd;
-        let (b1, b2) = (self.beta1, self.beta2);
-        let step = self.lr / self.bc1;
-        let inv_bc2 = 1.0 / self.bc2;
-        for i in 0..p.len() {
-            let gi = g[i].to_f64() * self.grad_scale;
-            let mi = b1 * m[i] + (1.0 - b1) * gi;
-            let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            let pi = p[i].to_f64() * decay - step * mi / ((vi * inv_bc2).sqrt() + self.eps);
-            p[i] = T::from_f64(pi);
-        }
-    }
+enum HostMoments<'a> {
+    F32(&'a mut Vec<f32>, &'a mut Vec<f32>),
+    F64(&'a mut Vec<f64>, &'a mut Vec<f64>),
+}
+
+struct HostAdamW<'a> {
+    moments: Mutex<HostMoments<'a>>,
+    hyper: Hyper,
+}
+
+/// Elements per parallel task: fixed, so the update does not depend on the thread count.
+const ADAMW_CHUNK: usize = 1 << 14;
+
+fn adamw_update<T: crate::ops::Real>(h: Hyper, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+    use rayon::prelude::*;
+    let c = |x: f64| T::from_f64(x);
+    let (b1, b2, one) = (c(h.beta1), c(h.beta2), T::one());
+    let (decay, step, inv_bc2, eps, gs) =
+        (c(1.0 - h.lr * h.wd), c(h.lr / h.bc1), c(1.0 / h.bc2), c(h.eps), c(h.grad_scale));
+    p.par_chunks_mut(ADAMW_CHUNK)
+        .zip(g.par_chunks(ADAMW_CHUNK))
+        .zip(m.par_chunks_mut(ADAMW_CHUNK))
+        .zip(v.par_chunks_mut(ADAMW_CHUNK))
+        .for_each(|(((p, g), m), v)| {
+            for i in 0..p.len() {
+                let gi = g[i] * gs;
+                let mi = b1 * m[i] + (one - b1) * gi;
+                let vi = b2 * v[i] + (one - b2) * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] = p[i] * decay - step * mi / ((vi * inv_bc2).sqrt() + eps);
+            }
+        });
 }
 
 impl InplaceOp2 for HostAdamW<'_> {
     fn name(&self) -> &'static str {
         "keel-adamw"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let (a, b) = l1
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("param not contiguous".into()))?;
-        let (ga, gb) = l2
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("grad not contiguous".into()))?;
-        match (s1, s2) {
-            (CpuStorage::F32(p), CpuStorage::F32(g)) => self.run(&mut p[a..b], &g[ga..gb]),
-            (CpuStorage::F64(p), CpuStorage::F64(g)) => self.run(&mut p[a..b], &g[ga..gb]),
-            _ => candle_core::bail!("keel adamw: unsupported dtype"),
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (a, b) = l1.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("param not contiguous".into()))?;
+        let (ga, gb) = l2.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("grad not contiguous".into()))?;
+        let mut moments = self.moments.lock().expect("moments");
+        match (s1, s2, &mut *moments) {
+            (CpuStorage::F32(p), CpuStorage::F32(g), HostMoments::F32(m, v)) => {
+                adamw_update(self.hyper, &mut p[a..b], &g[ga..gb], m, v)
+            }
+            (CpuStorage::F64(p), CpuStorage::F64(g), HostMoments::F64(m, v)) => {
+                adamw_update(self.hyper, &mut p[a..b], &g[ga..gb], m, v)
+            }
+            _ => candle_core::bail!("keel adamw: parameter, gradient and moments must share a dtype (f32 or f64)"),
         }
         Ok(())
     }
@@ -218,13 +198,7 @@ mod tests {
 
     #[test]
     fn schedule_shapes() {
-        let mut t = TrainConfig {
-            steps: 100,
-            warmup_steps: 10,
-            lr: 1.0,
-            min_lr: 0.1,
-            ..Default::default()
-        };
+        let mut t = TrainConfig { steps: 100, warmup_steps: 10, lr: 1.0, min_lr: 0.1, ..Default::default() };
         assert!((lr_at(&t, 5) - 0.5).abs() < 1e-12);
         assert!((lr_at(&t, 10) - 1.0).abs() < 1e-12);
         assert!((lr_at(&t, 100) - 0.1).abs() < 1e-12);
@@ -241,41 +215,20 @@ mod tests {
     fn adamw_matches_closed_form() {
         let dev = Device::Cpu;
         let var = Var::from_vec(vec![1.0f32, -2.0], (1, 2), &dev).unwrap();
-        let params = vec![Param {
-            name: "w".into(),
-            var: var.clone(),
-            decay: true,
-            group: Group::Head,
-        }];
-        let t = TrainConfig {
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            ..Default::default()
-        };
+        let params = vec![Param { name: "w".into(), var: var.clone(), decay: true, group: Group::Head }];
+        let t = TrainConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, ..Default::default() };
         let mut opt = AdamW::new(&params, &t).unwrap();
         let g = Tensor::new(&[[0.5f32, -1.0]], &dev).unwrap();
         opt.step(&params, &[g.clone()], 0.1, 1.0).unwrap();
         // Step 1: m_hat = g, v_hat = g^2 -> update = sign(g) (eps negligible).
         let p1 = [1.0 * (1.0 - 0.01) - 0.1, -2.0 * (1.0 - 0.01) + 0.1];
-        let got = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let got = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (a, b) in got.iter().zip(p1) {
             assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
         }
         // Step 2 with the same gradient scaled by 0.5 via grad_scale: m = 0.9*0.1g... computed directly.
         opt.step(&params, &[g], 0.1, 0.5).unwrap();
-        let got = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let got = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (i, g0) in [0.5f64, -1.0].iter().enumerate() {
             let (b1, b2) = (0.9f64, 0.99f64);
             let m = b1 * (1.0 - b1) * g0 + (1.0 - b1) * 0.5 * g0;

@@ -31,12 +31,7 @@ pub struct Rng {
 impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut sm = seed;
-        let s = [
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-        ];
+        let s = [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)];
         Rng { s }
     }
 
@@ -108,14 +103,8 @@ mod tests {
             })
             .collect();
         assert_eq!(a, b);
-        assert_ne!(
-            Rng::stream(7, "x").next_u64(),
-            Rng::stream(7, "y").next_u64()
-        );
-        assert_ne!(
-            Rng::stream(7, "x").next_u64(),
-            Rng::stream(8, "x").next_u64()
-        );
+        assert_ne!(Rng::stream(7, "x").next_u64(), Rng::stream(7, "y").next_u64());
+        assert_ne!(Rng::stream(7, "x").next_u64(), Rng::stream(8, "x").next_u64());
     }
 
     #[test]

@@ -61,13 +61,7 @@ impl Trainer {
         let model = Model::new(resolved, device).context("building the model")?;
         let opt = AdamW::new(&model.params, t)?;
         let sampler = Sampler::new(t.seed, "train-batches", t.batch_size, t.seq_len);
-        Ok(Trainer {
-            model,
-            opt,
-            sampler,
-            resolved: resolved.clone(),
-            times: PhaseTimes::default(),
-        })
+        Ok(Trainer { model, opt, sampler, resolved: resolved.clone(), times: PhaseTimes::default() })
     }
 
     /// One optimizer step (with gradient accumulation) at learning rate `lr`.
@@ -83,16 +77,12 @@ impl Trainer {
             loss_sum += scalar(&loss)?;
             self.times.forward += start.elapsed();
             let start = Instant::now();
-            let loss = if t.grad_accum > 1 {
-                (loss / t.grad_accum as f64)?
-            } else {
-                loss
-            };
+            let loss = if t.grad_accum > 1 { (loss / t.grad_accum as f64)? } else { loss };
             let mut store = loss.backward()?;
             for (p, acc) in self.model.params.iter().zip(grads.iter_mut()) {
-                let g = store
-                    .remove(p.var.as_tensor())
-                    .ok_or_else(|| anyhow!("parameter {} received no gradient (a Candle op without backward cut the graph)", p.name))?;
+                let g = store.remove(p.var.as_tensor()).ok_or_else(|| {
+                    anyhow!("parameter {} received no gradient (a Candle op without backward cut the graph)", p.name)
+                })?;
                 *acc = Some(match acc.take() {
                     None => g,
                     Some(a) => (a + g)?,
@@ -103,28 +93,17 @@ impl Trainer {
         let start = Instant::now();
         let grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("filled")).collect();
         let loss = loss_sum / t.grad_accum as f64;
-        let param_sq = grads
-            .iter()
-            .map(sum_squares)
-            .collect::<candle_core::Result<Vec<f64>>>()?;
+        let param_sq = grads.iter().map(sum_squares).collect::<candle_core::Result<Vec<f64>>>()?;
         let grad_norm = param_sq.iter().sum::<f64>().sqrt();
         let finite = loss.is_finite() && grad_norm.is_finite();
         if finite {
             // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when above the max.
-            let scale = if t.grad_clip > 0.0 && grad_norm > t.grad_clip {
-                t.grad_clip / (grad_norm + 1e-6)
-            } else {
-                1.0
-            };
+            let scale =
+                if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / (grad_norm + 1e-6) } else { 1.0 };
             self.opt.step(&self.model.params, &grads, lr, scale)?;
         }
         self.times.optimizer += start.elapsed();
-        Ok(StepResult {
-            loss,
-            grad_norm,
-            param_sq,
-            finite,
-        })
+        Ok(StepResult { loss, grad_norm, param_sq, finite })
     }
 
     /// Mean loss over `eval_batches` fixed validation batches (the same batches at every call and
@@ -155,35 +134,19 @@ impl Trainer {
                 Group::Head => *head.get_or_insert(0.0) += sq,
             }
         }
-        let mut rows = vec![GradNormRow {
-            layer: None,
-            kind: "embedding",
-            grad_norm: emb.sqrt(),
-        }];
+        let mut rows = vec![GradNormRow { layer: None, kind: "embedding", grad_norm: emb.sqrt() }];
         for (i, sl) in self.model.sublayers.iter().enumerate() {
             let kind = match sl.kind {
                 SubLayerKind::Attn => "attn",
                 SubLayerKind::Ffn => "ffn",
             };
-            rows.push(GradNormRow {
-                layer: Some(i),
-                kind,
-                grad_norm: sub[i].sqrt(),
-            });
+            rows.push(GradNormRow { layer: Some(i), kind, grad_norm: sub[i].sqrt() });
         }
         if let Some(f) = fin {
-            rows.push(GradNormRow {
-                layer: None,
-                kind: "final_norm",
-                grad_norm: f.sqrt(),
-            });
+            rows.push(GradNormRow { layer: None, kind: "final_norm", grad_norm: f.sqrt() });
         }
         if let Some(h) = head {
-            rows.push(GradNormRow {
-                layer: None,
-                kind: "head",
-                grad_norm: h.sqrt(),
-            });
+            rows.push(GradNormRow { layer: None, kind: "head", grad_norm: h.sqrt() });
         }
         rows
     }
@@ -192,11 +155,9 @@ impl Trainer {
 fn progress_bar(steps: usize) -> ProgressBar {
     let pb = ProgressBar::new(steps as u64);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}")
+            .expect("template")
+            .progress_chars("=> "),
     );
     pb
 }
@@ -213,8 +174,7 @@ pub fn train(
     let m = resolved.model().clone();
     let mut trainer = Trainer::new(resolved, device)?;
     let n_params = trainer.model.n_params();
-    let mut writers = RunWriters::create(out)
-        .with_context(|| format!("creating output files in {}", out.display()))?;
+    let mut writers = RunWriters::create(out).with_context(|| format!("creating output files in {}", out.display()))?;
     let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
     let bar = (progress == ProgressMode::Bar).then(|| progress_bar(t.steps));
     if progress == ProgressMode::Lines {
@@ -238,25 +198,14 @@ pub fn train(
         train_time += dt;
         let tokens = step * tokens_per_step;
         let tps = tokens_per_step as f64 / dt.as_secs_f64().max(1e-9);
-        writers.metrics(
-            step,
-            tokens,
-            lr,
-            r.loss,
-            r.grad_norm,
-            tps,
-            run_start.elapsed().as_secs_f64(),
-        )?;
+        writers.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, run_start.elapsed().as_secs_f64())?;
         initial_loss.get_or_insert(r.loss);
         if t.grad_norm_every > 0 && (step == 1 || step % t.grad_norm_every == 0 || !r.finite) {
             writers.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq))?;
         }
         if !r.finite {
             diverged_at = Some(step);
-            let msg = format!(
-                "diverged at step {step}: loss {} grad norm {}",
-                r.loss, r.grad_norm
-            );
+            let msg = format!("diverged at step {step}: loss {} grad norm {}", r.loss, r.grad_norm);
             match &bar {
                 Some(b) => b.println(&msg),
                 None if progress != ProgressMode::Quiet => println!("{msg}"),
@@ -276,22 +225,13 @@ pub fn train(
             last_val = Some(v);
         }
         let total_tps = (step * tokens_per_step) as f64 / train_time.as_secs_f64().max(1e-9);
-        let val_note = if is_eval {
-            format!(" val {:.4}", last_val.unwrap_or(f64::NAN))
-        } else {
-            String::new()
-        };
+        let val_note = if is_eval { format!(" val {:.4}", last_val.unwrap_or(f64::NAN)) } else { String::new() };
         match &bar {
             Some(b) => {
                 b.set_position(step as u64);
-                b.set_message(format!(
-                    "loss {:.4} lr {lr:.2e} {total_tps:.0} tok/s{val_note}",
-                    r.loss
-                ));
+                b.set_message(format!("loss {:.4} lr {lr:.2e} {total_tps:.0} tok/s{val_note}", r.loss));
             }
-            None if progress == ProgressMode::Lines
-                && (step % t.log_every == 0 || step == t.steps || is_eval) =>
-            {
+            None if progress == ProgressMode::Lines && (step % t.log_every == 0 || step == t.steps || is_eval) => {
                 println!(
                     "step {step:>6}/{} loss {:.4} lr {lr:.2e} grad {:.3} {total_tps:.0} tok/s {:.1}s{val_note}",
                     t.steps,
@@ -306,8 +246,7 @@ pub fn train(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let final_train_loss =
-        (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
+    let final_train_loss = (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
     let summary = Summary {
         run_name: resolved.config.run.name.clone(),
         placement: m.placement.to_string(),
@@ -323,25 +262,17 @@ pub fn train(
         final_val_ppl: last_val.map(f64::exp),
         diverged: diverged_at.is_some(),
         diverged_at_step: diverged_at,
-        tokens_per_s: (steps_completed * tokens_per_step) as f64
-            / train_time.as_secs_f64().max(1e-9),
+        tokens_per_s: (steps_completed * tokens_per_step) as f64 / train_time.as_secs_f64().max(1e-9),
         wall_time_s: run_start.elapsed().as_secs_f64(),
         device: format!("{device:?}"),
     };
     if diverged_at.is_none() {
-        let tensors: std::collections::HashMap<String, Tensor> = trainer
-            .model
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
-            .collect();
+        let tensors: std::collections::HashMap<String, Tensor> =
+            trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
         let tmp = out.join(".model.safetensors.tmp");
         candle_core::safetensors::save(&tensors, &tmp)?;
         std::fs::rename(&tmp, out.join("model.safetensors"))?;
     }
-    crate::metrics::write_atomic(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    crate::metrics::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)
 }

@@ -5,35 +5,19 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn keel(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_keel")).args(args).current_dir(cwd).env("RUST_BACKTRACE", "1").output().unwrap()
 }
 
 /// Runs keel, expects exit status 2 and every `needles` in stderr, and no panic or backtrace.
 fn expect_input_error(args: &[&str], cwd: &Path, needles: &[&str]) {
     let out = keel(args, cwd);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{args:?}: exit {:?}, stderr:\n{err}",
-        out.status.code()
-    );
+    assert_eq!(out.status.code(), Some(2), "{args:?}: exit {:?}, stderr:\n{err}", out.status.code());
     for n in needles {
         assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
     }
-    assert!(
-        !err.contains("panicked") && !err.contains("stack backtrace"),
-        "{args:?} panicked:\n{err}"
-    );
-    assert!(
-        err.lines().count() <= 25,
-        "{args:?}: message longer than a screen:\n{err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("stack backtrace"), "{args:?} panicked:\n{err}");
+    assert!(err.lines().count() <= 25, "{args:?}: message longer than a screen:\n{err}");
 }
 
 const TINY: [&str; 14] = [
@@ -69,58 +53,28 @@ fn bad_configs_and_flags_exit_2_with_a_fix() {
     std::fs::write(d.join("type.toml"), "[model]\ndepth = \"deep\"\n").unwrap();
     std::fs::write(d.join("placement.toml"), "[model]\nplacement = \"preln\"\n").unwrap();
     let cases: &[(&[&str], &[&str])] = &[
-        (
-            &["train", "--config", "missing.toml"],
-            &["cannot read config file", "missing.toml"],
-        ),
-        (
-            &["train", "--config", "malformed.toml"],
-            &["not valid TOML", "line 1"],
-        ),
-        (
-            &["train", "--config", "unknown.toml"],
-            &["model.depht", "did you mean `model.depth`"],
-        ),
-        (
-            &["train", "--config", "section.toml"],
-            &["[trian]", "did you mean [train]"],
-        ),
-        (
-            &["train", "--config", "type.toml"],
-            &["model.depth", "expected usize"],
-        ),
-        (
-            &["train", "--config", "placement.toml"],
-            &["preln", "pre_ln"],
-        ),
+        (&["train", "--config", "missing.toml"], &["cannot read config file", "missing.toml"]),
+        (&["train", "--config", "malformed.toml"], &["not valid TOML", "line 1"]),
+        (&["train", "--config", "unknown.toml"], &["model.depht", "did you mean `model.depth`"]),
+        (&["train", "--config", "section.toml"], &["[trian]", "did you mean [train]"]),
+        (&["train", "--config", "type.toml"], &["model.depth", "expected usize"]),
+        (&["train", "--config", "placement.toml"], &["preln", "pre_ln"]),
         (&["train", "--set", "model.depth=0"], &["model.depth"]),
         (&["train", "--set", "model.depth=7"], &["odd", "6 or 8"]),
         (&["train", "--set", "train.lr=0"], &["train.lr", "> 0"]),
         (&["train", "--set", "train.lr=-1e-3"], &["train.lr"]),
-        (
-            &["train", "--set", "model.n_heads=3"],
-            &["n_heads", "divide"],
-        ),
+        (&["train", "--set", "model.n_heads=3"], &["n_heads", "divide"]),
         (&["train", "--set", "model.n_kv_heads=3"], &["n_kv_heads"]),
-        (
-            &["train", "--set", "train.lrate=1"],
-            &["did you mean `train.lr`"],
-        ),
+        (&["train", "--set", "train.lrate=1"], &["did you mean `train.lr`"]),
         (&["train", "--set", "lr=1"], &["section"]),
         (&["train", "--set", "train.lr"], &["="]),
         (&["train", "--bogus"], &["--bogus"]),
         (&["trian"], &["trian"]),
         (&["train", "--device", "cuda"], &["CUDA", "--device cpu"]),
         (&["train", "--device", "tpu"], &["unknown device"]),
-        (
-            &["train", "--set", "data.source=no/such/file.txt"],
-            &["cannot read data file", "no/such/file.txt"],
-        ),
+        (&["train", "--set", "data.source=no/such/file.txt"], &["cannot read data file", "no/such/file.txt"]),
         (&["bench", "--steps", "0"], &["--steps"]),
-        (
-            &["bench", "--placements", "postln", "--steps", "1"],
-            &["postln", "post_ln"],
-        ),
+        (&["bench", "--placements", "postln", "--steps", "1"], &["postln", "post_ln"]),
     ];
     for (args, needles) in cases {
         expect_input_error(args, d, needles);
@@ -132,39 +86,17 @@ fn a_run_writes_documented_files_and_never_overwrites_results() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let out = keel(&with_tiny(&["train", "--out", "runs/tiny"]), d);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = d.join("runs/tiny");
-    let header = |f: &str| {
-        std::fs::read_to_string(run.join(f))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(
-        header("metrics.csv"),
-        "step,tokens,lr,loss,grad_norm,tokens_per_s,elapsed_s"
-    );
+    let header = |f: &str| std::fs::read_to_string(run.join(f)).unwrap().lines().next().unwrap().to_string();
+    assert_eq!(header("metrics.csv"), "step,tokens,lr,loss,grad_norm,tokens_per_s,elapsed_s");
     assert_eq!(header("eval.csv"), "step,val_loss,val_ppl");
     assert_eq!(header("grad_norms.csv"), "step,layer,kind,grad_norm");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    for key in [
-        "keel_version",
-        "git_revision",
-        "device = \"cpu\"",
-        "dtype = \"f32\"",
-        "seed = 0",
-        "depth = 2",
-    ] {
+    for key in ["keel_version", "git_revision", "device = \"cpu\"", "dtype = \"f32\"", "seed = 0", "depth = 2"] {
         assert!(config.contains(key), "config.toml lacks {key}:\n{config}");
     }
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
     for key in [
         "final_train_loss",
         "final_val_loss",
@@ -177,22 +109,8 @@ fn a_run_writes_documented_files_and_never_overwrites_results() {
         assert!(summary.get(key).is_some(), "summary.json lacks {key}");
     }
     // The resolved config reproduces the run.
-    let again = keel(
-        &[
-            "train",
-            "--config",
-            "runs/tiny/config.toml",
-            "--out",
-            "runs/again",
-            "--quiet",
-        ],
-        d,
-    );
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    let again = keel(&["train", "--config", "runs/tiny/config.toml", "--out", "runs/again", "--quiet"], d);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     let losses = |dir: &str| -> Vec<String> {
         std::fs::read_to_string(d.join(dir).join("metrics.csv"))
             .unwrap()
@@ -203,42 +121,19 @@ fn a_run_writes_documented_files_and_never_overwrites_results() {
     assert_eq!(losses("runs/tiny"), losses("runs/again"));
     // A second run into the same directory is refused and leaves the first run's files intact.
     let before = std::fs::read(run.join("metrics.csv")).unwrap();
-    expect_input_error(
-        &with_tiny(&["train", "--out", "runs/tiny"]),
-        d,
-        &["already holds files", "--out"],
-    );
+    expect_input_error(&with_tiny(&["train", "--out", "runs/tiny"]), d, &["already holds files", "--out"]);
     assert_eq!(std::fs::read(run.join("metrics.csv")).unwrap(), before);
     // An output folder that cannot be created.
     std::fs::write(d.join("afile"), "x").unwrap();
-    expect_input_error(
-        &with_tiny(&["train", "--out", "afile/run"]),
-        d,
-        &["cannot create run directory"],
-    );
+    expect_input_error(&with_tiny(&["train", "--out", "afile/run"]), d, &["cannot create run directory"]);
 }
 
 #[test]
 fn divergence_exits_0_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = keel(
-        &with_tiny(&[
-            "train",
-            "--out",
-            "div",
-            "--set",
-            "train.lr=1e30",
-            "--set",
-            "train.steps=30",
-        ]),
-        tmp.path(),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        keel(&with_tiny(&["train", "--out", "div", "--set", "train.lr=1e30", "--set", "train.steps=30"]), tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("DIVERGED at step"));
 }
 
@@ -246,35 +141,13 @@ fn divergence_exits_0_and_says_so() {
 fn text_file_data_and_bench_run() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::write(
-        d.join("corpus.txt"),
-        "the quick brown fox jumps over the lazy dog. ".repeat(200),
-    )
-    .unwrap();
-    let out = keel(
-        &with_tiny(&[
-            "train",
-            "--out",
-            "t",
-            "--quiet",
-            "--set",
-            "data.source=corpus.txt",
-        ]),
-        d,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    std::fs::write(d.join("corpus.txt"), "the quick brown fox jumps over the lazy dog. ".repeat(200)).unwrap();
+    let out = keel(&with_tiny(&["train", "--out", "t", "--quiet", "--set", "data.source=corpus.txt"]), d);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let config = std::fs::read_to_string(d.join("t/config.toml")).unwrap();
     assert!(config.contains("corpus.txt"));
     std::fs::write(d.join("latin1.txt"), b"caf\xe9 ".repeat(200)).unwrap();
-    expect_input_error(
-        &with_tiny(&["train", "--set", "data.source=latin1.txt"]),
-        d,
-        &["not UTF-8", "offset 3"],
-    );
+    expect_input_error(&with_tiny(&["train", "--set", "data.source=latin1.txt"]), d, &["not UTF-8", "offset 3"]);
     let out = keel(
         &[
             "bench",
@@ -295,11 +168,7 @@ fn text_file_data_and_bench_run() {
         ],
         d,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = std::fs::read_to_string(d.join("bench.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with("placement,d_model,depth,seq_len,batch_size,n_params,tokens_per_s"));

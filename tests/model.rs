@@ -8,11 +8,7 @@ use keel::model::{Branch, Model, Residual};
 use keel::ops::Kernels;
 
 fn set_param(model: &Model, name: &str, seed: u64, around_one: bool) {
-    let p = model
-        .params
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap_or_else(|| panic!("no param {name}"));
+    let p = model.params.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no param {name}"));
     let mut t = (randn(seed, p.var.dims(), p.var.dtype()) * 0.3).unwrap();
     if around_one {
         t = (t + 1.0).unwrap();
@@ -25,10 +21,7 @@ fn rms_rows(x: &[f64], g: &[f64], c: usize) -> Vec<f64> {
     x.chunks(c)
         .flat_map(|r| {
             let inv = 1.0 / (r.iter().map(|v| v * v).sum::<f64>() / c as f64 + 1e-5).sqrt();
-            r.iter()
-                .zip(g)
-                .map(move |(v, g)| v * inv * g)
-                .collect::<Vec<_>>()
+            r.iter().zip(g).map(move |(v, g)| v * inv * g).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -62,71 +55,33 @@ fn check_ffn_sublayer(placement: &str, index: usize, expect: &str, alpha: f64) {
     let r = tiny(&[&format!("model.placement={placement}")]);
     let model = Model::new(&r, &Device::Cpu).unwrap();
     for p in &model.params {
-        set_param(
-            &model,
-            &p.name,
-            keel::rng::hash_key(&p.name),
-            p.name.ends_with("weight"),
-        );
+        set_param(&model, &p.name, keel::rng::hash_key(&p.name), p.name.ends_with("weight"));
     }
     let sl = &model.sublayers[index];
     let (n, c, f) = (6, r.model().d_model, r.d_ff());
     let x = randn(11, &[n, c], DType::F64);
     let got = to_vec(&sl.forward(&x, 2, 3, &model.rope, Kernels::Fused).unwrap());
-    let Branch::Ffn(ffn) = &sl.branch else {
-        panic!("sub-layer {index} is not an FFN")
-    };
+    let Branch::Ffn(ffn) = &sl.branch else { panic!("sub-layer {index} is not an FFN") };
     let (w_in, w_out) = (to_vec(&ffn.w_in), to_vec(&ffn.w_out));
     let xs = to_vec(&x);
-    let add =
-        |a: &[f64], s: f64, b: &[f64]| a.iter().zip(b).map(|(a, b)| s * a + b).collect::<Vec<_>>();
+    let add = |a: &[f64], s: f64, b: &[f64]| a.iter().zip(b).map(|(a, b)| s * a + b).collect::<Vec<_>>();
     let want = match (&sl.residual, expect) {
-        (Residual::Pre { norm }, "pre") => add(
-            &xs,
-            1.0,
-            &ffn_ref(
-                &rms_rows(&xs, &to_vec(&norm.gamma), c),
-                &w_in,
-                &w_out,
-                n,
-                c,
-                f,
-            ),
-        ),
+        (Residual::Pre { norm }, "pre") => {
+            add(&xs, 1.0, &ffn_ref(&rms_rows(&xs, &to_vec(&norm.gamma), c), &w_in, &w_out, n, c, f))
+        }
         (Residual::Post { alpha: a, norm }, "post") => {
             assert_eq!(*a, alpha);
-            rms_rows(
-                &add(&xs, alpha, &ffn_ref(&xs, &w_in, &w_out, n, c, f)),
-                &to_vec(&norm.gamma),
-                c,
-            )
+            rms_rows(&add(&xs, alpha, &ffn_ref(&xs, &w_in, &w_out, n, c, f)), &to_vec(&norm.gamma), c)
         }
-        (
-            Residual::Keel {
-                alpha: a,
-                norm_in,
-                norm_out,
-            },
-            "keel",
-        ) => {
+        (Residual::Keel { alpha: a, norm_in, norm_out }, "keel") => {
             assert_eq!(*a, alpha);
-            let branch = ffn_ref(
-                &rms_rows(&xs, &to_vec(&norm_in.gamma), c),
-                &w_in,
-                &w_out,
-                n,
-                c,
-                f,
-            );
+            let branch = ffn_ref(&rms_rows(&xs, &to_vec(&norm_in.gamma), c), &w_in, &w_out, n, c, f);
             rms_rows(&add(&xs, alpha, &branch), &to_vec(&norm_out.gamma), c)
         }
         (other, _) => panic!("{placement} sub-layer {index}: expected {expect}, got {other:?}"),
     };
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!(
-            (g - w).abs() < 1e-10 * (1.0 + w.abs()),
-            "{placement} sub-layer {index} element {i}: {g} vs {w}"
-        );
+        assert!((g - w).abs() < 1e-10 * (1.0 + w.abs()), "{placement} sub-layer {index} element {i}: {g} vs {w}");
     }
 }
 
@@ -153,22 +108,10 @@ fn keel_first_layer_variants_and_alpha() {
             })
             .collect()
     };
-    assert_eq!(
-        forms(&["model.placement=keel"]),
-        ["pre", "keel1", "keel4", "keel4"]
-    );
-    assert_eq!(
-        forms(&["model.placement=keel", "model.keel_first_layer=v1"]),
-        ["pre", "pre", "keel4", "keel4"]
-    );
-    assert_eq!(
-        forms(&["model.placement=keel", "model.alpha=2.5"]),
-        ["pre", "keel1", "keel2.5", "keel2.5"]
-    );
-    assert_eq!(
-        forms(&["model.placement=post_ln"]),
-        ["post1", "post1", "post1", "post1"]
-    );
+    assert_eq!(forms(&["model.placement=keel"]), ["pre", "keel1", "keel4", "keel4"]);
+    assert_eq!(forms(&["model.placement=keel", "model.keel_first_layer=v1"]), ["pre", "pre", "keel4", "keel4"]);
+    assert_eq!(forms(&["model.placement=keel", "model.alpha=2.5"]), ["pre", "keel1", "keel2.5", "keel2.5"]);
+    assert_eq!(forms(&["model.placement=post_ln"]), ["post1", "post1", "post1", "post1"]);
     let m = Model::new(&tiny(&["model.placement=pre_ln"]), &Device::Cpu).unwrap();
     assert!(m.final_norm.is_some());
     let m = Model::new(&tiny(&["model.placement=keel"]), &Device::Cpu).unwrap();
@@ -183,12 +126,7 @@ fn finite_difference_check(sets: &[&str], kernels: Kernels) {
     // Move away from the symmetric init (gains 1) so every term is exercised.
     for p in &model.params {
         if p.name.ends_with("weight") || p.name.ends_with("bias") {
-            set_param(
-                &model,
-                &p.name,
-                keel::rng::hash_key(&p.name),
-                p.name.ends_with("weight"),
-            );
+            set_param(&model, &p.name, keel::rng::hash_key(&p.name), p.name.ends_with("weight"));
         }
     }
     let (x, y) = tokens(3, 2, 8, r.vocab_size());
@@ -197,28 +135,18 @@ fn finite_difference_check(sets: &[&str], kernels: Kernels) {
     let mut rng = keel::rng::Rng::new(17);
     let eps = 1e-5;
     for p in &model.params {
-        let g = to_vec(
-            grads
-                .get(p.var.as_tensor())
-                .unwrap_or_else(|| panic!("{} got no gradient", p.name)),
-        );
+        let g = to_vec(grads.get(p.var.as_tensor()).unwrap_or_else(|| panic!("{} got no gradient", p.name)));
         let base = to_vec(p.var.as_tensor());
         for _ in 0..3 {
             let i = rng.below(base.len() as u64) as usize;
             let mut v = base.clone();
             v[i] = base[i] + eps;
-            p.var
-                .set(&Tensor::from_vec(v.clone(), p.var.dims(), &Device::Cpu).unwrap())
-                .unwrap();
+            p.var.set(&Tensor::from_vec(v.clone(), p.var.dims(), &Device::Cpu).unwrap()).unwrap();
             let up = loss(&model);
             v[i] = base[i] - eps;
-            p.var
-                .set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap())
-                .unwrap();
+            p.var.set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap()).unwrap();
             let down = loss(&model);
-            p.var
-                .set(&Tensor::from_vec(base.clone(), p.var.dims(), &Device::Cpu).unwrap())
-                .unwrap();
+            p.var.set(&Tensor::from_vec(base.clone(), p.var.dims(), &Device::Cpu).unwrap()).unwrap();
             let fd = (up - down) / (2.0 * eps);
             assert!(
                 (fd - g[i]).abs() <= 1e-7 + 1e-5 * g[i].abs(),
@@ -243,27 +171,12 @@ fn gradients_match_finite_differences_per_placement() {
 #[test]
 fn gradients_match_finite_differences_for_options() {
     finite_difference_check(
-        &[
-            "model.placement=keel",
-            "model.keel_first_layer=v1",
-            "model.tie_embeddings=true",
-        ],
+        &["model.placement=keel", "model.keel_first_layer=v1", "model.tie_embeddings=true"],
         Kernels::Fused,
     );
+    finite_difference_check(&["model.placement=keel", "model.norm=layer_norm", "model.ffn=gelu"], Kernels::Fused);
     finite_difference_check(
-        &[
-            "model.placement=keel",
-            "model.norm=layer_norm",
-            "model.ffn=gelu",
-        ],
-        Kernels::Fused,
-    );
-    finite_difference_check(
-        &[
-            "model.placement=pre_ln",
-            "model.n_kv_heads=2",
-            "model.final_norm=false",
-        ],
+        &["model.placement=pre_ln", "model.n_kv_heads=2", "model.final_norm=false"],
         Kernels::Fused,
     );
 }
@@ -275,12 +188,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         &["model.placement=post_ln"],
         &["model.placement=keel"],
         &["model.placement=keel", "model.keel_first_layer=v1"],
-        &[
-            "model.placement=keel",
-            "model.norm=layer_norm",
-            "model.ffn=gelu",
-            "model.tie_embeddings=true",
-        ],
+        &["model.placement=keel", "model.norm=layer_norm", "model.ffn=gelu", "model.tie_embeddings=true"],
         &["model.placement=pre_ln", "model.norm=layer_norm"],
     ];
     for sets in variants {
@@ -297,11 +205,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
                     .get(p.var.as_tensor())
                     .unwrap_or_else(|| panic!("{sets:?} {kernels:?}: {} got no gradient", p.name));
                 let sq = keel::optim::sum_squares(g).unwrap();
-                assert!(
-                    sq.is_finite() && sq > 0.0,
-                    "{sets:?} {kernels:?}: {} gradient norm^2 {sq}",
-                    p.name
-                );
+                assert!(sq.is_finite() && sq > 0.0, "{sets:?} {kernels:?}: {} gradient norm^2 {sq}", p.name);
             }
         }
     }
@@ -323,11 +227,7 @@ fn layer_grad_norms(placement: &str, depth: usize, init: &str) -> Vec<f64> {
     let model = Model::new(&r, &Device::Cpu).unwrap();
     let (x, _) = tokens(9, 4, 16, r.vocab_size());
     // Next-token targets from the same stream, so the loss is a real LM loss.
-    let y = Tensor::cat(
-        &[x.narrow(1, 1, 15).unwrap(), x.narrow(1, 0, 1).unwrap()],
-        1,
-    )
-    .unwrap();
+    let y = Tensor::cat(&[x.narrow(1, 1, 15).unwrap(), x.narrow(1, 0, 1).unwrap()], 1).unwrap();
     let grads = model.loss(&x, &y).unwrap().backward().unwrap();
     let mut norms = vec![0.0; depth];
     for p in &model.params {
@@ -365,13 +265,7 @@ fn post_ln_gradients_vanish_and_keel_gradients_do_not() {
     let post_ratio = mean(&post[..q]) / mean(&post[depth - q..]);
     let keel_ratio = mean(&keel[2..2 + q]) / mean(&keel[depth - q..]);
     eprintln!("bottom/top gradient-norm ratio at depth {depth}: post_ln {post_ratio:.3}, keel {keel_ratio:.3}");
-    assert!(
-        post_ratio < 0.4,
-        "Post-LN bottom/top ratio {post_ratio} should be well below 1"
-    );
-    assert!(
-        keel_ratio > 0.6 && keel_ratio < 1.6,
-        "Keel bottom/top ratio {keel_ratio} should be near 1"
-    );
+    assert!(post_ratio < 0.4, "Post-LN bottom/top ratio {post_ratio} should be well below 1");
+    assert!(keel_ratio > 0.6 && keel_ratio < 1.6, "Keel bottom/top ratio {keel_ratio} should be near 1");
     assert!(keel_ratio > 3.0 * post_ratio);
 }

@@ -13,15 +13,7 @@ fn run(inputs: &[Var], f: &dyn Fn(&[Tensor]) -> Tensor, seed: u64) -> (Tensor, V
     let out = f(&ts);
     let w = randn(seed, out.dims(), out.dtype());
     let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
-    let gs = inputs
-        .iter()
-        .map(|v| {
-            grads
-                .get(v.as_tensor())
-                .expect("gradient reaches every input")
-                .clone()
-        })
-        .collect();
+    let gs = inputs.iter().map(|v| grads.get(v.as_tensor()).expect("gradient reaches every input").clone()).collect();
     (out, gs)
 }
 
@@ -69,14 +61,8 @@ fn residual_rms_norm_matches_composite() {
             compare(
                 &format!("residual_rms_norm alpha {alpha} {n}x{c}"),
                 &[x, f, g],
-                &|t| {
-                    ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Fused)
-                        .unwrap()
-                },
-                &|t| {
-                    ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Composite)
-                        .unwrap()
-                },
+                &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Fused).unwrap(),
+                &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Composite).unwrap(),
                 1e-10,
             );
         }
@@ -108,22 +94,13 @@ fn attention_matches_composite() {
         (3, 7, 4, 2, 6),
         (2, 33, 3, 3, 8),
         (1, 16, 4, 1, 10),
+        (1, 70, 2, 1, 4),
     ];
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
         for (batch, seq, n_heads, n_kv_heads, head_dim) in cases {
-            let s = AttnShape {
-                batch,
-                seq,
-                n_heads,
-                n_kv_heads,
-                head_dim,
-            };
+            let s = AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
             let rope = Arc::new(Rope::new(seq + 3, head_dim, 10_000.0));
-            let qkv = var(
-                7,
-                &[batch * seq, (n_heads + 2 * n_kv_heads) * head_dim],
-                dtype,
-            );
+            let qkv = var(7, &[batch * seq, (n_heads + 2 * n_kv_heads) * head_dim], dtype);
             compare(
                 &format!("attention {s:?} {dtype:?}"),
                 &[qkv],
@@ -140,13 +117,7 @@ fn attention_matches_composite() {
 #[test]
 fn composite_attention_matches_definition() {
     let (b, t, h, hkv, d) = (2, 4, 2, 1, 4);
-    let s = AttnShape {
-        batch: b,
-        seq: t,
-        n_heads: h,
-        n_kv_heads: hkv,
-        head_dim: d,
-    };
+    let s = AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d };
     let rope = Rope::new(t, d, 10_000.0);
     let qkv = randn(8, &[b * t, (h + 2 * hkv) * d], DType::F64);
     let got = to_vec(&composite::causal_attention(&qkv, s, &rope).unwrap());
@@ -170,28 +141,49 @@ fn composite_attention_matches_definition() {
                 let q = rot(bi * t + i, head * d, i);
                 let scores: Vec<f64> = (0..=i)
                     .map(|j| {
-                        q.iter()
-                            .zip(rot(bi * t + j, (h + g) * d, j))
-                            .map(|(a, b)| a * b)
-                            .sum::<f64>()
+                        q.iter().zip(rot(bi * t + j, (h + g) * d, j)).map(|(a, b)| a * b).sum::<f64>()
                             / (d as f64).sqrt()
                     })
                     .collect();
                 let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = scores.iter().map(|s| (s - mx).exp()).sum();
                 for c in 0..d {
-                    let want: f64 = (0..=i)
-                        .map(|j| {
-                            (scores[j] - mx).exp() / z * x[(bi * t + j) * w + (h + hkv + g) * d + c]
-                        })
-                        .sum();
+                    let want: f64 =
+                        (0..=i).map(|j| (scores[j] - mx).exp() / z * x[(bi * t + j) * w + (h + hkv + g) * d + c]).sum();
                     let have = got[(bi * t + i) * h * d + head * d + c];
-                    assert!(
-                        (want - have).abs() < 1e-12,
-                        "b{bi} h{head} t{i} c{c}: {have} vs {want}"
-                    );
+                    assert!((want - have).abs() < 1e-12, "b{bi} h{head} t{i} c{c}: {have} vs {want}");
                 }
             }
         }
     }
+}
+
+/// The backward without the forward's saved probabilities (a second backward through the same
+/// graph recomputes them) gives the same gradient.
+#[test]
+fn attention_backward_recomputes_probabilities_when_not_saved() {
+    let s = AttnShape { batch: 2, seq: 40, n_heads: 4, n_kv_heads: 2, head_dim: 6 };
+    let rope = Arc::new(Rope::new(40, 6, 10_000.0));
+    let qkv = var(9, &[80, 48], DType::F64);
+    let out = ops::causal_attention(qkv.as_tensor(), s, &rope, Kernels::Fused).unwrap();
+    let loss = (&out * randn(10, out.dims(), DType::F64)).unwrap().sum_all().unwrap();
+    let first = loss.backward().unwrap();
+    let second = loss.backward().unwrap();
+    let d = max_rel_diff(first.get(qkv.as_tensor()).unwrap(), second.get(qkv.as_tensor()).unwrap());
+    assert!(d < 1e-12, "saved vs recomputed probabilities: gradients differ by {d}");
+}
+
+#[test]
+fn fast_exp_is_accurate() {
+    let mut worst: f64 = 0.0;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let want = (x as f64).exp();
+        let got = ops::exp_f32(x) as f64;
+        worst = worst.max((got - want).abs() / want);
+        x += 0.0137;
+    }
+    assert!(worst < 3e-7, "relative error {worst}");
+    assert_eq!(ops::exp_f32(0.0), 1.0);
+    assert!(ops::exp_f32(-1e4) < 1e-37);
 }

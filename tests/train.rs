@@ -38,19 +38,13 @@ fn metrics_without_clock(dir: &Path) -> Vec<Vec<String>> {
     let mut rd = csv::Reader::from_path(dir.join("metrics.csv")).unwrap();
     let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
     assert_eq!(header, keel::metrics::METRICS_HEADER);
-    rd.records()
-        .map(|r| r.unwrap().iter().take(5).map(String::from).collect())
-        .collect()
+    rd.records().map(|r| r.unwrap().iter().take(5).map(String::from).collect()).collect()
 }
 
 #[test]
 fn same_seed_same_numbers_different_seed_different_losses() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("c"),
-    );
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
     for d in [&a, &b, &c] {
         std::fs::create_dir(d).unwrap();
     }
@@ -59,11 +53,7 @@ fn same_seed_same_numbers_different_seed_different_losses() {
         run(&[&p], &a);
         run(&[&p], &b);
         run(&[&p, "train.seed=1"], &c);
-        let (ma, mb, mc) = (
-            metrics_without_clock(&a),
-            metrics_without_clock(&b),
-            metrics_without_clock(&c),
-        );
+        let (ma, mb, mc) = (metrics_without_clock(&a), metrics_without_clock(&b), metrics_without_clock(&c));
         assert_eq!(ma.len(), 12);
         assert_eq!(ma, mb, "{placement}: same seed gave different metrics");
         for f in ["eval.csv", "grad_norms.csv"] {
@@ -78,20 +68,13 @@ fn same_seed_same_numbers_different_seed_different_losses() {
             std::fs::read(b.join("model.safetensors")).unwrap()
         );
         let losses = |m: &Vec<Vec<String>>| m.iter().map(|r| r[3].clone()).collect::<Vec<_>>();
-        assert_ne!(
-            losses(&ma),
-            losses(&mc),
-            "{placement}: a different seed gave the same losses"
-        );
+        assert_ne!(losses(&ma), losses(&mc), "{placement}: a different seed gave the same losses");
     }
 }
 
 #[test]
 fn quickstart_sized_model_learns_the_synthetic_tasks() {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.toml"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.toml")).unwrap();
     let mut config = Config::from_toml_str(&text).unwrap();
     // The quickstart's model and data, on a shorter budget.
     config.train.steps = 100;
@@ -103,14 +86,8 @@ fn quickstart_sized_model_learns_the_synthetic_tasks() {
     let tmp = tempfile::tempdir().unwrap();
     let s = train(&r, &corpus, &Device::Cpu, tmp.path(), ProgressMode::Quiet).unwrap();
     let (first, last) = (s.initial_loss.unwrap(), s.final_train_loss.unwrap());
-    eprintln!(
-        "quickstart-sized loss {first:.3} -> {last:.3}, val {:?}",
-        s.final_val_loss
-    );
-    assert!(
-        (first - 256f64.ln()).abs() < 0.1,
-        "initial loss {first} should be near ln(256)"
-    );
+    eprintln!("quickstart-sized loss {first:.3} -> {last:.3}, val {:?}", s.final_val_loss);
+    assert!((first - 256f64.ln()).abs() < 0.1, "initial loss {first} should be near ln(256)");
     assert!(last < 0.6 * first, "loss only fell from {first} to {last}");
     assert!(s.final_val_loss.unwrap() < 0.6 * first);
 }
@@ -121,33 +98,15 @@ fn quickstart_sized_model_learns_the_synthetic_tasks() {
 fn gradient_accumulation_matches_a_larger_batch() {
     let common = ["train.precision=f64", "train.steps=1"];
     let (r1, corpus) = resolve(&[common[0], common[1], "train.batch_size=8"]);
-    let (r2, _) = resolve(&[
-        common[0],
-        common[1],
-        "train.batch_size=4",
-        "train.grad_accum=2",
-    ]);
+    let (r2, _) = resolve(&[common[0], common[1], "train.batch_size=4", "train.grad_accum=2"]);
     let mut t1 = Trainer::new(&r1, &Device::Cpu).unwrap();
     let mut t2 = Trainer::new(&r2, &Device::Cpu).unwrap();
     let a = t1.step(&corpus, 1e-3).unwrap();
     let b = t2.step(&corpus, 1e-3).unwrap();
     assert!((a.loss - b.loss).abs() < 1e-12, "{} vs {}", a.loss, b.loss);
-    assert!(
-        (a.grad_norm - b.grad_norm).abs() < 1e-10 * a.grad_norm,
-        "{} vs {}",
-        a.grad_norm,
-        b.grad_norm
-    );
-    let (a, b) = (
-        t1.step(&corpus, 1e-3).unwrap(),
-        t2.step(&corpus, 1e-3).unwrap(),
-    );
-    assert!(
-        (a.loss - b.loss).abs() < 1e-10,
-        "after one update: {} vs {}",
-        a.loss,
-        b.loss
-    );
+    assert!((a.grad_norm - b.grad_norm).abs() < 1e-10 * a.grad_norm, "{} vs {}", a.grad_norm, b.grad_norm);
+    let (a, b) = (t1.step(&corpus, 1e-3).unwrap(), t2.step(&corpus, 1e-3).unwrap());
+    assert!((a.loss - b.loss).abs() < 1e-10, "after one update: {} vs {}", a.loss, b.loss);
 }
 
 /// The grad_norm column is the norm before clipping: identical at step 1 with and without a clip
@@ -177,10 +136,7 @@ fn divergence_is_recorded_not_a_crash() {
     assert_eq!(s.steps_completed, at - 1);
     let m = metrics_without_clock(tmp.path());
     assert_eq!(m.len(), at, "the diverging step is recorded");
-    let last: Vec<f64> = m[at - 1][3..5]
-        .iter()
-        .map(|v| v.parse::<f64>().unwrap())
-        .collect();
+    let last: Vec<f64> = m[at - 1][3..5].iter().map(|v| v.parse::<f64>().unwrap()).collect();
     assert!(last.iter().any(|v| !v.is_finite()));
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("summary.json")).unwrap()).unwrap();
@@ -193,29 +149,15 @@ fn grad_norm_rows_cover_every_sublayer_bottom_to_top() {
     let tmp = tempfile::tempdir().unwrap();
     run(&["model.placement=pre_ln", "train.steps=4"], tmp.path());
     let mut rd = csv::Reader::from_path(tmp.path().join("grad_norms.csv")).unwrap();
-    assert_eq!(
-        rd.headers().unwrap().iter().collect::<Vec<_>>(),
-        keel::metrics::GRAD_NORMS_HEADER
-    );
+    assert_eq!(rd.headers().unwrap().iter().collect::<Vec<_>>(), keel::metrics::GRAD_NORMS_HEADER);
     let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
-    let step1: Vec<(String, String)> = rows
-        .iter()
-        .filter(|r| &r[0] == "1")
-        .map(|r| (r[1].to_string(), r[2].to_string()))
-        .collect();
+    let step1: Vec<(String, String)> =
+        rows.iter().filter(|r| &r[0] == "1").map(|r| (r[1].to_string(), r[2].to_string())).collect();
     let want: Vec<(String, String)> = std::iter::once(("".into(), "embedding".into()))
-        .chain((0..4).map(|i| {
-            (
-                i.to_string(),
-                if i % 2 == 0 { "attn" } else { "ffn" }.to_string(),
-            )
-        }))
+        .chain((0..4).map(|i| (i.to_string(), if i % 2 == 0 { "attn" } else { "ffn" }.to_string())))
         .chain([("".into(), "final_norm".into()), ("".into(), "head".into())])
         .collect();
     assert_eq!(step1, want);
-    assert!(
-        rows.iter().any(|r| &r[0] == "4"),
-        "rows every grad_norm_every steps"
-    );
+    assert!(rows.iter().any(|r| &r[0] == "4"), "rows every grad_norm_every steps");
     assert!(rows.iter().all(|r| r[3].parse::<f64>().unwrap() > 0.0));
 }

@@ -75,11 +75,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(d) = &args.config.device {
         config.run.device = d.clone();
     }
-    let placements: Vec<String> = if args.placements.is_empty() {
-        vec![config.model.placement.to_string()]
-    } else {
-        args.placements.clone()
-    };
+    let placements: Vec<String> =
+        if args.placements.is_empty() { vec![config.model.placement.to_string()] } else { args.placements.clone() };
     println!(
         "keel bench: d_model {} heads {} depth {} seq {} batch {} vocab 256, {} timed steps after {} warm-up (threads: {})",
         config.model.d_model, config.model.n_heads, config.model.depth, config.train.seq_len, config.train.batch_size, args.steps, args.warmup,

@@ -30,21 +30,12 @@ pub fn prepare_run_dir(dir: &Path) -> Result<(), InputError> {
     Ok(())
 }
 
-pub fn provenance(
-    resolved: &Resolved,
-    device: &candle_core::Device,
-    corpus: &Corpus,
-) -> toml::Table {
+pub fn provenance(resolved: &Resolved, device: &candle_core::Device, corpus: &Corpus) -> toml::Table {
     let mut meta = toml::Table::new();
     meta.insert("keel_version".into(), env!("CARGO_PKG_VERSION").into());
     meta.insert("git_revision".into(), env!("KEEL_GIT_REV").into());
     meta.insert("device".into(), crate::device::name(device).into());
-    meta.insert(
-        "dtype".into(),
-        format!("{:?}", resolved.train().precision)
-            .to_lowercase()
-            .into(),
-    );
+    meta.insert("dtype".into(), format!("{:?}", resolved.train().precision).to_lowercase().into());
     meta.insert("seed".into(), (resolved.train().seed as i64).into());
     meta.insert("alpha".into(), resolved.alpha.into());
     meta.insert("data".into(), corpus.description.clone().into());
@@ -59,16 +50,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let device = crate::device::parse(&config.run.device)?;
     let corpus = Corpus::load(&config.data, seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
-    let out: PathBuf = args
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
+    let out: PathBuf = args.out.clone().unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
     prepare_run_dir(&out)?;
     crate::metrics::write_atomic(
         &out.join("config.toml"),
-        resolved
-            .to_toml(provenance(&resolved, &device, &corpus))
-            .as_bytes(),
+        resolved.to_toml(provenance(&resolved, &device, &corpus)).as_bytes(),
     )
     .with_context(|| format!("writing {}", out.join("config.toml").display()))?;
     let progress = if args.quiet {
@@ -80,10 +66,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let s = train(&resolved, &corpus, &device, &out, progress)?;
     if !args.quiet {
-        let val = s
-            .final_val_loss
-            .map(|v| format!("{v:.4}"))
-            .unwrap_or_else(|| "-".into());
+        let val = s.final_val_loss.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
         let status = match s.diverged_at_step {
             Some(k) => format!("DIVERGED at step {k}"),
             None => "finished".into(),

@@ -12,20 +12,11 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read data file {path}: {source}\n  check data.source (use \"synthetic\" for the built-in corpus)")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("data file {path} is not UTF-8 text: invalid bytes at offset {offset}\n  convert it to UTF-8 (e.g. iconv -t UTF-8) or point data.source at a text file")]
     NotUtf8 { path: String, offset: usize },
     #[error("data file {path} is too small: {len} bytes give {split} bytes of {which} data, fewer than train.seq_len + 1 = {need}\n  use a larger file, a smaller train.seq_len, or adjust data.val_fraction")]
-    TooSmall {
-        path: String,
-        len: usize,
-        split: usize,
-        which: &'static str,
-        need: usize,
-    },
+    TooSmall { path: String, len: usize, split: usize, which: &'static str, need: usize },
 }
 
 /// Byte-level vocabulary size.
@@ -49,57 +40,32 @@ impl Corpus {
     /// Loads the corpus named by `data.source`; `seq_len` bounds the smallest usable split.
     pub fn load(cfg: &DataConfig, seq_len: usize) -> Result<Corpus, DataError> {
         if cfg.source == "synthetic" {
-            let train = synthetic::generate(
-                Rng::stream(cfg.synthetic_seed, "synthetic-train").next_u64(),
-                cfg.synthetic_bytes,
-            );
+            let train =
+                synthetic::generate(Rng::stream(cfg.synthetic_seed, "synthetic-train").next_u64(), cfg.synthetic_bytes);
             let val_bytes = (cfg.synthetic_bytes / 10).max(seq_len * 64);
-            let val = synthetic::generate(
-                Rng::stream(cfg.synthetic_seed, "synthetic-val").next_u64(),
-                val_bytes,
-            );
+            let val = synthetic::generate(Rng::stream(cfg.synthetic_seed, "synthetic-val").next_u64(), val_bytes);
             return Ok(Corpus {
                 train: bytes_to_tokens(train.as_bytes()),
                 val: bytes_to_tokens(val.as_bytes()),
                 vocab_size: BYTE_VOCAB,
-                description: format!(
-                    "synthetic tasks (seed {}, {} bytes)",
-                    cfg.synthetic_seed,
-                    train.len()
-                ),
+                description: format!("synthetic tasks (seed {}, {} bytes)", cfg.synthetic_seed, train.len()),
             });
         }
         Self::from_text_file(Path::new(&cfg.source), cfg.val_fraction, seq_len)
     }
 
     /// Byte-level tokens of a UTF-8 file; the last `val_fraction` of it is the validation split.
-    pub fn from_text_file(
-        path: &Path,
-        val_fraction: f64,
-        seq_len: usize,
-    ) -> Result<Corpus, DataError> {
+    pub fn from_text_file(path: &Path, val_fraction: f64, seq_len: usize) -> Result<Corpus, DataError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| DataError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: shown.clone(), source })?;
         if let Err(e) = std::str::from_utf8(&bytes) {
-            return Err(DataError::NotUtf8 {
-                path: shown,
-                offset: e.valid_up_to(),
-            });
+            return Err(DataError::NotUtf8 { path: shown, offset: e.valid_up_to() });
         }
         let split_at = ((bytes.len() as f64) * (1.0 - val_fraction)).round() as usize;
         let (train, val) = bytes.split_at(split_at.min(bytes.len()));
         for (split, which) in [(train.len(), "training"), (val.len(), "validation")] {
             if split < seq_len + 1 {
-                return Err(DataError::TooSmall {
-                    path: shown,
-                    len: bytes.len(),
-                    split,
-                    which,
-                    need: seq_len + 1,
-                });
+                return Err(DataError::TooSmall { path: shown, len: bytes.len(), split, which, need: seq_len + 1 });
             }
         }
         Ok(Corpus {
@@ -121,11 +87,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(seed: u64, key: &str, batch: usize, seq: usize) -> Self {
-        Sampler {
-            rng: Rng::stream(seed, key),
-            batch,
-            seq,
-        }
+        Sampler { rng: Rng::stream(seed, key), batch, seq }
     }
 
     /// Host-side batch: (inputs, targets), each B*T tokens row-major. Windows never run past the
@@ -143,17 +105,10 @@ impl Sampler {
         (x, y)
     }
 
-    pub fn next(
-        &mut self,
-        tokens: &[u32],
-        device: &Device,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
+    pub fn next(&mut self, tokens: &[u32], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
         let (x, y) = self.next_host(tokens);
         let shape = (self.batch, self.seq);
-        Ok((
-            Tensor::from_vec(x, shape, device)?,
-            Tensor::from_vec(y, shape, device)?,
-        ))
+        Ok((Tensor::from_vec(x, shape, device)?, Tensor::from_vec(y, shape, device)?))
     }
 }
 
@@ -186,9 +141,7 @@ mod tests {
         std::fs::write(&p, "tiny").unwrap();
         let e = Corpus::from_text_file(&p, 0.1, 4).unwrap_err().to_string();
         assert!(e.contains("too small"), "{e}");
-        let e = Corpus::from_text_file(&dir.path().join("missing.txt"), 0.1, 4)
-            .unwrap_err()
-            .to_string();
+        let e = Corpus::from_text_file(&dir.path().join("missing.txt"), 0.1, 4).unwrap_err().to_string();
         assert!(e.contains("cannot read"), "{e}");
         std::fs::write(&p, "a".repeat(1000)).unwrap();
         let c = Corpus::from_text_file(&p, 0.1, 4).unwrap();

@@ -17,16 +17,12 @@ pub const TASKS: [&str; 6] = ["add", "rev", "copy", "sort", "bal", "perm"];
 
 fn letters(rng: &mut Rng, lo: u64, hi: u64) -> String {
     let n = rng.range(lo, hi);
-    (0..n)
-        .map(|_| (b'a' + rng.below(26) as u8) as char)
-        .collect()
+    (0..n).map(|_| (b'a' + rng.below(26) as u8) as char).collect()
 }
 
 fn digits(rng: &mut Rng, lo: u64, hi: u64) -> String {
     let n = rng.range(lo, hi);
-    (0..n)
-        .map(|_| (b'0' + rng.below(10) as u8) as char)
-        .collect()
+    (0..n).map(|_| (b'0' + rng.below(10) as u8) as char).collect()
 }
 
 fn permutation(rng: &mut Rng, n: usize) -> Vec<usize> {
@@ -153,10 +149,7 @@ mod tests {
             match task {
                 "add" => {
                     let (a, b) = prompt.split_once('+').unwrap();
-                    assert_eq!(
-                        a.parse::<u64>().unwrap() + b.parse::<u64>().unwrap(),
-                        answer.parse::<u64>().unwrap()
-                    );
+                    assert_eq!(a.parse::<u64>().unwrap() + b.parse::<u64>().unwrap(), answer.parse::<u64>().unwrap());
                 }
                 "rev" => assert_eq!(prompt.chars().rev().collect::<String>(), answer),
                 "copy" => assert_eq!(prompt, answer),

@@ -9,10 +9,7 @@ pub fn randn(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
     let mut rng = Rng::new(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
 }
 
 pub fn var(seed: u64, shape: &[usize], dtype: DType) -> Var {
@@ -20,22 +17,13 @@ pub fn var(seed: u64, shape: &[usize], dtype: DType) -> Var {
 }
 
 pub fn to_vec(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
 }
 
 /// Largest |a - b| / (1 + |b|).
 pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    to_vec(a)
-        .iter()
-        .zip(to_vec(b))
-        .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-        .fold(0.0, f64::max)
+    to_vec(a).iter().zip(to_vec(b)).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f64::max)
 }
 
 /// A tiny experiment (tens of thousands of parameters at most) with overrides.
@@ -58,8 +46,5 @@ pub fn tokens(seed: u64, b: usize, t: usize, vocab: usize) -> (Tensor, Tensor) {
     let mut rng = Rng::new(seed);
     let x: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
-    (
-        Tensor::from_vec(x, (b, t), &Device::Cpu).unwrap(),
-        Tensor::from_vec(y, (b, t), &Device::Cpu).unwrap(),
-    )
+    (Tensor::from_vec(x, (b, t), &Device::Cpu).unwrap(), Tensor::from_vec(y, (b, t), &Device::Cpu).unwrap())
 }
