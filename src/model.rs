@@ -15,7 +15,7 @@
 //! v1 makes the whole first block Pre-LN.
 //!
 //! Activations run as (N, C) with N = B*T rows; attention sees (B, T, H, D) through its shape.
-//! Weights are stored (in, out), so a linear layer is `x.matmul(w)`.
+//! Weights are stored (in, out), so a linear layer is `x w` (`ops::linear`).
 
 use crate::config::{FfnKind, KeelFirstLayer, NormKind, Placement, Precision, Resolved};
 use crate::ops::{self, AttnShape, Kernels, Rope};
@@ -174,10 +174,10 @@ pub struct Attention {
 impl Attention {
     /// x: (B*T, C) -> (B*T, C).
     fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
-        let qkv = x.matmul(&self.wqkv)?;
+        let qkv = ops::linear(x, &self.wqkv, k)?;
         let shape =
             AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
-        ops::causal_attention(&qkv, shape, rope, k)?.matmul(&self.wo)
+        ops::linear(&ops::causal_attention(&qkv, shape, rope, k)?, &self.wo, k)
     }
 }
 
@@ -194,12 +194,12 @@ pub struct Ffn {
 impl Ffn {
     /// x: (B*T, C) -> (B*T, C).
     fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
-        let h = x.matmul(&self.w_in)?;
+        let h = ops::linear(x, &self.w_in, k)?;
         let a = match self.kind {
             FfnKind::Swiglu => ops::swiglu(&h, k)?,
             FfnKind::Gelu => h.gelu_erf()?,
         };
-        a.matmul(&self.w_out)
+        ops::linear(&a, &self.w_out, k)
     }
 }
 
@@ -351,7 +351,7 @@ impl Model {
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         let x = self.hidden(tokens)?;
         match &self.head {
-            Some(w) => x.matmul(w),
+            Some(w) => ops::linear(&x, w, self.kernels),
             None => x.matmul(&self.tok_emb.t()?),
         }
     }

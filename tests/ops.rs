@@ -187,3 +187,20 @@ fn fast_exp_is_accurate() {
     assert_eq!(ops::exp_f32(0.0), 1.0);
     assert!(ops::exp_f32(-1e4) < 1e-37);
 }
+
+#[test]
+fn linear_matches_matmul() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        for (n, k, m) in [(1, 1, 1), (5, 3, 7), (130, 64, 33), (1024, 16, 8)] {
+            let x = var(11, &[n, k], dtype);
+            let w = var(12, &[k, m], dtype);
+            compare(
+                &format!("linear {n}x{k}x{m} {dtype:?}"),
+                &[x, w],
+                &|t| ops::linear(&t[0], &t[1], Kernels::Fused).unwrap(),
+                &|t| t[0].matmul(&t[1]).unwrap(),
+                tol,
+            );
+        }
+    }
+}
