@@ -359,6 +359,6 @@ impl Model {
     /// Mean next-token cross-entropy; tokens and targets: (B, T) u32.
     pub fn loss(&self, tokens: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let logits = self.forward(tokens)?;
-        candle_nn::loss::cross_entropy(&logits, &targets.flatten_all()?)
+        ops::cross_entropy(&logits, &targets.flatten_all()?, self.kernels)
     }
 }

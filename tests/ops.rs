@@ -204,3 +204,26 @@ fn linear_matches_matmul() {
         }
     }
 }
+
+#[test]
+fn cross_entropy_matches_candle_nn() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        for (n, v) in [(1, 2), (7, 5), (100, 256)] {
+            let z = var(13, &[n, v], dtype);
+            let mut rng = keel::rng::Rng::new(14);
+            let t: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
+            let t = Tensor::from_vec(t, n, &candle_core::Device::Cpu).unwrap();
+            let scaled = |l: Tensor| (l * 3.0).unwrap().reshape(1).unwrap();
+            compare(
+                &format!("cross_entropy {n}x{v} {dtype:?}"),
+                &[z],
+                &|x| scaled(ops::cross_entropy(&x[0], &t, Kernels::Fused).unwrap()),
+                &|x| scaled(candle_nn::loss::cross_entropy(&x[0], &t).unwrap()),
+                tol,
+            );
+        }
+    }
+    let z = randn(15, &[2, 3], DType::F32);
+    let bad = Tensor::new(&[0u32, 3], &candle_core::Device::Cpu).unwrap();
+    assert!(ops::cross_entropy(&z, &bad, Kernels::Fused).unwrap_err().to_string().contains("outside the vocabulary"));
+}
