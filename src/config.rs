@@ -9,6 +9,9 @@
 //! 4. the table is deserialized into [`Config`] (type errors name the key);
 //! 5. [`Config::resolve`] checks ranges and cross-field rules and fills derived values.
 
+// `!(x > 0.0)` is deliberate below: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -439,7 +442,7 @@ impl Config {
         let n_kv_heads = m.n_kv_heads.unwrap_or(m.n_heads);
         if m.n_heads > 0 && m.d_model > 0 {
             bad(
-                m.d_model % m.n_heads != 0,
+                !m.d_model.is_multiple_of(m.n_heads),
                 format!(
                     "model.n_heads = {} does not divide model.d_model = {}: pick a head count that divides it",
                     m.n_heads, m.d_model
@@ -448,7 +451,7 @@ impl Config {
             let hd = m.d_model / m.n_heads.max(1);
             bad(hd % 2 == 1, format!("head size d_model / n_heads = {hd} is odd; RoPE needs an even head size"));
             bad(
-                n_kv_heads == 0 || m.n_heads % n_kv_heads != 0,
+                n_kv_heads == 0 || !m.n_heads.is_multiple_of(n_kv_heads),
                 format!(
                     "model.n_kv_heads = {n_kv_heads} must divide model.n_heads = {} (grouped-query attention)",
                     m.n_heads

@@ -70,12 +70,12 @@ pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let chunks = n / 8;
     for i in 0..chunks {
         for l in 0..8 {
-            acc[l] = acc[l] + a[i * 8 + l] * b[i * 8 + l];
+            acc[l] += a[i * 8 + l] * b[i * 8 + l];
         }
     }
     let mut tail = T::zero();
     for i in chunks * 8..n {
-        tail = tail + a[i] * b[i];
+        tail += a[i] * b[i];
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
@@ -87,12 +87,12 @@ pub fn sum<T: Real>(a: &[T]) -> T {
     let chunks = a.len() / 8;
     for i in 0..chunks {
         for l in 0..8 {
-            acc[l] = acc[l] + a[i * 8 + l];
+            acc[l] += a[i * 8 + l];
         }
     }
     let mut tail = T::zero();
     for v in &a[chunks * 8..] {
-        tail = tail + *v;
+        tail += *v;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
@@ -110,7 +110,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let r2 = r * r;
     let p = (((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1)
+        + 5e-1)
         * r2
         + r
         + 1.0;
@@ -217,7 +217,9 @@ pub fn linear(x: &Tensor, w: &Tensor, k: Kernels) -> Result<Tensor> {
 /// Mean next-token cross-entropy: logits (N, V), targets (N) u32 -> scalar.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy { saved: Default::default() }),
+        Kernels::Fused => {
+            logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy { saved: Default::default() })
+        }
         Kernels::Composite => candle_nn::loss::cross_entropy(logits, targets),
     }
 }
@@ -388,7 +390,7 @@ fn rms_bwd_kernel<T: Real>(x: &[T], f: Option<&[T]>, alpha: f64, gamma: &[T], dy
                     dfr.copy_from_slice(dxr);
                     if alpha != T::one() {
                         for v in dxr.iter_mut() {
-                            *v = *v * alpha;
+                            *v *= alpha;
                         }
                     }
                 }
@@ -764,6 +766,7 @@ fn gather_head<T: Real>(src: &[T], w: usize, b: usize, t: usize, col: usize, d: 
 
 /// Writes (T, D) into head columns of a (B*T, W) matrix, applying the transpose of RoPE's
 /// rotation (the backward of `gather_head`) when `rope` is given.
+#[allow(clippy::too_many_arguments)]
 unsafe fn scatter_head<T: Real>(
     dst: SendPtr<T>,
     w: usize,
@@ -800,13 +803,13 @@ fn causal_softmax<T: Real>(p: &mut [T], t: usize, scale: T) {
         let (live, masked) = row.split_at_mut(i + 1);
         let mut mx = T::neg_infinity();
         for v in live.iter_mut() {
-            *v = *v * scale;
+            *v *= scale;
             mx = num_traits::Float::max(mx, *v);
         }
         T::exp_shifted(live, mx);
         let inv = sum(live).recip();
         for v in live.iter_mut() {
-            *v = *v * inv;
+            *v *= inv;
         }
         masked.fill(T::zero());
     }
@@ -862,6 +865,7 @@ fn attn_fwd_kernel<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> (Vec<T>, Ve
     let mut probs_all = vec![T::zero(); batch * h * t * t];
     let optr = SendPtr(out.as_mut_ptr());
     probs_all.par_chunks_mut(t * t).enumerate().for_each(|(task, p)| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
         let optr = optr;
         let (b, head) = (task / h, task % h);
         let g = head / rep;
@@ -891,6 +895,7 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
     let gptr = SendPtr(dqkv.as_mut_ptr());
     // One task per (batch, kv head): it owns dK and dV of that kv head and dQ of its query heads.
     (0..batch * hkv).into_par_iter().for_each(|task| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
         let gptr = gptr;
         let (b, g) = (task / hkv, task % hkv);
         let k = gather_head(qkv, w, b, t, (h + g) * d, d, Some(rope));
@@ -1230,7 +1235,7 @@ fn cross_entropy_kernel<T: Real>(z: &[T], targets: &[u32], v: usize) -> Result<(
                 total = total + z_sum.ln() + mx - picked;
                 let inv = z_sum.recip();
                 for p in row.iter_mut() {
-                    *p = *p * inv;
+                    *p *= inv;
                 }
             }
             total
@@ -1243,7 +1248,7 @@ fn cross_entropy_kernel<T: Real>(z: &[T], targets: &[u32], v: usize) -> Result<(
 fn cross_entropy_bwd_kernel<T: Real>(probs: &[T], targets: &[u32], v: usize, scale: T) -> Vec<T> {
     let mut dz: Vec<T> = probs.iter().map(|&p| p * scale).collect();
     for (row, &t) in dz.chunks_mut(v).zip(targets) {
-        row[t as usize] = row[t as usize] - scale;
+        row[t as usize] -= scale;
     }
     dz
 }
@@ -1273,7 +1278,13 @@ impl CustomOp2 for CrossEntropy {
         *self.saved.lock().expect("softmax") = Some(probs);
         Ok((loss, Shape::from(())))
     }
-    fn bwd(&self, z: &Tensor, targets: &Tensor, _loss: &Tensor, dloss: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        z: &Tensor,
+        targets: &Tensor,
+        _loss: &Tensor,
+        dloss: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, v) = z.dims2()?;
         let scale = dloss.to_dtype(DType::F64)?.to_scalar::<f64>()? / n as f64;
         let saved = self.saved.lock().expect("softmax").take();
@@ -1299,8 +1310,15 @@ impl CustomOp2 for CrossEntropyBwd {
         let v = l1.shape().dims2()?.1;
         let targets: &[u32] = contiguous(s2, l2)?;
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(cross_entropy_bwd_kernel(contiguous::<f32>(s1, l1)?, targets, v, self.scale as f32)),
-            DType::F64 => f64::to_cpu_storage_owned(cross_entropy_bwd_kernel(contiguous::<f64>(s1, l1)?, targets, v, self.scale)),
+            DType::F32 => f32::to_cpu_storage_owned(cross_entropy_bwd_kernel(
+                contiguous::<f32>(s1, l1)?,
+                targets,
+                v,
+                self.scale as f32,
+            )),
+            DType::F64 => {
+                f64::to_cpu_storage_owned(cross_entropy_bwd_kernel(contiguous::<f64>(s1, l1)?, targets, v, self.scale))
+            }
             dt => candle_core::bail!("keel cross_entropy bwd: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))

@@ -219,7 +219,7 @@ mod tests {
         let t = TrainConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, ..Default::default() };
         let mut opt = AdamW::new(&params, &t).unwrap();
         let g = Tensor::new(&[[0.5f32, -1.0]], &dev).unwrap();
-        opt.step(&params, &[g.clone()], 0.1, 1.0).unwrap();
+        opt.step(&params, std::slice::from_ref(&g), 0.1, 1.0).unwrap();
         // Step 1: m_hat = g, v_hat = g^2 -> update = sign(g) (eps negligible).
         let p1 = [1.0 * (1.0 - 0.01) - 0.1, -2.0 * (1.0 - 0.01) + 0.1];
         let got = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
