@@ -701,8 +701,26 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) @ rhs (k x n), all strides in elements.
-#[allow(clippy::too_many_arguments)]
+/// A strided read-only matrix view for gemm: element (i, j) is at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct View<T> {
+    ptr: *const T,
+    rs: isize,
+    cs: isize,
+}
+
+/// A row-major matrix whose rows are `stride` elements apart.
+fn rows<T>(ptr: *const T, stride: usize) -> View<T> {
+    View { ptr, rs: stride as isize, cs: 1 }
+}
+
+/// The transpose of a row-major matrix whose rows are `stride` elements apart.
+fn transposed<T>(ptr: *const T, stride: usize) -> View<T> {
+    View { ptr, rs: 1, cs: stride as isize }
+}
+
+/// dst (m x n, rows `dst_rs` apart) = [dst +] lhs (m x k) @ rhs (k x n), single-threaded (the
+/// callers already run one task per head).
 unsafe fn mm<T: 'static + Real>(
     m: usize,
     n: usize,
@@ -710,13 +728,11 @@ unsafe fn mm<T: 'static + Real>(
     dst: *mut T,
     dst_rs: usize,
     accumulate: bool,
-    lhs: *const T,
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: *const T,
-    rhs_rs: isize,
-    rhs_cs: isize,
+    lhs: View<T>,
+    rhs: View<T>,
 ) {
+    let one = T::one();
+    let par = gemm::Parallelism::None;
     gemm::gemm(
         m,
         n,
@@ -725,18 +741,18 @@ unsafe fn mm<T: 'static + Real>(
         1,
         dst_rs as isize,
         accumulate,
-        lhs,
-        lhs_cs,
-        lhs_rs,
-        rhs,
-        rhs_cs,
-        rhs_rs,
-        T::one(),
-        T::one(),
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        one,
+        one,
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        par,
     )
 }
 
@@ -835,12 +851,8 @@ fn probs_into<T: Real>(p: &mut [T], q: &[T], k: &[T], t: usize, d: usize, scale:
                 p.as_mut_ptr().add(r0 * t),
                 t,
                 false,
-                q.as_ptr().add(r0 * d),
-                d as isize,
-                1,
-                k.as_ptr(),
-                1,
-                d as isize,
+                rows(q.as_ptr().add(r0 * d), d),
+                transposed(k.as_ptr(), d),
             );
         }
     }
@@ -877,7 +889,7 @@ fn attn_fwd_kernel<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> (Vec<T>, Ve
             // O[r0..r0+rn] = P[r0.., 0..r0+rn] V[0..r0+rn]
             unsafe {
                 let dst = optr.0.add((b * t + r0) * ow + head * d);
-                mm(rn, d, r0 + rn, dst, ow, false, p.as_ptr().add(r0 * t), t as isize, 1, v, w as isize, 1);
+                mm(rn, d, r0 + rn, dst, ow, false, rows(p.as_ptr().add(r0 * t), t), rows(v, w));
             }
         }
     });
@@ -926,12 +938,8 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
                         dv.as_mut_ptr().add(r0 * d),
                         d,
                         true,
-                        lhs,
-                        1,
-                        t as isize,
-                        dout_h.add(r0 * ow),
-                        ow as isize,
-                        1,
+                        transposed(lhs, t),
+                        rows(dout_h.add(r0 * ow), ow),
                     );
                     // dP[r0..r0+rn, 0..r0+rn] = dO[r0..] V[0..r0+rn]^T
                     mm(
@@ -941,12 +949,8 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
                         ds.as_mut_ptr().add(r0 * t),
                         t,
                         false,
-                        dout_h.add(r0 * ow),
-                        ow as isize,
-                        1,
-                        v.as_ptr(),
-                        1,
-                        d as isize,
+                        rows(dout_h.add(r0 * ow), ow),
+                        transposed(v.as_ptr(), d),
                     );
                 }
             }
@@ -970,12 +974,8 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
                         dq.as_mut_ptr().add(r0 * d),
                         d,
                         false,
-                        ds.as_ptr().add(r0 * t),
-                        t as isize,
-                        1,
-                        k.as_ptr(),
-                        d as isize,
-                        1,
+                        rows(ds.as_ptr().add(r0 * t), t),
+                        rows(k.as_ptr(), d),
                     );
                     // dK[r0..r0+rn] += dS[r0.., r0..r0+rn]^T Q[r0..]
                     let lhs = ds.as_ptr().add(r0 * t + r0);
@@ -986,12 +986,8 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
                         dk.as_mut_ptr().add(r0 * d),
                         d,
                         true,
-                        lhs,
-                        1,
-                        t as isize,
-                        q.as_ptr().add(r0 * d),
-                        d as isize,
-                        1,
+                        transposed(lhs, t),
+                        rows(q.as_ptr().add(r0 * d), d),
                     );
                 }
             }
