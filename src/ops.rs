@@ -117,6 +117,24 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
+/// Runs `$body` with the type `$t` bound to the float type of `$dtype` (f32 or f64); any other
+/// dtype is an error naming the op.
+macro_rules! with_float {
+    ($dtype:expr, $op:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            dt => candle_core::bail!("{}: unsupported dtype {dt:?} (keel's fused ops take f32 or f64)", $op),
+        }
+    };
+}
+
 fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
@@ -417,15 +435,9 @@ impl CustomOp2 for RmsNorm {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let c = l2.shape().elem_count();
-        let out = match s1.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(rms_fwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, c, self.eps))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(rms_fwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, c, self.eps))
-            }
-            dt => candle_core::bail!("keel rms_norm: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel rms_norm", T => {
+            T::to_cpu_storage_owned(rms_fwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, c, self.eps))
+        });
         Ok((out, l1.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, gamma: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -466,27 +478,15 @@ impl CustomOp3 for ResidualRmsNormBwd {
         let candle_core::Storage::Cpu(gs) = &*gs else {
             candle_core::bail!("keel residual_rms_norm bwd: gamma not on cpu")
         };
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(rms_bwd_kernel(
-                contiguous(s1, l1)?,
-                Some(contiguous(s2, l2)?),
-                self.alpha,
-                contiguous(gs, gl)?,
-                contiguous(s3, l3)?,
-                c,
-                self.eps,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(rms_bwd_kernel(
-                contiguous(s1, l1)?,
-                Some(contiguous(s2, l2)?),
-                self.alpha,
-                contiguous(gs, gl)?,
-                contiguous(s3, l3)?,
-                c,
-                self.eps,
-            )),
-            dt => candle_core::bail!("keel residual_rms_norm bwd: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel residual_rms_norm bwd", T => T::to_cpu_storage_owned(rms_bwd_kernel(
+            contiguous(s1, l1)?,
+            Some(contiguous(s2, l2)?),
+            self.alpha,
+            contiguous(gs, gl)?,
+            contiguous(s3, l3)?,
+            c,
+            self.eps,
+        )));
         Ok((out, Shape::from((2 * n + 1, c))))
     }
 }
@@ -509,27 +509,15 @@ impl CustomOp3 for RmsNormBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c) = l1.shape().dims2()?;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(rms_bwd_kernel(
-                contiguous(s1, l1)?,
-                None,
-                1.0,
-                contiguous(s2, l2)?,
-                contiguous(s3, l3)?,
-                c,
-                self.eps,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(rms_bwd_kernel(
-                contiguous(s1, l1)?,
-                None,
-                1.0,
-                contiguous(s2, l2)?,
-                contiguous(s3, l3)?,
-                c,
-                self.eps,
-            )),
-            dt => candle_core::bail!("keel rms_norm bwd: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel rms_norm bwd", T => T::to_cpu_storage_owned(rms_bwd_kernel(
+            contiguous(s1, l1)?,
+            None,
+            1.0,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+            c,
+            self.eps,
+        )));
         Ok((out, Shape::from((n + 1, c))))
     }
 }
@@ -561,25 +549,14 @@ impl CustomOp3 for ResidualRmsNorm {
         fn run<T: Real>(x: &[T], f: &[T], g: &[T], c: usize, alpha: f64, eps: f64) -> Vec<T> {
             rms_fwd_kernel(&residual_kernel(x, f, alpha), g, c, eps)
         }
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(run::<f32>(
-                contiguous(s1, l1)?,
-                contiguous(s2, l2)?,
-                contiguous(s3, l3)?,
-                c,
-                self.alpha,
-                self.eps,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(run::<f64>(
-                contiguous(s1, l1)?,
-                contiguous(s2, l2)?,
-                contiguous(s3, l3)?,
-                c,
-                self.alpha,
-                self.eps,
-            )),
-            dt => candle_core::bail!("keel residual_rms_norm: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel residual_rms_norm", T => T::to_cpu_storage_owned(run::<T>(
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+            c,
+            self.alpha,
+            self.eps,
+        )));
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -651,11 +628,7 @@ impl CustomOp1 for SwiGlu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, f2) = l.shape().dims2()?;
         let f = f2 / 2;
-        let out = match s.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(swiglu_fwd_kernel(contiguous::<f32>(s, l)?, f)),
-            DType::F64 => f64::to_cpu_storage_owned(swiglu_fwd_kernel(contiguous::<f64>(s, l)?, f)),
-            dt => candle_core::bail!("keel swiglu: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s.dtype(), "keel swiglu", T => T::to_cpu_storage_owned(swiglu_fwd_kernel(contiguous::<T>(s, l)?, f)));
         Ok((out, Shape::from((n, f))))
     }
     fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -671,15 +644,9 @@ impl CustomOp2 for SwiGluBwd {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let f = l1.shape().dims2()?.1 / 2;
-        let out = match s1.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(swiglu_bwd_kernel(contiguous::<f32>(s1, l1)?, contiguous(s2, l2)?, f))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(swiglu_bwd_kernel(contiguous::<f64>(s1, l1)?, contiguous(s2, l2)?, f))
-            }
-            dt => candle_core::bail!("keel swiglu bwd: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel swiglu bwd", T => {
+            T::to_cpu_storage_owned(swiglu_bwd_kernel(contiguous::<T>(s1, l1)?, contiguous(s2, l2)?, f))
+        });
         Ok((out, l1.shape().clone()))
     }
 }
@@ -1010,17 +977,10 @@ impl CustomOp1 for Attention {
         if l.shape().dims2()? != (s.batch * s.seq, s.qkv_width()) || self.rope.seq_len < s.seq {
             candle_core::bail!("keel attention: qkv shape {:?} does not match {:?}", l.shape(), s);
         }
-        let (out, probs) = match st.dtype() {
-            DType::F32 => {
-                let (o, p) = attn_fwd_kernel(contiguous::<f32>(st, l)?, s, &self.rope);
-                (f32::to_cpu_storage_owned(o), f32::to_cpu_storage_owned(p))
-            }
-            DType::F64 => {
-                let (o, p) = attn_fwd_kernel(contiguous::<f64>(st, l)?, s, &self.rope);
-                (f64::to_cpu_storage_owned(o), f64::to_cpu_storage_owned(p))
-            }
-            dt => candle_core::bail!("keel attention: unsupported dtype {dt:?}"),
-        };
+        let (out, probs) = with_float!(st.dtype(), "keel attention", T => {
+            let (o, p) = attn_fwd_kernel(contiguous::<T>(st, l)?, s, &self.rope);
+            (T::to_cpu_storage_owned(o), T::to_cpu_storage_owned(p))
+        });
         *self.saved.lock().expect("attention probabilities") = Some(probs);
         Ok((out, Shape::from((s.batch * s.seq, s.n_heads * s.head_dim))))
     }
@@ -1042,29 +1002,16 @@ impl CustomOp2 for AttentionBwd {
         "keel-causal-attention-bwd"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s1.dtype() {
-            DType::F32 => {
-                let saved = self.saved.as_ref().map(|p| p.as_slice::<f32>()).transpose()?;
-                f32::to_cpu_storage_owned(attn_bwd_kernel(
-                    contiguous::<f32>(s1, l1)?,
-                    contiguous(s2, l2)?,
-                    self.s,
-                    &self.rope,
-                    saved,
-                ))
-            }
-            DType::F64 => {
-                let saved = self.saved.as_ref().map(|p| p.as_slice::<f64>()).transpose()?;
-                f64::to_cpu_storage_owned(attn_bwd_kernel(
-                    contiguous::<f64>(s1, l1)?,
-                    contiguous(s2, l2)?,
-                    self.s,
-                    &self.rope,
-                    saved,
-                ))
-            }
-            dt => candle_core::bail!("keel attention bwd: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel attention bwd", T => {
+            let saved = self.saved.as_ref().map(|p| p.as_slice::<T>()).transpose()?;
+            T::to_cpu_storage_owned(attn_bwd_kernel(
+                contiguous::<T>(s1, l1)?,
+                contiguous(s2, l2)?,
+                self.s,
+                &self.rope,
+                saved,
+            ))
+        });
         Ok((out, l1.shape().clone()))
     }
 }
@@ -1137,15 +1084,9 @@ impl CustomOp2 for Linear {
             candle_core::bail!("keel linear: shapes {:?} and {:?} do not multiply", l1.shape(), l2.shape());
         }
         let (ki, mi) = (k as isize, m as isize);
-        let out = match s1.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(gemm_new(n, m, k, contiguous(s1, l1)?, ki, 1, contiguous(s2, l2)?, mi, 1))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(gemm_new(n, m, k, contiguous(s1, l1)?, ki, 1, contiguous(s2, l2)?, mi, 1))
-            }
-            dt => candle_core::bail!("keel linear: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel linear", T => {
+            T::to_cpu_storage_owned(gemm_new(n, m, k, contiguous(s1, l1)?, ki, 1, contiguous(s2, l2)?, mi, 1))
+        });
         Ok((out, Shape::from((n, m))))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -1165,15 +1106,9 @@ impl CustomOp2 for LinearGradInput {
         let (n, m) = l1.shape().dims2()?;
         let (k, _) = l2.shape().dims2()?;
         let mi = m as isize;
-        let out = match s1.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(gemm_new(n, k, m, contiguous(s1, l1)?, mi, 1, contiguous(s2, l2)?, 1, mi))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(gemm_new(n, k, m, contiguous(s1, l1)?, mi, 1, contiguous(s2, l2)?, 1, mi))
-            }
-            dt => candle_core::bail!("keel linear bwd: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel linear bwd", T => {
+            T::to_cpu_storage_owned(gemm_new(n, k, m, contiguous(s1, l1)?, mi, 1, contiguous(s2, l2)?, 1, mi))
+        });
         Ok((out, Shape::from((n, k))))
     }
 }
@@ -1189,15 +1124,9 @@ impl CustomOp2 for LinearGradWeight {
         let (n, k) = l1.shape().dims2()?;
         let (_, m) = l2.shape().dims2()?;
         let (ki, mi) = (k as isize, m as isize);
-        let out = match s1.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(gemm_new(k, m, n, contiguous(s1, l1)?, 1, ki, contiguous(s2, l2)?, mi, 1))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(gemm_new(k, m, n, contiguous(s1, l1)?, 1, ki, contiguous(s2, l2)?, mi, 1))
-            }
-            dt => candle_core::bail!("keel linear bwd: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel linear bwd", T => {
+            T::to_cpu_storage_owned(gemm_new(k, m, n, contiguous(s1, l1)?, 1, ki, contiguous(s2, l2)?, mi, 1))
+        });
         Ok((out, Shape::from((k, m))))
     }
 }
@@ -1260,17 +1189,10 @@ impl CustomOp2 for CrossEntropy {
             candle_core::bail!("cross_entropy: {n} rows of logits but {} targets", targets.len());
         }
         let cpu = candle_core::Device::Cpu;
-        let (loss, probs) = match s1.dtype() {
-            DType::F32 => {
-                let (l, p) = cross_entropy_kernel::<f32>(contiguous(s1, l1)?, targets, v)?;
-                (f32::to_cpu_storage_owned(vec![l]), Tensor::from_vec(p, (n, v), &cpu)?)
-            }
-            DType::F64 => {
-                let (l, p) = cross_entropy_kernel::<f64>(contiguous(s1, l1)?, targets, v)?;
-                (f64::to_cpu_storage_owned(vec![l]), Tensor::from_vec(p, (n, v), &cpu)?)
-            }
-            dt => candle_core::bail!("keel cross_entropy: unsupported dtype {dt:?}"),
-        };
+        let (loss, probs) = with_float!(s1.dtype(), "keel cross_entropy", T => {
+            let (l, p) = cross_entropy_kernel::<T>(contiguous(s1, l1)?, targets, v)?;
+            (T::to_cpu_storage_owned(vec![l]), Tensor::from_vec(p, (n, v), &cpu)?)
+        });
         *self.saved.lock().expect("softmax") = Some(probs);
         Ok((loss, Shape::from(())))
     }
@@ -1305,18 +1227,12 @@ impl CustomOp2 for CrossEntropyBwd {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let v = l1.shape().dims2()?.1;
         let targets: &[u32] = contiguous(s2, l2)?;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(cross_entropy_bwd_kernel(
-                contiguous::<f32>(s1, l1)?,
-                targets,
-                v,
-                self.scale as f32,
-            )),
-            DType::F64 => {
-                f64::to_cpu_storage_owned(cross_entropy_bwd_kernel(contiguous::<f64>(s1, l1)?, targets, v, self.scale))
-            }
-            dt => candle_core::bail!("keel cross_entropy bwd: unsupported dtype {dt:?}"),
-        };
+        let out = with_float!(s1.dtype(), "keel cross_entropy bwd", T => T::to_cpu_storage_owned(cross_entropy_bwd_kernel(
+            contiguous::<T>(s1, l1)?,
+            targets,
+            v,
+            self.scale as T,
+        )));
         Ok((out, l1.shape().clone()))
     }
 }
