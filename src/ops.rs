@@ -688,6 +688,7 @@ fn transposed<T>(ptr: *const T, stride: usize) -> View<T> {
 
 /// dst (m x n, rows `dst_rs` apart) = [dst +] lhs (m x k) @ rhs (k x n), single-threaded (the
 /// callers already run one task per head).
+#[allow(clippy::too_many_arguments)]
 unsafe fn mm<T: 'static + Real>(
     m: usize,
     n: usize,
