@@ -724,25 +724,33 @@ unsafe fn mm<T: 'static + Real>(
     )
 }
 
+/// RoPE on one head vector: out = R x, or R^T x when `inverse` (the backward), with
+/// R rotating the pairs (x[j], x[j + D/2]) by the angles whose cos and sin are given.
+#[inline(always)]
+fn rotate<T: Real>(out: &mut [T], x: &[T], cos: &[f64], sin: &[f64], inverse: bool) {
+    let half = cos.len();
+    let (o1, o2) = out.split_at_mut(half);
+    let (x1, x2) = x.split_at(half);
+    assert!(o2.len() == half && x2.len() == half && sin.len() == half);
+    let sign = if inverse { -T::one() } else { T::one() };
+    for j in 0..half {
+        let c = T::from_f64(cos[j]);
+        let s = T::from_f64(sin[j]) * sign;
+        o1[j] = x1[j] * c - x2[j] * s;
+        o2[j] = x2[j] * c + x1[j] * s;
+    }
+}
+
 /// Gathers head columns [col, col + D) of rows b*T..(b+1)*T from a (B*T, W) matrix into (T, D),
 /// rotating by RoPE when `rope` is given.
 fn gather_head<T: Real>(src: &[T], w: usize, b: usize, t: usize, col: usize, d: usize, rope: Option<&Rope>) -> Vec<T> {
     let half = d / 2;
     let mut out = vec![T::zero(); t * d];
-    for i in 0..t {
+    for (i, o) in out.chunks_exact_mut(d).enumerate() {
         let row = &src[(b * t + i) * w + col..(b * t + i) * w + col + d];
-        let o = &mut out[i * d..(i + 1) * d];
         match rope {
             None => o.copy_from_slice(row),
-            Some(r) => {
-                for j in 0..half {
-                    let c = T::from_f64(r.cos[i * half + j]);
-                    let s = T::from_f64(r.sin[i * half + j]);
-                    let (x1, x2) = (row[j], row[j + half]);
-                    o[j] = x1 * c - x2 * s;
-                    o[j + half] = x2 * c + x1 * s;
-                }
-            }
+            Some(r) => rotate(o, row, &r.cos[i * half..(i + 1) * half], &r.sin[i * half..(i + 1) * half], false),
         }
     }
     out
@@ -762,20 +770,11 @@ unsafe fn scatter_head<T: Real>(
     rope: Option<&Rope>,
 ) {
     let half = d / 2;
-    for i in 0..t {
+    for (i, g) in src.chunks_exact(d).take(t).enumerate() {
         let o = std::slice::from_raw_parts_mut(dst.0.add((b * t + i) * w + col), d);
-        let g = &src[i * d..(i + 1) * d];
         match rope {
             None => o.copy_from_slice(g),
-            Some(r) => {
-                for j in 0..half {
-                    let c = T::from_f64(r.cos[i * half + j]);
-                    let s = T::from_f64(r.sin[i * half + j]);
-                    let (g1, g2) = (g[j], g[j + half]);
-                    o[j] = g1 * c + g2 * s;
-                    o[j + half] = g2 * c - g1 * s;
-                }
-            }
+            Some(r) => rotate(o, g, &r.cos[i * half..(i + 1) * half], &r.sin[i * half..(i + 1) * half], true),
         }
     }
 }
