@@ -16,6 +16,44 @@ pub enum Command {
     Train(TrainArgs),
     /// Measure training speed (tokens/s, ms per phase) on a fixed config.
     Bench(BenchArgs),
+    /// Prepare corpora: tokenize once into memory-mapped shards.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Tokenize text/JSONL inputs into train/val token shards with a tokenizer.json and meta.json.
+    Prepare(PrepareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// Inputs: text files, folders (recursive), glob patterns, JSONL files (field `text`), or
+    /// hf-dataset:ORG/NAME:FILE. Repeatable.
+    #[arg(long, short, required = true, num_args = 1..)]
+    pub input: Vec<String>,
+    /// byte | bpe:N | path to tokenizer.json | folder with encoder.json + vocab.bpe | hf:ORG/NAME
+    #[arg(long, short)]
+    pub tokenizer: String,
+    /// Output folder (must not exist or be empty), e.g. data/NAME.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Fraction of documents held out for validation (0 to 1).
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// Seed of the document split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Drop lines that are not UTF-8 (counted in meta.json) instead of failing.
+    #[arg(long)]
+    pub skip_invalid_utf8: bool,
+    /// Tokens per shard file.
+    #[arg(long, default_value_t = 100_000_000)]
+    pub shard_tokens: u64,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -236,6 +236,10 @@ impl Default for TrainConfig {
 pub struct DataConfig {
     /// `"synthetic"` (built-in tasks, no files needed) or a path to a UTF-8 text file.
     pub source: String,
+    /// A folder made by `keel data prepare` (used instead of `source` when set).
+    pub path: Option<String>,
+    /// When set, the tokenizer spec the prepared data must have been made with.
+    pub tokenizer: Option<String>,
     /// Fraction of a text file held out for validation (its tail).
     pub val_fraction: f64,
     /// Seed of the synthetic corpus itself (independent of the training seed).
@@ -246,7 +250,14 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { source: "synthetic".into(), val_fraction: 0.1, synthetic_seed: 1234, synthetic_bytes: 2_000_000 }
+        DataConfig {
+            source: "synthetic".into(),
+            path: None,
+            tokenizer: None,
+            val_fraction: 0.1,
+            synthetic_seed: 1234,
+            synthetic_bytes: 2_000_000,
+        }
     }
 }
 
@@ -501,6 +512,11 @@ impl Config {
             format!("data.val_fraction = {} must lie in (0, 1)", d.val_fraction),
         );
         bad(d.source.is_empty(), "data.source is empty: use \"synthetic\" or a path to a text file".into());
+        bad(d.path.is_some() && d.source != "synthetic", format!("both data.path ({:?}) and data.source ({:?}) are set: keep one (data.path for prepared shards, data.source for synthetic or a text file)", d.path.as_deref().unwrap_or(""), d.source));
+        bad(
+            d.tokenizer.is_some() && d.path.is_none(),
+            "data.tokenizer checks prepared data: set data.path too, or remove data.tokenizer".into(),
+        );
         bad(d.synthetic_bytes < 10_000, "data.synthetic_bytes must be at least 10000".into());
         bad(
             self.run.name.is_empty() || self.run.name.contains(['/', '\\']),

@@ -22,6 +22,7 @@ fn main() {
     let result = match cli.command {
         Command::Train(args) => keel::commands::train::run(&args),
         Command::Bench(args) => keel::commands::bench::run(&args),
+        Command::Data(keel::cli::DataCommand::Prepare(args)) => keel::commands::data::prepare(&args),
     };
     if let Err(err) = result {
         let input = keel::is_input_error(&err);

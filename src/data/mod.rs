@@ -1,7 +1,13 @@
-//! Training data: the built-in synthetic corpus or a UTF-8 text file, tokenized at the byte level
-//! (vocab 256), and a seeded sampler of (B, T) windows.
+//! Training data: the built-in synthetic corpus, a UTF-8 text file tokenized at the byte level
+//! (vocab 256), or a folder prepared by `keel data prepare` (memory-mapped token shards), and a
+//! seeded sampler of (B, T) windows.
 
+pub mod documents;
+pub mod hub;
+pub mod prepare;
+pub mod shard;
 pub mod synthetic;
+pub mod tokenizer;
 
 use crate::config::DataConfig;
 use crate::rng::Rng;
@@ -17,16 +23,88 @@ pub enum DataError {
     NotUtf8 { path: String, offset: usize },
     #[error("data file {path} is too small: {len} bytes give {split} bytes of {which} data, fewer than train.seq_len + 1 = {need}\n  use a larger file, a smaller train.seq_len, or adjust data.val_fraction")]
     TooSmall { path: String, len: usize, split: usize, which: &'static str, need: usize },
+    #[error("{path} line {line} is not UTF-8 (invalid bytes at offset {offset} of the line)\n  convert the file to UTF-8, or pass --skip-invalid-utf8 to drop such lines (they are counted)")]
+    NotUtf8Line { path: String, line: usize, offset: usize },
+    #[error("{path} line {line}: {why}\n  each JSONL line must be an object with a string field \"text\"")]
+    BadRecord { path: String, line: usize, why: String },
+    #[error(
+        "no usable input: {0}\n  give --input with text files, folders, globs, JSONL files or hf-dataset:ORG/NAME:FILE"
+    )]
+    NoInput(String),
+    #[error("tokenizer `{spec}`: {why}")]
+    Tokenizer { spec: String, why: String },
+    #[error("could not get {what} from the Hugging Face hub: it is not in the cache ({cache}) and the hub could not be reached: {why}\n  use a local path instead, or fill the cache (HF_HOME) on a machine with network access and copy it here")]
+    Hub { what: String, cache: String, why: String },
+    #[error("{path} is not a valid keel token shard: {why}\n  prepare the data again with `keel data prepare`")]
+    BadShard { path: String, why: String },
+    #[error("{path} is not a prepared data folder: {why}\n  create it with `keel data prepare --input ... --tokenizer ... --out {path}`")]
+    BadPrepared { path: String, why: String },
+    #[error("data in {path} was prepared with tokenizer `{found}`, but the config expects `{expected}` (data.tokenizer)\n  point data.path at data prepared with `{expected}`, or change data.tokenizer")]
+    TokenizerMismatch { path: String, found: String, expected: String },
+    #[error("prepared data {path} has no {which} shard with at least train.seq_len + 1 = {need} tokens (the longest has {longest})\n  prepare more data (or use a larger --val-fraction), or use a smaller train.seq_len")]
+    TooFewTokens { path: String, which: &'static str, longest: usize, need: usize },
+    #[error("cannot write {path}: {source}\n  check that the output folder is writable and has space")]
+    Write { path: String, source: std::io::Error },
 }
 
 /// Byte-level vocabulary size.
 pub const BYTE_VOCAB: usize = 256;
 
+/// Tokens in memory or in memory-mapped shards.
+#[derive(Debug, Clone)]
+pub enum Tokens {
+    Memory(Vec<u32>),
+    Shards(Vec<std::sync::Arc<shard::Shard>>),
+}
+
+impl From<Vec<u32>> for Tokens {
+    fn from(v: Vec<u32>) -> Self {
+        Tokens::Memory(v)
+    }
+}
+
+impl Tokens {
+    pub fn len(&self) -> usize {
+        match self {
+            Tokens::Memory(v) => v.len(),
+            Tokens::Shards(s) => s.iter().map(|s| s.len()).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Lengths of the contiguous parts (a window never crosses two).
+    fn part_lens(&self) -> Vec<usize> {
+        match self {
+            Tokens::Memory(v) => vec![v.len()],
+            Tokens::Shards(s) => s.iter().map(|s| s.len()).collect(),
+        }
+    }
+
+    /// Copies tokens [start, start + out.len()) of part `part` into `out`.
+    fn read(&self, part: usize, start: usize, out: &mut [u32]) {
+        match self {
+            Tokens::Memory(v) => out.copy_from_slice(&v[start..start + out.len()]),
+            Tokens::Shards(s) => s[part].read(start, out),
+        }
+    }
+
+    /// All tokens, concatenated (for tests and small data).
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Tokens::Memory(v) => v.clone(),
+            Tokens::Shards(s) => s.iter().flat_map(|s| s.to_vec()).collect(),
+        }
+    }
+}
+
 /// A tokenized corpus with a held-out split.
 #[derive(Debug, Clone)]
 pub struct Corpus {
-    pub train: Vec<u32>,
-    pub val: Vec<u32>,
+    pub train: Tokens,
+    pub val: Tokens,
     pub vocab_size: usize,
     /// What the corpus is, for provenance.
     pub description: String,
@@ -39,14 +117,17 @@ fn bytes_to_tokens(s: &[u8]) -> Vec<u32> {
 impl Corpus {
     /// Loads the corpus named by `data.source`; `seq_len` bounds the smallest usable split.
     pub fn load(cfg: &DataConfig, seq_len: usize) -> Result<Corpus, DataError> {
+        if let Some(path) = &cfg.path {
+            return prepare::load_prepared(Path::new(path), cfg.tokenizer.as_deref(), seq_len);
+        }
         if cfg.source == "synthetic" {
             let train =
                 synthetic::generate(Rng::stream(cfg.synthetic_seed, "synthetic-train").next_u64(), cfg.synthetic_bytes);
             let val_bytes = (cfg.synthetic_bytes / 10).max(seq_len * 64);
             let val = synthetic::generate(Rng::stream(cfg.synthetic_seed, "synthetic-val").next_u64(), val_bytes);
             return Ok(Corpus {
-                train: bytes_to_tokens(train.as_bytes()),
-                val: bytes_to_tokens(val.as_bytes()),
+                train: bytes_to_tokens(train.as_bytes()).into(),
+                val: bytes_to_tokens(val.as_bytes()).into(),
                 vocab_size: BYTE_VOCAB,
                 description: format!("synthetic tasks (seed {}, {} bytes)", cfg.synthetic_seed, train.len()),
             });
@@ -69,8 +150,8 @@ impl Corpus {
             }
         }
         Ok(Corpus {
-            train: bytes_to_tokens(train),
-            val: bytes_to_tokens(val),
+            train: bytes_to_tokens(train).into(),
+            val: bytes_to_tokens(val).into(),
             vocab_size: BYTE_VOCAB,
             description: format!("bytes of {shown} ({} bytes)", bytes.len()),
         })
@@ -90,22 +171,31 @@ impl Sampler {
         Sampler { rng: Rng::stream(seed, key), batch, seq }
     }
 
-    /// Host-side batch: (inputs, targets), each B*T tokens row-major. Windows never run past the
-    /// end of `tokens`.
-    pub fn next_host(&mut self, tokens: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    /// Host-side batch: (inputs, targets), each B*T tokens row-major. Windows are uniform over
+    /// every valid start and never run past the end of a part (a shard or the in-memory text).
+    pub fn next_host(&mut self, tokens: &Tokens) -> (Vec<u32>, Vec<u32>) {
         let (b, t) = (self.batch, self.seq);
-        let max_start = tokens.len() - t - 1;
+        let starts: Vec<usize> = tokens.part_lens().iter().map(|&n| n.saturating_sub(t)).collect();
+        let total: usize = starts.iter().sum();
+        assert!(total > 0, "no window of {} tokens fits the data", t + 1);
         let mut x = Vec::with_capacity(b * t);
         let mut y = Vec::with_capacity(b * t);
+        let mut window = vec![0u32; t + 1];
         for _ in 0..b {
-            let s = self.rng.below(max_start as u64 + 1) as usize;
-            x.extend_from_slice(&tokens[s..s + t]);
-            y.extend_from_slice(&tokens[s + 1..s + t + 1]);
+            let mut s = self.rng.below(total as u64) as usize;
+            let mut part = 0;
+            while s >= starts[part] {
+                s -= starts[part];
+                part += 1;
+            }
+            tokens.read(part, s, &mut window);
+            x.extend_from_slice(&window[..t]);
+            y.extend_from_slice(&window[1..]);
         }
         (x, y)
     }
 
-    pub fn next(&mut self, tokens: &[u32], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    pub fn next(&mut self, tokens: &Tokens, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
         let (x, y) = self.next_host(tokens);
         let shape = (self.batch, self.seq);
         Ok((Tensor::from_vec(x, shape, device)?, Tensor::from_vec(y, shape, device)?))
@@ -118,7 +208,7 @@ mod tests {
 
     #[test]
     fn sampler_is_deterministic_and_in_bounds() {
-        let tokens: Vec<u32> = (0..100).collect();
+        let tokens: Tokens = (0..100).collect::<Vec<u32>>().into();
         let mut a = Sampler::new(1, "train", 4, 10);
         let mut b = Sampler::new(1, "train", 4, 10);
         for _ in 0..200 {
@@ -146,5 +236,6 @@ mod tests {
         std::fs::write(&p, "a".repeat(1000)).unwrap();
         let c = Corpus::from_text_file(&p, 0.1, 4).unwrap();
         assert_eq!((c.train.len(), c.val.len()), (900, 100));
+        assert_eq!(c.train.to_vec()[..3], [97, 97, 97]);
     }
 }

@@ -1,0 +1,297 @@
+//! `keel data prepare`: tokenize inputs once into shards, and load such a folder for training.
+//!
+//! Output folder:
+//! - `train_000.bin`, `train_001.bin`, ... and `val_000.bin`, ...: token shards (see `shard.rs`),
+//!   documents concatenated in input order, each followed by the tokenizer's end-of-text token
+//!   when it has one;
+//! - `tokenizer.json`: the tokenizer used (loadable by the `tokenizers` crate and Python);
+//! - `meta.json`: inputs with sizes and sha256, token and document counts, vocabulary size,
+//!   tokenizer spec, split seed and fraction, keel version.
+//!
+//! Preparation streams: documents are read, encoded in parallel batches and written as they
+//! come, so a corpus larger than memory works (BPE training keeps only word counts).
+
+use super::documents::{Documents, Input, InvalidUtf8};
+use super::shard::{token_width, Shard, ShardWriter};
+use super::tokenizer::{KeelTokenizer, TokenizerSpec};
+use super::{Corpus, DataError, Tokens};
+use crate::rng::Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const META_FILE: &str = "meta.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputMeta {
+    pub origin: String,
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SplitMeta {
+    pub tokens: u64,
+    pub documents: u64,
+    pub shards: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    pub keel_version: String,
+    pub shard_format_version: u32,
+    pub tokenizer: String,
+    pub vocab_size: usize,
+    pub eot_token: Option<u32>,
+    pub token_bytes: usize,
+    pub val_fraction: f64,
+    pub split_seed: u64,
+    pub inputs: Vec<InputMeta>,
+    pub train: SplitMeta,
+    pub val: SplitMeta,
+    pub skipped_invalid_utf8_lines: u64,
+    pub seconds: f64,
+}
+
+pub struct PrepareOptions {
+    pub tokenizer: String,
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub on_invalid_utf8: InvalidUtf8,
+    /// Tokens per shard before a new one is started.
+    pub shard_tokens: u64,
+    pub progress: bool,
+}
+
+/// Writes one split's shards, starting a new shard every `limit` tokens.
+struct SplitWriter<'a> {
+    dir: &'a Path,
+    name: &'static str,
+    width: usize,
+    limit: u64,
+    current: Option<ShardWriter>,
+    meta: SplitMeta,
+}
+
+impl SplitWriter<'_> {
+    fn push_doc(&mut self, tokens: &[u32]) -> Result<(), DataError> {
+        let werr = |path: String| move |source| DataError::Write { path, source };
+        if self.current.as_ref().is_some_and(|w| w.count() >= self.limit) {
+            self.close()?;
+        }
+        if self.current.is_none() {
+            let file = format!("{}_{:03}.bin", self.name, self.meta.shards.len());
+            let path = self.dir.join(&file);
+            self.current = Some(ShardWriter::create(&path, self.width).map_err(werr(path.display().to_string()))?);
+            self.meta.shards.push(file);
+        }
+        let w = self.current.as_mut().expect("open shard");
+        w.push(tokens).map_err(werr(self.dir.display().to_string()))?;
+        self.meta.tokens += tokens.len() as u64;
+        self.meta.documents += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), DataError> {
+        if let Some(w) = self.current.take() {
+            w.finish().map_err(|source| DataError::Write { path: self.dir.display().to_string(), source })?;
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Tokenizes `inputs` into `out` (which must exist and be empty). Returns the written meta.
+pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Meta, DataError> {
+    let start = Instant::now();
+    let total: u64 = inputs.iter().map(|i| i.bytes).sum();
+    let spec = TokenizerSpec::parse(&opts.tokenizer)?;
+    let tokenizer = match spec {
+        TokenizerSpec::Bpe(n) => {
+            let pb = progress_bar(total, opts.progress);
+            pb.set_message("training BPE");
+            let mut docs = Documents::new(inputs, opts.on_invalid_utf8);
+            let mut failure = None;
+            let iter = std::iter::from_fn(|| match docs.next_doc() {
+                Ok(d) => {
+                    pb.set_position(docs.bytes_read);
+                    d
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            });
+            let t = KeelTokenizer::train_bpe(n, iter)?;
+            pb.finish_and_clear();
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            t
+        }
+        _ => KeelTokenizer::load(&spec, &opts.tokenizer)?,
+    };
+    let vocab_size = tokenizer.vocab_size();
+    let width = token_width(vocab_size);
+    let mut train = SplitWriter {
+        dir: out,
+        name: "train",
+        width,
+        limit: opts.shard_tokens,
+        current: None,
+        meta: SplitMeta::default(),
+    };
+    let mut val = SplitWriter {
+        dir: out,
+        name: "val",
+        width,
+        limit: opts.shard_tokens,
+        current: None,
+        meta: SplitMeta::default(),
+    };
+    let mut split_rng = Rng::stream(opts.seed, "document-split");
+    let mut docs = Documents::new(inputs, opts.on_invalid_utf8);
+    let mut hashers: Vec<Sha256> = inputs.iter().map(|_| Sha256::new()).collect();
+    let pb = progress_bar(total, opts.progress);
+    pb.set_message("tokenizing");
+    loop {
+        // A batch of documents, encoded in parallel, written in order.
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        while batch_bytes < (4 << 20) && batch.len() < 4096 {
+            match docs.next_doc()? {
+                Some(d) => {
+                    batch_bytes += d.len();
+                    batch.push(d);
+                }
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let encoded: Vec<Result<Vec<u32>, DataError>> = batch.par_iter().map(|d| tokenizer.encode(d)).collect();
+        for mut ids in encoded.into_iter().collect::<Result<Vec<_>, _>>()? {
+            if let Some(eot) = tokenizer.eot {
+                ids.push(eot);
+            }
+            let to_val = split_rng.uniform() < opts.val_fraction;
+            if to_val { &mut val } else { &mut train }.push_doc(&ids)?;
+        }
+        pb.set_position(docs.bytes_read);
+    }
+    pb.finish_and_clear();
+    train.close()?;
+    val.close()?;
+    // Hash the inputs as read (a second, sequential read: cheap next to tokenization).
+    let mut input_meta = Vec::new();
+    for (input, hasher) in inputs.iter().zip(hashers.iter_mut()) {
+        let mut f = std::fs::File::open(&input.path)
+            .map_err(|source| DataError::Read { path: input.path.display().to_string(), source })?;
+        std::io::copy(&mut f, hasher)
+            .map_err(|source| DataError::Read { path: input.path.display().to_string(), source })?;
+        input_meta.push(InputMeta {
+            origin: input.origin.clone(),
+            path: input.path.display().to_string(),
+            bytes: input.bytes,
+            sha256: format!("{:x}", hasher.clone().finalize()),
+        });
+    }
+    tokenizer.save(&out.join("tokenizer.json"))?;
+    let meta = Meta {
+        keel_version: env!("CARGO_PKG_VERSION").into(),
+        shard_format_version: super::shard::VERSION,
+        tokenizer: opts.tokenizer.clone(),
+        vocab_size,
+        eot_token: tokenizer.eot,
+        token_bytes: width,
+        val_fraction: opts.val_fraction,
+        split_seed: opts.seed,
+        inputs: input_meta,
+        train: train.meta,
+        val: val.meta,
+        skipped_invalid_utf8_lines: docs.skipped_lines,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string_pretty(&meta).expect("meta serializes");
+    let path = out.join(META_FILE);
+    crate::metrics::write_atomic(&path, json.as_bytes())
+        .map_err(|source| DataError::Write { path: path.display().to_string(), source })?;
+    Ok(meta)
+}
+
+pub fn read_meta(dir: &Path) -> Result<Meta, DataError> {
+    let shown = dir.display().to_string();
+    let path = dir.join(META_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| DataError::BadPrepared {
+        path: shown.clone(),
+        why: format!("cannot read {}: {e}", path.display()),
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| DataError::BadPrepared { path: shown, why: format!("{} does not parse: {e}", path.display()) })
+}
+
+fn open_split(dir: &Path, split: &SplitMeta, which: &str) -> Result<Vec<Arc<Shard>>, DataError> {
+    let shards: Vec<Arc<Shard>> =
+        split.shards.iter().map(|f| Shard::open(&dir.join(f)).map(Arc::new)).collect::<Result<_, _>>()?;
+    let found: u64 = shards.iter().map(|s| s.len() as u64).sum();
+    if found != split.tokens {
+        return Err(DataError::BadPrepared {
+            path: dir.display().to_string(),
+            why: format!("meta.json promises {} {which} tokens but the shards hold {found}", split.tokens),
+        });
+    }
+    Ok(shards)
+}
+
+/// Opens a prepared folder for training: shards memory-mapped, vocabulary from meta.json.
+pub fn load_prepared(dir: &Path, expected_tokenizer: Option<&str>, seq_len: usize) -> Result<Corpus, DataError> {
+    let meta = read_meta(dir)?;
+    if let Some(expected) = expected_tokenizer {
+        if expected != meta.tokenizer {
+            return Err(DataError::TokenizerMismatch {
+                path: dir.display().to_string(),
+                found: meta.tokenizer,
+                expected: expected.into(),
+            });
+        }
+    }
+    let train = open_split(dir, &meta.train, "training")?;
+    let val = open_split(dir, &meta.val, "validation")?;
+    for (shards, which) in [(&train, "training"), (&val, "validation")] {
+        let longest = shards.iter().map(|s| s.len()).max().unwrap_or(0);
+        if longest < seq_len + 1 {
+            return Err(DataError::TooFewTokens { path: dir.display().to_string(), which, longest, need: seq_len + 1 });
+        }
+    }
+    Ok(Corpus {
+        train: Tokens::Shards(train),
+        val: Tokens::Shards(val),
+        vocab_size: meta.vocab_size,
+        description: format!(
+            "{} ({} tokenizer, {} train + {} val tokens)",
+            dir.display(),
+            meta.tokenizer,
+            meta.train.tokens,
+            meta.val.tokens
+        ),
+    })
+}
