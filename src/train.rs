@@ -25,6 +25,8 @@ pub enum ProgressMode {
 /// Wall time spent in each phase of the steps taken so far.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PhaseTimes {
+    /// Sampling the batch and moving it to the device.
+    pub data: Duration,
     pub forward: Duration,
     pub backward: Duration,
     pub optimizer: Duration,
@@ -73,6 +75,8 @@ impl Trainer {
         for _ in 0..t.grad_accum {
             let start = Instant::now();
             let (x, y) = self.sampler.next(&corpus.train, &device)?;
+            self.times.data += start.elapsed();
+            let start = Instant::now();
             let loss = self.model.loss(&x, &y)?;
             loss_sum += scalar(&loss)?;
             self.times.forward += start.elapsed();

@@ -171,5 +171,5 @@ fn text_file_data_and_bench_run() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = std::fs::read_to_string(d.join("bench.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
-    assert!(csv.starts_with("placement,d_model,depth,seq_len,batch_size,n_params,tokens_per_s"));
+    assert!(csv.starts_with("d_model,depth,seq_len,batch_size,placement,n_params,tokens_per_s,ms_per_step,data_ms"));
 }

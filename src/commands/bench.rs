@@ -32,9 +32,26 @@ pub struct BenchResult {
     pub n_params: usize,
     pub tokens_per_s: f64,
     pub ms_per_step: f64,
+    pub data_ms: f64,
     pub forward_ms: f64,
     pub backward_ms: f64,
     pub optimizer_ms: f64,
+}
+
+impl BenchResult {
+    /// placement, params, tokens/s, ms/step, data, forward, backward, optimizer ms.
+    pub fn columns(&self) -> [String; 8] {
+        [
+            self.placement.to_string(),
+            self.n_params.to_string(),
+            format!("{:.0}", self.tokens_per_s),
+            format!("{:.1}", self.ms_per_step),
+            format!("{:.2}", self.data_ms),
+            format!("{:.1}", self.forward_ms),
+            format!("{:.1}", self.backward_ms),
+            format!("{:.1}", self.optimizer_ms),
+        ]
+    }
 }
 
 pub fn bench_one(config: &Config, steps: usize, warmup: usize) -> Result<BenchResult> {
@@ -59,6 +76,7 @@ pub fn bench_one(config: &Config, steps: usize, warmup: usize) -> Result<BenchRe
         n_params: trainer.model.n_params(),
         tokens_per_s: tokens / secs,
         ms_per_step: secs * 1e3 / steps as f64,
+        data_ms: per(trainer.times.data),
         forward_ms: per(trainer.times.forward),
         backward_ms: per(trainer.times.backward),
         optimizer_ms: per(trainer.times.optimizer),
@@ -78,29 +96,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let placements: Vec<String> =
         if args.placements.is_empty() { vec![config.model.placement.to_string()] } else { args.placements.clone() };
     println!(
-        "keel bench: d_model {} heads {} depth {} seq {} batch {} vocab 256, {} timed steps after {} warm-up (threads: {})",
-        config.model.d_model, config.model.n_heads, config.model.depth, config.train.seq_len, config.train.batch_size, args.steps, args.warmup,
+        "keel bench: d_model {} heads {} depth {} seq {} batch {}, {} timed steps after {} warm-up (threads: {})",
+        config.model.d_model,
+        config.model.n_heads,
+        config.model.depth,
+        config.train.seq_len,
+        config.train.batch_size,
+        args.steps,
+        args.warmup,
         rayon::current_num_threads()
     );
     println!(
-        "{:<10} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9}",
-        "placement", "params", "tokens/s", "ms/step", "fwd ms", "bwd ms", "opt ms"
+        "{:<10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "placement", "params", "tokens/s", "ms/step", "data ms", "fwd ms", "bwd ms", "opt ms"
     );
     let mut rows = Vec::new();
     for p in &placements {
         let mut c = config.clone();
         c.model.placement = Placement::parse(p)?;
         let r = bench_one(&c, args.steps, args.warmup)?;
-        println!(
-            "{:<10} {:>10} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            r.placement.to_string(),
-            r.n_params,
-            r.tokens_per_s,
-            r.ms_per_step,
-            r.forward_ms,
-            r.backward_ms,
-            r.optimizer_ms
-        );
+        let [placement, params, tps, ms, data, fwd, bwd, opt] = r.columns();
+        println!("{placement:<10} {params:>10} {tps:>9} {ms:>8} {data:>8} {fwd:>8} {bwd:>8} {opt:>8}");
         rows.push(r);
     }
     if let Some(path) = &args.csv {
@@ -111,23 +127,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .open(path)
             .map_err(|e| InputError(format!("cannot open {} for writing: {e}", path.display())))?;
         if new {
-            writeln!(f, "placement,d_model,depth,seq_len,batch_size,n_params,tokens_per_s,ms_per_step,forward_ms,backward_ms,optimizer_ms")?;
+            writeln!(f, "d_model,depth,seq_len,batch_size,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms")?;
         }
+        let m = &config.model;
         for r in rows {
             writeln!(
                 f,
-                "{},{},{},{},{},{},{:.1},{:.2},{:.2},{:.2},{:.2}",
-                r.placement,
-                config.model.d_model,
-                config.model.depth,
+                "{},{},{},{},{}",
+                m.d_model,
+                m.depth,
                 config.train.seq_len,
                 config.train.batch_size,
-                r.n_params,
-                r.tokens_per_s,
-                r.ms_per_step,
-                r.forward_ms,
-                r.backward_ms,
-                r.optimizer_ms
+                r.columns().join(",")
             )?;
         }
     }

@@ -262,20 +262,29 @@ fn open_split(dir: &Path, split: &SplitMeta, which: &str) -> Result<Vec<Arc<Shar
     Ok(shards)
 }
 
-/// Opens a prepared folder for training: shards memory-mapped, vocabulary from meta.json.
-pub fn load_prepared(dir: &Path, expected_tokenizer: Option<&str>, seq_len: usize) -> Result<Corpus, DataError> {
+/// A prepared folder: its meta and its memory-mapped train and validation shards.
+pub struct Prepared {
+    pub meta: Meta,
+    pub train: Vec<Arc<Shard>>,
+    pub val: Vec<Arc<Shard>>,
+}
+
+pub fn open_prepared(dir: &Path) -> Result<Prepared, DataError> {
     let meta = read_meta(dir)?;
-    if let Some(expected) = expected_tokenizer {
-        if expected != meta.tokenizer {
-            return Err(DataError::TokenizerMismatch {
-                path: dir.display().to_string(),
-                found: meta.tokenizer,
-                expected: expected.into(),
-            });
-        }
-    }
     let train = open_split(dir, &meta.train, "training")?;
     let val = open_split(dir, &meta.val, "validation")?;
+    Ok(Prepared { meta, train, val })
+}
+
+/// Opens a prepared folder for training: shards memory-mapped, vocabulary from meta.json.
+pub fn load_prepared(dir: &Path, expected_tokenizer: Option<&str>, seq_len: usize) -> Result<Corpus, DataError> {
+    let Prepared { meta, train, val } = open_prepared(dir)?;
+    if let Some(expected) = expected_tokenizer {
+        if expected != meta.tokenizer {
+            let path = dir.display().to_string();
+            return Err(DataError::TokenizerMismatch { path, found: meta.tokenizer, expected: expected.into() });
+        }
+    }
     for (shards, which) in [(&train, "training"), (&val, "validation")] {
         let longest = shards.iter().map(|s| s.len()).max().unwrap_or(0);
         if longest < seq_len + 1 {
