@@ -74,8 +74,15 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Run directory (default: run.out_dir/run.name).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its newest valid checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// With --resume: accept changes to keys that are safe to change (train.steps, log_every,
+    /// checkpoint_every, keep_checkpoints, run.device).
+    #[arg(long, requires = "resume")]
+    pub force: bool,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,

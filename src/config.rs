@@ -202,6 +202,10 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Per-sub-layer gradient norms every N steps (and at step 1); 0 disables them.
     pub grad_norm_every: usize,
+    /// Checkpoint every N steps (and always at the end); 0 checkpoints only at the end.
+    pub checkpoint_every: usize,
+    /// Periodic checkpoints kept (the final one is kept as well).
+    pub keep_checkpoints: usize,
     pub precision: Precision,
 }
 
@@ -226,6 +230,8 @@ impl Default for TrainConfig {
             eval_every: 50,
             eval_batches: 8,
             grad_norm_every: 50,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
             precision: Precision::F32,
         }
     }
@@ -506,6 +512,7 @@ impl Config {
         bad(t.grad_accum == 0, "train.grad_accum must be at least 1".into());
         bad(t.log_every == 0, "train.log_every must be at least 1".into());
         bad(t.eval_batches == 0, "train.eval_batches must be at least 1".into());
+        bad(t.keep_checkpoints == 0, "train.keep_checkpoints must be at least 1".into());
         let d = &self.data;
         bad(
             !(d.val_fraction > 0.0 && d.val_fraction < 1.0),
@@ -537,6 +544,45 @@ impl Config {
         resolved.model.final_norm = Some(m.final_norm.unwrap_or(m.placement == Placement::PreLn));
         resolved.meta = None;
         Ok(Resolved { config: resolved, alpha })
+    }
+}
+
+/// Keys that `keel train --resume --force` accepts changing: they do not alter anything computed
+/// up to the checkpoint (total steps changes the schedule from there on, as the user asked).
+pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 7] = [
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "run.name",
+    "run.out_dir",
+    "run.device",
+];
+
+impl Config {
+    /// Every key as `section.key` with its value (JSON text), meta left out.
+    pub fn flatten(&self) -> std::collections::BTreeMap<String, String> {
+        let mut c = self.clone();
+        c.meta = None;
+        let value = serde_json::to_value(&c).expect("config serializes");
+        let mut out = std::collections::BTreeMap::new();
+        for (section, body) in value.as_object().expect("object") {
+            for (key, v) in body.as_object().into_iter().flatten() {
+                out.insert(format!("{section}.{key}"), v.to_string());
+            }
+        }
+        out
+    }
+
+    /// Keys whose values differ: (key, self's value, other's value).
+    pub fn diff(&self, other: &Config) -> Vec<(String, String, String)> {
+        let (a, b) = (self.flatten(), other.flatten());
+        a.iter()
+            .filter_map(|(k, va)| {
+                let vb = b.get(k).cloned().unwrap_or_else(|| "null".into());
+                (*va != vb).then(|| (k.clone(), va.clone(), vb))
+            })
+            .collect()
     }
 }
 
@@ -572,6 +618,20 @@ impl Resolved {
     }
     pub fn blocks(&self) -> usize {
         self.config.model.depth / 2
+    }
+
+    /// sha256 over every key that determines the computation (all but
+    /// [`SAFE_TO_CHANGE_ON_RESUME`]): checkpoints carry it, so one from another experiment is
+    /// recognised.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (k, v) in self.config.flatten() {
+            if !SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str()) {
+                h.update(format!("{k}={v}\n").as_bytes());
+            }
+        }
+        format!("{:x}", h.finalize())
     }
 
     /// The resolved config as TOML, with a `[meta]` provenance table.

@@ -1,6 +1,7 @@
 //! keel: an experiment runner for very deep Transformers, reproducing
 //! "Post-LayerNorm Is Back: Stable, ExpressivE, and Deep" (Chen & Wei, arXiv 2601.19895).
 
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -11,7 +12,11 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod signals;
 pub mod train;
+
+/// Exit status of a run stopped by SIGINT or SIGTERM after writing a checkpoint (128 + SIGINT).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// A problem with what the user gave keel (flags, files, folders). Exit status 2.
 #[derive(Debug, thiserror::Error)]

@@ -21,15 +21,22 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => keel::commands::train::run(&args),
-        Command::Bench(args) => keel::commands::bench::run(&args),
-        Command::Data(keel::cli::DataCommand::Prepare(args)) => keel::commands::data::prepare(&args),
+        Command::Bench(args) => keel::commands::bench::run(&args).map(|()| 0),
+        Command::Data(keel::cli::DataCommand::Prepare(args)) => keel::commands::data::prepare(&args).map(|()| 0),
     };
-    if let Err(err) = result {
-        let input = keel::is_input_error(&err);
-        eprintln!("error: {err}");
-        for cause in err.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
-        }
-        std::process::exit(if input { 2 } else { 1 });
+    match result {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(err) => fail(err),
     }
+}
+
+/// One message, the causes under it, and the documented exit status: 2 for bad input, else 1.
+fn fail(err: anyhow::Error) -> ! {
+    let input = keel::is_input_error(&err);
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    std::process::exit(if input { 2 } else { 1 });
 }

@@ -51,12 +51,43 @@ pub struct GradNormRow {
     pub grad_norm: f64,
 }
 
+/// Cuts a CSV back to its header and the rows of steps <= `max_step`, dropping a torn last line
+/// (one without its newline), then reopens it for appending.
+fn reopen(dir: &Path, name: &str, header: &[&str], max_step: usize) -> std::io::Result<csv::Writer<File>> {
+    let path = dir.join(name);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut kept = format!("{}\n", header.join(","));
+    for line in text.split_inclusive('\n').skip(1) {
+        let step = line.split(',').next().and_then(|s| s.parse::<usize>().ok());
+        match step {
+            Some(s) if s <= max_step && line.ends_with('\n') => kept.push_str(line),
+            _ => break,
+        }
+    }
+    write_atomic(&path, kept.as_bytes())?;
+    let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+    Ok(csv::WriterBuilder::new().has_headers(false).from_writer(file))
+}
+
 impl RunWriters {
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         Ok(RunWriters {
             metrics: open(dir, "metrics.csv", &METRICS_HEADER)?,
             eval: open(dir, "eval.csv", &EVAL_HEADER)?,
             grad_norms: open(dir, "grad_norms.csv", &GRAD_NORMS_HEADER)?,
+        })
+    }
+
+    /// Continues a run's CSVs after step `step` (rows written after it are dropped).
+    pub fn resume(dir: &Path, step: usize) -> std::io::Result<Self> {
+        Ok(RunWriters {
+            metrics: reopen(dir, "metrics.csv", &METRICS_HEADER, step)?,
+            eval: reopen(dir, "eval.csv", &EVAL_HEADER, step)?,
+            grad_norms: reopen(dir, "grad_norms.csv", &GRAD_NORMS_HEADER, step)?,
         })
     }
 

@@ -88,6 +88,65 @@ impl AdamW {
         self.step
     }
 
+    /// The moments as named tensors (`{param}.m`, `{param}.v`), for checkpoints.
+    pub fn state_tensors(&self, params: &[Param]) -> Result<Vec<(String, Tensor)>> {
+        let cpu = candle_core::Device::Cpu;
+        let mut out = Vec::with_capacity(2 * params.len());
+        for (p, mom) in params.iter().zip(&self.moments) {
+            let shape = p.var.shape();
+            let (m, v) = match mom {
+                Moments::HostF32 { m, v } => (Tensor::from_slice(m, shape, &cpu)?, Tensor::from_slice(v, shape, &cpu)?),
+                Moments::HostF64 { m, v } => (Tensor::from_slice(m, shape, &cpu)?, Tensor::from_slice(v, shape, &cpu)?),
+                Moments::Device { m, v } => (m.clone(), v.clone()),
+            };
+            out.push((format!("{}.m", p.name), m));
+            out.push((format!("{}.v", p.name), v));
+        }
+        Ok(out)
+    }
+
+    /// Restores the moments written by [`AdamW::state_tensors`] and the step count.
+    pub fn load_state(
+        &mut self,
+        params: &[Param],
+        tensors: &std::collections::HashMap<String, Tensor>,
+        step: u64,
+    ) -> Result<()> {
+        for (p, mom) in params.iter().zip(self.moments.iter_mut()) {
+            let get = |suffix: &str| -> Result<Tensor> {
+                let name = format!("{}.{suffix}", p.name);
+                let t = tensors
+                    .get(&name)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {name}")))?;
+                if t.shape() != p.var.shape() {
+                    candle_core::bail!(
+                        "optimizer state {name} has shape {:?}, the parameter {:?}",
+                        t.shape(),
+                        p.var.shape()
+                    );
+                }
+                Ok(t.clone())
+            };
+            let (m_t, v_t) = (get("m")?, get("v")?);
+            match mom {
+                Moments::HostF32 { m, v } => {
+                    *m = m_t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                    *v = v_t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                }
+                Moments::HostF64 { m, v } => {
+                    *m = m_t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+                    *v = v_t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+                }
+                Moments::Device { m, v } => {
+                    *m = m_t.to_device(p.var.device())?.to_dtype(DType::F32)?;
+                    *v = v_t.to_device(p.var.device())?.to_dtype(DType::F32)?;
+                }
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// One update. `grads[i]` belongs to `params[i]`; every gradient is multiplied by
     /// `grad_scale` first (the clipping factor).
     pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {

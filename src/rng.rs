@@ -35,6 +35,15 @@ impl Rng {
         Rng { s }
     }
 
+    /// The full generator state, for checkpoints.
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    pub fn from_state(s: [u64; 4]) -> Self {
+        Rng { s }
+    }
+
     /// An independent stream for `key` under `seed`.
     pub fn stream(seed: u64, key: &str) -> Self {
         let mut sm = seed ^ hash_key(key).rotate_left(17);

@@ -166,70 +166,158 @@ fn progress_bar(steps: usize) -> ProgressBar {
     pb
 }
 
-/// Trains the resolved experiment on `corpus`, writing the run's files into `out`.
+/// Where a training call starts.
+pub enum Start {
+    /// A new run directory.
+    Fresh,
+    /// An existing run without a usable checkpoint: its CSVs are cut back to the header.
+    Over,
+    /// Continue from a checkpoint; CSV rows after its step are dropped.
+    Checkpoint(Box<crate::checkpoint::Loaded>),
+}
+
+/// How a training call ended.
+pub struct Outcome {
+    pub summary: Summary,
+    /// Stopped by a signal after writing a checkpoint.
+    pub interrupted: bool,
+}
+
+/// Marker written (atomically) once a run has finished, diverged runs included.
+pub const DONE: &str = "DONE";
+
+fn restore(trainer: &mut Trainer, ckpt: &crate::checkpoint::Loaded) -> Result<()> {
+    for p in &trainer.model.params {
+        let t = ckpt
+            .model
+            .get(&p.name)
+            .ok_or_else(|| anyhow!("checkpoint {} lacks parameter {}", ckpt.path.display(), p.name))?;
+        if t.shape() != p.var.shape() {
+            return Err(anyhow!(
+                "checkpoint {}: {} has shape {:?}, the model {:?}",
+                ckpt.path.display(),
+                p.name,
+                t.shape(),
+                p.var.shape()
+            ));
+        }
+        p.var.set(&t.to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
+    }
+    trainer.opt.load_state(&trainer.model.params, &ckpt.optimizer, ckpt.state.optimizer_steps)?;
+    trainer.sampler.seek(ckpt.state.sampler);
+    Ok(())
+}
+
+/// Trains the resolved experiment on `corpus`, writing the run's files into `out`. Stops after
+/// the current step, with a checkpoint, once `stop` is set.
 pub fn train(
     resolved: &Resolved,
     corpus: &Corpus,
     device: &Device,
     out: &Path,
     progress: ProgressMode,
-) -> Result<Summary> {
+    start: Start,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Outcome> {
+    use crate::checkpoint::{self, TrainState};
     let t = resolved.train().clone();
     let m = resolved.model().clone();
     let mut trainer = Trainer::new(resolved, device)?;
     let n_params = trainer.model.n_params();
-    let mut writers = RunWriters::create(out).with_context(|| format!("creating output files in {}", out.display()))?;
     let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
+    let mut state = TrainState {
+        step: 0,
+        tokens: 0,
+        sampler: trainer.sampler.position(),
+        optimizer_steps: 0,
+        initial_loss: None,
+        recent_losses: Vec::new(),
+        last_val: None,
+        train_time_s: 0.0,
+        elapsed_s: 0.0,
+        config_fingerprint: resolved.fingerprint(),
+        keel_version: env!("CARGO_PKG_VERSION").into(),
+        files: Default::default(),
+    };
+    let mut writers = match &start {
+        Start::Fresh => RunWriters::create(out),
+        Start::Over => RunWriters::resume(out, 0),
+        Start::Checkpoint(c) => RunWriters::resume(out, c.state.step),
+    }
+    .with_context(|| format!("preparing output files in {}", out.display()))?;
+    if let Start::Checkpoint(c) = &start {
+        restore(&mut trainer, c)?;
+        state = TrainState { files: Default::default(), ..c.state.clone() };
+    }
+    let first = state.step + 1;
     let bar = (progress == ProgressMode::Bar).then(|| progress_bar(t.steps));
+    if let Some(b) = &bar {
+        b.set_position(state.step as u64);
+    }
     if progress == ProgressMode::Lines {
+        let from = if state.step > 0 { format!(" from step {}", state.step) } else { String::new() };
         println!(
-            "training {} ({} params, {} sub-layers, {}) on {} for {} steps",
+            "training {} ({} params, {} sub-layers, {}) on {} for {} steps{from}",
             resolved.config.run.name, n_params, m.depth, m.placement, corpus.description, t.steps
         );
     }
+    let say = |msg: &str| match &bar {
+        Some(b) => b.println(msg),
+        None if progress != ProgressMode::Quiet => println!("{msg}"),
+        None => {}
+    };
     let run_start = Instant::now();
-    let mut train_time = Duration::ZERO;
-    let mut recent: Vec<f64> = Vec::new();
-    let mut initial_loss = None;
+    let elapsed_before = state.elapsed_s;
     let mut diverged_at = None;
-    let mut last_val = None;
-    let mut steps_completed = 0;
-    for step in 1..=t.steps {
+    let mut interrupted = false;
+    let mut last_checkpoint = None;
+    let save = |trainer: &Trainer, state: &TrainState| -> Result<()> {
+        checkpoint::save(out, trainer, state.clone())
+            .with_context(|| format!("writing the checkpoint of step {}", state.step))?;
+        checkpoint::prune(out, t.keep_checkpoints, (state.step == t.steps).then_some(t.steps))?;
+        Ok(())
+    };
+    for step in first..=t.steps {
         let lr = lr_at(&t, step);
         let step_start = Instant::now();
         let r = trainer.step(corpus, lr)?;
         let dt = step_start.elapsed();
-        train_time += dt;
+        state.train_time_s += dt.as_secs_f64();
         let tokens = step * tokens_per_step;
         let tps = tokens_per_step as f64 / dt.as_secs_f64().max(1e-9);
-        writers.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, run_start.elapsed().as_secs_f64())?;
-        initial_loss.get_or_insert(r.loss);
+        let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
+        writers.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, elapsed)?;
+        state.initial_loss.get_or_insert(r.loss);
         if t.grad_norm_every > 0 && (step == 1 || step % t.grad_norm_every == 0 || !r.finite) {
             writers.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq))?;
         }
         if !r.finite {
             diverged_at = Some(step);
-            let msg = format!("diverged at step {step}: loss {} grad norm {}", r.loss, r.grad_norm);
-            match &bar {
-                Some(b) => b.println(&msg),
-                None if progress != ProgressMode::Quiet => println!("{msg}"),
-                None => {}
-            }
+            say(&format!("diverged at step {step}: loss {} grad norm {}", r.loss, r.grad_norm));
             break;
         }
-        steps_completed = step;
-        recent.push(r.loss);
-        if recent.len() > t.log_every {
-            recent.remove(0);
+        state.step = step;
+        state.tokens = tokens;
+        state.recent_losses.push(r.loss);
+        if state.recent_losses.len() > t.log_every {
+            state.recent_losses.remove(0);
         }
         let is_eval = (t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps;
         if is_eval {
             let v = trainer.validate(corpus)?;
             writers.eval(step, v)?;
-            last_val = Some(v);
+            state.last_val = Some(v);
         }
-        let total_tps = (step * tokens_per_step) as f64 / train_time.as_secs_f64().max(1e-9);
-        let val_note = if is_eval { format!(" val {:.4}", last_val.unwrap_or(f64::NAN)) } else { String::new() };
+        state.sampler = trainer.sampler.position();
+        state.optimizer_steps = trainer.opt.steps_taken();
+        state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
+        let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
+        if step == t.steps || stopping || (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) {
+            save(&trainer, &state)?;
+            last_checkpoint = Some(step);
+        }
+        let total_tps = (step * tokens_per_step) as f64 / state.train_time_s.max(1e-9);
+        let val_note = if is_eval { format!(" val {:.4}", state.last_val.unwrap_or(f64::NAN)) } else { String::new() };
         match &bar {
             Some(b) => {
                 b.set_position(step as u64);
@@ -238,18 +326,20 @@ pub fn train(
             None if progress == ProgressMode::Lines && (step % t.log_every == 0 || step == t.steps || is_eval) => {
                 println!(
                     "step {step:>6}/{} loss {:.4} lr {lr:.2e} grad {:.3} {total_tps:.0} tok/s {:.1}s{val_note}",
-                    t.steps,
-                    r.loss,
-                    r.grad_norm,
-                    run_start.elapsed().as_secs_f64()
+                    t.steps, r.loss, r.grad_norm, state.elapsed_s
                 );
             }
             None => {}
+        }
+        if stopping && step < t.steps {
+            interrupted = true;
+            break;
         }
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    let recent = &state.recent_losses;
     let final_train_loss = (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
     let summary = Summary {
         run_name: resolved.config.run.name.clone(),
@@ -258,18 +348,27 @@ pub fn train(
         d_model: m.d_model,
         n_params,
         steps_planned: t.steps,
-        steps_completed,
-        tokens: steps_completed * tokens_per_step,
-        initial_loss,
+        steps_completed: state.step,
+        tokens: state.step * tokens_per_step,
+        initial_loss: state.initial_loss,
         final_train_loss,
-        final_val_loss: last_val,
-        final_val_ppl: last_val.map(f64::exp),
+        final_val_loss: state.last_val,
+        final_val_ppl: state.last_val.map(f64::exp),
         diverged: diverged_at.is_some(),
         diverged_at_step: diverged_at,
-        tokens_per_s: (steps_completed * tokens_per_step) as f64 / train_time.as_secs_f64().max(1e-9),
-        wall_time_s: run_start.elapsed().as_secs_f64(),
+        tokens_per_s: (state.step * tokens_per_step) as f64 / state.train_time_s.max(1e-9),
+        wall_time_s: elapsed_before + run_start.elapsed().as_secs_f64(),
         device: format!("{device:?}"),
     };
+    if interrupted {
+        say(&format!(
+            "stopped after step {} with a checkpoint ({}); continue with: keel train --resume {}",
+            state.step,
+            last_checkpoint.map(|s| format!("step {s}")).unwrap_or_default(),
+            out.display()
+        ));
+        return Ok(Outcome { summary, interrupted });
+    }
     if diverged_at.is_none() {
         let tensors: std::collections::HashMap<String, Tensor> =
             trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
@@ -278,5 +377,6 @@ pub fn train(
         std::fs::rename(&tmp, out.join("model.safetensors"))?;
     }
     crate::metrics::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    Ok(summary)
+    crate::metrics::write_atomic(&out.join(DONE), b"finished\n")?;
+    Ok(Outcome { summary, interrupted })
 }

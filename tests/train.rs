@@ -4,8 +4,9 @@ mod common;
 use candle_core::Device;
 use keel::config::{Config, Resolved};
 use keel::data::Corpus;
-use keel::train::{train, ProgressMode, Trainer};
+use keel::train::{train, ProgressMode, Start, Trainer};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 fn resolve(sets: &[&str]) -> (Resolved, Corpus) {
     let mut all = vec![
@@ -30,7 +31,7 @@ fn resolve(sets: &[&str]) -> (Resolved, Corpus) {
 
 fn run(sets: &[&str], dir: &Path) -> keel::metrics::Summary {
     let (r, corpus) = resolve(sets);
-    train(&r, &corpus, &Device::Cpu, dir, ProgressMode::Quiet).unwrap()
+    train(&r, &corpus, &Device::Cpu, dir, ProgressMode::Quiet, Start::Fresh, &AtomicBool::new(false)).unwrap().summary
 }
 
 /// metrics.csv without the wall-clock columns (tokens_per_s, elapsed_s).
@@ -84,7 +85,9 @@ fn quickstart_sized_model_learns_the_synthetic_tasks() {
     let corpus = Corpus::load(&config.data, config.train.seq_len).unwrap();
     let r = config.resolve(corpus.vocab_size).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let s = train(&r, &corpus, &Device::Cpu, tmp.path(), ProgressMode::Quiet).unwrap();
+    let s = train(&r, &corpus, &Device::Cpu, tmp.path(), ProgressMode::Quiet, Start::Fresh, &AtomicBool::new(false))
+        .unwrap()
+        .summary;
     let (first, last) = (s.initial_loss.unwrap(), s.final_train_loss.unwrap());
     eprintln!("quickstart-sized loss {first:.3} -> {last:.3}, val {:?}", s.final_val_loss);
     assert!((first - 256f64.ln()).abs() < 0.1, "initial loss {first} should be near ln(256)");

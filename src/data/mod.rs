@@ -171,6 +171,15 @@ impl Sampler {
         Sampler { rng: Rng::stream(seed, key), batch, seq }
     }
 
+    /// The sampler's position: its whole state is its RNG.
+    pub fn position(&self) -> [u64; 4] {
+        self.rng.state()
+    }
+
+    pub fn seek(&mut self, position: [u64; 4]) {
+        self.rng = Rng::from_state(position);
+    }
+
     /// Host-side batch: (inputs, targets), each B*T tokens row-major. Windows are uniform over
     /// every valid start and never run past the end of a part (a shard or the in-memory text).
     pub fn next_host(&mut self, tokens: &Tokens) -> (Vec<u32>, Vec<u32>) {

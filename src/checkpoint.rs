@@ -1,0 +1,171 @@
+//! Checkpoints that resume bit-for-bit.
+//!
+//! `RUN/checkpoints/step_0000100/` holds
+//! - `model.safetensors`: the weights, under the parameter names of `model.rs`;
+//! - `optimizer.safetensors`: AdamW's moments, `{param}.m` and `{param}.v`;
+//! - `state.json`: step, tokens, sampler position (RNG state), optimizer step count, the running
+//!   values behind summary.json, a fingerprint of the config, keel's version, and the sha256 of
+//!   both tensor files.
+//!
+//! A checkpoint is written into a hidden temporary folder and renamed into place, so a folder
+//! named `step_*` is complete unless its files were damaged afterwards, which the checksums
+//! catch. For fault-injection tests, `KEEL_FAULT_ABORT_IN_CHECKPOINT=STEP` aborts the process (no
+//! cleanup, like SIGKILL) halfway through writing the checkpoint of that step.
+
+use crate::train::Trainer;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const DIR: &str = "checkpoints";
+const MODEL: &str = "model.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const STATE: &str = "state.json";
+
+/// Everything besides tensors that a resumed run needs to continue as if never stopped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub tokens: usize,
+    /// The training sampler's RNG state.
+    pub sampler: [u64; 4],
+    pub optimizer_steps: u64,
+    pub initial_loss: Option<f64>,
+    /// Losses of the last `log_every` steps (for summary.json's final_train_loss).
+    pub recent_losses: Vec<f64>,
+    pub last_val: Option<f64>,
+    /// Training time so far (for summary.json's tokens_per_s).
+    pub train_time_s: f64,
+    /// Wall time since the run began, continued by the elapsed_s column after a resume.
+    pub elapsed_s: f64,
+    /// See [`crate::config::Resolved::fingerprint`].
+    pub config_fingerprint: String,
+    pub keel_version: String,
+    /// sha256 of each tensor file.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn step_dir(run: &Path, step: usize) -> PathBuf {
+    run.join(DIR).join(format!("step_{step:07}"))
+}
+
+fn fsync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> anyhow::Result<()> {
+    let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
+    candle_core::safetensors::save(&map, path)?;
+    std::fs::File::open(path)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes the checkpoint of `state.step` (replacing one of the same step).
+pub fn save(run: &Path, trainer: &Trainer, mut state: TrainState) -> anyhow::Result<PathBuf> {
+    let root = run.join(DIR);
+    std::fs::create_dir_all(&root)?;
+    let tmp = root.join(format!(".step_{:07}.tmp", state.step));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir(&tmp)?;
+    let params: Vec<(String, Tensor)> =
+        trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+    save_tensors(&params, &tmp.join(MODEL))?;
+    if std::env::var("KEEL_FAULT_ABORT_IN_CHECKPOINT").ok().and_then(|s| s.parse::<usize>().ok()) == Some(state.step) {
+        std::process::abort();
+    }
+    save_tensors(&trainer.opt.state_tensors(&trainer.model.params)?, &tmp.join(OPTIMIZER))?;
+    for f in [MODEL, OPTIMIZER] {
+        state.files.insert(f.into(), sha256_file(&tmp.join(f))?);
+    }
+    crate::metrics::write_atomic(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    fsync_dir(&tmp);
+    let dest = step_dir(run, state.step);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest)?;
+    }
+    std::fs::rename(&tmp, &dest)?;
+    fsync_dir(&root);
+    Ok(dest)
+}
+
+/// Checkpoint folders of a run, newest first.
+pub fn list(run: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(run.join(DIR))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let step = name.strip_prefix("step_")?.parse().ok()?;
+                    Some((step, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out
+}
+
+/// Keeps the newest `keep` checkpoints and the one of `final_step`.
+pub fn prune(run: &Path, keep: usize, final_step: Option<usize>) -> std::io::Result<()> {
+    for (i, (step, path)) in list(run).into_iter().enumerate() {
+        if i >= keep.max(1) && Some(step) != final_step {
+            std::fs::remove_dir_all(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// A checkpoint read back and verified.
+pub struct Loaded {
+    pub state: TrainState,
+    pub model: HashMap<String, Tensor>,
+    pub optimizer: HashMap<String, Tensor>,
+    pub path: PathBuf,
+}
+
+/// Why a checkpoint cannot be used.
+#[derive(Debug)]
+pub enum Unusable {
+    /// Damaged or incomplete: fall back to an older one.
+    Corrupt(String),
+    /// Written by a different experiment: refuse.
+    OtherConfig { found: String },
+}
+
+pub fn load(path: &Path, fingerprint: &str) -> Result<Loaded, Unusable> {
+    let text = std::fs::read_to_string(path.join(STATE))
+        .map_err(|e| Unusable::Corrupt(format!("cannot read {STATE}: {e}")))?;
+    let state: TrainState =
+        serde_json::from_str(&text).map_err(|e| Unusable::Corrupt(format!("{STATE} does not parse: {e}")))?;
+    if state.config_fingerprint != fingerprint {
+        return Err(Unusable::OtherConfig { found: state.config_fingerprint });
+    }
+    let mut tensors = Vec::new();
+    for f in [MODEL, OPTIMIZER] {
+        let want = state.files.get(f).ok_or_else(|| Unusable::Corrupt(format!("{STATE} lists no checksum for {f}")))?;
+        let got = sha256_file(&path.join(f)).map_err(|e| Unusable::Corrupt(format!("cannot read {f}: {e}")))?;
+        if &got != want {
+            return Err(Unusable::Corrupt(format!("{f} fails its checksum (truncated or modified)")));
+        }
+        let map = candle_core::safetensors::load(path.join(f), &candle_core::Device::Cpu)
+            .map_err(|e| Unusable::Corrupt(format!("{f}: {e}")))?;
+        tensors.push(map);
+    }
+    let optimizer = tensors.pop().expect("two files");
+    let model = tensors.pop().expect("two files");
+    Ok(Loaded { state, model, optimizer, path: path.to_path_buf() })
+}
