@@ -361,12 +361,13 @@ pub fn train(
         device: format!("{device:?}"),
     };
     if interrupted {
-        say(&format!(
+        // Always shown, --quiet or not: the user has to know how to continue.
+        eprintln!(
             "stopped after step {} with a checkpoint ({}); continue with: keel train --resume {}",
             state.step,
             last_checkpoint.map(|s| format!("step {s}")).unwrap_or_default(),
             out.display()
-        ));
+        );
         return Ok(Outcome { summary, interrupted });
     }
     if diverged_at.is_none() {
