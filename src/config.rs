@@ -409,8 +409,8 @@ fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
 impl Config {
     /// Reads `path` (or the defaults when `None`) and applies overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
-        let mut table = match path {
-            None => toml::Table::new(),
+        match path {
+            None => Self::parse("", "defaults", overrides),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
                     ConfigError(format!(
@@ -418,9 +418,14 @@ impl Config {
                         p.display()
                     ))
                 })?;
-                Self::parse_table(&text, &p.display().to_string())?
+                Self::parse(&text, &p.display().to_string(), overrides)
             }
-        };
+        }
+    }
+
+    /// TOML text plus `--set` overrides; `origin` names the text in messages.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Config, ConfigError> {
+        let mut table = Self::parse_table(text, origin)?;
         apply_overrides(&mut table, overrides)?;
         from_table(table)
     }

@@ -23,9 +23,20 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 #[error("{0}")]
 pub struct InputError(pub String);
 
-/// True when `err` comes from bad user input (exit status 2) rather than a runtime failure.
+/// True when `err` comes from bad user input (exit status 2) rather than a runtime failure. A
+/// full disk counts as input: the output folder the user chose has no room.
 pub fn is_input_error(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| c.is::<InputError>() || c.is::<config::ConfigError>() || c.is::<data::DataError>())
+    is_disk_full(err)
+        || err.chain().any(|c| c.is::<InputError>() || c.is::<config::ConfigError>() || c.is::<data::DataError>())
+}
+
+/// True when some cause of `err` is "no space left on device".
+pub fn is_disk_full(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28))
+            || c.to_string().contains("os error 28")
+    })
 }
 
 /// keel's version and the git revision it was built from.

@@ -38,5 +38,8 @@ fn fail(err: anyhow::Error) -> ! {
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
+    if keel::is_disk_full(&err) {
+        eprintln!("  the disk is full: free space or choose another output folder; files keel finished earlier (completed checkpoints, shards) are intact, and a run continues with `keel train --resume RUN_DIR`");
+    }
     std::process::exit(if input { 2 } else { 1 });
 }

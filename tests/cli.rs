@@ -173,3 +173,63 @@ fn text_file_data_and_bench_run() {
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with("d_model,depth,seq_len,batch_size,placement,n_params,tokens_per_s,ms_per_step,data_ms"));
 }
+
+/// Unmounts the tmpfs of a test when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(at: &Path, options: &str) -> Mount {
+    std::fs::create_dir_all(at).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(at)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "this test simulates a full and a read-only disk with a tmpfs, which needs root (CI and sessions run as root)"
+    );
+    Mount(at.to_path_buf())
+}
+
+#[test]
+fn full_and_read_only_disks_exit_2_and_keep_finished_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Full: room for a few checkpoints (~360 KB each), not for 200.
+    let full = d.join("full");
+    let _m = mount_tmpfs(&full, "size=2m");
+    let args = [
+        "--set",
+        "model.depth=2",
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "train.steps=400",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.keep_checkpoints=400",
+        "--set",
+        "data.synthetic_bytes=20000",
+    ];
+    let mut all = vec!["train", "--quiet", "--out", "full/run"];
+    all.extend_from_slice(&args);
+    expect_input_error(&all, d, &["No space left on device", "the disk is full", "--resume"]);
+    let ckpt = full.join("run/checkpoints/step_0000002");
+    assert!(ckpt.join("state.json").exists(), "the checkpoints written before the disk filled are intact");
+    // Read-only: refused up front.
+    let ro = d.join("ro");
+    let _r = mount_tmpfs(&ro, "size=64k,ro");
+    expect_input_error(
+        &with_tiny(&["train", "--out", "ro/run"]),
+        d,
+        &["cannot create run directory", "Read-only file system"],
+    );
+}

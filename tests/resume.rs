@@ -8,10 +8,30 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const SETS: [&str; 24] = [
-    "--set", "model.depth=6", "--set", "model.d_model=48", "--set", "train.steps=60", "--set", "train.seq_len=48",
-    "--set", "train.checkpoint_every=7", "--set", "train.eval_every=10", "--set", "train.grad_norm_every=4",
-    "--set", "data.synthetic_bytes=60000", "--set", "train.keep_checkpoints=2", "--set", "train.warmup_steps=10",
-    "--set", "train.batch_size=6", "--set", "train.log_every=5",
+    "--set",
+    "model.depth=6",
+    "--set",
+    "model.d_model=48",
+    "--set",
+    "train.steps=60",
+    "--set",
+    "train.seq_len=48",
+    "--set",
+    "train.checkpoint_every=7",
+    "--set",
+    "train.eval_every=10",
+    "--set",
+    "train.grad_norm_every=4",
+    "--set",
+    "data.synthetic_bytes=60000",
+    "--set",
+    "train.keep_checkpoints=2",
+    "--set",
+    "train.warmup_steps=10",
+    "--set",
+    "train.batch_size=6",
+    "--set",
+    "train.log_every=5",
 ];
 
 fn keel() -> Command {
@@ -48,13 +68,20 @@ fn straight(dir: &Path) -> PathBuf {
 /// Every output that must match an uninterrupted run.
 fn assert_same_results(reference: &Path, run: &Path) {
     let without_clock = |d: &Path| -> Vec<String> {
-        std::fs::read_to_string(d.join("metrics.csv")).unwrap().lines().map(|l| l.split(',').take(5).collect::<Vec<_>>().join(",")).collect()
+        std::fs::read_to_string(d.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').take(5).collect::<Vec<_>>().join(","))
+            .collect()
     };
     let a = without_clock(reference);
     assert_eq!(a.len(), 61);
     assert_eq!(a, without_clock(run), "metrics.csv differs");
     for f in ["eval.csv", "grad_norms.csv", "model.safetensors"] {
-        assert!(std::fs::read(reference.join(f)).unwrap() == std::fs::read(run.join(f)).unwrap(), "{f} differs from the uninterrupted run");
+        assert!(
+            std::fs::read(reference.join(f)).unwrap() == std::fs::read(run.join(f)).unwrap(),
+            "{f} differs from the uninterrupted run"
+        );
     }
     assert!(run.join("DONE").exists());
 }
@@ -108,8 +135,10 @@ fn abort_during_a_checkpoint_write_then_resume_matches() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("step_0000021"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_results(&reference, &dir);
     // Only the newest checkpoints and the final one are kept.
-    let kept: Vec<String> =
-        std::fs::read_dir(dir.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let kept: Vec<String> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     let mut kept = kept;
     kept.sort();
     assert_eq!(kept, ["step_0000056", "step_0000060"]);
@@ -120,7 +149,11 @@ fn sigterm_checkpoints_and_exits_130_then_resume_matches() {
     let tmp = tempfile::tempdir().unwrap();
     let reference = straight(tmp.path());
     let dir = tmp.path().join("term");
-    let child = start_run(&dir, &["--set", "train.checkpoint_every=0"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = start_run(&dir, &["--set", "train.checkpoint_every=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while metric_rows(&dir) < 12 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
@@ -131,14 +164,29 @@ fn sigterm_checkpoints_and_exits_130_then_resume_matches() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     let stopped = metric_rows(&dir);
     assert!(stopped < 60, "stopped after step {stopped}");
-    assert!(dir.join(format!("checkpoints/step_{stopped:07}/state.json")).exists(), "a checkpoint at the stopping step");
+    assert!(
+        dir.join(format!("checkpoints/step_{stopped:07}/state.json")).exists(),
+        "a checkpoint at the stopping step"
+    );
     assert!(!dir.join("DONE").exists());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--resume") || stderr.contains("--resume"), "says how to resume");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("--resume") || stderr.contains("--resume"),
+        "says how to resume"
+    );
     // checkpoint_every was changed for this run only; resume with its own config.
     run_ok(resume(&dir, &[]));
-    let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap().lines().map(|l| l.split(',').take(5).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+    let metrics = |d: &Path| {
+        std::fs::read_to_string(d.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').take(5).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(metrics(&reference), metrics(&dir));
-    assert_eq!(std::fs::read(reference.join("model.safetensors")).unwrap(), std::fs::read(dir.join("model.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(reference.join("model.safetensors")).unwrap(),
+        std::fs::read(dir.join("model.safetensors")).unwrap()
+    );
 }
 
 extern "C" {
