@@ -9,8 +9,10 @@
 //!
 //! A checkpoint is written into a hidden temporary folder and renamed into place, so a folder
 //! named `step_*` is complete unless its files were damaged afterwards, which the checksums
-//! catch. For fault-injection tests, `KEEL_FAULT_ABORT_IN_CHECKPOINT=STEP` aborts the process (no
-//! cleanup, like SIGKILL) halfway through writing the checkpoint of that step.
+//! catch. For fault-injection tests, halfway through writing the checkpoint of step STEP (after
+//! the weights, before the optimizer state), `KEEL_FAULT_ABORT_IN_CHECKPOINT=STEP` aborts the
+//! process (no cleanup, like SIGKILL) and `KEEL_FAULT_PAUSE_IN_CHECKPOINT=STEP` sleeps for a
+//! minute so a test can SIGKILL it there.
 
 use crate::train::Trainer;
 use candle_core::Tensor;
@@ -84,8 +86,12 @@ pub fn save(run: &Path, trainer: &Trainer, mut state: TrainState) -> anyhow::Res
     let params: Vec<(String, Tensor)> =
         trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
     save_tensors(&params, &tmp.join(MODEL))?;
-    if std::env::var("KEEL_FAULT_ABORT_IN_CHECKPOINT").ok().and_then(|s| s.parse::<usize>().ok()) == Some(state.step) {
+    let fault = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<usize>().ok()) == Some(state.step);
+    if fault("KEEL_FAULT_ABORT_IN_CHECKPOINT") {
         std::process::abort();
+    }
+    if fault("KEEL_FAULT_PAUSE_IN_CHECKPOINT") {
+        std::thread::sleep(std::time::Duration::from_secs(60));
     }
     save_tensors(&trainer.opt.state_tensors(&trainer.model.params)?, &tmp.join(OPTIMIZER))?;
     for f in [MODEL, OPTIMIZER] {

@@ -36,7 +36,7 @@ const SETS: [&str; 24] = [
 
 fn keel() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
-    c.env_remove("KEEL_FAULT_ABORT_IN_CHECKPOINT");
+    c.env_remove("KEEL_FAULT_ABORT_IN_CHECKPOINT").env_remove("KEEL_FAULT_PAUSE_IN_CHECKPOINT");
     c
 }
 
@@ -122,6 +122,25 @@ fn sigkill_at_several_points_then_resume_matches_a_straight_run() {
 }
 
 #[test]
+fn sigkill_during_a_checkpoint_write_then_resume_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = straight(tmp.path());
+    let dir = tmp.path().join("paused");
+    let mut child = start_run(&dir, &[]).env("KEEL_FAULT_PAUSE_IN_CHECKPOINT", "42").spawn().unwrap();
+    let half_written = dir.join("checkpoints/.step_0000042.tmp/model.safetensors");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !half_written.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(half_written.exists(), "the run never reached the checkpoint write of step 42");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!dir.join("checkpoints/step_0000042").exists());
+    run_ok(resume(&dir, &[]));
+    assert_same_results(&reference, &dir);
+}
+
+#[test]
 fn abort_during_a_checkpoint_write_then_resume_matches() {
     let tmp = tempfile::tempdir().unwrap();
     let reference = straight(tmp.path());
@@ -187,6 +206,38 @@ fn sigterm_checkpoints_and_exits_130_then_resume_matches() {
         std::fs::read(reference.join("model.safetensors")).unwrap(),
         std::fs::read(dir.join("model.safetensors")).unwrap()
     );
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("twice");
+    // Both signals arrive while the run sits in the checkpoint write of step 7 (a fault-injection
+    // pause): the first asks for a clean stop, the second must not wait for it.
+    let child = start_run(&dir, &[])
+        .env("KEEL_FAULT_PAUSE_IN_CHECKPOINT", "7")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let half_written = dir.join("checkpoints/.step_0000007.tmp/model.safetensors");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !half_written.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let started = Instant::now();
+    unsafe { libc_kill(child.id() as i32, 15) };
+    std::thread::sleep(Duration::from_millis(100));
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("finishing the current step") && stderr.contains("second signal: stopping now"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "the second signal did not stop the run at once");
+    assert!(!dir.join("checkpoints/step_0000007").exists());
 }
 
 extern "C" {
