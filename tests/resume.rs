@@ -86,18 +86,28 @@ fn assert_same_results(reference: &Path, run: &Path) {
     assert!(run.join("DONE").exists());
 }
 
+/// Polls `done` every millisecond for up to a minute; returns whether it came true.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    done()
+}
+
 fn metric_rows(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("metrics.csv")).map(|t| t.lines().count().saturating_sub(1)).unwrap_or(0)
 }
 
 /// Waits until the run has written at least `rows` metric rows (or ended), then SIGKILLs it.
 fn kill_at(mut child: Child, dir: &Path, rows: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metric_rows(dir) < rows && Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    let mut exited = false;
+    wait_until(|| {
+        exited = exited || child.try_wait().unwrap().is_some();
+        exited || metric_rows(dir) >= rows
+    });
+    if exited {
+        return false;
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -128,11 +138,7 @@ fn sigkill_during_a_checkpoint_write_then_resume_matches() {
     let dir = tmp.path().join("paused");
     let mut child = start_run(&dir, &[]).env("KEEL_FAULT_PAUSE_IN_CHECKPOINT", "42").spawn().unwrap();
     let half_written = dir.join("checkpoints/.step_0000042.tmp/model.safetensors");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !half_written.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(half_written.exists(), "the run never reached the checkpoint write of step 42");
+    assert!(wait_until(|| half_written.exists()), "the run never reached the checkpoint write of step 42");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!dir.join("checkpoints/step_0000042").exists());
@@ -173,10 +179,7 @@ fn sigterm_checkpoints_and_exits_130_then_resume_matches() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric_rows(&dir) < 12 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(|| metric_rows(&dir) >= 12);
     unsafe { libc_kill(child.id() as i32, 15) };
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -221,10 +224,7 @@ fn a_second_signal_stops_at_once() {
         .spawn()
         .unwrap();
     let half_written = dir.join("checkpoints/.step_0000007.tmp/model.safetensors");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !half_written.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    assert!(wait_until(|| half_written.exists()), "the run never reached the checkpoint write of step 7");
     let started = Instant::now();
     unsafe { libc_kill(child.id() as i32, 15) };
     std::thread::sleep(Duration::from_millis(100));
