@@ -19,6 +19,23 @@ pub enum Command {
     /// Prepare corpora: tokenize once into memory-mapped shards.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Per-sub-layer gradient norms at initialization, beside the paper's prediction.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Placements, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "post_ln,pre_ln,keel")]
+    pub placements: Vec<String>,
+    /// Depths in sub-layers, comma-separated (each even).
+    #[arg(long, value_delimiter = ',', default_value = "8,32,128,512")]
+    pub depths: Vec<usize>,
+    /// Output CSV (must not exist).
+    #[arg(long, default_value = "runs/probe.csv")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,10 +36,25 @@ pub enum Placement {
     PostLn,
     /// LN_out(alpha * x + F(LN_in(x))), alpha = L by default (Chen & Wei 2026).
     Keel,
+    /// DeepNet: LN(a x + F(x)), a = (2N)^(1/4); FFN, value and output weights initialised
+    /// scaled by (8N)^(-1/4) (N = blocks).
+    Deepnorm,
+    /// Mix-LN: the first `mix_ln_fraction` of blocks Post-LN, the rest Pre-LN.
+    MixLn,
+    /// HybridNorm: attention with Q, K, V each normalized after projection and no pre-norm,
+    /// y = x + MHA(x); FFN z = N(y) + FFN(N(y)).
+    HybridNorm,
 }
 
 impl Placement {
-    pub const ALL: [Placement; 3] = [Placement::PreLn, Placement::PostLn, Placement::Keel];
+    pub const ALL: [Placement; 6] = [
+        Placement::PostLn,
+        Placement::Deepnorm,
+        Placement::HybridNorm,
+        Placement::MixLn,
+        Placement::PreLn,
+        Placement::Keel,
+    ];
 
     pub fn parse(s: &str) -> Result<Placement, ConfigError> {
         let s = s.trim();
@@ -54,6 +69,9 @@ impl Placement {
             Placement::PreLn => "pre_ln",
             Placement::PostLn => "post_ln",
             Placement::Keel => "keel",
+            Placement::Deepnorm => "deepnorm",
+            Placement::MixLn => "mix_ln",
+            Placement::HybridNorm => "hybrid_norm",
         }
     }
 }
@@ -143,8 +161,13 @@ pub struct ModelConfig {
     pub ffn: FfnKind,
     pub alpha: Alpha,
     pub keel_first_layer: KeelFirstLayer,
-    /// Defaults to true for pre_ln, false for placements that already end in a norm.
+    /// Defaults to true for pre_ln, mix_ln and hybrid_norm, false for placements that already end
+    /// in a norm (post_ln, deepnorm, keel).
     pub final_norm: Option<bool>,
+    /// Mix-LN: fraction of blocks (from the bottom) that are Post-LN.
+    pub mix_ln_fraction: f64,
+    /// HybridNorm*: the first block's attention is Pre-Norm.
+    pub hybrid_norm_star: bool,
     pub tie_embeddings: bool,
     pub rope_theta: f64,
     pub init_std: f64,
@@ -167,6 +190,8 @@ impl Default for ModelConfig {
             alpha: Alpha::Mode(AlphaMode::L),
             keel_first_layer: KeelFirstLayer::V2,
             final_norm: None,
+            mix_ln_fraction: 0.25,
+            hybrid_norm_star: false,
             tie_embeddings: false,
             rope_theta: 10_000.0,
             init_std: 0.02,
@@ -499,6 +524,10 @@ impl Config {
                 "model.alpha = {alpha} must be positive: use \"L\" (the paper's choice), \"sqrtL\" or a number > 0"
             ),
         );
+        bad(
+            !(0.0..=1.0).contains(&m.mix_ln_fraction),
+            format!("model.mix_ln_fraction = {} must lie in [0, 1]", m.mix_ln_fraction),
+        );
         let vocab_size = m.vocab_size.unwrap_or(data_vocab);
         bad(vocab_size < data_vocab, format!("model.vocab_size = {vocab_size} is smaller than the data's vocabulary ({data_vocab}); remove the key to use the data's"));
         bad(t.steps == 0, "train.steps must be at least 1".into());
@@ -546,7 +575,8 @@ impl Config {
         resolved.model.n_kv_heads = Some(n_kv_heads);
         resolved.model.d_ff = Some(d_ff);
         resolved.model.vocab_size = Some(vocab_size);
-        resolved.model.final_norm = Some(m.final_norm.unwrap_or(m.placement == Placement::PreLn));
+        let ends_in_norm = matches!(m.placement, Placement::PostLn | Placement::Deepnorm | Placement::Keel);
+        resolved.model.final_norm = Some(m.final_norm.unwrap_or(!ends_in_norm));
         resolved.meta = None;
         Ok(Resolved { config: resolved, alpha })
     }

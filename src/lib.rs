@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod probe;
 pub mod rng;
 pub mod signals;
 pub mod train;

@@ -23,6 +23,7 @@ fn main() {
         Command::Train(args) => keel::commands::train::run(&args),
         Command::Bench(args) => keel::commands::bench::run(&args).map(|()| 0),
         Command::Data(keel::cli::DataCommand::Prepare(args)) => keel::commands::data::prepare(&args).map(|()| 0),
+        Command::Probe(args) => keel::commands::probe::run(&args).map(|()| 0),
     };
     match result {
         Ok(0) => {}

@@ -6,9 +6,12 @@
 //! and 2i+1, FFN). Each sub-layer wraps a branch F (attention or FFN) in a residual form:
 //!
 //! ```text
-//! Pre-LN   x' = x + F(N(x))
-//! Post-LN  x' = N(x + F(x))
-//! Keel     x' = N_out(alpha * x + F(N_in(x))),   alpha = L
+//! Pre-LN      x' = x + F(N(x))
+//! Post-LN     x' = N(x + F(x))
+//! Keel        x' = N_out(alpha * x + F(N_in(x))),   alpha = L
+//! DeepNorm    x' = N(a * x + F(x)),                 a = (2N)^(1/4), N = blocks
+//! Mix-LN      Post-LN in the first 25% of blocks, Pre-LN above
+//! HybridNorm  attention x' = x + F(x) with Q, K, V normalized inside F; FFN x' = N(x) + F(N(x))
 //! ```
 //!
 //! Keel's first layer (paper v2): x1 = x0 + Attn(N(x0)); x2 = N_out(x1 + FFN(N_in(x1))).
@@ -82,6 +85,22 @@ impl ParamBuilder<'_> {
         self.push(name, values, shape, group)
     }
 
+    /// N(0, (std * scale(column))^2) for a 2-D weight, column by column.
+    fn normal_by_column(
+        &mut self,
+        name: String,
+        shape: &[usize],
+        std: f64,
+        scale: &dyn Fn(usize) -> f64,
+        group: Group,
+    ) -> Result<Tensor> {
+        let mut rng = Rng::stream(self.seed, &name);
+        let cols = shape[1];
+        let n: usize = shape.iter().product();
+        let values = (0..n).map(|i| rng.normal() * std * scale(i % cols)).collect();
+        self.push(name, values, shape, group)
+    }
+
     fn constant(&mut self, name: String, c: usize, value: f64, group: Group) -> Result<Tensor> {
         self.push(name, vec![value; c], &[c], group)
     }
@@ -133,6 +152,10 @@ pub enum Residual {
     Post { alpha: f64, norm: Norm },
     /// N_out(alpha * x + F(N_in(x)))
     Keel { alpha: f64, norm_in: Norm, norm_out: Norm },
+    /// x + F(x), no norm on the path (HybridNorm's attention normalizes inside F).
+    Plain,
+    /// N(x) + F(N(x)): the normalized input is also the shortcut (HybridNorm's FFN).
+    NormedShortcut { norm: Norm },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -140,6 +163,8 @@ enum ResidualForm {
     Pre,
     Post { alpha: f64 },
     Keel { alpha: f64 },
+    Plain,
+    NormedShortcut,
 }
 
 impl ResidualForm {
@@ -155,8 +180,32 @@ impl ResidualForm {
                 (KeelFirstLayer::V1, 0 | 1) => ResidualForm::Pre,
                 _ => ResidualForm::Keel { alpha: r.alpha },
             },
+            Placement::Deepnorm => ResidualForm::Post { alpha: deepnorm_alpha(r.blocks()) },
+            Placement::MixLn => {
+                let post_blocks = (m.mix_ln_fraction * r.blocks() as f64).floor() as usize;
+                if index / 2 < post_blocks {
+                    ResidualForm::Post { alpha: 1.0 }
+                } else {
+                    ResidualForm::Pre
+                }
+            }
+            Placement::HybridNorm => match index {
+                0 if m.hybrid_norm_star => ResidualForm::Pre,
+                i if i % 2 == 0 => ResidualForm::Plain,
+                _ => ResidualForm::NormedShortcut,
+            },
         }
     }
+}
+
+/// DeepNet's residual scale for a decoder of `blocks` blocks: (2N)^(1/4).
+pub fn deepnorm_alpha(blocks: usize) -> f64 {
+    (2.0 * blocks as f64).powf(0.25)
+}
+
+/// DeepNet's init scale for FFN, value and output weights of a decoder: (8N)^(-1/4).
+pub fn deepnorm_beta(blocks: usize) -> f64 {
+    (8.0 * blocks as f64).powf(-0.25)
 }
 
 /// Causal self-attention with RoPE and grouped KV heads (no biases).
@@ -169,12 +218,24 @@ pub struct Attention {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// HybridNorm's QKV-norm: q, k and v each normalized (over their full width) after projection.
+    pub qkv_norm: Option<[Norm; 3]>,
 }
 
 impl Attention {
     /// x: (B*T, C) -> (B*T, C).
     fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
-        let qkv = ops::linear(x, &self.wqkv, k)?;
+        let mut qkv = ops::linear(x, &self.wqkv, k)?;
+        if let Some(norms) = &self.qkv_norm {
+            let widths = [self.n_heads, self.n_kv_heads, self.n_kv_heads].map(|h| h * self.head_dim);
+            let mut start = 0;
+            let mut parts = Vec::with_capacity(3);
+            for (norm, w) in norms.iter().zip(widths) {
+                parts.push(norm.forward(&qkv.narrow(1, start, w)?.contiguous()?, k)?);
+                start += w;
+            }
+            qkv = Tensor::cat(&parts, 1)?;
+        }
         let shape =
             AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
         ops::linear(&ops::causal_attention(&qkv, shape, rope, k)?, &self.wo, k)
@@ -235,6 +296,11 @@ impl SubLayer {
                 let f = self.branch(&norm_in.forward(x, k)?, batch, seq, rope, k)?;
                 norm_out.residual(x, &f, *alpha, k)
             }
+            Residual::Plain => x + self.branch(x, batch, seq, rope, k)?,
+            Residual::NormedShortcut { norm } => {
+                let h = norm.forward(x, k)?;
+                &h + self.branch(&h, batch, seq, rope, k)?
+            }
         }
     }
 }
@@ -285,15 +351,40 @@ impl Model {
                 ResidualForm::Keel { alpha } => {
                     Residual::Keel { alpha, norm_in: norm(&mut b, "norm_in")?, norm_out: norm(&mut b, "norm_out")? }
                 }
+                ResidualForm::Plain => Residual::Plain,
+                ResidualForm::NormedShortcut => Residual::NormedShortcut { norm: norm(&mut b, "norm")? },
+            };
+            // DeepNet scales the FFN, value and output projections down at init.
+            let beta = if m.placement == Placement::Deepnorm { deepnorm_beta(r.blocks()) } else { 1.0 };
+            let qkv_norm = if m.placement == Placement::HybridNorm && kind == SubLayerKind::Attn {
+                Some([
+                    Norm::new(&mut b, &format!("{name}.q_norm"), m.norm, h * d, m.norm_eps, group)?,
+                    Norm::new(&mut b, &format!("{name}.k_norm"), m.norm, hkv * d, m.norm_eps, group)?,
+                    Norm::new(&mut b, &format!("{name}.v_norm"), m.norm, hkv * d, m.norm_eps, group)?,
+                ])
+            } else {
+                None
             };
             let branch = match kind {
-                SubLayerKind::Attn => Branch::Attn(Attention {
-                    wqkv: b.normal(format!("{name}.wqkv"), &[c, (h + 2 * hkv) * d], std, group)?,
-                    wo: b.normal(format!("{name}.wo"), &[h * d, c], std, group)?,
-                    n_heads: h,
-                    n_kv_heads: hkv,
-                    head_dim: d,
-                }),
+                SubLayerKind::Attn => {
+                    // Columns [q | k | v]: only v takes DeepNet's beta.
+                    let v_start = (h + hkv) * d;
+                    let v_scale = |col: usize| if col >= v_start { beta } else { 1.0 };
+                    Branch::Attn(Attention {
+                        wqkv: b.normal_by_column(
+                            format!("{name}.wqkv"),
+                            &[c, (h + 2 * hkv) * d],
+                            std,
+                            &v_scale,
+                            group,
+                        )?,
+                        wo: b.normal(format!("{name}.wo"), &[h * d, c], std * beta, group)?,
+                        n_heads: h,
+                        n_kv_heads: hkv,
+                        head_dim: d,
+                        qkv_norm,
+                    })
+                }
                 SubLayerKind::Ffn => {
                     let width = match m.ffn {
                         FfnKind::Swiglu => 2 * r.d_ff(),
@@ -301,8 +392,8 @@ impl Model {
                     };
                     Branch::Ffn(Ffn {
                         kind: m.ffn,
-                        w_in: b.normal(format!("{name}.w_in"), &[c, width], std, group)?,
-                        w_out: b.normal(format!("{name}.w_out"), &[r.d_ff(), c], std, group)?,
+                        w_in: b.normal(format!("{name}.w_in"), &[c, width], std * beta, group)?,
+                        w_out: b.normal(format!("{name}.w_out"), &[r.d_ff(), c], std * beta, group)?,
                     })
                 }
             };
@@ -336,24 +427,42 @@ impl Model {
 
     /// tokens: (B, T) u32 -> the residual stream after the last sub-layer and final norm, (B*T, C).
     pub fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(self.hidden_traced(tokens, false)?.0)
+    }
+
+    /// Like [`Model::hidden`]; with `trace`, also returns one zero-valued variable per sub-layer,
+    /// added to its input x_l (B*T, C), bottom first: after a backward pass its gradient is
+    /// dL/dx_l (Candle drops the gradients of intermediate tensors, but keeps those of variables).
+    pub fn hidden_traced(&self, tokens: &Tensor, trace: bool) -> Result<(Tensor, Vec<Var>)> {
         let (batch, seq) = tokens.dims2()?;
         let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?;
+        let mut inputs = Vec::new();
         for sl in &self.sublayers {
+            if trace {
+                let tap = Var::zeros(x.shape(), x.dtype(), x.device())?;
+                x = (x + tap.as_tensor())?;
+                inputs.push(tap);
+            }
             x = sl.forward(&x, batch, seq, &self.rope, self.kernels)?;
         }
-        match &self.final_norm {
-            Some(n) => n.forward(&x, self.kernels),
-            None => Ok(x),
+        let x = match &self.final_norm {
+            Some(n) => n.forward(&x, self.kernels)?,
+            None => x,
+        };
+        Ok((x, inputs))
+    }
+
+    /// Logits from the final hidden state (B*T, C) -> (B*T, V).
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.head {
+            Some(w) => ops::linear(x, w, self.kernels),
+            None => x.matmul(&self.tok_emb.t()?),
         }
     }
 
     /// tokens: (B, T) u32 -> logits (B*T, V).
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        let x = self.hidden(tokens)?;
-        match &self.head {
-            Some(w) => ops::linear(&x, w, self.kernels),
-            None => x.matmul(&self.tok_emb.t()?),
-        }
+        self.logits(&self.hidden(tokens)?)
     }
 
     /// Mean next-token cross-entropy; tokens and targets: (B, T) u32.

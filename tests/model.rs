@@ -52,7 +52,12 @@ fn ffn_ref(x: &[f64], w_in: &[f64], w_out: &[f64], n: usize, c: usize, f: usize)
 /// Checks FFN sub-layer `index` of a `placement` model against the paper's equation written out
 /// by hand; `form` names the expected residual form and alpha.
 fn check_ffn_sublayer(placement: &str, index: usize, expect: &str, alpha: f64) {
-    let r = tiny(&[&format!("model.placement={placement}")]);
+    check_ffn_sublayer_with(&[&format!("model.placement={placement}")], index, expect, alpha)
+}
+
+fn check_ffn_sublayer_with(sets: &[&str], index: usize, expect: &str, alpha: f64) {
+    let placement = sets[0];
+    let r = tiny(sets);
     let model = Model::new(&r, &Device::Cpu).unwrap();
     for p in &model.params {
         set_param(&model, &p.name, keel::rng::hash_key(&p.name), p.name.ends_with("weight"));
@@ -78,6 +83,10 @@ fn check_ffn_sublayer(placement: &str, index: usize, expect: &str, alpha: f64) {
             let branch = ffn_ref(&rms_rows(&xs, &to_vec(&norm_in.gamma), c), &w_in, &w_out, n, c, f);
             rms_rows(&add(&xs, alpha, &branch), &to_vec(&norm_out.gamma), c)
         }
+        (Residual::NormedShortcut { norm }, "normed") => {
+            let h = rms_rows(&xs, &to_vec(&norm.gamma), c);
+            add(&h, 1.0, &ffn_ref(&h, &w_in, &w_out, n, c, f))
+        }
         (other, _) => panic!("{placement} sub-layer {index}: expected {expect}, got {other:?}"),
     };
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -93,6 +102,70 @@ fn sublayers_compute_their_equations() {
     check_ffn_sublayer("keel", 3, "keel", 4.0);
     // Keel v2's first FFN uses alpha = 1.
     check_ffn_sublayer("keel", 1, "keel", 1.0);
+    // DeepNorm: N(a x + F(x)), a = (2N)^(1/4) with N = 2 blocks.
+    check_ffn_sublayer("deepnorm", 3, "post", 4f64.powf(0.25));
+    // Mix-LN with 4 blocks: block 0 Post-LN, blocks 1-3 Pre-LN.
+    check_ffn_sublayer_with(&["model.placement=mix_ln", "model.depth=8"], 1, "post", 1.0);
+    check_ffn_sublayer_with(&["model.placement=mix_ln", "model.depth=8"], 3, "pre", 1.0);
+    // HybridNorm's FFN: N(y) + FFN(N(y)).
+    check_ffn_sublayer("hybrid_norm", 3, "normed", 1.0);
+}
+
+/// HybridNorm's attention sub-layer: x + W_o Attn(N_q(q), N_k(k), N_v(v)), no norm on the path.
+#[test]
+fn hybrid_norm_attention_normalizes_q_k_v() {
+    let r = tiny(&["model.placement=hybrid_norm"]);
+    let model = Model::new(&r, &Device::Cpu).unwrap();
+    for p in &model.params {
+        set_param(&model, &p.name, keel::rng::hash_key(&p.name), p.name.ends_with("weight"));
+    }
+    let sl = &model.sublayers[2];
+    assert!(matches!(sl.residual, Residual::Plain));
+    let Branch::Attn(attn) = &sl.branch else { panic!("sub-layer 2 is attention") };
+    let norms = attn.qkv_norm.as_ref().expect("QKV-norm");
+    let (c, d) = (r.model().d_model, r.head_dim());
+    let (h, hkv) = (r.model().n_heads, r.n_kv_heads());
+    let x = randn(21, &[6, c], DType::F64);
+    let got = to_vec(&sl.forward(&x, 2, 3, &model.rope, Kernels::Fused).unwrap());
+    let qkv = matmul(&to_vec(&x), &to_vec(&attn.wqkv), 6, c, (h + 2 * hkv) * d);
+    let width = (h + 2 * hkv) * d;
+    let mut normed = Vec::new();
+    for row in qkv.chunks(width) {
+        let (q, rest) = row.split_at(h * d);
+        let (k, v) = rest.split_at(hkv * d);
+        normed.extend(rms_rows(q, &to_vec(&norms[0].gamma), h * d));
+        normed.extend(rms_rows(k, &to_vec(&norms[1].gamma), hkv * d));
+        normed.extend(rms_rows(v, &to_vec(&norms[2].gamma), hkv * d));
+    }
+    let shape = keel::ops::AttnShape { batch: 2, seq: 3, n_heads: h, n_kv_heads: hkv, head_dim: d };
+    let normed = Tensor::from_vec(normed, (6, width), &Device::Cpu).unwrap();
+    let att = to_vec(&keel::ops::composite::causal_attention(&normed, shape, &model.rope).unwrap());
+    let branch = matmul(&att, &to_vec(&attn.wo), 6, h * d, c);
+    for (i, (g, (xv, b))) in got.iter().zip(to_vec(&x).iter().zip(&branch)).enumerate() {
+        assert!((g - (xv + b)).abs() < 1e-10, "element {i}: {g} vs {}", xv + b);
+    }
+}
+
+/// DeepNet's init: the same draws as Post-LN's, with FFN, value and output weights times
+/// (8N)^(-1/4) and queries and keys untouched.
+#[test]
+fn deepnorm_scales_ffn_value_and_output_init() {
+    let get = |placement: &str, name: &str| -> Vec<f64> {
+        let m = Model::new(&tiny(&[&format!("model.placement={placement}"), "model.depth=8"]), &Device::Cpu).unwrap();
+        to_vec(m.params.iter().find(|p| p.name == name).unwrap().var.as_tensor())
+    };
+    let beta = 32f64.powf(-0.25);
+    for name in ["blocks.1.attn.wo", "blocks.1.ffn.w_in", "blocks.1.ffn.w_out"] {
+        for (a, b) in get("deepnorm", name).iter().zip(get("post_ln", name)) {
+            assert!((a - b * beta).abs() < 1e-15, "{name}");
+        }
+    }
+    let (dn, post) = (get("deepnorm", "blocks.1.attn.wqkv"), get("post_ln", "blocks.1.attn.wqkv"));
+    let width = 16 + 2 * 8; // q: 2 heads x 8, k and v: 1 kv head x 8
+    for (i, (a, b)) in dn.iter().zip(&post).enumerate() {
+        let scale = if i % width >= 24 { beta } else { 1.0 };
+        assert!((a - b * scale).abs() < 1e-15, "wqkv element {i}");
+    }
 }
 
 #[test]
@@ -105,9 +178,30 @@ fn keel_first_layer_variants_and_alpha() {
                 Residual::Pre { .. } => "pre".to_string(),
                 Residual::Post { alpha, .. } => format!("post{alpha}"),
                 Residual::Keel { alpha, .. } => format!("keel{alpha}"),
+                Residual::Plain => "plain".to_string(),
+                Residual::NormedShortcut { .. } => "normed".to_string(),
             })
             .collect()
     };
+    let a = 16f64.powf(0.25); // DeepNorm, 8 blocks
+    assert_eq!(forms(&["model.placement=deepnorm", "model.depth=16"]), vec![format!("post{a}"); 16]);
+    assert_eq!(
+        forms(&["model.placement=mix_ln", "model.depth=8"]),
+        ["post1", "post1", "pre", "pre", "pre", "pre", "pre", "pre"]
+    );
+    assert_eq!(
+        forms(&["model.placement=mix_ln", "model.depth=8", "model.mix_ln_fraction=0.5"])[..5],
+        ["post1", "post1", "post1", "post1", "pre"]
+    );
+    assert_eq!(forms(&["model.placement=hybrid_norm"]), ["plain", "normed", "plain", "normed"]);
+    assert_eq!(
+        forms(&["model.placement=hybrid_norm", "model.hybrid_norm_star=true"]),
+        ["pre", "normed", "plain", "normed"]
+    );
+    for (p, final_norm) in [("deepnorm", false), ("mix_ln", true), ("hybrid_norm", true)] {
+        let m = Model::new(&tiny(&[&format!("model.placement={p}")]), &Device::Cpu).unwrap();
+        assert_eq!(m.final_norm.is_some(), final_norm, "{p}");
+    }
     assert_eq!(forms(&["model.placement=keel"]), ["pre", "keel1", "keel4", "keel4"]);
     assert_eq!(forms(&["model.placement=keel", "model.keel_first_layer=v1"]), ["pre", "pre", "keel4", "keel4"]);
     assert_eq!(forms(&["model.placement=keel", "model.alpha=2.5"]), ["pre", "keel1", "keel2.5", "keel2.5"]);
@@ -160,8 +254,8 @@ fn finite_difference_check(sets: &[&str], kernels: Kernels) {
 
 #[test]
 fn gradients_match_finite_differences_per_placement() {
-    for placement in ["pre_ln", "post_ln", "keel"] {
-        let sets = [format!("model.placement={placement}")];
+    for placement in ["pre_ln", "post_ln", "keel", "deepnorm", "mix_ln", "hybrid_norm"] {
+        let sets = [format!("model.placement={placement}"), "model.mix_ln_fraction=0.5".to_string()];
         let sets: Vec<&str> = sets.iter().map(|s| s.as_str()).collect();
         finite_difference_check(&sets, Kernels::Fused);
         finite_difference_check(&sets, Kernels::Composite);
@@ -190,6 +284,10 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         &["model.placement=keel", "model.keel_first_layer=v1"],
         &["model.placement=keel", "model.norm=layer_norm", "model.ffn=gelu", "model.tie_embeddings=true"],
         &["model.placement=pre_ln", "model.norm=layer_norm"],
+        &["model.placement=deepnorm"],
+        &["model.placement=mix_ln", "model.mix_ln_fraction=0.5"],
+        &["model.placement=hybrid_norm"],
+        &["model.placement=hybrid_norm", "model.hybrid_norm_star=true"],
     ];
     for sets in variants {
         let mut all = sets.to_vec();

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod probe;
 pub mod train;
 
 use crate::cli::ConfigArgs;

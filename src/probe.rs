@@ -1,0 +1,98 @@
+//! Gradient propagation through depth at initialization, measured beside the paper's prediction.
+//!
+//! For a model at init and one fixed batch, per sub-layer l (0 = bottom): the norm of
+//! dL/dx_l (x_l = the sub-layer's input on the residual stream) and of dL/dθ_l (its parameters).
+//! The prediction follows the residual path only (the paper's Sec. 3.2-3.3): each sub-layer
+//! multiplies the gradient by
+//! - Post-LN: 1/sqrt(2), so the bottom sees (1/2)^(L/2) of the top;
+//! - Keel and DeepNorm: a / sqrt(a^2 + 1) (a = alpha = L, or (2N)^(1/4)), so Keel's product
+//!   (1 + 1/L^2)^(-L/2) stays near 1;
+//! - Pre-LN (and Mix-LN's Pre-LN blocks): 1, the identity shortcut.
+//!
+//! HybridNorm gets no prediction (its normalized shortcut has no closed form here).
+
+use crate::config::{Placement, Resolved};
+use crate::data::{Corpus, Sampler};
+use crate::model::{Group, Model, Residual};
+use crate::optim::sum_squares;
+use anyhow::{anyhow, Result};
+use candle_core::Device;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeRow {
+    pub placement: String,
+    pub depth: usize,
+    pub layer: usize,
+    pub kind: &'static str,
+    /// ||dL/dx_l||, x_l the sub-layer's input.
+    pub input_grad_norm: f64,
+    /// ||dL/dθ_l|| over the sub-layer's parameters.
+    pub param_grad_norm: f64,
+    /// input_grad_norm / that of the top sub-layer.
+    pub input_grad_ratio: f64,
+    /// The paper's residual-path prediction of that ratio.
+    pub predicted_ratio: Option<f64>,
+}
+
+/// Per-sub-layer factor by which the residual path scales the gradient, where the theory gives one.
+fn residual_factor(placement: Placement, residual: &Residual) -> Option<f64> {
+    match (placement, residual) {
+        (Placement::HybridNorm, _) => None,
+        (_, Residual::Pre { .. }) | (_, Residual::Plain) => Some(1.0),
+        (_, Residual::Post { alpha, .. }) | (_, Residual::Keel { alpha, .. }) => {
+            Some(alpha / (alpha * alpha + 1.0).sqrt())
+        }
+        (_, Residual::NormedShortcut { .. }) => None,
+    }
+}
+
+/// Runs the probe for one resolved experiment: forward and backward on a fixed validation batch.
+pub fn probe(resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Vec<ProbeRow>> {
+    let t = resolved.train();
+    let model = Model::new(resolved, device)?;
+    let mut sampler = Sampler::new(0, "probe-batch", t.batch_size, t.seq_len);
+    let (x, y) = sampler.next(&corpus.val, device)?;
+    let (h, inputs) = model.hidden_traced(&x, true)?;
+    let loss = crate::ops::cross_entropy(&model.logits(&h)?, &y.flatten_all()?, model.kernels)?;
+    let grads = loss.backward()?;
+    let depth = model.sublayers.len();
+    let mut params = vec![0.0; depth];
+    for p in &model.params {
+        if let Group::SubLayer(i) = p.group {
+            if let Some(g) = grads.get(p.var.as_tensor()) {
+                params[i] += sum_squares(g)?;
+            }
+        }
+    }
+    let input_norms: Vec<f64> = inputs
+        .iter()
+        .enumerate()
+        .map(|(l, x)| {
+            let g =
+                grads.get(x.as_tensor()).ok_or_else(|| anyhow!("no gradient reached the input of sub-layer {l}"))?;
+            Ok(sum_squares(g)?.sqrt())
+        })
+        .collect::<Result<_>>()?;
+    let top = input_norms[depth - 1];
+    let placement = resolved.model().placement;
+    // predicted[l] = product of the factors of sub-layers l..L-2 (from x_l up to x_{L-1}).
+    let mut predicted = vec![Some(1.0); depth];
+    for l in (0..depth.saturating_sub(1)).rev() {
+        predicted[l] = match (predicted[l + 1], residual_factor(placement, &model.sublayers[l].residual)) {
+            (Some(p), Some(f)) => Some(p * f),
+            _ => None,
+        };
+    }
+    Ok((0..depth)
+        .map(|l| ProbeRow {
+            placement: placement.to_string(),
+            depth,
+            layer: l,
+            kind: model.sublayers[l].kind.as_str(),
+            input_grad_norm: input_norms[l],
+            param_grad_norm: params[l].sqrt(),
+            input_grad_ratio: input_norms[l] / top,
+            predicted_ratio: predicted[l],
+        })
+        .collect())
+}
