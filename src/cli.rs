@@ -21,6 +21,46 @@ pub enum Command {
     Data(DataCommand),
     /// Per-sub-layer gradient norms at initialization, beside the paper's prediction.
     Probe(ProbeArgs),
+    /// Maximum tolerable learning rate per placement and depth (the paper's Table 1).
+    Stress(StressArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StressArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Placements, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "post_ln,deepnorm,hybrid_norm,mix_ln,pre_ln,keel")]
+    pub placements: Vec<String>,
+    /// Depths in sub-layers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,512")]
+    pub depths: Vec<usize>,
+    /// The learning rate reached at the end of the linear ramp from 0.
+    #[arg(long, default_value_t = 5e-2)]
+    pub peak_lr: f64,
+    /// Steps of the ramp (each run trains this many steps).
+    #[arg(long, default_value_t = 500)]
+    pub warmup_steps: usize,
+    /// Runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Output folder (re-running skips finished runs and resumes started ones).
+    #[arg(long, default_value = "runs/stress")]
+    pub out: PathBuf,
+    /// Divergence: a spike is a loss above this factor x the best loss so far...
+    #[arg(long, default_value_t = 1.5)]
+    pub spike_factor: f64,
+    /// ...that does not come back below `recover-factor` x best within this many steps.
+    #[arg(long, default_value_t = 50)]
+    pub recover_window: usize,
+    #[arg(long, default_value_t = 1.2)]
+    pub recover_factor: f64,
+    /// Stagnation/degradation: the EMA-smoothed loss stays this fraction above its best...
+    #[arg(long, default_value_t = 0.1)]
+    pub stall_tolerance: f64,
+    /// ...for this many steps.
+    #[arg(long, default_value_t = 100)]
+    pub stall_window: usize,
 }
 
 #[derive(Debug, Args)]

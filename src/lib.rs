@@ -7,6 +7,8 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod divergence;
+pub mod grid;
 pub mod metrics;
 pub mod model;
 pub mod ops;

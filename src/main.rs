@@ -24,6 +24,7 @@ fn main() {
         Command::Bench(args) => keel::commands::bench::run(&args).map(|()| 0),
         Command::Data(keel::cli::DataCommand::Prepare(args)) => keel::commands::data::prepare(&args).map(|()| 0),
         Command::Probe(args) => keel::commands::probe::run(&args).map(|()| 0),
+        Command::Stress(args) => keel::commands::stress::run(&args),
     };
     match result {
         Ok(0) => {}

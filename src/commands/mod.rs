@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod data;
 pub mod probe;
+pub mod stress;
 pub mod train;
 
 use crate::cli::ConfigArgs;

@@ -1,0 +1,149 @@
+//! Divergence as the paper's Table 1 defines it: under a rising learning rate, a run has diverged
+//! at the first step of a non-finite loss, of a loss spike that does not recover, or of a
+//! stagnation or degradation against the run's best loss. The maximum tolerable learning rate is
+//! the one a step before.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// A spike: the loss exceeds `spike_factor` x the best loss so far.
+    pub spike_factor: f64,
+    /// Steps a spike has to come back below `recover_factor` x best before it counts.
+    pub recover_window: usize,
+    pub recover_factor: f64,
+    /// Stagnation or degradation: the smoothed loss (EMA with this factor) stays above
+    /// (1 + `stall_tolerance`) x its best for `stall_window` steps.
+    pub ema: f64,
+    pub stall_tolerance: f64,
+    pub stall_window: usize,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            spike_factor: 1.5,
+            recover_window: 50,
+            recover_factor: 1.2,
+            ema: 0.9,
+            stall_tolerance: 0.1,
+            stall_window: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    NonFinite,
+    UnrecoveredSpike,
+    Stagnation,
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::NonFinite => "non_finite",
+            Reason::UnrecoveredSpike => "unrecovered_spike",
+            Reason::Stagnation => "stagnation",
+        }
+    }
+}
+
+/// The first diverging step (1-based, as in metrics.csv) of a loss curve given as
+/// (step, loss) pairs in step order, and why.
+pub fn detect(curve: &[(usize, f64)], t: &Thresholds) -> Option<(usize, Reason)> {
+    let mut best = f64::INFINITY;
+    let mut spike: Option<(usize, usize)> = None; // (step, index) where the spike began
+    let mut ema: Option<f64> = None;
+    let mut best_ema = f64::INFINITY;
+    let mut stall_since: Option<usize> = None;
+    for (i, &(step, loss)) in curve.iter().enumerate() {
+        if !loss.is_finite() {
+            return Some((step, Reason::NonFinite));
+        }
+        match spike {
+            Some((s, start)) => {
+                if loss <= t.recover_factor * best {
+                    spike = None;
+                } else if i - start >= t.recover_window {
+                    return Some((s, Reason::UnrecoveredSpike));
+                }
+            }
+            None if best.is_finite() && loss > t.spike_factor * best => spike = Some((step, i)),
+            None => {}
+        }
+        if spike.is_none() {
+            best = best.min(loss);
+        }
+        let e = match ema {
+            None => loss,
+            Some(prev) => t.ema * prev + (1.0 - t.ema) * loss,
+        };
+        ema = Some(e);
+        if e < best_ema {
+            best_ema = e;
+        }
+        if e > (1.0 + t.stall_tolerance) * best_ema {
+            let since = *stall_since.get_or_insert(step);
+            if curve[i].0 - since + 1 >= t.stall_window {
+                return Some((since, Reason::Stagnation));
+            }
+        } else {
+            stall_since = None;
+        }
+    }
+    spike.filter(|&(_, start)| curve.len() - start >= t.recover_window).map(|(s, _)| (s, Reason::UnrecoveredSpike))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn curve(f: impl Fn(usize) -> f64, n: usize) -> Vec<(usize, f64)> {
+        (1..=n).map(|s| (s, f(s))).collect()
+    }
+
+    #[test]
+    fn clean_decrease_is_not_divergence() {
+        let t = Thresholds::default();
+        assert_eq!(
+            detect(&curve(|s| 5.0 * (-(s as f64) / 300.0).exp() + 1.0 + 0.02 * ((s * 7) % 5) as f64, 1000), &t),
+            None
+        );
+    }
+
+    #[test]
+    fn a_recovered_spike_is_not_divergence() {
+        let t = Thresholds::default();
+        let c = curve(|s| if (400..420).contains(&s) { 9.0 } else { 2.0 - s as f64 * 1e-4 }, 1000);
+        assert_eq!(detect(&c, &t), None);
+    }
+
+    #[test]
+    fn an_unrecovered_spike_diverges_where_it_began() {
+        let t = Thresholds::default();
+        let c = curve(|s| if s >= 400 { 9.0 } else { 2.0 }, 1000);
+        assert_eq!(detect(&c, &t), Some((400, Reason::UnrecoveredSpike)));
+    }
+
+    #[test]
+    fn nan_diverges_at_once() {
+        let t = Thresholds::default();
+        let c = curve(|s| if s == 250 { f64::NAN } else { 2.0 }, 300);
+        assert_eq!(detect(&c, &t), Some((250, Reason::NonFinite)));
+    }
+
+    #[test]
+    fn a_plateau_after_a_slow_rise_is_stagnation() {
+        let t = Thresholds::default();
+        // Falls to 2.0 by step 300, then degrades slowly (never a spike) and stays up.
+        let c = curve(
+            |s| if s <= 300 { 5.0 - 3.0 * s as f64 / 300.0 } else { (2.0 + (s - 300) as f64 * 0.01).min(2.8) },
+            800,
+        );
+        let (step, reason) = detect(&c, &t).expect("stagnation");
+        assert_eq!(reason, Reason::Stagnation);
+        assert!((300..400).contains(&step), "{step}");
+    }
+}

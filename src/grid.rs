@@ -1,0 +1,68 @@
+//! Running a grid of experiments: each is an ordinary run directory trained by a `keel train`
+//! subprocess, so a grid survives interruption (finished runs, with `DONE`, are skipped; started
+//! ones resume from their checkpoint) and a diverged run is just a result. `keel stress` uses it.
+
+use crate::config::Resolved;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+pub struct Job {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: Resolved,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Already finished before this invocation.
+    Skipped,
+    Finished,
+    /// `keel train` failed or was interrupted; the message says how.
+    Failed(String),
+}
+
+fn run_one(job: &Job, configs: &Path) -> Result<Status> {
+    if job.dir.join(crate::train::DONE).exists() {
+        return Ok(Status::Skipped);
+    }
+    let exe = std::env::current_exe().context("locating the keel executable")?;
+    let mut cmd = Command::new(exe);
+    if job.dir.join("config.toml").exists() {
+        cmd.args(["train", "--quiet", "--resume"]).arg(&job.dir);
+    } else {
+        let file = configs.join(format!("{}.toml", job.name));
+        crate::metrics::write_atomic(&file, job.config.to_toml(toml::Table::new()).as_bytes())?;
+        cmd.args(["train", "--quiet", "--config"]).arg(&file).arg("--out").arg(&job.dir);
+    }
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting keel train")?;
+    Ok(match out.status.code() {
+        Some(0) => Status::Finished,
+        code => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Status::Failed(format!("exit {code:?}: {}", err.lines().last().unwrap_or("")))
+        }
+    })
+}
+
+/// Runs `jobs` with up to `parallel` at once; `report` sees each as it ends.
+pub fn run(jobs: &[Job], parallel: usize, out: &Path, report: &(dyn Fn(&Job, &Status) + Sync)) -> Result<Vec<Status>> {
+    let configs = out.join(".configs");
+    std::fs::create_dir_all(&configs).with_context(|| format!("creating {}", configs.display()))?;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Status>>> = Mutex::new(vec![None; jobs.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1).min(jobs.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(job) = jobs.get(i) else { break };
+                let status = run_one(job, &configs).unwrap_or_else(|e| Status::Failed(format!("{e:#}")));
+                report(job, &status);
+                results.lock().expect("results")[i] = Some(status);
+            });
+        }
+    });
+    Ok(results.into_inner().expect("results").into_iter().map(|s| s.expect("every job ran")).collect())
+}
