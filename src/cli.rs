@@ -58,9 +58,12 @@ pub struct StressArgs {
     /// Stagnation/degradation: the EMA-smoothed loss stays this fraction above its best...
     #[arg(long, default_value_t = 0.1)]
     pub stall_tolerance: f64,
-    /// ...for this many steps.
+    /// ...for this many steps; or the best smoothed loss improves by less than
+    /// `min-improvement` (a fraction) over this many steps.
     #[arg(long, default_value_t = 100)]
     pub stall_window: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub min_improvement: f64,
 }
 
 #[derive(Debug, Args)]

@@ -12,11 +12,14 @@ pub struct Thresholds {
     /// Steps a spike has to come back below `recover_factor` x best before it counts.
     pub recover_window: usize,
     pub recover_factor: f64,
-    /// Stagnation or degradation: the smoothed loss (EMA with this factor) stays above
-    /// (1 + `stall_tolerance`) x its best for `stall_window` steps.
+    /// Degradation: the smoothed loss (EMA with this factor) stays above (1 + `stall_tolerance`)
+    /// x its best for `stall_window` steps.
     pub ema: f64,
     pub stall_tolerance: f64,
     pub stall_window: usize,
+    /// Stagnation: the best smoothed loss improves by less than this fraction over
+    /// `stall_window` steps (the run stopped learning while the LR kept rising).
+    pub min_improvement: f64,
 }
 
 impl Default for Thresholds {
@@ -28,6 +31,7 @@ impl Default for Thresholds {
             ema: 0.9,
             stall_tolerance: 0.1,
             stall_window: 100,
+            min_improvement: 0.01,
         }
     }
 }
@@ -58,6 +62,8 @@ pub fn detect(curve: &[(usize, f64)], t: &Thresholds) -> Option<(usize, Reason)>
     let mut ema: Option<f64> = None;
     let mut best_ema = f64::INFINITY;
     let mut stall_since: Option<usize> = None;
+    // (step, best smoothed loss) each time the best improved by min_improvement.
+    let mut last_gain = (curve.first().map(|c| c.0).unwrap_or(0), f64::INFINITY);
     for (i, &(step, loss)) in curve.iter().enumerate() {
         if !loss.is_finite() {
             return Some((step, Reason::NonFinite));
@@ -84,6 +90,11 @@ pub fn detect(curve: &[(usize, f64)], t: &Thresholds) -> Option<(usize, Reason)>
         if e < best_ema {
             best_ema = e;
         }
+        if e < (1.0 - t.min_improvement) * last_gain.1 {
+            last_gain = (step, e);
+        } else if step - last_gain.0 >= t.stall_window {
+            return Some((last_gain.0, Reason::Stagnation));
+        }
         if e > (1.0 + t.stall_tolerance) * best_ema {
             let since = *stall_since.get_or_insert(step);
             if curve[i].0 - since + 1 >= t.stall_window {
@@ -104,45 +115,56 @@ mod tests {
         (1..=n).map(|s| (s, f(s))).collect()
     }
 
+    /// A healthy learning curve: 5 -> ~2.15 over 600 steps, still improving > 1% per 100 steps.
+    fn learning(s: usize) -> f64 {
+        2.0 + 3.0 * (-(s as f64) / 200.0).exp()
+    }
+
     #[test]
     fn clean_decrease_is_not_divergence() {
         let t = Thresholds::default();
-        assert_eq!(
-            detect(&curve(|s| 5.0 * (-(s as f64) / 300.0).exp() + 1.0 + 0.02 * ((s * 7) % 5) as f64, 1000), &t),
-            None
-        );
+        assert_eq!(detect(&curve(|s| learning(s) + 0.02 * ((s * 7) % 5) as f64, 600), &t), None);
     }
 
     #[test]
     fn a_recovered_spike_is_not_divergence() {
         let t = Thresholds::default();
-        let c = curve(|s| if (400..420).contains(&s) { 9.0 } else { 2.0 - s as f64 * 1e-4 }, 1000);
+        let c = curve(|s| if (300..320).contains(&s) { 9.0 } else { learning(s) }, 600);
         assert_eq!(detect(&c, &t), None);
     }
 
     #[test]
     fn an_unrecovered_spike_diverges_where_it_began() {
         let t = Thresholds::default();
-        let c = curve(|s| if s >= 400 { 9.0 } else { 2.0 }, 1000);
-        assert_eq!(detect(&c, &t), Some((400, Reason::UnrecoveredSpike)));
+        let c = curve(|s| if s >= 300 { 9.0 } else { learning(s) }, 600);
+        assert_eq!(detect(&c, &t), Some((300, Reason::UnrecoveredSpike)));
     }
 
     #[test]
     fn nan_diverges_at_once() {
         let t = Thresholds::default();
-        let c = curve(|s| if s == 250 { f64::NAN } else { 2.0 }, 300);
+        let c = curve(|s| if s == 250 { f64::NAN } else { learning(s) }, 300);
         assert_eq!(detect(&c, &t), Some((250, Reason::NonFinite)));
     }
 
     #[test]
-    fn a_plateau_after_a_slow_rise_is_stagnation() {
+    fn learning_that_stops_is_stagnation() {
         let t = Thresholds::default();
-        // Falls to 2.0 by step 300, then degrades slowly (never a spike) and stays up.
-        let c = curve(
-            |s| if s <= 300 { 5.0 - 3.0 * s as f64 / 300.0 } else { (2.0 + (s - 300) as f64 * 0.01).min(2.8) },
-            800,
-        );
+        // Learns until step 100, then stays flat: stuck while the LR keeps rising.
+        let c = curve(|s| if s <= 100 { learning(s) } else { learning(100) }, 600);
         let (step, reason) = detect(&c, &t).expect("stagnation");
+        assert_eq!(reason, Reason::Stagnation);
+        assert!((90..160).contains(&step), "{step}");
+        // Never learning at all is stagnation from the start.
+        assert_eq!(detect(&curve(|_| 3.6, 300), &t), Some((1, Reason::Stagnation)));
+    }
+
+    #[test]
+    fn a_slow_degradation_is_divergence() {
+        let t = Thresholds { min_improvement: 0.0, ..Thresholds::default() };
+        // Learns until step 300, then degrades slowly (never a spike) and stays up.
+        let c = curve(|s| if s <= 300 { learning(s) } else { (learning(300) + (s - 300) as f64 * 0.01).min(3.2) }, 800);
+        let (step, reason) = detect(&c, &t).expect("degradation");
         assert_eq!(reason, Reason::Stagnation);
         assert!((300..400).contains(&step), "{step}");
     }

@@ -102,6 +102,7 @@ pub fn run(args: &StressArgs) -> Result<i32> {
         ema: 0.9,
         stall_tolerance: args.stall_tolerance,
         stall_window: args.stall_window,
+        min_improvement: args.min_improvement,
     };
     let corpus = Corpus::load(&base.data, base.train.seq_len)?;
     let mut jobs = Vec::new();
