@@ -308,6 +308,51 @@ impl Default for RunConfig {
     }
 }
 
+/// Divergence detection during training (the stability experiments): see `divergence.rs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DivergenceConfig {
+    /// Stop the run at the first detected divergence (a non-finite loss or gradient always stops it).
+    pub stop: bool,
+    pub spike_factor: f64,
+    pub recover_window: usize,
+    pub recover_factor: f64,
+    pub ema: f64,
+    pub stall_tolerance: f64,
+    pub stall_window: usize,
+    pub min_improvement: f64,
+}
+
+impl Default for DivergenceConfig {
+    fn default() -> Self {
+        let t = crate::divergence::Thresholds::default();
+        DivergenceConfig {
+            stop: false,
+            spike_factor: t.spike_factor,
+            recover_window: t.recover_window,
+            recover_factor: t.recover_factor,
+            ema: t.ema,
+            stall_tolerance: t.stall_tolerance,
+            stall_window: t.stall_window,
+            min_improvement: t.min_improvement,
+        }
+    }
+}
+
+impl DivergenceConfig {
+    pub fn thresholds(&self) -> crate::divergence::Thresholds {
+        crate::divergence::Thresholds {
+            spike_factor: self.spike_factor,
+            recover_window: self.recover_window,
+            recover_factor: self.recover_factor,
+            ema: self.ema,
+            stall_tolerance: self.stall_tolerance,
+            stall_window: self.stall_window,
+            min_improvement: self.min_improvement,
+        }
+    }
+}
+
 /// The experiment as written by the user (after overrides), before validation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -316,6 +361,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub data: DataConfig,
     pub run: RunConfig,
+    pub divergence: DivergenceConfig,
     /// Provenance written by keel into a run's `config.toml`; ignored on input.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<toml::Table>,
@@ -547,6 +593,20 @@ impl Config {
         bad(t.log_every == 0, "train.log_every must be at least 1".into());
         bad(t.eval_batches == 0, "train.eval_batches must be at least 1".into());
         bad(t.keep_checkpoints == 0, "train.keep_checkpoints must be at least 1".into());
+        let dv = &self.divergence;
+        bad(
+            !(dv.spike_factor > 1.0 && dv.recover_factor >= 1.0),
+            "divergence.spike_factor must be > 1 and divergence.recover_factor >= 1".into(),
+        );
+        bad(!(0.0..1.0).contains(&dv.ema), "divergence.ema must lie in [0, 1)".into());
+        bad(
+            !(dv.stall_tolerance > 0.0 && dv.min_improvement >= 0.0 && dv.min_improvement < 1.0),
+            "divergence.stall_tolerance must be > 0 and divergence.min_improvement in [0, 1)".into(),
+        );
+        bad(
+            dv.stall_window == 0 || dv.recover_window == 0,
+            "divergence.stall_window and divergence.recover_window must be at least 1".into(),
+        );
         let d = &self.data;
         bad(
             !(d.val_fraction > 0.0 && d.val_fraction < 1.0),

@@ -54,57 +54,86 @@ impl Reason {
     }
 }
 
-/// The first diverging step (1-based, as in metrics.csv) of a loss curve given as
-/// (step, loss) pairs in step order, and why.
-pub fn detect(curve: &[(usize, f64)], t: &Thresholds) -> Option<(usize, Reason)> {
-    let mut best = f64::INFINITY;
-    let mut spike: Option<(usize, usize)> = None; // (step, index) where the spike began
-    let mut ema: Option<f64> = None;
-    let mut best_ema = f64::INFINITY;
-    let mut stall_since: Option<usize> = None;
-    // (step, best smoothed loss) each time the best improved by min_improvement.
-    let mut last_gain = (curve.first().map(|c| c.0).unwrap_or(0), f64::INFINITY);
-    for (i, &(step, loss)) in curve.iter().enumerate() {
+/// Streaming detection: feed every step's loss in order; the first divergence is returned as
+/// soon as it is certain (a spike only once its recovery window has passed).
+#[derive(Debug, Clone)]
+pub struct Detector {
+    t: Thresholds,
+    seen: usize,
+    best: f64,
+    /// (step, index) where an ongoing spike began.
+    spike: Option<(usize, usize)>,
+    ema: Option<f64>,
+    best_ema: f64,
+    stall_since: Option<usize>,
+    /// (step, smoothed loss) of the last improvement by at least `min_improvement`.
+    last_gain: Option<(usize, f64)>,
+}
+
+impl Detector {
+    pub fn new(t: Thresholds) -> Self {
+        Detector {
+            t,
+            seen: 0,
+            best: f64::INFINITY,
+            spike: None,
+            ema: None,
+            best_ema: f64::INFINITY,
+            stall_since: None,
+            last_gain: None,
+        }
+    }
+
+    pub fn observe(&mut self, step: usize, loss: f64) -> Option<(usize, Reason)> {
+        let t = self.t;
+        let i = self.seen;
+        self.seen += 1;
         if !loss.is_finite() {
             return Some((step, Reason::NonFinite));
         }
-        match spike {
+        match self.spike {
             Some((s, start)) => {
-                if loss <= t.recover_factor * best {
-                    spike = None;
+                if loss <= t.recover_factor * self.best {
+                    self.spike = None;
                 } else if i - start >= t.recover_window {
                     return Some((s, Reason::UnrecoveredSpike));
                 }
             }
-            None if best.is_finite() && loss > t.spike_factor * best => spike = Some((step, i)),
+            None if self.best.is_finite() && loss > t.spike_factor * self.best => self.spike = Some((step, i)),
             None => {}
         }
-        if spike.is_none() {
-            best = best.min(loss);
+        if self.spike.is_none() {
+            self.best = self.best.min(loss);
         }
-        let e = match ema {
+        let e = match self.ema {
             None => loss,
             Some(prev) => t.ema * prev + (1.0 - t.ema) * loss,
         };
-        ema = Some(e);
-        if e < best_ema {
-            best_ema = e;
+        self.ema = Some(e);
+        self.best_ema = self.best_ema.min(e);
+        let (gain_step, gain_loss) = *self.last_gain.get_or_insert((step, f64::INFINITY));
+        if e < (1.0 - t.min_improvement) * gain_loss {
+            self.last_gain = Some((step, e));
+        } else if step - gain_step >= t.stall_window {
+            return Some((gain_step, Reason::Stagnation));
         }
-        if e < (1.0 - t.min_improvement) * last_gain.1 {
-            last_gain = (step, e);
-        } else if step - last_gain.0 >= t.stall_window {
-            return Some((last_gain.0, Reason::Stagnation));
-        }
-        if e > (1.0 + t.stall_tolerance) * best_ema {
-            let since = *stall_since.get_or_insert(step);
-            if curve[i].0 - since + 1 >= t.stall_window {
+        if e > (1.0 + t.stall_tolerance) * self.best_ema {
+            let since = *self.stall_since.get_or_insert(step);
+            if step - since + 1 >= t.stall_window {
                 return Some((since, Reason::Stagnation));
             }
         } else {
-            stall_since = None;
+            self.stall_since = None;
         }
+        None
     }
-    spike.filter(|&(_, start)| curve.len() - start >= t.recover_window).map(|(s, _)| (s, Reason::UnrecoveredSpike))
+}
+
+/// The first diverging step (1-based, as in metrics.csv) of a loss curve given as
+/// (step, loss) pairs in step order, and why.
+pub fn detect(curve: &[(usize, f64)], t: &Thresholds) -> Option<(usize, Reason)> {
+    let mut d = Detector::new(*t);
+    curve.iter().find_map(|&(step, loss)| d.observe(step, loss))
 }
 
 #[cfg(test)]

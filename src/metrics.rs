@@ -128,6 +128,24 @@ impl RunWriters {
     }
 }
 
+/// (step, loss) of a run's metrics.csv so far (a non-finite gradient norm counts as a non-finite
+/// loss); empty when there is none.
+pub fn read_losses(dir: &Path) -> std::io::Result<Vec<(usize, f64)>> {
+    let path = dir.join("metrics.csv");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut rd = csv::Reader::from_path(&path).map_err(std::io::Error::other)?;
+    let mut out = Vec::new();
+    for rec in rd.records() {
+        let rec = rec.map_err(std::io::Error::other)?;
+        let num = |i: usize| rec.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+        let loss = if num(4).is_finite() { num(3) } else { f64::NAN };
+        out.push((num(0) as usize, loss));
+    }
+    Ok(out)
+}
+
 /// `summary.json`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Summary {
@@ -146,6 +164,9 @@ pub struct Summary {
     pub final_val_ppl: Option<f64>,
     pub diverged: bool,
     pub diverged_at_step: Option<usize>,
+    /// non_finite, unrecovered_spike or stagnation.
+    #[serde(default)]
+    pub divergence_reason: Option<String>,
     pub tokens_per_s: f64,
     pub wall_time_s: f64,
     pub device: String,

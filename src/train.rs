@@ -249,6 +249,18 @@ pub fn train(
         restore(&mut trainer, c)?;
         state = TrainState { files: Default::default(), ..c.state.clone() };
     }
+    // Divergence detection sees every step's loss, those before a resume replayed from metrics.csv.
+    let mut detector = resolved
+        .config
+        .divergence
+        .stop
+        .then(|| crate::divergence::Detector::new(resolved.config.divergence.thresholds()));
+    if let Some(d) = detector.as_mut() {
+        for (step, loss) in crate::metrics::read_losses(out)? {
+            d.observe(step, loss);
+        }
+    }
+    let mut reason: Option<crate::divergence::Reason> = None;
     let first = state.step + 1;
     let bar = (progress == ProgressMode::Bar).then(|| progress_bar(t.steps));
     if let Some(b) = &bar {
@@ -293,7 +305,15 @@ pub fn train(
         }
         if !r.finite {
             diverged_at = Some(step);
+            reason = Some(crate::divergence::Reason::NonFinite);
             say(&format!("diverged at step {step}: loss {} grad norm {}", r.loss, r.grad_norm));
+            break;
+        }
+        if let Some((at, why)) = detector.as_mut().and_then(|d| d.observe(step, r.loss)) {
+            diverged_at = Some(at);
+            reason = Some(why);
+            state.step = step;
+            say(&format!("diverged at step {at} ({}), detected at step {step}; stopping", why.as_str()));
             break;
         }
         state.step = step;
@@ -356,6 +376,7 @@ pub fn train(
         final_val_ppl: state.last_val.map(f64::exp),
         diverged: diverged_at.is_some(),
         diverged_at_step: diverged_at,
+        divergence_reason: reason.map(|r| r.as_str().to_string()),
         tokens_per_s: (state.step * tokens_per_step) as f64 / state.train_time_s.max(1e-9),
         wall_time_s: elapsed_before + run_start.elapsed().as_secs_f64(),
         device: format!("{device:?}"),

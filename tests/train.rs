@@ -164,3 +164,21 @@ fn grad_norm_rows_cover_every_sublayer_bottom_to_top() {
     assert!(rows.iter().any(|r| &r[0] == "4"), "rows every grad_norm_every steps");
     assert!(rows.iter().all(|r| r[3].parse::<f64>().unwrap() > 0.0));
 }
+
+/// With `[divergence] stop = true` a run ends at the first detected divergence (here: it never
+/// learns at a vanishing LR, so it stagnates from step 1), recorded with its reason.
+#[test]
+fn detected_divergence_stops_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = run(
+        &["train.lr=1e-12", "train.min_lr=0", "train.steps=60", "divergence.stop=true", "divergence.stall_window=10"],
+        tmp.path(),
+    );
+    assert!(s.diverged);
+    assert_eq!(s.diverged_at_step, Some(1));
+    assert_eq!(s.divergence_reason.as_deref(), Some("stagnation"));
+    assert_eq!(metrics_without_clock(tmp.path()).len(), 11, "stopped as soon as the stagnation was certain");
+    let tmp2 = tempfile::tempdir().unwrap();
+    let healthy = run(&["train.steps=30", "divergence.stop=true", "divergence.stall_window=1000"], tmp2.path());
+    assert!(!healthy.diverged);
+}

@@ -1,9 +1,10 @@
 //! `keel stress`: the maximum tolerable learning rate per placement and depth (Table 1).
 //!
 //! Each run ramps the LR linearly from 0 to `--peak-lr` over `--warmup-steps` steps (a constant
-//! schedule after a warmup as long as the run). The divergence step is found on its loss curve
-//! (`metrics.csv`) by `divergence::detect`; the maximum tolerable LR is the LR one step before it.
-//! A run that never diverges is reported as tolerating at least the peak.
+//! schedule after a warmup as long as the run) and stops at the first divergence its detector
+//! finds (`[divergence] stop = true`, thresholds from the flags). The same detector, run over the
+//! loss curve (`metrics.csv`), gives the divergence step; the maximum tolerable LR is the LR one
+//! step before it. A run that never diverges is reported as tolerating at least the peak.
 
 use crate::cli::StressArgs;
 use crate::config::{Placement, Schedule};
@@ -118,6 +119,16 @@ pub fn run(args: &StressArgs) -> Result<i32> {
             c.train.steps = args.warmup_steps;
             c.train.eval_every = 0;
             c.train.checkpoint_every = c.train.checkpoint_every.min(args.warmup_steps);
+            c.divergence = crate::config::DivergenceConfig {
+                stop: true,
+                spike_factor: thresholds.spike_factor,
+                recover_window: thresholds.recover_window,
+                recover_factor: thresholds.recover_factor,
+                ema: thresholds.ema,
+                stall_tolerance: thresholds.stall_tolerance,
+                stall_window: thresholds.stall_window,
+                min_improvement: thresholds.min_improvement,
+            };
             let name = format!("{}-d{depth}", placement.as_str());
             c.run.name = name.clone();
             let resolved = c.resolve(corpus.vocab_size)?;
