@@ -26,6 +26,8 @@ pub struct StressRow {
     pub reason: Option<String>,
     pub steps: usize,
     pub final_loss: f64,
+    /// Lowest loss of the run: tells a run that learned and then broke from one that never learned.
+    pub best_loss: f64,
 }
 
 /// Reads (step, lr, loss) from a run's metrics.csv; a step with a non-finite gradient norm (where
@@ -63,6 +65,7 @@ pub fn analyze(placement: &str, depth: usize, dir: &Path, t: &Thresholds) -> Res
         reason,
         steps: curve.len(),
         final_loss: last.2,
+        best_loss: curve.iter().map(|c| c.2).filter(|l| l.is_finite()).fold(f64::INFINITY, f64::min),
     })
 }
 
@@ -167,10 +170,10 @@ pub fn run(args: &StressArgs) -> Result<i32> {
         let m = job.config.model();
         rows.push(analyze(m.placement.as_str(), m.depth, &job.dir, &thresholds)?);
     }
-    let mut csv = String::from("placement,depth,max_lr,survived,diverged_at_step,reason,steps,final_loss\n");
+    let mut csv = String::from("placement,depth,max_lr,survived,diverged_at_step,reason,steps,final_loss,best_loss\n");
     for r in &rows {
         csv.push_str(&format!(
-            "{},{},{:e},{},{},{},{},{}\n",
+            "{},{},{:e},{},{},{},{},{},{}\n",
             r.placement,
             r.depth,
             r.max_lr,
@@ -178,7 +181,8 @@ pub fn run(args: &StressArgs) -> Result<i32> {
             r.diverged_at_step.map(|s| s.to_string()).unwrap_or_default(),
             r.reason.clone().unwrap_or_default(),
             r.steps,
-            r.final_loss
+            r.final_loss,
+            r.best_loss
         ));
     }
     crate::metrics::write_atomic(&args.out.join("stress.csv"), csv.as_bytes())?;
