@@ -308,50 +308,7 @@ impl Default for RunConfig {
     }
 }
 
-/// Divergence detection during training (the stability experiments): see `divergence.rs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DivergenceConfig {
-    /// Stop the run at the first detected divergence (a non-finite loss or gradient always stops it).
-    pub stop: bool,
-    pub spike_factor: f64,
-    pub recover_window: usize,
-    pub recover_factor: f64,
-    pub ema: f64,
-    pub stall_tolerance: f64,
-    pub stall_window: usize,
-    pub min_improvement: f64,
-}
-
-impl Default for DivergenceConfig {
-    fn default() -> Self {
-        let t = crate::divergence::Thresholds::default();
-        DivergenceConfig {
-            stop: false,
-            spike_factor: t.spike_factor,
-            recover_window: t.recover_window,
-            recover_factor: t.recover_factor,
-            ema: t.ema,
-            stall_tolerance: t.stall_tolerance,
-            stall_window: t.stall_window,
-            min_improvement: t.min_improvement,
-        }
-    }
-}
-
-impl DivergenceConfig {
-    pub fn thresholds(&self) -> crate::divergence::Thresholds {
-        crate::divergence::Thresholds {
-            spike_factor: self.spike_factor,
-            recover_window: self.recover_window,
-            recover_factor: self.recover_factor,
-            ema: self.ema,
-            stall_tolerance: self.stall_tolerance,
-            stall_window: self.stall_window,
-            min_improvement: self.min_improvement,
-        }
-    }
-}
+pub use crate::divergence::DivergenceConfig;
 
 /// The experiment as written by the user (after overrides), before validation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

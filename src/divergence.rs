@@ -5,8 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The `[divergence]` config section: the detector's thresholds, and whether a training run
+/// stops at its first divergence (a non-finite loss or gradient always stops it).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Thresholds {
+#[serde(deny_unknown_fields, default)]
+pub struct DivergenceConfig {
+    pub stop: bool,
     /// A spike: the loss exceeds `spike_factor` x the best loss so far.
     pub spike_factor: f64,
     /// Steps a spike has to come back below `recover_factor` x best before it counts.
@@ -22,9 +26,10 @@ pub struct Thresholds {
     pub min_improvement: f64,
 }
 
-impl Default for Thresholds {
+impl Default for DivergenceConfig {
     fn default() -> Self {
-        Thresholds {
+        DivergenceConfig {
+            stop: false,
             spike_factor: 1.5,
             recover_window: 50,
             recover_factor: 1.2,
@@ -58,7 +63,7 @@ impl Reason {
 /// soon as it is certain (a spike only once its recovery window has passed).
 #[derive(Debug, Clone)]
 pub struct Detector {
-    t: Thresholds,
+    t: DivergenceConfig,
     seen: usize,
     best: f64,
     /// (step, index) where an ongoing spike began.
@@ -71,7 +76,7 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(t: Thresholds) -> Self {
+    pub fn new(t: DivergenceConfig) -> Self {
         Detector {
             t,
             seen: 0,
@@ -131,7 +136,7 @@ impl Detector {
 
 /// The first diverging step (1-based, as in metrics.csv) of a loss curve given as
 /// (step, loss) pairs in step order, and why.
-pub fn detect(curve: &[(usize, f64)], t: &Thresholds) -> Option<(usize, Reason)> {
+pub fn detect(curve: &[(usize, f64)], t: &DivergenceConfig) -> Option<(usize, Reason)> {
     let mut d = Detector::new(*t);
     curve.iter().find_map(|&(step, loss)| d.observe(step, loss))
 }
@@ -151,34 +156,34 @@ mod tests {
 
     #[test]
     fn clean_decrease_is_not_divergence() {
-        let t = Thresholds::default();
+        let t = DivergenceConfig::default();
         assert_eq!(detect(&curve(|s| learning(s) + 0.02 * ((s * 7) % 5) as f64, 600), &t), None);
     }
 
     #[test]
     fn a_recovered_spike_is_not_divergence() {
-        let t = Thresholds::default();
+        let t = DivergenceConfig::default();
         let c = curve(|s| if (300..320).contains(&s) { 9.0 } else { learning(s) }, 600);
         assert_eq!(detect(&c, &t), None);
     }
 
     #[test]
     fn an_unrecovered_spike_diverges_where_it_began() {
-        let t = Thresholds::default();
+        let t = DivergenceConfig::default();
         let c = curve(|s| if s >= 300 { 9.0 } else { learning(s) }, 600);
         assert_eq!(detect(&c, &t), Some((300, Reason::UnrecoveredSpike)));
     }
 
     #[test]
     fn nan_diverges_at_once() {
-        let t = Thresholds::default();
+        let t = DivergenceConfig::default();
         let c = curve(|s| if s == 250 { f64::NAN } else { learning(s) }, 300);
         assert_eq!(detect(&c, &t), Some((250, Reason::NonFinite)));
     }
 
     #[test]
     fn learning_that_stops_is_stagnation() {
-        let t = Thresholds::default();
+        let t = DivergenceConfig::default();
         // Learns until step 100, then stays flat: stuck while the LR keeps rising.
         let c = curve(|s| if s <= 100 { learning(s) } else { learning(100) }, 600);
         let (step, reason) = detect(&c, &t).expect("stagnation");
@@ -190,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_slow_degradation_is_divergence() {
-        let t = Thresholds { min_improvement: 0.0, ..Thresholds::default() };
+        let t = DivergenceConfig { min_improvement: 0.0, ..DivergenceConfig::default() };
         // Learns until step 300, then degrades slowly (never a spike) and stays up.
         let c = curve(|s| if s <= 300 { learning(s) } else { (learning(300) + (s - 300) as f64 * 0.01).min(3.2) }, 800);
         let (step, reason) = detect(&c, &t).expect("degradation");

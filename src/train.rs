@@ -250,11 +250,8 @@ pub fn train(
         state = TrainState { files: Default::default(), ..c.state.clone() };
     }
     // Divergence detection sees every step's loss, those before a resume replayed from metrics.csv.
-    let mut detector = resolved
-        .config
-        .divergence
-        .stop
-        .then(|| crate::divergence::Detector::new(resolved.config.divergence.thresholds()));
+    let mut detector =
+        resolved.config.divergence.stop.then(|| crate::divergence::Detector::new(resolved.config.divergence));
     if let Some(d) = detector.as_mut() {
         for (step, loss) in crate::metrics::read_losses(out)? {
             d.observe(step, loss);

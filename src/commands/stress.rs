@@ -9,7 +9,7 @@
 use crate::cli::StressArgs;
 use crate::config::{Placement, Schedule};
 use crate::data::Corpus;
-use crate::divergence::{detect, Thresholds};
+use crate::divergence::{detect, DivergenceConfig};
 use crate::grid::{self, Job, Status};
 use crate::InputError;
 use anyhow::{Context, Result};
@@ -45,7 +45,7 @@ fn read_curve(dir: &Path) -> Result<Vec<(usize, f64, f64)>> {
     Ok(out)
 }
 
-pub fn analyze(placement: &str, depth: usize, dir: &Path, t: &Thresholds) -> Result<StressRow> {
+pub fn analyze(placement: &str, depth: usize, dir: &Path, t: &DivergenceConfig) -> Result<StressRow> {
     let curve = read_curve(dir)?;
     let losses: Vec<(usize, f64)> = curve.iter().map(|&(s, _, l)| (s, l)).collect();
     let last = curve.last().copied().unwrap_or((0, f64::NAN, f64::NAN));
@@ -99,7 +99,8 @@ pub fn run(args: &StressArgs) -> Result<i32> {
     if args.warmup_steps < 2 {
         return Err(InputError("--warmup-steps must be at least 2".into()).into());
     }
-    let thresholds = Thresholds {
+    let thresholds = DivergenceConfig {
+        stop: true,
         spike_factor: args.spike_factor,
         recover_window: args.recover_window,
         recover_factor: args.recover_factor,
@@ -122,16 +123,7 @@ pub fn run(args: &StressArgs) -> Result<i32> {
             c.train.steps = args.warmup_steps;
             c.train.eval_every = 0;
             c.train.checkpoint_every = c.train.checkpoint_every.min(args.warmup_steps);
-            c.divergence = crate::config::DivergenceConfig {
-                stop: true,
-                spike_factor: thresholds.spike_factor,
-                recover_window: thresholds.recover_window,
-                recover_factor: thresholds.recover_factor,
-                ema: thresholds.ema,
-                stall_tolerance: thresholds.stall_tolerance,
-                stall_window: thresholds.stall_window,
-                min_improvement: thresholds.min_improvement,
-            };
+            c.divergence = thresholds;
             let name = format!("{}-d{depth}", placement.as_str());
             c.run.name = name.clone();
             let resolved = c.resolve(corpus.vocab_size)?;
