@@ -128,9 +128,9 @@ impl RunWriters {
     }
 }
 
-/// (step, loss) of a run's metrics.csv so far (a non-finite gradient norm counts as a non-finite
-/// loss); empty when there is none.
-pub fn read_losses(dir: &Path) -> std::io::Result<Vec<(usize, f64)>> {
+/// (step, lr, loss) of a run's metrics.csv so far; a step with a non-finite gradient norm (where
+/// training stops) counts as a non-finite loss. Empty when there is no file.
+pub fn read_curve(dir: &Path) -> std::io::Result<Vec<(usize, f64, f64)>> {
     let path = dir.join("metrics.csv");
     if !path.exists() {
         return Ok(Vec::new());
@@ -141,7 +141,7 @@ pub fn read_losses(dir: &Path) -> std::io::Result<Vec<(usize, f64)>> {
         let rec = rec.map_err(std::io::Error::other)?;
         let num = |i: usize| rec.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
         let loss = if num(4).is_finite() { num(3) } else { f64::NAN };
-        out.push((num(0) as usize, loss));
+        out.push((num(0) as usize, num(2), loss));
     }
     Ok(out)
 }

@@ -253,7 +253,7 @@ pub fn train(
     let mut detector =
         resolved.config.divergence.stop.then(|| crate::divergence::Detector::new(resolved.config.divergence));
     if let Some(d) = detector.as_mut() {
-        for (step, loss) in crate::metrics::read_losses(out)? {
+        for (step, _, loss) in crate::metrics::read_curve(out)? {
             d.observe(step, loss);
         }
     }

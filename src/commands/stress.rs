@@ -30,23 +30,8 @@ pub struct StressRow {
     pub best_loss: f64,
 }
 
-/// Reads (step, lr, loss) from a run's metrics.csv; a step with a non-finite gradient norm (where
-/// training stops) counts as a non-finite loss.
-fn read_curve(dir: &Path) -> Result<Vec<(usize, f64, f64)>> {
-    let mut rd = csv::Reader::from_path(dir.join("metrics.csv"))
-        .with_context(|| format!("reading {}", dir.join("metrics.csv").display()))?;
-    let mut out = Vec::new();
-    for rec in rd.records() {
-        let rec = rec?;
-        let num = |i: usize| rec.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-        let loss = if num(4).is_finite() { num(3) } else { f64::NAN };
-        out.push((num(0) as usize, num(2), loss));
-    }
-    Ok(out)
-}
-
 pub fn analyze(placement: &str, depth: usize, dir: &Path, t: &DivergenceConfig) -> Result<StressRow> {
-    let curve = read_curve(dir)?;
+    let curve = crate::metrics::read_curve(dir).with_context(|| format!("reading {}", dir.join("metrics.csv").display()))?;
     let losses: Vec<(usize, f64)> = curve.iter().map(|&(s, _, l)| (s, l)).collect();
     let last = curve.last().copied().unwrap_or((0, f64::NAN, f64::NAN));
     let (max_lr, survived, at, reason) = match detect(&losses, t) {
