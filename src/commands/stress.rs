@@ -31,7 +31,8 @@ pub struct StressRow {
 }
 
 pub fn analyze(placement: &str, depth: usize, dir: &Path, t: &DivergenceConfig) -> Result<StressRow> {
-    let curve = crate::metrics::read_curve(dir).with_context(|| format!("reading {}", dir.join("metrics.csv").display()))?;
+    let curve =
+        crate::metrics::read_curve(dir).with_context(|| format!("reading {}", dir.join("metrics.csv").display()))?;
     let losses: Vec<(usize, f64)> = curve.iter().map(|&(s, _, l)| (s, l)).collect();
     let last = curve.last().copied().unwrap_or((0, f64::NAN, f64::NAN));
     let (max_lr, survived, at, reason) = match detect(&losses, t) {
