@@ -24,12 +24,15 @@ pub enum Status {
     Failed(String),
 }
 
-fn run_one(job: &Job, configs: &Path) -> Result<Status> {
+fn run_one(job: &Job, configs: &Path, threads: Option<usize>) -> Result<Status> {
     if job.dir.join(crate::train::DONE).exists() {
         return Ok(Status::Skipped);
     }
     let exe = std::env::current_exe().context("locating the keel executable")?;
     let mut cmd = Command::new(exe);
+    if let Some(n) = threads {
+        cmd.env("RAYON_NUM_THREADS", n.to_string());
+    }
     if job.dir.join("config.toml").exists() {
         cmd.args(["train", "--quiet", "--resume"]).arg(&job.dir);
     } else {
@@ -51,14 +54,18 @@ fn run_one(job: &Job, configs: &Path) -> Result<Status> {
 pub fn run(jobs: &[Job], parallel: usize, out: &Path, report: &(dyn Fn(&Job, &Status) + Sync)) -> Result<Vec<Status>> {
     let configs = out.join(".configs");
     std::fs::create_dir_all(&configs).with_context(|| format!("creating {}", configs.display()))?;
+    // Share the cores between the runs unless the user chose a thread count.
+    let parallel = parallel.max(1).min(jobs.len().max(1));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::env::var_os("RAYON_NUM_THREADS").is_none().then(|| (cores / parallel).max(1));
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Status>>> = Mutex::new(vec![None; jobs.len()]);
     std::thread::scope(|s| {
-        for _ in 0..parallel.max(1).min(jobs.len().max(1)) {
+        for _ in 0..parallel {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(job) = jobs.get(i) else { break };
-                let status = run_one(job, &configs).unwrap_or_else(|e| Status::Failed(format!("{e:#}")));
+                let status = run_one(job, &configs, threads).unwrap_or_else(|e| Status::Failed(format!("{e:#}")));
                 report(job, &status);
                 results.lock().expect("results")[i] = Some(status);
             });
