@@ -23,6 +23,44 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Maximum tolerable learning rate per placement and depth (the paper's Table 1).
     Stress(StressArgs),
+    /// Grids of runs: depth x placement x learning rate x seed x any config key.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Depths in sub-layers: A..B doubles from A to B, or a comma list.
+    #[arg(long, default_value = "64..1024")]
+    pub depths: String,
+    /// Placements, comma-separated (default: the config's).
+    #[arg(long, value_delimiter = ',')]
+    pub placements: Vec<String>,
+    /// Peak learning rates, comma-separated (default: the config's).
+    #[arg(long, value_delimiter = ',')]
+    pub lrs: Vec<f64>,
+    /// Seeds, comma-separated (default: the config's).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Any other axis: --grid section.key=v1,v2 (repeatable).
+    #[arg(long, value_name = "SECTION.KEY=V1,V2")]
+    pub grid: Vec<String>,
+    /// Runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Sweep folder: one run directory per grid point, plus summary.csv.
+    #[arg(long, default_value = "runs/sweep")]
+    pub out: PathBuf,
+    /// List the runs with their parameter counts and tokens, and a time estimate; train nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write a job script instead of running: `slurm` (a job array over runs.txt).
+    #[arg(long, value_name = "TARGET")]
+    pub emit: Option<String>,
+    /// Rebuild summary.csv from the run directories in --out.
+    #[arg(long)]
+    pub collect: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ fn main() {
         Command::Data(keel::cli::DataCommand::Prepare(args)) => keel::commands::data::prepare(&args).map(|()| 0),
         Command::Probe(args) => keel::commands::probe::run(&args).map(|()| 0),
         Command::Stress(args) => keel::commands::stress::run(&args),
+        Command::Sweep(args) => keel::commands::sweep::run(&args),
     };
     match result {
         Ok(0) => {}

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod data;
 pub mod probe;
 pub mod stress;
+pub mod sweep;
 pub mod train;
 
 use crate::cli::ConfigArgs;

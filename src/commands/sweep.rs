@@ -1,0 +1,282 @@
+//! `keel sweep`: grids of experiments (depth x placement x learning rate x seed x any config key),
+//! each an ordinary run directory, run through the grid runner (skips finished runs, resumes
+//! interrupted ones, records divergence as a result), summarized in `summary.csv`.
+
+use crate::cli::SweepArgs;
+use crate::config::Config;
+use crate::grid::{self, Job, Status};
+use crate::metrics::{write_atomic, Summary};
+use crate::InputError;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// `A..B` doubles from A to B (64..1024: 64, 128, 256, 512, 1024); a comma list is taken as given.
+pub fn parse_depths(spec: &str) -> Result<Vec<usize>, InputError> {
+    let bad = |why: &str| InputError(format!("--depths `{spec}`: {why}; write e.g. 64..1024 (doubling) or 64,128,512"));
+    let depths: Vec<usize> = if let Some((a, b)) = spec.split_once("..") {
+        let (a, b) = (
+            a.trim().parse::<usize>().map_err(|_| bad("not a number"))?,
+            b.trim().parse::<usize>().map_err(|_| bad("not a number"))?,
+        );
+        if a == 0 || a > b {
+            return Err(bad("the range must go from a positive depth up to a larger one"));
+        }
+        std::iter::successors(Some(a), |&d| Some(d * 2)).take_while(|&d| d <= b).collect()
+    } else {
+        spec.split(',').map(|d| d.trim().parse::<usize>().map_err(|_| bad("not a number"))).collect::<Result<_, _>>()?
+    };
+    if let Some(d) = depths.iter().find(|&&d| d < 2 || d % 2 == 1) {
+        return Err(bad(&format!("{d} is not an even number of sub-layers (>= 2)")));
+    }
+    Ok(depths)
+}
+
+/// One axis of the grid: a config key and its values (as `--set` text).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+/// Every combination of the axes' values, as `--set` overrides plus a name part.
+pub fn expand(axes: &[Axis]) -> Vec<(Vec<String>, String)> {
+    let mut out = vec![(Vec::new(), String::new())];
+    for axis in axes {
+        let short = axis.key.rsplit('.').next().unwrap_or(&axis.key).to_string();
+        let label = match short.as_str() {
+            "depth" => "d".to_string(),
+            "placement" => String::new(),
+            "lr" => "lr".into(),
+            "seed" => "s".into(),
+            other => other.to_string(),
+        };
+        out = out
+            .into_iter()
+            .flat_map(|(sets, name)| {
+                let label = label.clone();
+                axis.values.iter().map(move |v| {
+                    let mut sets = sets.clone();
+                    sets.push(format!("{}={v}", axis.key));
+                    let part: String = format!("{label}{v}")
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
+                        .collect();
+                    let name = if name.is_empty() { part } else { format!("{name}-{part}") };
+                    (sets, name)
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+pub const SUMMARY_HEADER: &str = "run,placement,depth,blocks,d_model,lr,seed,parameters,tokens,final_train_loss,final_val_loss,final_val_ppl,diverged_at_step,tokens_per_s,wall_time_s";
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+/// A summary.csv row from a finished run directory (its config.toml and summary.json).
+pub fn summary_row(dir: &Path) -> Result<Option<String>> {
+    let (cfg, sum) = (dir.join("config.toml"), dir.join("summary.json"));
+    if !cfg.exists() || !sum.exists() {
+        return Ok(None);
+    }
+    let c = Config::load(Some(&cfg), &[])?;
+    let s: Summary =
+        serde_json::from_slice(&std::fs::read(&sum)?).with_context(|| format!("reading {}", sum.display()))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    Ok(Some(format!(
+        "{name},{},{},{},{},{:e},{},{},{},{},{},{},{},{},{}",
+        s.placement,
+        s.depth,
+        s.depth / 2,
+        s.d_model,
+        c.train.lr,
+        c.train.seed,
+        s.n_params,
+        s.tokens,
+        opt(s.final_train_loss),
+        opt(s.final_val_loss),
+        opt(s.final_val_ppl),
+        s.diverged_at_step.map(|k| k.to_string()).unwrap_or_default(),
+        s.tokens_per_s,
+        s.wall_time_s
+    )))
+}
+
+/// Rebuilds `OUT/summary.csv` from the run directories under `out`, however they were produced.
+pub fn collect(out: &Path) -> Result<usize> {
+    let mut dirs: Vec<_> = std::fs::read_dir(out)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", out.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let mut text = format!("{SUMMARY_HEADER}\n");
+    let mut n = 0;
+    for d in dirs {
+        if let Some(row) = summary_row(&d)? {
+            text.push_str(&row);
+            text.push('\n');
+            n += 1;
+        }
+    }
+    write_atomic(&out.join("summary.csv"), text.as_bytes())?;
+    Ok(n)
+}
+
+/// A Slurm job-array script: task i runs line i of runs.txt.
+pub fn slurm_script(n: usize, out: &Path) -> String {
+    format!(
+        "#!/bin/bash\n# keel sweep: one array task per run; each line of runs.txt is one `keel train` command.\n#SBATCH --job-name=keel-sweep\n#SBATCH --array=0-{}\n#SBATCH --output={}/slurm-%A_%a.out\nset -euo pipefail\ncmd=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {}/runs.txt)\neval \"$cmd\"\n# afterwards: keel sweep --collect --out {}\n",
+        n.saturating_sub(1),
+        out.display(),
+        out.display(),
+        out.display()
+    )
+}
+
+pub fn run(args: &SweepArgs) -> Result<i32> {
+    if args.collect {
+        let n = collect(&args.out)?;
+        println!("summary.csv rebuilt from {n} run(s) in {}", args.out.display());
+        return Ok(0);
+    }
+    let mut axes = vec![Axis {
+        key: "model.depth".into(),
+        values: parse_depths(&args.depths)?.iter().map(|d| d.to_string()).collect(),
+    }];
+    if !args.placements.is_empty() {
+        for p in &args.placements {
+            crate::config::Placement::parse(p)?;
+        }
+        axes.push(Axis { key: "model.placement".into(), values: args.placements.clone() });
+    }
+    if !args.lrs.is_empty() {
+        axes.push(Axis { key: "train.lr".into(), values: args.lrs.iter().map(|x| format!("{x:e}")).collect() });
+    }
+    if !args.seeds.is_empty() {
+        axes.push(Axis { key: "train.seed".into(), values: args.seeds.iter().map(|x| x.to_string()).collect() });
+    }
+    for g in &args.grid {
+        let Some((key, values)) = g.split_once('=') else {
+            return Err(InputError(format!("--grid `{g}`: write it as section.key=v1,v2")).into());
+        };
+        axes.push(Axis { key: key.trim().into(), values: values.split(',').map(|v| v.trim().to_string()).collect() });
+    }
+    let mut jobs = Vec::new();
+    let mut first_corpus: Option<crate::data::Corpus> = None;
+    for (sets, name) in expand(&axes) {
+        let mut all = args.config.set.clone();
+        all.extend(sets);
+        all.push(format!("run.name={name}"));
+        let mut c = Config::load(args.config.config.as_deref(), &all)?;
+        if let Some(d) = &args.config.device {
+            c.run.device = d.clone();
+        }
+        let corpus = match &first_corpus {
+            Some(c) => c.vocab_size,
+            None => {
+                let loaded = crate::data::Corpus::load(&c.data, c.train.seq_len)?;
+                let v = loaded.vocab_size;
+                first_corpus = Some(loaded);
+                v
+            }
+        };
+        let resolved = c.resolve(corpus).with_context(|| format!("run {name}"))?;
+        jobs.push(Job { dir: args.out.join(&name), name, config: resolved });
+    }
+    if args.dry_run {
+        // Rough time: 6 x parameters x tokens at 50 GFLOP/s, about what keel sustains on 2 CPU
+        // cores (README, Speed); attention and per-op overhead come on top for deep-narrow models.
+        println!("{:<40} {:>12} {:>12} {:>10}", "run", "parameters", "tokens", "~minutes");
+        let mut total = 0.0;
+        for j in &jobs {
+            let t = j.config.train();
+            let params = crate::model::Model::new(&j.config, &candle_core::Device::Cpu)?.n_params();
+            let tokens = t.steps * t.batch_size * t.seq_len * t.grad_accum;
+            let minutes = 6.0 * params as f64 * tokens as f64 / 5e10 / 60.0;
+            total += minutes;
+            println!("{:<40} {:>12} {:>12} {:>10.1}", j.name, params, tokens, minutes);
+        }
+        println!(
+            "{} runs, ~{total:.0} minutes in all at one run at a time; nothing was trained (--dry-run)",
+            jobs.len()
+        );
+        return Ok(0);
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
+    if args.emit.as_deref() == Some("slurm") {
+        let configs = args.out.join(".configs");
+        std::fs::create_dir_all(&configs)?;
+        let mut lines = String::new();
+        for j in &jobs {
+            let file = configs.join(format!("{}.toml", j.name));
+            write_atomic(&file, j.config.to_toml(toml::Table::new()).as_bytes())?;
+            lines.push_str(&format!("keel train --quiet --config {} --out {}\n", file.display(), j.dir.display()));
+        }
+        write_atomic(&args.out.join("runs.txt"), lines.as_bytes())?;
+        write_atomic(&args.out.join("sweep.slurm"), slurm_script(jobs.len(), &args.out).as_bytes())?;
+        println!(
+            "wrote {0}/sweep.slurm and {0}/runs.txt ({1} runs); submit with: sbatch {0}/sweep.slurm",
+            args.out.display(),
+            jobs.len()
+        );
+        return Ok(0);
+    } else if let Some(other) = &args.emit {
+        return Err(InputError(format!("--emit {other}: the only target is slurm")).into());
+    }
+    println!("keel sweep: {} runs, {} at once, in {}", jobs.len(), args.jobs, args.out.display());
+    let out = args.out.clone();
+    let statuses = grid::run(&jobs, args.jobs, &args.out, &|job, status| {
+        match status {
+            Status::Skipped => println!("  {:<40} already finished", job.name),
+            Status::Finished => println!("  {:<40} done", job.name),
+            Status::Failed(why) => println!("  {:<40} FAILED: {why}", job.name),
+        }
+        // Rewritten (atomically) as runs finish.
+        if let Err(e) = collect(&out) {
+            eprintln!("warning: could not update summary.csv: {e:#}");
+        }
+    })?;
+    collect(&args.out)?;
+    let failed = statuses.iter().filter(|s| matches!(s, Status::Failed(_))).count();
+    println!(
+        "summary: {}/summary.csv{}",
+        args.out.display(),
+        if failed > 0 { format!(" ({failed} run(s) failed)") } else { String::new() }
+    );
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_ranges() {
+        assert_eq!(parse_depths("64..1024").unwrap(), [64, 128, 256, 512, 1024]);
+        assert_eq!(parse_depths("64..1000").unwrap(), [64, 128, 256, 512]);
+        assert_eq!(parse_depths("8, 12,32").unwrap(), [8, 12, 32]);
+        for bad in ["1024..64", "0..8", "a..8", "7", "64..", "8,x", ""] {
+            assert!(parse_depths(bad).is_err(), "{bad}");
+        }
+        assert!(parse_depths("1024..64").unwrap_err().0.contains("64..1024"));
+    }
+
+    #[test]
+    fn grid_expansion_and_names() {
+        let axes = vec![
+            Axis { key: "model.depth".into(), values: vec!["8".into(), "16".into()] },
+            Axis { key: "model.placement".into(), values: vec!["keel".into(), "pre_ln".into()] },
+            Axis { key: "train.lr".into(), values: vec!["0.001".into()] },
+            Axis { key: "model.norm".into(), values: vec!["rms_norm".into()] },
+        ];
+        let runs = expand(&axes);
+        assert_eq!(runs.len(), 4);
+        assert_eq!(runs[0].1, "d8-keel-lr0.001-normrms_norm");
+        assert_eq!(runs[3].1, "d16-pre_ln-lr0.001-normrms_norm");
+        assert_eq!(runs[1].0, ["model.depth=8", "model.placement=pre_ln", "train.lr=0.001", "model.norm=rms_norm"]);
+    }
+}

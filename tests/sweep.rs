@@ -1,0 +1,92 @@
+//! `keel sweep` end to end on tiny models: grid expansion and run names, summary.csv after a
+//! diverged run, skipping finished runs, resuming an interrupted one, the Slurm emission, and
+//! `--collect`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const TINY: [&str; 12] = [
+    "--set",
+    "model.d_model=16",
+    "--set",
+    "model.n_heads=2",
+    "--set",
+    "train.seq_len=16",
+    "--set",
+    "train.steps=12",
+    "--set",
+    "data.synthetic_bytes=20000",
+    "--set",
+    "train.eval_every=6",
+];
+
+fn sweep(dir: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel")).arg("sweep").args(TINY).args(extra).current_dir(dir).output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_sweep_runs_its_grid_records_divergence_and_skips_finished_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let args = ["--depths", "2..4", "--placements", "pre_ln,keel", "--lrs", "3e-3,1e30", "--jobs", "2", "--out", "sw"];
+    let dry = ok(&sweep(d, &[&args[..], &["--dry-run"]].concat()));
+    assert!(dry.contains("8 runs") && dry.contains("d2-pre_ln-lr3e-3") && !d.join("sw").exists(), "{dry}");
+    assert!(dry.contains("d4-keel-lr1e30"));
+    ok(&sweep(d, &args));
+    let csv = std::fs::read_to_string(d.join("sw/summary.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(csv.lines().next().unwrap(), keel::commands::sweep::SUMMARY_HEADER);
+    assert_eq!(rows.len(), 8, "{csv}");
+    for r in &rows {
+        let diverged = !r[12].is_empty();
+        assert_eq!(diverged, r[0].contains("lr1e30"), "only the 1e30 runs diverge: {r:?}");
+        assert_eq!(r[2], if r[0].starts_with("d2") { "2" } else { "4" });
+        if !diverged {
+            assert!(r[10].parse::<f64>().unwrap() > 0.0, "val loss recorded: {r:?}");
+        }
+    }
+    // Interrupt one run (drop its DONE marker and final rows) and re-run: the rest are skipped.
+    let run = d.join("sw/d4-keel-lr3e-3");
+    std::fs::remove_file(run.join("DONE")).unwrap();
+    let out = ok(&sweep(d, &args));
+    assert_eq!(out.matches("already finished").count(), 7, "{out}");
+    assert!(out.contains("d4-keel-lr3e-3") && run.join("DONE").exists());
+    // The same results, but for the wall-clock columns (tokens_per_s, wall_time_s) of that run.
+    let without_clock = |t: &str| t.lines().map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(without_clock(&std::fs::read_to_string(d.join("sw/summary.csv")).unwrap()), without_clock(&csv));
+    let csv = std::fs::read_to_string(d.join("sw/summary.csv")).unwrap();
+    // --collect rebuilds the same summary from the run directories.
+    std::fs::remove_file(d.join("sw/summary.csv")).unwrap();
+    ok(&sweep(d, &["--out", "sw", "--collect"]));
+    assert_eq!(std::fs::read_to_string(d.join("sw/summary.csv")).unwrap(), csv);
+}
+
+#[test]
+fn slurm_emission_and_bad_ranges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(&sweep(d, &["--depths", "2,4,8", "--grid", "model.norm=rms_norm,layer_norm", "--out", "sl", "--emit", "slurm"]));
+    let script = std::fs::read_to_string(d.join("sl/sweep.slurm")).unwrap();
+    assert!(
+        script.contains("#SBATCH --array=0-5") && script.contains("runs.txt") && script.contains("SLURM_ARRAY_TASK_ID"),
+        "{script}"
+    );
+    let runs = std::fs::read_to_string(d.join("sl/runs.txt")).unwrap();
+    assert_eq!(runs.lines().count(), 6);
+    assert!(runs.lines().all(|l| l.starts_with("keel train --quiet --config ") && l.contains(" --out sl/d")), "{runs}");
+    assert!(runs.contains("d8-normlayer_norm"));
+    assert!(!d.join("sl/d2-normrms_norm").exists(), "emission trains nothing");
+    for (bad, needle) in [("1024..64", "64..1024"), ("7", "even"), ("8,x", "not a number")] {
+        let o = sweep(d, &["--depths", bad, "--out", "x"]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = sweep(d, &["--depths", "2", "--grid", "model.dpth=2,4", "--out", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("model.depth"));
+}
