@@ -25,6 +25,28 @@ pub enum Command {
     Stress(StressArgs),
     /// Grids of runs: depth x placement x learning rate x seed x any config key.
     Sweep(SweepArgs),
+    /// Figures (PNG and SVG) from run, sweep and stress folders and probe CSVs.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directories (loss curves, gradient norms), sweep folders (summary.csv), stress folders
+    /// (stress.csv) or probe CSV files.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Output folder.
+    #[arg(long, default_value = "figures")]
+    pub out: PathBuf,
+    /// Log-scale steps on the loss figure.
+    #[arg(long)]
+    pub log_x: bool,
+    /// summary.csv column to plot against depth.
+    #[arg(long, default_value = "final_val_loss")]
+    pub column: String,
+    /// Steps of grad_norms.csv to draw (default: the first and the last).
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ fn main() {
         Command::Probe(args) => keel::commands::probe::run(&args).map(|()| 0),
         Command::Stress(args) => keel::commands::stress::run(&args),
         Command::Sweep(args) => keel::commands::sweep::run(&args),
+        Command::Plot(args) => keel::commands::plot::run(&args).map(|()| 0),
     };
     match result {
         Ok(0) => {}

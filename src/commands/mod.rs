@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod plot;
 pub mod probe;
 pub mod stress;
 pub mod sweep;

@@ -1,0 +1,111 @@
+//! `keel plot` turns fixture CSVs (a run, a sweep, a stress folder, a probe CSV) into non-empty,
+//! valid PNG and SVG files.
+
+use std::path::Path;
+use std::process::Command;
+
+fn write(p: &Path, text: &str) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn fixtures(d: &Path) {
+    let mut metrics = String::from("step,tokens,lr,loss,grad_norm,tokens_per_s,elapsed_s\n");
+    for s in 1..=30 {
+        metrics.push_str(&format!("{s},{},{},{},1.0,1000.0,0.1\n", s * 64, 1e-3 * s as f64, 5.5 - 0.1 * s as f64));
+    }
+    for run in ["keel_run", "pre_run"] {
+        write(&d.join(run).join("metrics.csv"), &metrics);
+    }
+    write(&d.join("keel_run/config.toml"), "[model]\nplacement = \"keel\"\n");
+    write(&d.join("pre_run/config.toml"), "[model]\nplacement = \"pre_ln\"\n");
+    write(
+        &d.join("keel_run/summary.json"),
+        r#"{"run_name":"k","placement":"keel","depth":4,"d_model":8,"n_params":1,"steps_planned":30,"steps_completed":29,"tokens":1,"initial_loss":5.4,"final_train_loss":2.6,"final_val_loss":null,"final_val_ppl":null,"diverged":true,"diverged_at_step":20,"tokens_per_s":1.0,"wall_time_s":1.0,"device":"Cpu"}"#,
+    );
+    let mut grads = String::from("step,layer,kind,grad_norm\n");
+    for step in [1, 30] {
+        grads.push_str(&format!("{step},,embedding,0.5\n"));
+        for l in 0..8 {
+            grads.push_str(&format!(
+                "{step},{l},{},{}\n",
+                if l % 2 == 0 { "attn" } else { "ffn" },
+                0.01 * (l + 1) as f64 * step as f64
+            ));
+        }
+    }
+    write(&d.join("keel_run/grad_norms.csv"), &grads);
+    let mut summary = String::from(keel::commands::sweep::SUMMARY_HEADER);
+    summary.push('\n');
+    for (p, base) in [("pre_ln", 3.0), ("keel", 2.8)] {
+        for (i, depth) in [64, 128, 256].iter().enumerate() {
+            summary.push_str(&format!(
+                "r,{p},{depth},{},32,0.003,0,1000,1000,2.5,{},10,,100,1\n",
+                depth / 2,
+                base - 0.1 * i as f64
+            ));
+        }
+    }
+    write(&d.join("sweep/summary.csv"), &summary);
+    write(
+        &d.join("stress/stress.csv"),
+        "placement,depth,max_lr,survived,diverged_at_step,reason,steps,final_loss,best_loss\npost_ln,64,1.7e-2,false,141,unrecovered_spike,191,3.6,1.9\npost_ln,512,1e-2,false,83,stagnation,183,3.6,3.4\nkeel,64,3e-2,false,247,stagnation,347,2.4,1.5\nkeel,512,1.2e-2,false,98,stagnation,198,3.4,2.3\n",
+    );
+    let mut probe =
+        String::from("placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio\n");
+    for l in 0..8 {
+        probe.push_str(&format!("post_ln,8,{l},attn,1.0,1.0,{},{}\n", 0.5f64.powi(8 - l), 0.5f64.powi(8 - l)));
+        probe.push_str(&format!("keel,8,{l},attn,1.0,1.0,1.0,\n"));
+    }
+    write(&d.join("probe.csv"), &probe);
+}
+
+fn check_png(p: &Path) {
+    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert!(b.len() > 10_000, "{} is only {} bytes", p.display(), b.len());
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", p.display());
+    let (w, h) = (u32::from_be_bytes(b[16..20].try_into().unwrap()), u32::from_be_bytes(b[20..24].try_into().unwrap()));
+    assert_eq!((w, h), (960, 600));
+}
+
+fn check_svg(p: &Path, needles: &[&str]) {
+    let t = std::fs::read_to_string(p).unwrap();
+    assert!(t.starts_with("<svg") && t.trim_end().ends_with("</svg>"), "{} is not an SVG document", p.display());
+    for n in needles {
+        assert!(t.contains(n), "{} lacks {n:?}", p.display());
+    }
+}
+
+#[test]
+fn figures_from_fixture_csvs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fixtures(d);
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plot", "keel_run", "pre_run", "sweep", "stress", "probe.csv", "--out", "figs", "--log-x"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (name, needles) in [
+        ("loss", &["keel_run", "pre_run", "training loss"][..]),
+        ("grad_norms", &["step 1", "step 30", "sub-layer"][..]),
+        ("depth_final_val_loss", &["pre_ln", "keel", "depth (sub-layers)"][..]),
+        ("max_lr", &["post_ln", "keel", "maximum tolerable"][..]),
+        ("probe", &["post_ln L=8", "keel L=8"][..]),
+    ] {
+        check_png(&d.join(format!("figs/{name}.png")));
+        check_svg(&d.join(format!("figs/{name}.svg")), needles);
+    }
+    // Placement colours are the same in every figure (keel's green).
+    for f in ["depth_final_val_loss", "max_lr"] {
+        assert!(std::fs::read_to_string(d.join(format!("figs/{f}.svg"))).unwrap().contains("#2CA02C"), "{f}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plot", "nothing_here", "--out", "figs"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("neither a run directory"));
+}
