@@ -170,4 +170,15 @@ pub struct Summary {
     pub tokens_per_s: f64,
     pub wall_time_s: f64,
     pub device: String,
+    /// Peak resident memory of the process (Linux; absent elsewhere).
+    #[serde(default)]
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// This process's peak resident set size in MB (VmHWM), where /proc is available.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -377,6 +377,7 @@ pub fn train(
         tokens_per_s: (state.step * tokens_per_step) as f64 / state.train_time_s.max(1e-9),
         wall_time_s: elapsed_before + run_start.elapsed().as_secs_f64(),
         device: format!("{device:?}"),
+        peak_rss_mb: crate::metrics::peak_rss_mb(),
     };
     if interrupted {
         // Always shown, --quiet or not: the user has to know how to continue.

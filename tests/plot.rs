@@ -40,7 +40,7 @@ fn fixtures(d: &Path) {
     for (p, base) in [("pre_ln", 3.0), ("keel", 2.8)] {
         for (i, depth) in [64, 128, 256].iter().enumerate() {
             summary.push_str(&format!(
-                "r,{p},{depth},{},32,0.003,0,1000,1000,2.5,{},10,,100,1\n",
+                "r,{p},{depth},{},32,0.003,0,1000,1000,2.5,{},10,,100,1,50\n",
                 depth / 2,
                 base - 0.1 * i as f64
             ));

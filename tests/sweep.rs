@@ -57,7 +57,7 @@ fn a_sweep_runs_its_grid_records_divergence_and_skips_finished_runs() {
     assert_eq!(out.matches("already finished").count(), 7, "{out}");
     assert!(out.contains("d4-keel-lr3e-3") && run.join("DONE").exists());
     // The same results, but for the wall-clock columns (tokens_per_s, wall_time_s) of that run.
-    let without_clock = |t: &str| t.lines().map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string()).collect::<Vec<_>>();
+    let without_clock = |t: &str| t.lines().map(|l| l.rsplitn(4, ',').nth(3).unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(without_clock(&std::fs::read_to_string(d.join("sw/summary.csv")).unwrap()), without_clock(&csv));
     let csv = std::fs::read_to_string(d.join("sw/summary.csv")).unwrap();
     // --collect rebuilds the same summary from the run directories.

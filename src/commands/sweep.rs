@@ -70,7 +70,7 @@ pub fn expand(axes: &[Axis]) -> Vec<(Vec<String>, String)> {
     out
 }
 
-pub const SUMMARY_HEADER: &str = "run,placement,depth,blocks,d_model,lr,seed,parameters,tokens,final_train_loss,final_val_loss,final_val_ppl,diverged_at_step,tokens_per_s,wall_time_s";
+pub const SUMMARY_HEADER: &str = "run,placement,depth,blocks,d_model,lr,seed,parameters,tokens,final_train_loss,final_val_loss,final_val_ppl,diverged_at_step,tokens_per_s,wall_time_s,peak_rss_mb";
 
 fn opt(v: Option<f64>) -> String {
     v.map(|x| x.to_string()).unwrap_or_default()
@@ -87,7 +87,7 @@ pub fn summary_row(dir: &Path) -> Result<Option<String>> {
         serde_json::from_slice(&std::fs::read(&sum)?).with_context(|| format!("reading {}", sum.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
     Ok(Some(format!(
-        "{name},{},{},{},{},{:e},{},{},{},{},{},{},{},{},{}",
+        "{name},{},{},{},{},{:e},{},{},{},{},{},{},{},{},{},{}",
         s.placement,
         s.depth,
         s.depth / 2,
@@ -101,7 +101,8 @@ pub fn summary_row(dir: &Path) -> Result<Option<String>> {
         opt(s.final_val_ppl),
         s.diverged_at_step.map(|k| k.to_string()).unwrap_or_default(),
         s.tokens_per_s,
-        s.wall_time_s
+        s.wall_time_s,
+        opt(s.peak_rss_mb)
     )))
 }
 
