@@ -71,6 +71,9 @@ pub struct SweepArgs {
     /// Runs at once.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// One run per device at a time, e.g. --devices 0,1,2,3 (CUDA ordinals) or cpu,cuda:1.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
     /// Sweep folder: one run directory per grid point, plus summary.csv.
     #[arg(long, default_value = "runs/sweep")]
     pub out: PathBuf,

@@ -24,7 +24,7 @@ pub enum Status {
     Failed(String),
 }
 
-fn run_one(job: &Job, configs: &Path, threads: Option<usize>) -> Result<Status> {
+fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&str>) -> Result<Status> {
     if job.dir.join(crate::train::DONE).exists() {
         return Ok(Status::Skipped);
     }
@@ -40,6 +40,9 @@ fn run_one(job: &Job, configs: &Path, threads: Option<usize>) -> Result<Status> 
         crate::metrics::write_atomic(&file, job.config.to_toml(toml::Table::new()).as_bytes())?;
         cmd.args(["train", "--quiet", "--config"]).arg(&file).arg("--out").arg(&job.dir);
     }
+    if let Some(d) = device {
+        cmd.args(["--device", d]);
+    }
     let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting keel train")?;
     Ok(match out.status.code() {
         Some(0) => Status::Finished,
@@ -50,8 +53,16 @@ fn run_one(job: &Job, configs: &Path, threads: Option<usize>) -> Result<Status> 
     })
 }
 
-/// Runs `jobs` with up to `parallel` at once; `report` sees each as it ends.
-pub fn run(jobs: &[Job], parallel: usize, out: &Path, report: &(dyn Fn(&Job, &Status) + Sync)) -> Result<Vec<Status>> {
+/// Runs `jobs` with up to `parallel` at once; `report` sees each as it ends. With `devices`, one
+/// run per device at a time (`parallel` is then the number of devices).
+pub fn run(
+    jobs: &[Job],
+    parallel: usize,
+    devices: &[String],
+    out: &Path,
+    report: &(dyn Fn(&Job, &Status) + Sync),
+) -> Result<Vec<Status>> {
+    let parallel = if devices.is_empty() { parallel } else { devices.len() };
     let configs = out.join(".configs");
     std::fs::create_dir_all(&configs).with_context(|| format!("creating {}", configs.display()))?;
     // Share the cores between the runs unless the user chose a thread count.
@@ -61,11 +72,14 @@ pub fn run(jobs: &[Job], parallel: usize, out: &Path, report: &(dyn Fn(&Job, &St
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Status>>> = Mutex::new(vec![None; jobs.len()]);
     std::thread::scope(|s| {
-        for _ in 0..parallel {
-            s.spawn(|| loop {
+        for worker in 0..parallel {
+            let device = devices.get(worker).map(String::as_str);
+            let (next, results, configs) = (&next, &results, &configs);
+            s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(job) = jobs.get(i) else { break };
-                let status = run_one(job, &configs, threads).unwrap_or_else(|e| Status::Failed(format!("{e:#}")));
+                let status =
+                    run_one(job, configs, threads, device).unwrap_or_else(|e| Status::Failed(format!("{e:#}")));
                 report(job, &status);
                 results.lock().expect("results")[i] = Some(status);
             });

@@ -90,3 +90,14 @@ fn slurm_emission_and_bad_ranges() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("model.depth"));
 }
+
+#[test]
+fn one_run_per_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = ok(&sweep(d, &["--depths", "2,4", "--seeds", "0,1", "--devices", "cpu,cpu", "--out", "dev"]));
+    assert_eq!(out.matches(" done").count(), 4, "{out}");
+    assert_eq!(std::fs::read_to_string(d.join("dev/summary.csv")).unwrap().lines().count(), 5);
+    let o = sweep(d, &["--depths", "2", "--devices", "tpu", "--out", "bad"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAILED") || !o.status.success());
+}

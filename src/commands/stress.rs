@@ -133,7 +133,7 @@ pub fn run(args: &StressArgs) -> Result<i32> {
         args.warmup_steps,
         args.jobs
     );
-    let statuses = grid::run(&jobs, args.jobs, &args.out, &|job, status| match status {
+    let statuses = grid::run(&jobs, args.jobs, &[], &args.out, &|job, status| match status {
         Status::Skipped => println!("  {:<24} already finished", job.name),
         Status::Finished => println!("  {:<24} done", job.name),
         Status::Failed(why) => println!("  {:<24} FAILED: {why}", job.name),

@@ -230,7 +230,12 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
     }
     println!("keel sweep: {} runs, {} at once, in {}", jobs.len(), args.jobs, args.out.display());
     let out = args.out.clone();
-    let statuses = grid::run(&jobs, args.jobs, &args.out, &|job, status| {
+    let devices: Vec<String> = args
+        .devices
+        .iter()
+        .map(|d| if d.chars().all(|c| c.is_ascii_digit()) { format!("cuda:{d}") } else { d.clone() })
+        .collect();
+    let statuses = grid::run(&jobs, args.jobs, &devices, &args.out, &|job, status| {
         match status {
             Status::Skipped => println!("  {:<40} already finished", job.name),
             Status::Finished => println!("  {:<40} done", job.name),
