@@ -20,8 +20,12 @@ pub const GRAD_NORMS_HEADER: [&str; 4] = ["step", "layer", "kind", "grad_norm"];
 /// Writes `contents` to `path` through a temporary file and a rename, so a crash never leaves a
 /// half-written file under the final name.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    // A temporary name per process and call, so concurrent writers of one file never collide.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = PathBuf::from(path);
-    let name = format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out"));
+    let name =
+        format!(".{}.{}.{call}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out"), std::process::id());
     tmp.set_file_name(name);
     {
         let mut f = File::create(&tmp)?;
