@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Figure 1(a) at CPU scale: training loss of Pre-LN and Keel at an aggressive peak LR (the paper's
 # 4.5e-3 scaled to a narrow model: 2e-2), depth 64 sub-layers, 400 steps, then the loss figure with
-# divergence marked. About 4 minutes on 2 cores. Not part of CI.
+# divergence marked. About 35 seconds on 2 cores. Not part of CI.
 #   scripts/figure1a_aggressive_lr.sh [OUT=runs/fig1a]
 set -euo pipefail
 cd "$(dirname "$0")/.."

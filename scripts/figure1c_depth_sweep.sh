@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Figure 1(c) at CPU scale: Pre-LN vs Keel, depth 64..1024 sub-layers, on a narrow model and a
 # short budget (d_model 32, 2 heads, seq 32, batch 8, 300 steps, peak LR 3e-3 with cosine decay,
-# synthetic tasks), then the figures. About 10 minutes on 2 cores (two runs at a time, one thread
+# synthetic tasks), then the figures. About 5 minutes on 2 cores (two runs at a time, one thread
 # each). Not part of CI.
 #   scripts/figure1c_depth_sweep.sh [OUT=runs/fig1c]
 set -euo pipefail
