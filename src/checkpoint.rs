@@ -17,7 +17,6 @@
 use crate::train::Trainer;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -49,12 +48,6 @@ pub struct TrainState {
     /// sha256 of each tensor file.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
-}
-
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
-    Ok(format!("{:x}", h.finalize()))
 }
 
 fn step_dir(run: &Path, step: usize) -> PathBuf {
@@ -95,7 +88,7 @@ pub fn save(run: &Path, trainer: &Trainer, mut state: TrainState) -> anyhow::Res
     }
     save_tensors(&trainer.opt.state_tensors(&trainer.model.params)?, &tmp.join(OPTIMIZER))?;
     for f in [MODEL, OPTIMIZER] {
-        state.files.insert(f.into(), sha256_file(&tmp.join(f))?);
+        state.files.insert(f.into(), crate::metrics::sha256_file(&tmp.join(f))?);
     }
     crate::metrics::write_atomic(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
     fsync_dir(&tmp);
@@ -163,7 +156,8 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Loaded, Unusable> {
     let mut tensors = Vec::new();
     for f in [MODEL, OPTIMIZER] {
         let want = state.files.get(f).ok_or_else(|| Unusable::Corrupt(format!("{STATE} lists no checksum for {f}")))?;
-        let got = sha256_file(&path.join(f)).map_err(|e| Unusable::Corrupt(format!("cannot read {f}: {e}")))?;
+        let got = crate::metrics::sha256_file(&path.join(f))
+            .map_err(|e| Unusable::Corrupt(format!("cannot read {f}: {e}")))?;
         if &got != want {
             return Err(Unusable::Corrupt(format!("{f} fails its checksum (truncated or modified)")));
         }

@@ -35,6 +35,14 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Hex sha256 of a file's contents.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
 pub struct RunWriters {
     metrics: csv::Writer<File>,
     eval: csv::Writer<File>,

@@ -18,7 +18,6 @@ use super::{Corpus, DataError, Tokens};
 use crate::rng::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -169,7 +168,6 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
     };
     let mut split_rng = Rng::stream(opts.seed, "document-split");
     let mut docs = Documents::new(inputs, opts.on_invalid_utf8);
-    let mut hashers: Vec<Sha256> = inputs.iter().map(|_| Sha256::new()).collect();
     let pb = progress_bar(total, opts.progress);
     pb.set_message("tokenizing");
     loop {
@@ -201,18 +199,16 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
     pb.finish_and_clear();
     train.close()?;
     val.close()?;
-    // Hash the inputs as read (a second, sequential read: cheap next to tokenization).
+    // A second, sequential read of the inputs: cheap next to tokenization.
     let mut input_meta = Vec::new();
-    for (input, hasher) in inputs.iter().zip(hashers.iter_mut()) {
-        let mut f = std::fs::File::open(&input.path)
-            .map_err(|source| DataError::Read { path: input.path.display().to_string(), source })?;
-        std::io::copy(&mut f, hasher)
+    for input in inputs {
+        let sha256 = crate::metrics::sha256_file(&input.path)
             .map_err(|source| DataError::Read { path: input.path.display().to_string(), source })?;
         input_meta.push(InputMeta {
             origin: input.origin.clone(),
             path: input.path.display().to_string(),
             bytes: input.bytes,
-            sha256: format!("{:x}", hasher.clone().finalize()),
+            sha256,
         });
     }
     tokenizer.save(&out.join("tokenizer.json"))?;
