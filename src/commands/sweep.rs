@@ -167,7 +167,8 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
         axes.push(Axis { key: key.trim().into(), values: values.split(',').map(|v| v.trim().to_string()).collect() });
     }
     let mut jobs = Vec::new();
-    let mut first_corpus: Option<crate::data::Corpus> = None;
+    // Each distinct [data] section is loaded once, for its vocabulary (a --grid may vary it).
+    let mut vocab_by_data: Vec<(String, usize)> = Vec::new();
     for (sets, name) in expand(&axes) {
         let mut all = args.config.set.clone();
         all.extend(sets);
@@ -176,16 +177,16 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
         if let Some(d) = &args.config.device {
             c.run.device = d.clone();
         }
-        let corpus = match &first_corpus {
-            Some(c) => c.vocab_size,
+        let key = format!("{:?}", c.data);
+        let vocab = match vocab_by_data.iter().find(|(k, _)| *k == key) {
+            Some(&(_, v)) => v,
             None => {
-                let loaded = crate::data::Corpus::load(&c.data, c.train.seq_len)?;
-                let v = loaded.vocab_size;
-                first_corpus = Some(loaded);
+                let v = crate::data::Corpus::load(&c.data, c.train.seq_len)?.vocab_size;
+                vocab_by_data.push((key, v));
                 v
             }
         };
-        let resolved = c.resolve(corpus).with_context(|| format!("run {name}"))?;
+        let resolved = c.resolve(vocab).with_context(|| format!("run {name}"))?;
         jobs.push(Job { dir: args.out.join(&name), name, config: resolved });
     }
     if args.dry_run {
