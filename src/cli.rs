@@ -27,6 +27,96 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Figures (PNG and SVG) from run, sweep and stress folders and probe CSVs.
     Plot(PlotArgs),
+    /// Score a run (or a Hugging Face Llama model) on benchmarks: MMLU, perplexity, multiple choice,
+    /// BIG-bench, the synthetic tasks, and the layer-removal study.
+    Eval(EvalArgs),
+    /// Export a run's weights: Llama-compatible for Pre-LN/RMSNorm/RoPE/SwiGLU runs, keel's own
+    /// documented format otherwise.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bench {
+    /// MMLU in its original CSV layout, scored as lm-evaluation-harness's default task.
+    Mmlu,
+    /// Perplexity and bits per byte on a prepared folder's val split or a text file.
+    Ppl,
+    /// Multiple choice from JSONL: question/context, choices, answer index.
+    McJsonl,
+    /// A BIG-bench multiple-choice task folder (task.json).
+    Bigbench,
+    /// Held-out accuracy on keel's built-in synthetic tasks.
+    Synthetic,
+    /// Perplexity with each sub-layer removed in turn (the paper's Figure 6).
+    LayerRemoval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShotSource {
+    /// Exemplars from the dev split, in file order (lm-evaluation-harness's default).
+    Dev,
+    /// Exemplars from the head of the test split, which are then excluded from scoring.
+    Test,
+    /// No exemplars when there is no dev split.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Which benchmark.
+    #[arg(long)]
+    pub bench: Bench,
+    /// The run directory to score (its config.toml and model.safetensors).
+    #[arg(long, conflicts_with = "hf_model", required_unless_present = "hf_model")]
+    pub run: Option<PathBuf>,
+    /// Score a Llama-family model instead: a folder with config.json, *.safetensors and
+    /// tokenizer.json, or ORG/NAME from the Hugging Face hub cache.
+    #[arg(long, value_name = "DIR_OR_ORG/NAME")]
+    pub hf_model: Option<String>,
+    /// Benchmark data: MMLU folder (or hf:ORG/NAME), JSONL file, BIG-bench task folder, prepared data
+    /// folder or text file (ppl, layer-removal; default: the run's own validation data).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Few-shot exemplars per question (MMLU, mc-jsonl, bigbench).
+    #[arg(long, default_value_t = 0)]
+    pub shots: usize,
+    /// Where MMLU exemplars come from when a subject has no dev split.
+    #[arg(long, value_enum, default_value = "dev")]
+    pub shots_from: ShotSource,
+    /// MMLU subjects to score, comma-separated (default: all found).
+    #[arg(long, value_delimiter = ',')]
+    pub subjects: Vec<String>,
+    /// Score at most N questions per subject/task (or N windows for ppl).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Perplexity windows advance by this many tokens (default: half the context).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Results folder (default: RUN/eval/BENCH..., or runs/hf/NAME/eval/... for --hf-model).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Device: cpu, cuda, cuda:N, metal or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Overwrite an existing results folder.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar or table.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The run directory to export.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output folder for the Hugging Face layout (must not exist or be empty).
+    #[arg(long)]
+    pub hf: PathBuf,
 }
 
 #[derive(Debug, Args)]

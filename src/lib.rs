@@ -8,6 +8,8 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod divergence;
+pub mod eval;
+pub mod export;
 pub mod grid;
 pub mod metrics;
 pub mod model;

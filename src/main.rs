@@ -27,6 +27,8 @@ fn main() {
         Command::Stress(args) => keel::commands::stress::run(&args),
         Command::Sweep(args) => keel::commands::sweep::run(&args),
         Command::Plot(args) => keel::commands::plot::run(&args).map(|()| 0),
+        Command::Eval(args) => keel::commands::eval::run(&args).map(|()| 0),
+        Command::Export(args) => keel::commands::export::run(&args).map(|()| 0),
     };
     match result {
         Ok(0) => {}

@@ -303,6 +303,17 @@ impl SubLayer {
             }
         }
     }
+
+    /// The sub-layer with its branch removed (F = 0), keeping the shortcut and any norm on it:
+    /// Keel x' = N_out(alpha * x), Post-LN x' = N(alpha * x), Pre-LN x' = x.
+    pub fn forward_without_branch(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        match &self.residual {
+            Residual::Pre { .. } | Residual::Plain => Ok(x.clone()),
+            Residual::Post { alpha, norm } => norm.forward(&(x * *alpha)?, k),
+            Residual::Keel { alpha, norm_out, .. } => norm_out.forward(&(x * *alpha)?, k),
+            Residual::NormedShortcut { norm } => norm.forward(x, k),
+        }
+    }
 }
 
 /// The language model: embedding, L sub-layers, optional final norm, LM head.
@@ -450,6 +461,23 @@ impl Model {
             None => x,
         };
         Ok((x, inputs))
+    }
+
+    /// Like [`Model::hidden`] with sub-layer `removed`'s branch dropped (the layer-removal study).
+    pub fn hidden_removing(&self, tokens: &Tensor, removed: Option<usize>) -> Result<Tensor> {
+        let (batch, seq) = tokens.dims2()?;
+        let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?;
+        for sl in &self.sublayers {
+            x = if Some(sl.index) == removed {
+                sl.forward_without_branch(&x, self.kernels)?
+            } else {
+                sl.forward(&x, batch, seq, &self.rope, self.kernels)?
+            };
+        }
+        match &self.final_norm {
+            Some(n) => n.forward(&x, self.kernels),
+            None => Ok(x),
+        }
     }
 
     /// Logits from the final hidden state (B*T, C) -> (B*T, V).

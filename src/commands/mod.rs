@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
+pub mod export;
 pub mod plot;
 pub mod probe;
 pub mod stress;

@@ -7,7 +7,9 @@
 //! - a sweep directory (summary.csv): a summary column against depth per placement, log2 x-axis
 //!   (Figure 1c style);
 //! - a stress directory (stress.csv): maximum tolerable LR against depth per placement (Table 1);
-//! - a probe CSV (`keel probe --out`): input-gradient norm against sub-layer per placement and depth.
+//! - a probe CSV (`keel probe --out`): input-gradient norm against sub-layer per placement and depth;
+//! - layer-removal studies (`keel eval --bench layer-removal` folders): perplexity increase against
+//!   the removed sub-layer, one line per study (Figure 6).
 //!
 //! Colours are fixed per placement across figures. Text needs a TrueType font (plotters lays out
 //! SVG text with its metrics too): keel uses `KEEL_FONT` or the first DejaVu/Liberation font in the
@@ -399,12 +401,47 @@ pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
     })
 }
 
+/// Perplexity increase against the removed sub-layer, one line per study (the paper's Figure 6),
+/// from `keel eval --bench layer-removal` folders or their layer_removal.csv files.
+pub fn layer_removal_figure(inputs: &[PathBuf]) -> Result<Figure> {
+    let mut series = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let (file, dir) = if input.is_dir() {
+            (input.join("layer_removal.csv"), input.clone())
+        } else {
+            (input.clone(), input.parent().map(Path::to_path_buf).unwrap_or_default())
+        };
+        let (h, rows) = records(&file)?;
+        let (l, d) = (col(&h, "sublayer", &file)?, col(&h, "delta_perplexity", &file)?);
+        let placement = std::fs::read_to_string(dir.join("results.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("placement").and_then(|p| p.as_str()).map(String::from))
+            .unwrap_or_else(|| format!("study {}", i + 1));
+        let color = if placement.starts_with("study") { nth_color(i) } else { placement_color(&placement) };
+        let points = rows.iter().map(|r| (num(r, l), num(r, d))).filter(|p| p.0 >= 0.0).collect();
+        series.push(Series { label: placement, color, points, marker: None });
+    }
+    Ok(Figure {
+        name: "layer_removal".into(),
+        title: "perplexity increase when one sub-layer is removed".into(),
+        x_label: "removed sub-layer (0 = bottom)".into(),
+        y_label: "delta perplexity".into(),
+        x_scale: Scale::Linear,
+        y_scale: Scale::Linear,
+        series,
+    })
+}
+
 pub fn run(args: &PlotArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
     let mut runs = Vec::new();
     let mut figures = Vec::new();
+    let mut removal = Vec::new();
     for p in &args.paths {
-        if p.is_file() {
+        if p.join("layer_removal.csv").exists() || p.file_name().is_some_and(|n| n == "layer_removal.csv") {
+            removal.push(p.clone());
+        } else if p.is_file() {
             figures.push(probe_figure(p)?);
         } else if p.join("metrics.csv").exists() {
             runs.push(p.clone());
@@ -414,11 +451,14 @@ pub fn run(args: &PlotArgs) -> Result<()> {
             figures.push(max_lr_figure(p)?);
         } else {
             return Err(InputError(format!(
-                "{} is neither a run directory (metrics.csv), a sweep (summary.csv), a stress folder (stress.csv) nor a probe CSV",
+                "{} is neither a run directory (metrics.csv), a sweep (summary.csv), a stress folder (stress.csv), a layer-removal study (layer_removal.csv) nor a probe CSV",
                 p.display()
             ))
             .into());
         }
+    }
+    if !removal.is_empty() {
+        figures.push(layer_removal_figure(&removal)?);
     }
     if !runs.is_empty() {
         figures.push(loss_figure(&runs, args.log_x)?);

@@ -54,6 +54,20 @@ pub fn provenance(resolved: &Resolved, device: &candle_core::Device, corpus: &Co
     meta
 }
 
+/// The run keeps its own `tokenizer.json`, so `keel eval` and `keel export` need nothing else.
+fn save_tokenizer(config: &Config, out: &Path) -> Result<()> {
+    let path = out.join("tokenizer.json");
+    match &config.data.path {
+        Some(dir) => {
+            let bytes = std::fs::read(Path::new(dir).join("tokenizer.json"))
+                .with_context(|| format!("reading {dir}/tokenizer.json"))?;
+            crate::metrics::write_atomic(&path, &bytes)?;
+        }
+        None => crate::data::tokenizer::KeelTokenizer::byte().save(&path)?,
+    }
+    Ok(())
+}
+
 fn progress_mode(quiet: bool) -> ProgressMode {
     if quiet {
         ProgressMode::Quiet
@@ -108,6 +122,7 @@ pub fn run(args: &TrainArgs) -> Result<i32> {
         resolved.to_toml(provenance(&resolved, &device, &corpus)).as_bytes(),
     )
     .with_context(|| format!("writing {}", out.join("config.toml").display()))?;
+    save_tokenizer(&config, &out)?;
     let stop = crate::signals::install();
     let outcome = train(&resolved, &corpus, &device, &out, progress_mode(args.quiet), Start::Fresh, stop)?;
     Ok(report(&outcome, &out, args.quiet))

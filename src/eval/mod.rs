@@ -1,0 +1,321 @@
+//! Benchmarks scored by log-likelihood, the way lm-evaluation-harness scores them.
+//!
+//! Every benchmark reduces to [`Request`]s: a token sequence whose tail (the continuation) is scored
+//! given its head (the context). A [`LanguageModel`] answers them with the summed log-probability of
+//! the continuation and whether greedy decoding would have produced it. keel's own runs
+//! ([`KeelLm`]) and Llama-family models loaded with candle-transformers ([`hf::HfLlama`]) both
+//! implement it, so every benchmark runs on either.
+
+pub mod hf;
+pub mod layer_removal;
+pub mod mc;
+pub mod mmlu;
+pub mod ppl;
+pub mod synthetic;
+
+use crate::config::{Config, Resolved};
+use crate::data::tokenizer::KeelTokenizer;
+use crate::model::Model;
+use crate::InputError;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// Score `tokens[cont_start..]` given `tokens[..cont_start]` (`cont_start >= 1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub tokens: Vec<u32>,
+    pub cont_start: usize,
+}
+
+/// A scored continuation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Sum of the natural-log probabilities of the continuation's tokens.
+    pub logprob: f64,
+    /// Every continuation token is the argmax of its prediction.
+    pub greedy: bool,
+    /// Continuation length in tokens.
+    pub n_tokens: usize,
+}
+
+/// Anything that scores [`Request`]s.
+pub trait LanguageModel {
+    /// One line naming the model, for results files.
+    fn describe(&self) -> String;
+    /// The most tokens one forward pass may take (a request's inputs are `tokens[..len - 1]`).
+    fn max_len(&self) -> usize;
+    fn tokenizer(&self) -> &KeelTokenizer;
+    /// Scores `requests` in order; `done(n)` reports progress as requests finish.
+    fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> Result<Vec<Scored>>;
+}
+
+/// Encodes a (context, continuation) pair as lm-evaluation-harness does: trailing whitespace of the
+/// context moves to the front of the continuation, the whole string is encoded once, and the
+/// continuation is what follows the separately encoded context. An empty context becomes the
+/// end-of-text token (or a newline, for tokenizers without one). Returns `(tokens, cont_start)`.
+pub fn encode_pair(tok: &KeelTokenizer, context: &str, continuation: &str) -> Result<(Vec<u32>, usize)> {
+    let trimmed = context.trim_end();
+    let (context, continuation) = if trimmed.len() < context.len() {
+        (trimmed.to_string(), format!("{}{continuation}", &context[trimmed.len()..]))
+    } else {
+        (context.to_string(), continuation.to_string())
+    };
+    if context.is_empty() {
+        let prefix = match tok.eot {
+            Some(id) => vec![id],
+            None => tok.encode("\n")?,
+        };
+        let cont = tok.encode(&continuation)?;
+        let start = prefix.len();
+        return Ok(([prefix, cont].concat(), start));
+    }
+    let whole = tok.encode(&format!("{context}{continuation}"))?;
+    let ctx = tok.encode(&context)?;
+    let start = ctx.len().min(whole.len());
+    Ok((whole, start))
+}
+
+/// Keeps the last `max_len + 1` tokens, as the harness does when a request exceeds the model's
+/// context. Returns the request and how many tokens were cut from the front.
+pub fn fit(mut tokens: Vec<u32>, cont_start: usize, max_len: usize) -> (Request, usize) {
+    let cut = tokens.len().saturating_sub(max_len + 1);
+    if cut > 0 {
+        tokens.drain(..cut);
+    }
+    (Request { cont_start: cont_start.saturating_sub(cut).max(1), tokens }, cut)
+}
+
+/// A trained keel run: its resolved config, model and tokenizer.
+pub struct LoadedRun {
+    pub dir: PathBuf,
+    pub resolved: Resolved,
+    pub model: Model,
+    pub tokenizer: KeelTokenizer,
+}
+
+/// The tokenizer a run was trained with: the run's own `tokenizer.json` (written by `keel train`),
+/// else the prepared data folder's, else bytes.
+pub fn run_tokenizer(dir: &Path, config: &Config) -> Result<KeelTokenizer> {
+    let spec = match &config.data.path {
+        Some(p) => crate::data::prepare::read_meta(Path::new(p)).map(|m| m.tokenizer).ok(),
+        None => Some("byte".to_string()),
+    };
+    let own = dir.join("tokenizer.json");
+    if own.exists() {
+        let spec = spec.unwrap_or_else(|| own.display().to_string());
+        return Ok(KeelTokenizer::from_prepared(&own, &spec)?);
+    }
+    match (&config.data.path, spec) {
+        (None, _) => Ok(KeelTokenizer::byte()),
+        (Some(p), Some(spec)) => Ok(KeelTokenizer::from_prepared(&Path::new(p).join("tokenizer.json"), &spec)?),
+        (Some(p), None) => Err(InputError(format!(
+            "run {} has no tokenizer.json and its data folder {p} is gone\n  copy the data folder's tokenizer.json into the run directory",
+            dir.display()
+        ))
+        .into()),
+    }
+}
+
+/// Loads `dir/config.toml` and `dir/model.safetensors` onto `device`.
+pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
+    let config_path = dir.join("config.toml");
+    let weights_path = dir.join("model.safetensors");
+    if !config_path.exists() {
+        return Err(InputError(format!(
+            "{} has no config.toml: not a keel run directory\n  pass --run with a folder written by `keel train`",
+            dir.display()
+        ))
+        .into());
+    }
+    if !weights_path.exists() {
+        return Err(InputError(format!(
+            "run {} has no model.safetensors: the run has not finished (or diverged)\n  finish it with `keel train --resume {}`, or score another run",
+            dir.display(),
+            dir.display()
+        ))
+        .into());
+    }
+    let config = Config::load(Some(&config_path), &[])?;
+    let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+        InputError(format!(
+            "{} cannot be read as safetensors: {e}\n  the file is damaged; re-run training or restore it",
+            weights_path.display()
+        ))
+    })?;
+    let vocab = match (config.model.vocab_size, weights.get("tok_emb")) {
+        (Some(v), _) => v,
+        (None, Some(t)) => t.dim(0)?,
+        (None, None) => crate::data::BYTE_VOCAB,
+    };
+    let resolved = config.resolve(vocab)?;
+    let model = Model::new(&resolved, device)?;
+    for p in &model.params {
+        let t = weights.get(&p.name).ok_or_else(|| {
+            InputError(format!(
+                "{} lacks the tensor {}: it does not belong to this run's config.toml\n  restore the run's own model.safetensors",
+                weights_path.display(),
+                p.name
+            ))
+        })?;
+        if t.dims() != p.var.dims() {
+            return Err(InputError(format!(
+                "{}: tensor {} has shape {:?}, the config needs {:?}\n  restore the run's own model.safetensors",
+                weights_path.display(),
+                p.name,
+                t.dims(),
+                p.var.dims()
+            ))
+            .into());
+        }
+        p.var.set(&t.to_dtype(p.var.dtype())?.to_device(device)?)?;
+    }
+    let tokenizer = run_tokenizer(dir, &config)?;
+    if tokenizer.vocab_size() > resolved.vocab_size() {
+        return Err(InputError(format!(
+            "the run's tokenizer has {} tokens but its model only {}\n  the run directory's tokenizer.json belongs to another run",
+            tokenizer.vocab_size(),
+            resolved.vocab_size()
+        ))
+        .into());
+    }
+    Ok(LoadedRun { dir: dir.to_path_buf(), resolved, model, tokenizer })
+}
+
+/// A keel model answering requests in padded batches.
+pub struct KeelLm {
+    pub run: LoadedRun,
+    pub batch_size: usize,
+    /// Sub-layer whose branch is removed (the layer-removal study), if any.
+    pub removed: Option<usize>,
+}
+
+/// Most logits rows materialized at once (rows x vocab floats stay near 128 MB).
+const LOGIT_FLOATS: usize = 32 << 20;
+
+impl KeelLm {
+    pub fn new(run: LoadedRun, batch_size: usize) -> Self {
+        KeelLm { run, batch_size: batch_size.max(1), removed: None }
+    }
+
+    /// Scores one padded batch of requests.
+    fn score_batch(&self, batch: &[&Request]) -> Result<Vec<Scored>> {
+        let model = &self.run.model;
+        let device = model.tok_emb.device().clone();
+        let t = batch.iter().map(|r| r.tokens.len() - 1).max().unwrap_or(1);
+        let mut inputs = vec![0u32; batch.len() * t];
+        // Rows of the (B*T, C) hidden state whose next-token prediction is scored, and their targets.
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (b, r) in batch.iter().enumerate() {
+            let n = r.tokens.len() - 1;
+            inputs[b * t..b * t + n].copy_from_slice(&r.tokens[..n]);
+            for p in r.cont_start - 1..n {
+                rows.push((b * t + p) as u32);
+                targets.push(r.tokens[p + 1]);
+            }
+        }
+        let tokens = Tensor::from_vec(inputs, (batch.len(), t), &device)?;
+        let hidden = model.hidden_removing(&tokens, self.removed)?;
+        let vocab = model.vocab_size;
+        let chunk = (LOGIT_FLOATS / vocab).max(1);
+        let mut token_scores = Vec::with_capacity(rows.len());
+        for (rows, targets) in rows.chunks(chunk).zip(targets.chunks(chunk)) {
+            let idx = Tensor::new(rows, &device)?;
+            let logits = model.logits(&hidden.index_select(&idx, 0)?)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            for (row, &target) in logits.chunks(vocab).zip(targets) {
+                token_scores.push(log_softmax_at(row, target as usize));
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        let mut next = token_scores.into_iter();
+        for r in batch {
+            let n = r.tokens.len() - r.cont_start;
+            let mut s = Scored { logprob: 0.0, greedy: true, n_tokens: n };
+            for (lp, greedy) in next.by_ref().take(n) {
+                s.logprob += lp;
+                s.greedy &= greedy;
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// log softmax(row)[target] and whether `target` is the argmax (ties go to the lowest index).
+pub fn log_softmax_at(row: &[f32], target: usize) -> (f64, bool) {
+    let mut max = f32::NEG_INFINITY;
+    let mut arg = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > max {
+            max = v;
+            arg = i;
+        }
+    }
+    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    ((row[target] - max) as f64 - sum.ln(), arg == target || row[target] == max)
+}
+
+impl LanguageModel for KeelLm {
+    fn describe(&self) -> String {
+        let m = self.run.resolved.model();
+        format!(
+            "keel run {} ({}, depth {}, d_model {}, {} params)",
+            self.run.dir.display(),
+            m.placement.as_str(),
+            m.depth,
+            m.d_model,
+            self.run.model.n_params()
+        )
+    }
+
+    fn max_len(&self) -> usize {
+        self.run.resolved.train().seq_len
+    }
+
+    fn tokenizer(&self) -> &KeelTokenizer {
+        &self.run.tokenizer
+    }
+
+    fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> Result<Vec<Scored>> {
+        let max = self.max_len();
+        for r in requests {
+            anyhow::ensure!(
+                r.cont_start >= 1 && r.cont_start < r.tokens.len() && r.tokens.len() - 1 <= max,
+                "internal: request of {} tokens (continuation from {}) does not fit a context of {max}",
+                r.tokens.len(),
+                r.cont_start
+            );
+        }
+        // Longest first, so batches hold similar lengths and padding stays small.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(requests[i].tokens.len()));
+        let mut out = vec![Scored { logprob: 0.0, greedy: false, n_tokens: 0 }; requests.len()];
+        for idx in order.chunks(self.batch_size) {
+            let batch: Vec<&Request> = idx.iter().map(|&i| &requests[i]).collect();
+            let scored = self.score_batch(&batch).context("scoring a batch")?;
+            for (&i, s) in idx.iter().zip(scored) {
+                out[i] = s;
+            }
+            done(idx.len());
+        }
+        Ok(out)
+    }
+}
+
+/// Where a benchmark's results go: `--out`, else `RUN/eval/NAME`; an existing folder needs `--force`.
+pub fn results_dir(out: Option<&Path>, default: PathBuf, force: bool) -> Result<PathBuf> {
+    let dir = out.map(Path::to_path_buf).unwrap_or(default);
+    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) && !force {
+        return Err(InputError(format!(
+            "results folder {} already holds results; keel does not overwrite them\n  pass --force to replace them, or --out DIR",
+            dir.display()
+        ))
+        .into());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        InputError(format!("cannot create results folder {}: {e}\n  choose a writable --out", dir.display()))
+    })?;
+    Ok(dir)
+}

@@ -1,0 +1,110 @@
+//! Perplexity and bits per byte with fixed, documented windowing.
+//!
+//! With context `T` (the model's) and stride `S` (default `T/2`), every token after the first is
+//! scored exactly once. Window `k` ends at token `e_k = min(T + k*S, N - 1)`, takes the `T` tokens
+//! before it as input, and scores the targets after the previous window's end, so every scored
+//! token after the first window sees at least `T - S` tokens of context. Two runs that share a
+//! tokenizer and context length score the same tokens in the same windows, so their numbers compare.
+//!
+//! `ppl = exp(nll / tokens)`; `bits_per_byte = nll / ln 2 / bytes`, where `bytes` counts the UTF-8
+//! bytes of the scored tokens' text (all tokens but the first), which makes runs with different
+//! tokenizers comparable too.
+
+use super::{LanguageModel, Request};
+use crate::data::tokenizer::KeelTokenizer;
+use anyhow::Result;
+use serde::Serialize;
+
+/// The windows over `n` tokens: `(start, end, first_scored)` with inputs `tokens[start..end]` and
+/// targets `tokens[first_scored..=end]`.
+pub fn windows(n: usize, context: usize, stride: usize) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    if n < 2 || context == 0 {
+        return out;
+    }
+    let stride = stride.clamp(1, context);
+    let mut prev_end = 0;
+    let mut end = context.min(n - 1);
+    loop {
+        let start = end.saturating_sub(context);
+        out.push((start, end, prev_end + 1));
+        if end == n - 1 {
+            return out;
+        }
+        prev_end = end;
+        end = (end + stride).min(n - 1);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Perplexity {
+    pub tokens_scored: usize,
+    pub bytes_scored: usize,
+    pub windows: usize,
+    pub context: usize,
+    pub stride: usize,
+    /// Total negative log-likelihood in nats.
+    pub nll: f64,
+    pub nll_per_token: f64,
+    pub perplexity: f64,
+    pub bits_per_byte: f64,
+}
+
+/// UTF-8 bytes of the text of `tokens[1..]`.
+pub fn scored_bytes(tok: &KeelTokenizer, tokens: &[u32]) -> Result<usize> {
+    if tokens.len() < 2 {
+        return Ok(0);
+    }
+    let all = tok.decode(tokens)?.len();
+    let first = tok.decode(&tokens[..1])?.len();
+    Ok(all.saturating_sub(first))
+}
+
+/// The requests for `tokens` (at most `limit` windows).
+pub fn requests(tokens: &[u32], context: usize, stride: usize, limit: Option<usize>) -> Vec<Request> {
+    let mut w = windows(tokens.len(), context, stride);
+    w.truncate(limit.unwrap_or(usize::MAX));
+    w.into_iter()
+        .map(|(start, end, first)| Request { tokens: tokens[start..=end].to_vec(), cont_start: first - start })
+        .collect()
+}
+
+/// Scores `tokens` with `lm`; `limit` caps the number of windows (the bytes then count only the
+/// scored prefix).
+pub fn perplexity(
+    lm: &mut dyn LanguageModel,
+    tokens: &[u32],
+    stride: Option<usize>,
+    limit: Option<usize>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Perplexity> {
+    let context = lm.max_len();
+    let stride = stride.unwrap_or((context / 2).max(1)).clamp(1, context);
+    let reqs = requests(tokens, context, stride, limit);
+    anyhow::ensure!(
+        !reqs.is_empty(),
+        crate::InputError(format!("the text has {} tokens; perplexity needs at least 2", tokens.len()))
+    );
+    let total = reqs.len();
+    progress(0, total);
+    let mut done = 0;
+    let scores = lm.score(&reqs, &mut |n| {
+        done += n;
+        progress(done, total)
+    })?;
+    let nll: f64 = -scores.iter().map(|s| s.logprob).sum::<f64>();
+    let n: usize = scores.iter().map(|s| s.n_tokens).sum();
+    let scored_end = windows(tokens.len(), context, stride).get(total - 1).map(|w| w.1).unwrap_or(0);
+    let bytes = scored_bytes(lm.tokenizer(), &tokens[..=scored_end])?;
+    Ok(Perplexity {
+        tokens_scored: n,
+        bytes_scored: bytes,
+        windows: total,
+        context,
+        stride,
+        nll,
+        nll_per_token: nll / n as f64,
+        perplexity: (nll / n as f64).exp(),
+        bits_per_byte: nll / std::f64::consts::LN_2 / bytes.max(1) as f64,
+    })
+}

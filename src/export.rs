@@ -1,0 +1,1 @@
+//! `keel export`: a run's weights in the Hugging Face Llama layout. STUB: being written.

@@ -1,0 +1,498 @@
+//! `keel eval`: MMLU prompts and scoring against lm-evaluation-harness's format, the other
+//! benchmarks' bookkeeping, and a real (tiny) model's scores against an independent computation.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use keel::cli::ShotSource;
+use keel::config::Config;
+use keel::data::tokenizer::KeelTokenizer;
+use keel::eval::{self, mc, mmlu, ppl, synthetic, KeelLm, LanguageModel, Request, Scored};
+use keel::model::Model;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mmlu");
+
+fn keel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+/// A byte-level model whose scores are a fixed function of the tokens: each continuation token t
+/// gets log-probability `-(t as f64) / 100`, and is "greedy" when it is below 100.
+struct FakeLm {
+    tok: KeelTokenizer,
+    max_len: usize,
+    seen: Vec<Request>,
+}
+
+impl FakeLm {
+    fn new(max_len: usize) -> Self {
+        FakeLm { tok: KeelTokenizer::byte(), max_len, seen: Vec::new() }
+    }
+}
+
+impl LanguageModel for FakeLm {
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+    fn tokenizer(&self) -> &KeelTokenizer {
+        &self.tok
+    }
+    fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> anyhow::Result<Vec<Scored>> {
+        self.seen.extend(requests.iter().cloned());
+        done(requests.len());
+        Ok(requests
+            .iter()
+            .map(|r| {
+                let cont = &r.tokens[r.cont_start..];
+                Scored {
+                    logprob: cont.iter().map(|&t| -(t as f64) / 100.0).sum(),
+                    greedy: cont.iter().all(|&t| t < 100),
+                    n_tokens: cont.len(),
+                }
+            })
+            .collect())
+    }
+}
+
+fn subjects() -> Vec<mmlu::Subject> {
+    mmlu::load_dir(Path::new(FIXTURE), &[]).unwrap()
+}
+
+#[test]
+fn csv_quoting_commas_and_newlines_are_read_as_fields() {
+    let s = subjects();
+    let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["abstract_algebra", "virology", "world_religions"]);
+    let aa = &s[0];
+    assert_eq!(aa.test.len(), 3);
+    assert_eq!(aa.test[1].question, "Statement 1 | Every group of order 4 is abelian.\nStatement 2 | Every cyclic group is abelian.");
+    assert_eq!(aa.test[1].choices[0], "True, True");
+    assert_eq!(aa.test[2].question, "Let p = \"x\"; what is p, quoted?");
+    assert_eq!(aa.test[2].choices, ["\"x\"", "x", "'x'", "none of these"].map(String::from));
+    assert_eq!(s[1].test[0].choices[0], "Herpesviridae, e.g. HSV-1");
+    assert!(s[1].dev.is_none(), "virology has no dev split in the fixture");
+    assert_eq!(s[2].test.iter().map(|q| q.answer).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[test]
+fn prompts_match_the_harness_format_byte_for_byte() {
+    let s = subjects();
+    let aa = &s[0];
+    let zero = mmlu::prompt(&aa.name, &[], &aa.test[0]);
+    assert_eq!(
+        zero,
+        "The following are multiple choice questions (with answers) about abstract algebra.\n\n\
+         How many elements does the symmetric group S_3 have?\nA. 6\nB. 3\nC. 9\nD. 12\nAnswer:"
+    );
+    let dev = aa.dev.as_ref().unwrap();
+    let two = mmlu::prompt(&aa.name, &dev[..2], &aa.test[1]);
+    let expected = "The following are multiple choice questions (with answers) about abstract algebra.\n\n\
+        Find the order of the element 2 in Z_5, the integers modulo 5, under addition.\nA. 5\nB. 2\nC. 10\nD. 1\nAnswer: A\n\n\
+        Which of the following is a group under multiplication?\nA. the integers\nB. the nonzero rationals\nC. the even integers, with 0\nD. the natural numbers\nAnswer: B\n\n\
+        Statement 1 | Every group of order 4 is abelian.\nStatement 2 | Every cyclic group is abelian.\nA. True, True\nB. False, False\nC. True, False\nD. False, True\nAnswer:";
+    assert_eq!(two, expected);
+    // 5 shots requested from a dev split of 2: all of dev, in file order.
+    let mut lm = FakeLm::new(100_000);
+    let opts = mmlu::Options { shots: 5, shots_from: ShotSource::Dev, limit: None };
+    let err = mmlu::build(lm.tokenizer(), lm.max_len(), &s, &opts).unwrap_err().to_string();
+    assert!(err.contains("virology has no dev split") && err.contains("--shots-from"), "{err}");
+    let only_aa = vec![aa.clone()];
+    let (items, reqs) = mmlu::build(lm.tokenizer(), lm.max_len(), &only_aa, &opts).unwrap();
+    assert_eq!(items[1].context, expected);
+    assert_eq!(items[1].shots_used, 2);
+    assert_eq!(reqs.len(), 4 * 3);
+    let _ = lm.score(&reqs, &mut |_| {}).unwrap();
+}
+
+#[test]
+fn continuation_split_follows_the_harness() {
+    let tok = KeelTokenizer::byte();
+    let (t, start) = eval::encode_pair(&tok, "Answer:", " A").unwrap();
+    assert_eq!(t, b"Answer: A".iter().map(|&b| b as u32).collect::<Vec<_>>());
+    assert_eq!(start, 7);
+    // Trailing whitespace of the context moves to the continuation.
+    let (t2, start2) = eval::encode_pair(&tok, "Answer: ", "A").unwrap();
+    assert_eq!((t2, start2), (t, 7));
+    // A BPE tokenizer: the continuation is whole[len(enc(context))..], as the harness slices it.
+    let docs = (0..200).map(|i| format!("Answer: A{i} Answer: B Answer: C\n"));
+    let bpe = KeelTokenizer::train_bpe(300, docs).unwrap();
+    let (whole, start) = eval::encode_pair(&bpe, "Question?\nAnswer:", " B").unwrap();
+    let ctx = bpe.encode("Question?\nAnswer:").unwrap();
+    assert_eq!(start, ctx.len());
+    assert_eq!(whole, bpe.encode("Question?\nAnswer: B").unwrap());
+    assert_eq!(bpe.decode(&whole[start..]).unwrap(), " B");
+    // Empty context: the end-of-text token stands in.
+    let (t3, s3) = eval::encode_pair(&bpe, "", "hello").unwrap();
+    assert_eq!(t3[0], bpe.eot.unwrap());
+    assert_eq!(s3, 1);
+}
+
+#[test]
+fn shots_are_dropped_from_the_front_then_the_prompt_is_left_truncated() {
+    let s = subjects();
+    let aa = vec![s[0].clone()];
+    let opts = mmlu::Options { shots: 2, shots_from: ShotSource::Dev, limit: Some(1) };
+    let lens: Vec<usize> = (0..=2)
+        .map(|k| mmlu::prompt("abstract_algebra", &aa[0].dev.as_ref().unwrap()[2 - k..], &aa[0].test[0]).len() + 2)
+        .collect();
+    // Room for exactly one shot: the first (oldest) is dropped.
+    let (items, reqs) = mmlu::build(&KeelTokenizer::byte(), lens[1] - 1, &aa, &opts).unwrap();
+    assert_eq!((items[0].shots_used, items[0].shots_dropped, items[0].truncated_tokens), (1, 1, 0));
+    assert!(items[0].context.contains("Which of the following is a group") && !items[0].context.contains("Z_5"));
+    assert!(reqs.iter().all(|r| r.tokens.len() == lens[1]));
+    // Room for everything.
+    let (items, _) = mmlu::build(&KeelTokenizer::byte(), lens[2] - 1, &aa, &opts).unwrap();
+    assert_eq!((items[0].shots_used, items[0].shots_dropped), (2, 0));
+    // Too small even for zero shots: all shots dropped, then the front cut off.
+    let (items, reqs) = mmlu::build(&KeelTokenizer::byte(), 40, &aa, &opts).unwrap();
+    assert_eq!((items[0].shots_used, items[0].shots_dropped), (0, 2));
+    assert_eq!(items[0].truncated_tokens, lens[0] - 41);
+    for (r, letter) in reqs.iter().zip(["A", "B", "C", "D"]) {
+        assert_eq!(r.tokens.len(), 41);
+        assert_eq!(r.cont_start, 39);
+        assert_eq!(&r.tokens[39..], &[b' ' as u32, letter.as_bytes()[0] as u32]);
+    }
+}
+
+#[test]
+fn test_split_exemplars_are_excluded_from_scoring() {
+    let s = subjects();
+    let wr = vec![mmlu::Subject { dev: None, ..s[2].clone() }];
+    let opts = mmlu::Options { shots: 1, shots_from: ShotSource::Test, limit: None };
+    let (items, _) = mmlu::build(&KeelTokenizer::byte(), 10_000, &wr, &opts).unwrap();
+    assert_eq!(items.len(), 1, "the exemplar is not scored");
+    assert_eq!(items[0].question.row, 1);
+    assert_eq!(items[0].shots_source, "test");
+    assert!(items[0].context.contains("In which city is the Kaaba?\nA. Medina\nB. Mecca\nC. Jerusalem\nD. Cairo\nAnswer: B\n\n"));
+    let none = mmlu::Options { shots: 1, shots_from: ShotSource::None, limit: None };
+    let (items, _) = mmlu::build(&KeelTokenizer::byte(), 10_000, &wr, &none).unwrap();
+    assert_eq!((items.len(), items[0].shots_used, items[0].shots_source), (2, 0, "none"));
+}
+
+#[test]
+fn accuracy_is_micro_averaged_overall_and_per_category() {
+    let q = |subject: &str, answer: usize| mmlu::Item {
+        question: mmlu::Question {
+            subject: subject.into(),
+            row: 0,
+            question: "q".into(),
+            choices: ["a", "b", "c", "d"].map(String::from),
+            answer,
+        },
+        context: String::new(),
+        shots_used: 0,
+        shots_dropped: 0,
+        truncated_tokens: 0,
+        shots_source: "none",
+    };
+    // Scores favour A except the last question, which ties A and C (the first wins, as np.argmax).
+    let sc = |lls: [f64; 4]| lls.map(|l| Scored { logprob: l, greedy: false, n_tokens: 1 }).to_vec();
+    let items = vec![q("anatomy", 0), q("anatomy", 0), q("anatomy", 0), q("virology", 1), q("philosophy", 2)];
+    let mut scores = Vec::new();
+    for _ in 0..4 {
+        scores.extend(sc([-1.0, -2.0, -3.0, -4.0]));
+    }
+    scores.extend(sc([-1.0, -2.0, -1.0, -4.0]));
+    let (answered, summary) = mmlu::score(&items, &scores);
+    assert_eq!(answered.iter().map(|a| a.predicted).collect::<Vec<_>>(), ["A", "A", "A", "A", "A"]);
+    assert_eq!((summary.overall.correct, summary.overall.total), (3, 5));
+    assert!((summary.overall.accuracy - 0.6).abs() < 1e-12, "micro, not the subject mean (1/3)");
+    assert_eq!(summary.subjects["anatomy"].accuracy, 1.0);
+    assert_eq!(summary.subjects["virology"].accuracy, 0.0);
+    assert_eq!(summary.categories["stem"].total, 3, "the harness puts anatomy in STEM");
+    assert_eq!(summary.categories["other"].total, 1);
+    assert_eq!(summary.categories["humanities"].accuracy, 0.0);
+    assert_eq!(mmlu::category("high_school_government_and_politics"), "social_sciences");
+}
+
+/// A run directory holding a tiny byte-level model with random weights (init_std 0.3, so its
+/// predictions are far from uniform).
+fn tiny_run(dir: &Path, placement: &str, seq_len: usize) -> PathBuf {
+    let sets: Vec<String> = [
+        "model.depth=4",
+        "model.d_model=16",
+        "model.n_heads=2",
+        "model.n_kv_heads=1",
+        "model.init_std=0.3",
+        &format!("model.placement=\"{placement}\""),
+        &format!("train.seq_len={seq_len}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let resolved = Config::load(None, &sets).unwrap().resolve(256).unwrap();
+    let model = Model::new(&resolved, &Device::Cpu).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.toml"), resolved.to_toml(toml::Table::new())).unwrap();
+    let tensors: HashMap<String, Tensor> = model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    dir.to_path_buf()
+}
+
+/// log p(tokens[cont_start..]) from one unpadded forward pass per request, in f64 on the host.
+fn independent_logprob(model: &Model, r: &Request) -> (f64, bool) {
+    let n = r.tokens.len() - 1;
+    let input = Tensor::from_vec(r.tokens[..n].to_vec(), (1, n), &Device::Cpu).unwrap();
+    let logits: Vec<Vec<f32>> = model.forward(&input).unwrap().to_vec2().unwrap();
+    let mut total = 0.0;
+    let mut greedy = true;
+    for p in r.cont_start - 1..n {
+        let row: Vec<f64> = logits[p].iter().map(|&v| v as f64).collect();
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        let target = r.tokens[p + 1] as usize;
+        total += row[target] - lse;
+        greedy &= row[target] == max;
+    }
+    (total, greedy)
+}
+
+#[test]
+fn a_real_model_scores_as_an_independent_computation_and_mmlu_predicts_its_argmax() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_run(&tmp.path().join("run"), "keel", 400);
+    let run = eval::load_run(&dir, &Device::Cpu).unwrap();
+    let mut lm = KeelLm::new(run, 3);
+    let s = subjects();
+    let opts = mmlu::Options { shots: 1, shots_from: ShotSource::Test, limit: None };
+    let (items, reqs) = mmlu::build(lm.tokenizer(), lm.max_len(), &s, &opts).unwrap();
+    assert!(reqs.iter().map(|r| r.tokens.len()).collect::<std::collections::BTreeSet<_>>().len() > 3, "mixed lengths");
+    let scores = lm.score(&reqs, &mut |_| {}).unwrap();
+    for (r, sc) in reqs.iter().zip(&scores) {
+        let (lp, greedy) = independent_logprob(&lm.run.model, r);
+        assert!((lp - sc.logprob).abs() < 1e-4, "batched {} vs independent {lp}", sc.logprob);
+        assert_eq!(greedy, sc.greedy);
+        assert_eq!(sc.n_tokens, 2, "' A' is two bytes");
+    }
+    let (results, answered) = mmlu::evaluate(&mut lm, &s, &opts, Path::new(FIXTURE), &mut |_, _| {}).unwrap();
+    assert_eq!(answered.len(), items.len());
+    let mut correct = 0;
+    for (a, chunk) in answered.iter().zip(reqs.chunks(4)) {
+        let lls: Vec<f64> = chunk.iter().map(|r| independent_logprob(&lm.run.model, r).0).collect();
+        let expect = mmlu::argmax(&lls);
+        assert_eq!(a.predicted, mmlu::LETTERS[expect], "{}", a.id);
+        correct += (a.predicted == a.gold) as usize;
+    }
+    assert_eq!(results.summary.overall.correct, correct);
+    assert_eq!(results.questions, items.len());
+}
+
+#[test]
+fn perplexity_windows_score_every_token_once() {
+    for (n, t, s) in [(2, 4, 2), (10, 4, 2), (11, 4, 3), (100, 16, 16), (100, 16, 1), (17, 16, 8)] {
+        let w = ppl::windows(n, t, s);
+        let mut scored = vec![0; n];
+        for &(start, end, first) in &w {
+            assert!(end - start <= t, "inputs fit the context");
+            assert!(first > start, "each scored token has a prediction in the window");
+            assert!(first == 1 || first - start >= t - s, "context of at least T - S");
+            for c in &mut scored[first..=end] {
+                *c += 1;
+            }
+        }
+        assert_eq!(scored[0], 0);
+        assert!(scored[1..].iter().all(|&c| c == 1), "n={n} t={t} s={s}: {scored:?}");
+    }
+    // A model that gives every token probability 1/256 has perplexity 256 and 8 bits per byte.
+    struct Uniform(KeelTokenizer);
+    impl LanguageModel for Uniform {
+        fn describe(&self) -> String {
+            "uniform".into()
+        }
+        fn max_len(&self) -> usize {
+            16
+        }
+        fn tokenizer(&self) -> &KeelTokenizer {
+            &self.0
+        }
+        fn score(&mut self, r: &[Request], _: &mut dyn FnMut(usize)) -> anyhow::Result<Vec<Scored>> {
+            Ok(r.iter()
+                .map(|r| {
+                    let n = r.tokens.len() - r.cont_start;
+                    Scored { logprob: -(n as f64) * 256f64.ln(), greedy: false, n_tokens: n }
+                })
+                .collect())
+        }
+    }
+    let text: Vec<u32> = "the quick brown fox jumps over the lazy dog, again and again".bytes().map(u32::from).collect();
+    let p = ppl::perplexity(&mut Uniform(KeelTokenizer::byte()), &text, None, None, &mut |_, _| {}).unwrap();
+    assert_eq!(p.tokens_scored, text.len() - 1);
+    assert_eq!(p.bytes_scored, text.len() - 1);
+    assert!((p.perplexity - 256.0).abs() < 1e-9 && (p.bits_per_byte - 8.0).abs() < 1e-12);
+    assert_eq!(p.stride, 8);
+}
+
+#[test]
+fn removing_a_sublayer_equals_zeroing_its_output_projection() {
+    let tmp = tempfile::tempdir().unwrap();
+    for placement in ["keel", "pre_ln", "post_ln"] {
+        let dir = tiny_run(&tmp.path().join(placement), placement, 32);
+        let run = eval::load_run(&dir, &Device::Cpu).unwrap();
+        let tokens = Tensor::from_vec((0..24u32).map(|i| (i * 37) % 256).collect::<Vec<_>>(), (2, 12), &Device::Cpu).unwrap();
+        let full = run.model.hidden(&tokens).unwrap();
+        for l in [1, 2] {
+            let removed = run.model.hidden_removing(&tokens, Some(l)).unwrap();
+            assert!(common::max_rel_diff(&removed, &full) > 1e-3, "{placement}: removing {l} changes the output");
+            // The same model with sub-layer l's output weights zeroed: F = 0 exactly.
+            let zeroed = eval::load_run(&dir, &Device::Cpu).unwrap();
+            let out_name = if l % 2 == 0 { format!("blocks.{}.attn.wo", l / 2) } else { format!("blocks.{}.ffn.w_out", l / 2) };
+            let p = zeroed.model.params.iter().find(|p| p.name == out_name).unwrap();
+            p.var.set(&p.var.as_tensor().zeros_like().unwrap()).unwrap();
+            let reference = zeroed.model.hidden(&tokens).unwrap();
+            assert!(common::max_rel_diff(&removed, &reference) < 1e-5, "{placement} sub-layer {l}");
+        }
+        assert!(common::max_rel_diff(&run.model.hidden_removing(&tokens, None).unwrap(), &full) == 0.0);
+    }
+}
+
+#[test]
+fn jsonl_and_bigbench_multiple_choice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jsonl = tmp.path().join("set.jsonl");
+    std::fs::write(
+        &jsonl,
+        concat!(
+            r#"{"question": "Pick one", "choices": ["aaaa", "b"], "answer": 1}"#,
+            "\n",
+            r#"{"context": "Raw context:", "choices": ["zz", "a"], "answer": "a"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let items = mc::read_jsonl(&jsonl).unwrap();
+    assert_eq!(items[0].context, "Question: Pick one\nAnswer:");
+    assert_eq!(items[1].correct, vec![1]);
+    // FakeLm: log p = -sum(bytes)/100. " aaaa" = -(32+4*97)/100 = -4.2, " b" = -1.3: acc picks b.
+    // Per character: -4.2/4 = -1.05 vs -1.3: acc_norm picks aaaa.
+    let mut lm = FakeLm::new(1000);
+    let (r, answered) = mc::evaluate(&mut lm, "mc", "set", &items, 0, None, &mut |_, _| {}).unwrap();
+    assert_eq!((answered[0].predicted, answered[0].predicted_norm), (1, 0));
+    assert_eq!((r.acc, r.acc_norm), (1.0, 0.5));
+    assert_eq!(lm.seen[0].tokens, b"Question: Pick one\nAnswer: aaaa".iter().map(|&b| b as u32).collect::<Vec<_>>());
+    // One shot: the first item becomes the exemplar and is not scored.
+    let mut lm = FakeLm::new(1000);
+    let (r, _) = mc::evaluate(&mut lm, "mc", "set", &items, 1, None, &mut |_, _| {}).unwrap();
+    assert_eq!(r.questions, 1);
+    let ctx: String = lm.seen[0].tokens[..lm.seen[0].cont_start].iter().map(|&t| t as u8 as char).collect();
+    assert_eq!(ctx, "Question: Pick one\nAnswer: b\n\nRaw context:");
+
+    let task = tmp.path().join("task");
+    std::fs::create_dir_all(&task).unwrap();
+    std::fs::write(
+        task.join("task.json"),
+        r#"{"name": "t", "examples": [{"input": "2+2?", "target_scores": {"4": 1, "5": 0}},
+            {"input": "gen only", "target": "x"}]}"#,
+    )
+    .unwrap();
+    let items = mc::read_bigbench(&task).unwrap();
+    assert_eq!(items.len(), 1, "examples without target_scores are skipped");
+    assert_eq!(items[0].context, "\nQ: 2+2?\n  choice: 4\n  choice: 5\nA: ");
+    assert_eq!(items[0].correct, vec![0]);
+    let mut lm = FakeLm::new(1000);
+    mc::evaluate(&mut lm, "bb", "t", &items, 0, None, &mut |_, _| {}).unwrap();
+    let r = &lm.seen[0];
+    assert_eq!(&r.tokens[r.cont_start..], &[b' ' as u32, b'4' as u32], "the prefix's trailing space moves over");
+}
+
+#[test]
+fn synthetic_examples_are_seeded_and_scored_by_greedy_match() {
+    let a = synthetic::examples(1234, 50);
+    assert_eq!(a.len(), 50);
+    assert_eq!(format!("{:?}", a), format!("{:?}", synthetic::examples(1234, 50)));
+    assert_ne!(format!("{:?}", a), format!("{:?}", synthetic::examples(1, 50)));
+    // FakeLm calls a continuation greedy when all its bytes are below 100: digits, "no\n", "yes\n"
+    // are; lowercase answers of rev/copy ('e' = 101 and up, mostly) are not.
+    let mut lm = FakeLm::new(1000);
+    let (outcomes, by_task) = synthetic::evaluate(&mut lm, &a, &mut |_, _| {}).unwrap();
+    for o in &outcomes {
+        let expect = format!("{}\n", o.answer).bytes().all(|b| b < 100);
+        assert_eq!(o.correct, expect, "{o:?}");
+    }
+    assert_eq!(by_task["all"].total, 50);
+    assert_eq!(by_task["add"].accuracy, 1.0);
+}
+
+#[test]
+fn eval_cli_end_to_end_and_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(&tmp.path().join("run"), "keel", 64);
+    let out = keel()
+        .args(["eval", "--bench", "mmlu", "--quiet", "--shots", "5", "--shots-from", "test", "--data", FIXTURE, "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/mmlu-5shot/results.json")).unwrap()).unwrap();
+    assert_eq!(res["questions"], 6, "virology's single question cannot spare an exemplar and stays scored");
+    assert_eq!(res["shots_source"]["virology"], "none");
+    assert_eq!(res["shots_source"]["abstract_algebra"], "dev");
+    let csv = std::fs::read_to_string(run.join("eval/mmlu-5shot/questions.csv")).unwrap();
+    assert!(csv.starts_with("id,subject,gold,predicted,ll_a,ll_b,ll_c,ll_d,"));
+    assert_eq!(csv.lines().count(), 7);
+    // Results are never overwritten without --force.
+    let again = keel()
+        .args(["eval", "--bench", "mmlu", "--quiet", "--shots", "5", "--shots-from", "test", "--data", FIXTURE, "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let removal = keel().args(["eval", "--bench", "layer-removal", "--quiet", "--limit", "2", "--run"]).arg(&run).output().unwrap();
+    assert!(removal.status.success(), "{}", String::from_utf8_lossy(&removal.stderr));
+    let rows = std::fs::read_to_string(run.join("eval/layer-removal/layer_removal.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 1 + 1 + 4, "header, full model, 4 sub-layers");
+    assert!(run.join("eval/layer-removal/layer_removal.png").exists());
+
+    // Bad MMLU folders: each names the file and row, exit status 2.
+    let bad = tmp.path().join("bad");
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("", "", &["has no test/ folder"]),
+        ("test/x_test.csv", "q,a,b,c,A\n", &["x_test.csv, row 1", "5 fields"]),
+        ("test/x_test.csv", "q,a,b,c,d,A\n\"q2\",a,b,c,d,E\n", &["x_test.csv, row 2", "\"E\" is not one of A, B, C, D"]),
+        ("test/x_test.csv", "", &["x_test.csv holds no questions"]),
+    ];
+    for (file, content, expect) in cases {
+        let _ = std::fs::remove_dir_all(&bad);
+        std::fs::create_dir_all(&bad).unwrap();
+        if !file.is_empty() {
+            std::fs::create_dir_all(bad.join("test")).unwrap();
+            std::fs::write(bad.join(file), content).unwrap();
+        }
+        let o = keel()
+            .args(["eval", "--bench", "mmlu", "--quiet", "--out"])
+            .arg(tmp.path().join("o"))
+            .arg("--data")
+            .arg(&bad)
+            .arg("--run")
+            .arg(&run)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        for e in expect {
+            assert!(err.contains(e), "{err} lacks {e}");
+        }
+        assert!(!err.contains("panicked"));
+    }
+    for (args, expect) in [
+        (vec!["--bench", "mmlu"], "needs --data"),
+        (vec!["--bench", "ppl", "--data", "/no/such/file"], "no such file"),
+        (vec!["--bench", "mc-jsonl", "--data", FIXTURE], "cannot read"),
+    ] {
+        let o = keel().arg("eval").args(&args).arg("--run").arg(&run).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expect), "{err}");
+    }
+    let o = keel().args(["eval", "--bench", "ppl", "--run", "/no/such/run"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}
