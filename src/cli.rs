@@ -176,6 +176,19 @@ pub struct SweepArgs {
     /// Rebuild summary.csv from the run directories in --out.
     #[arg(long)]
     pub collect: bool,
+    /// Score each finished run with `keel eval` (comma-separated: synthetic, ppl, mmlu, mc-jsonl,
+    /// bigbench); summary.csv gains one column per score.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub eval: Vec<Bench>,
+    /// --data for the evaluations that need it (mmlu, mc-jsonl, bigbench).
+    #[arg(long)]
+    pub eval_data: Option<String>,
+    /// --shots for the evaluations.
+    #[arg(long, default_value_t = 0)]
+    pub eval_shots: usize,
+    /// --limit for the evaluations.
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
 }
 
 #[derive(Debug, Args)]

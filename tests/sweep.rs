@@ -101,3 +101,32 @@ fn one_run_per_device() {
     let o = sweep(d, &["--depths", "2", "--devices", "tpu", "--out", "bad"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("FAILED") || !o.status.success());
 }
+
+#[test]
+fn eval_scores_become_summary_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = ok(&sweep(d, &["--depths", "2,4", "--eval", "synthetic,ppl", "--eval-limit", "12", "--out", "ev"]));
+    assert!(!out.contains("FAILED"), "{out}");
+    let csv = std::fs::read_to_string(d.join("ev/summary.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let extra = &header[keel::commands::sweep::SUMMARY_HEADER.split(',').count()..];
+    assert_eq!(extra, ["ppl_bits_per_byte", "ppl_perplexity", "synthetic_accuracy"], "{csv}");
+    for row in csv.lines().skip(1) {
+        let cells: Vec<&str> = row.split(',').collect();
+        let ppl: f64 = cells[header.len() - 2].parse().unwrap();
+        let acc: f64 = cells[header.len() - 1].parse().unwrap();
+        assert!(ppl > 1.0 && ppl < 300.0 && (0.0..=1.0).contains(&acc), "{row}");
+        let run = d.join("ev").join(cells[0]);
+        let synth: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("eval/synthetic/results.json")).unwrap()).unwrap();
+        assert_eq!(synth["examples"], 12);
+    }
+    // Re-running skips both the training and the finished evaluations.
+    let again = ok(&sweep(d, &["--depths", "2,4", "--eval", "synthetic,ppl", "--eval-limit", "12", "--out", "ev"]));
+    assert_eq!(again.matches("already finished").count(), 2, "{again}");
+    assert!(!again.contains("FAILED"), "{again}");
+    let o = sweep(d, &["--depths", "2", "--eval", "mmlu", "--out", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--eval-data"));
+}

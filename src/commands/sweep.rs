@@ -2,7 +2,7 @@
 //! each an ordinary run directory, run through the grid runner (skips finished runs, resumes
 //! interrupted ones, records divergence as a result), summarized in `summary.csv`.
 
-use crate::cli::SweepArgs;
+use crate::cli::{Bench, SweepArgs};
 use crate::config::Config;
 use crate::grid::{self, Job, Status};
 use crate::metrics::{write_atomic, Summary};
@@ -106,7 +106,27 @@ pub fn summary_row(dir: &Path) -> Result<Option<String>> {
     )))
 }
 
+/// The headline scores of a run's `keel eval` results (`RUN/eval/NAME/results.json`), as summary
+/// columns `NAME_metric`: accuracy for MMLU and the synthetic tasks, acc and acc_norm for multiple
+/// choice, perplexity and bits per byte for ppl.
+pub fn eval_scores(dir: &Path) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("eval")) else { return out };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(text) = std::fs::read_to_string(e.path().join("results.json")) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        for metric in ["accuracy", "acc", "acc_norm", "perplexity", "bits_per_byte"] {
+            if let Some(x) = v.get(metric).and_then(|x| x.as_f64()) {
+                out.insert(format!("{name}_{metric}"), x);
+            }
+        }
+    }
+    out
+}
+
 /// Rebuilds `OUT/summary.csv` from the run directories under `out`, however they were produced.
+/// Evaluation scores found in the runs add columns after the standard ones.
 pub fn collect(out: &Path) -> Result<usize> {
     let mut dirs: Vec<_> = std::fs::read_dir(out)
         .map_err(|e| InputError(format!("cannot read {}: {e}", out.display())))?
@@ -114,17 +134,62 @@ pub fn collect(out: &Path) -> Result<usize> {
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
-    let mut text = format!("{SUMMARY_HEADER}\n");
-    let mut n = 0;
+    let mut rows = Vec::new();
+    let mut columns = std::collections::BTreeSet::new();
     for d in dirs {
         if let Some(row) = summary_row(&d)? {
-            text.push_str(&row);
-            text.push('\n');
-            n += 1;
+            let scores = eval_scores(&d);
+            columns.extend(scores.keys().cloned());
+            rows.push((row, scores));
         }
     }
+    let mut text = String::from(SUMMARY_HEADER);
+    for c in &columns {
+        text.push(',');
+        text.push_str(c);
+    }
+    text.push('\n');
+    for (row, scores) in &rows {
+        text.push_str(row);
+        for c in &columns {
+            text.push(',');
+            text.push_str(&scores.get(c).map(|x| x.to_string()).unwrap_or_default());
+        }
+        text.push('\n');
+    }
     write_atomic(&out.join("summary.csv"), text.as_bytes())?;
-    Ok(n)
+    Ok(rows.len())
+}
+
+/// Runs `keel eval` for each requested benchmark on a finished run, unless its results exist.
+fn evaluate_run(dir: &Path, args: &SweepArgs) -> Result<(), String> {
+    if !dir.join("model.safetensors").exists() {
+        return Ok(()); // diverged: nothing to score
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    for bench in &args.eval {
+        let name = clap::ValueEnum::to_possible_value(bench).map(|v| v.get_name().to_string()).unwrap_or_default();
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["eval", "--quiet", "--bench", &name, "--run"]).arg(dir);
+        if let (Some(d), Bench::Mmlu | Bench::McJsonl | Bench::Bigbench) = (&args.eval_data, bench) {
+            cmd.args(["--data", d]);
+        }
+        if args.eval_shots > 0 && matches!(bench, Bench::Mmlu | Bench::McJsonl | Bench::Bigbench) {
+            cmd.args(["--shots", &args.eval_shots.to_string(), "--shots-from", "test"]);
+        }
+        if let Some(l) = args.eval_limit {
+            cmd.args(["--limit", &l.to_string()]);
+        }
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(2) && err.contains("already holds results") {
+            continue;
+        }
+        if !out.status.success() {
+            return Err(format!("keel eval --bench {name}: {}", err.lines().next().unwrap_or("")));
+        }
+    }
+    Ok(())
 }
 
 /// A Slurm job-array script: task i runs line i of runs.txt.
@@ -236,11 +301,22 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
         .iter()
         .map(|d| if d.chars().all(|c| c.is_ascii_digit()) { format!("cuda:{d}") } else { d.clone() })
         .collect();
+    if args.eval.contains(&Bench::LayerRemoval) {
+        return Err(InputError("--eval layer-removal: run it per run with `keel eval --bench layer-removal --run DIR` (it is a study, not a score)".into()).into());
+    }
+    if args.eval_data.is_none() && args.eval.iter().any(|b| matches!(b, Bench::Mmlu | Bench::McJsonl | Bench::Bigbench)) {
+        return Err(InputError("--eval mmlu, mc-jsonl and bigbench need --eval-data\n  pass the benchmark's folder or file".into()).into());
+    }
     let statuses = grid::run(&jobs, args.jobs, &devices, &args.out, &|job, status| {
         match status {
             Status::Skipped => println!("  {:<40} already finished", job.name),
             Status::Finished => println!("  {:<40} done", job.name),
             Status::Failed(why) => println!("  {:<40} FAILED: {why}", job.name),
+        }
+        if !args.eval.is_empty() && !matches!(status, Status::Failed(_)) {
+            if let Err(why) = evaluate_run(&job.dir, args) {
+                println!("  {:<40} evaluation FAILED: {why}", job.name);
+            }
         }
         // Rewritten (atomically) as runs finish.
         if let Err(e) = collect(&out) {
