@@ -198,24 +198,26 @@ impl KeelLm {
         KeelLm { run, batch_size: batch_size.max(1), removed: None }
     }
 
-    /// Scores one padded batch of requests.
-    fn score_batch(&self, batch: &[&Request]) -> Result<Vec<Scored>> {
+    /// Scores the requests that share each of `inputs` (one padded batch of distinct input
+    /// sequences; a request's input is `tokens[..len - 1]`).
+    fn score_batch(&self, inputs: &[&[u32]], groups: &[Vec<&Request>]) -> Result<Vec<Vec<Scored>>> {
         let model = &self.run.model;
         let device = model.tok_emb.device().clone();
-        let t = batch.iter().map(|r| r.tokens.len() - 1).max().unwrap_or(1);
-        let mut inputs = vec![0u32; batch.len() * t];
+        let t = inputs.iter().map(|x| x.len()).max().unwrap_or(1);
+        let mut flat = vec![0u32; inputs.len() * t];
         // Rows of the (B*T, C) hidden state whose next-token prediction is scored, and their targets.
         let mut rows = Vec::new();
         let mut targets = Vec::new();
-        for (b, r) in batch.iter().enumerate() {
-            let n = r.tokens.len() - 1;
-            inputs[b * t..b * t + n].copy_from_slice(&r.tokens[..n]);
-            for p in r.cont_start - 1..n {
-                rows.push((b * t + p) as u32);
-                targets.push(r.tokens[p + 1]);
+        for (b, (x, group)) in inputs.iter().zip(groups).enumerate() {
+            flat[b * t..b * t + x.len()].copy_from_slice(x);
+            for r in group {
+                for p in r.cont_start - 1..x.len() {
+                    rows.push((b * t + p) as u32);
+                    targets.push(r.tokens[p + 1]);
+                }
             }
         }
-        let tokens = Tensor::from_vec(inputs, (batch.len(), t), &device)?;
+        let tokens = Tensor::from_vec(flat, (inputs.len(), t), &device)?;
         let hidden = model.hidden_removing(&tokens, self.removed)?;
         let vocab = model.vocab_size;
         let chunk = (LOGIT_FLOATS / vocab).max(1);
@@ -228,16 +230,20 @@ impl KeelLm {
                 token_scores.push(log_softmax_at(row, target as usize));
             }
         }
-        let mut out = Vec::with_capacity(batch.len());
         let mut next = token_scores.into_iter();
-        for r in batch {
-            let n = r.tokens.len() - r.cont_start;
-            let mut s = Scored { logprob: 0.0, greedy: true, n_tokens: n };
-            for (lp, greedy) in next.by_ref().take(n) {
-                s.logprob += lp;
-                s.greedy &= greedy;
+        let mut out = Vec::with_capacity(groups.len());
+        for group in groups {
+            let mut scored = Vec::with_capacity(group.len());
+            for r in group {
+                let n = r.tokens.len() - r.cont_start;
+                let mut s = Scored { logprob: 0.0, greedy: true, n_tokens: n };
+                for (lp, greedy) in next.by_ref().take(n) {
+                    s.logprob += lp;
+                    s.greedy &= greedy;
+                }
+                scored.push(s);
             }
-            out.push(s);
+            out.push(scored);
         }
         Ok(out)
     }
@@ -288,17 +294,36 @@ impl LanguageModel for KeelLm {
                 r.cont_start
             );
         }
+        // Requests with the same input (MMLU's four answers after one context) share a forward row.
+        let mut unique: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+        let mut inputs: Vec<&[u32]> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            let x = &r.tokens[..r.tokens.len() - 1];
+            let u = *unique.entry(x).or_insert_with(|| {
+                inputs.push(x);
+                members.push(Vec::new());
+                inputs.len() - 1
+            });
+            members[u].push(i);
+        }
         // Longest first, so batches hold similar lengths and padding stays small.
-        let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(requests[i].tokens.len()));
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&u| std::cmp::Reverse(inputs[u].len()));
         let mut out = vec![Scored { logprob: 0.0, greedy: false, n_tokens: 0 }; requests.len()];
-        for idx in order.chunks(self.batch_size) {
-            let batch: Vec<&Request> = idx.iter().map(|&i| &requests[i]).collect();
-            let scored = self.score_batch(&batch).context("scoring a batch")?;
-            for (&i, s) in idx.iter().zip(scored) {
-                out[i] = s;
+        for chunk in order.chunks(self.batch_size) {
+            let batch_inputs: Vec<&[u32]> = chunk.iter().map(|&u| inputs[u]).collect();
+            let groups: Vec<Vec<&Request>> =
+                chunk.iter().map(|&u| members[u].iter().map(|&i| &requests[i]).collect()).collect();
+            let scored = self.score_batch(&batch_inputs, &groups).context("scoring a batch")?;
+            let mut finished = 0;
+            for (&u, s) in chunk.iter().zip(scored) {
+                for (&i, s) in members[u].iter().zip(s) {
+                    out[i] = s;
+                }
+                finished += members[u].len();
             }
-            done(idx.len());
+            done(finished);
         }
         Ok(out)
     }
