@@ -120,6 +120,15 @@ pub enum Schedule {
     Constant,
 }
 
+/// Activation memory: keep every intermediate for the backward pass, or keep only each block's
+/// input and recompute the block during the backward pass (one extra forward, same gradients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recompute {
+    None,
+    Blocks,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
@@ -232,6 +241,9 @@ pub struct TrainConfig {
     /// Periodic checkpoints kept (the final one is kept as well).
     pub keep_checkpoints: usize,
     pub precision: Precision,
+    /// `"none"` or `"blocks"`: recompute each block in the backward pass instead of storing its
+    /// activations (for very deep models; identical results, about a third slower).
+    pub recompute: Recompute,
 }
 
 impl Default for TrainConfig {
@@ -258,6 +270,7 @@ impl Default for TrainConfig {
             checkpoint_every: 100,
             keep_checkpoints: 2,
             precision: Precision::F32,
+            recompute: Recompute::None,
         }
     }
 }
@@ -601,8 +614,9 @@ impl Config {
 
 /// Keys that `keel train --resume --force` accepts changing: they do not alter anything computed
 /// up to the checkpoint (total steps changes the schedule from there on, as the user asked).
-pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 7] = [
+pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 8] = [
     "train.steps",
+    "train.recompute",
     "train.log_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",

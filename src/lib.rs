@@ -16,6 +16,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod probe;
+pub mod recompute;
 pub mod rng;
 pub mod signals;
 pub mod train;

@@ -1,7 +1,7 @@
 //! The training loop: sample, forward, backward, clip, AdamW, log; validate periodically.
 //! Divergence (a non-finite loss or gradient) is a result: the run stops cleanly and says where.
 
-use crate::config::Resolved;
+use crate::config::{Recompute, Resolved};
 use crate::data::{Corpus, Sampler};
 use crate::metrics::{GradNormRow, RunWriters, Summary};
 use crate::model::{Group, Model, SubLayerKind};
@@ -76,6 +76,21 @@ impl Trainer {
             let start = Instant::now();
             let (x, y) = self.sampler.next(&corpus.train, &device)?;
             self.times.data += start.elapsed();
+            if t.recompute == Recompute::Blocks {
+                let start = Instant::now();
+                let (loss, g, forward) =
+                    crate::recompute::loss_and_grads(&self.model, &x, &y, 1.0 / t.grad_accum as f64)?;
+                loss_sum += loss;
+                self.times.forward += forward;
+                self.times.backward += start.elapsed() - forward;
+                for (g, acc) in g.into_iter().zip(grads.iter_mut()) {
+                    *acc = Some(match acc.take() {
+                        None => g,
+                        Some(a) => (a + g)?,
+                    });
+                }
+                continue;
+            }
             let start = Instant::now();
             let loss = self.model.loss(&x, &y)?;
             loss_sum += scalar(&loss)?;
