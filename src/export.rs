@@ -1,1 +1,359 @@
-//! `keel export`: a run's weights in the Hugging Face Llama layout. STUB: being written.
+//! `keel export`: a run's weights for other tools.
+//!
+//! A run whose every sub-layer is Pre-LN (x + F(N(x))) with RMSNorm, a SwiGLU FFN and a final
+//! norm computes exactly what Hugging Face's `LlamaForCausalLM` computes, so it is written as a
+//! Llama folder (`config.json`, `model.safetensors` under Llama's tensor names,
+//! `generation_config.json`, `tokenizer.json`) that transformers, candle-transformers, llama.cpp's
+//! converter and `keel eval --hf-model` load as they are. The mapping:
+//!
+//! ```text
+//! tok_emb (V, C)                        -> model.embed_tokens.weight (V, C)
+//! blocks.i.attn.norm.weight             -> model.layers.i.input_layernorm.weight
+//! blocks.i.attn.wqkv (C, (H+2Hkv)D)     -> self_attn.{q,k,v}_proj.weight, columns [q | k | v], transposed
+//! blocks.i.attn.wo (H D, C)             -> self_attn.o_proj.weight (C, H D)
+//! blocks.i.ffn.norm.weight              -> model.layers.i.post_attention_layernorm.weight
+//! blocks.i.ffn.w_in (C, 2F)             -> mlp.{gate,up}_proj.weight, columns [gate | up], transposed
+//! blocks.i.ffn.w_out (F, C)             -> mlp.down_proj.weight (C, F)
+//! final_norm.weight                     -> model.norm.weight
+//! lm_head (C, V)                        -> lm_head.weight (V, C), absent when tied
+//! ```
+//!
+//! keel stores weights (in, out) and applies `x W`; PyTorch stores (out, in) and applies `x W^T`,
+//! hence the transposes. keel's RoPE is already Llama's: it rotates the pairs (x[j], x[j + D/2])
+//! of each head ("rotate half", non-interleaved) by t * theta^(-2j/D), exactly as transformers'
+//! `rotate_half`, so q and k need no row permutation (Meta's original checkpoints, which rotate
+//! interleaved pairs (x[2j], x[2j + 1]), do need one). `tests/export.rs` checks this: logits from
+//! candle-transformers' Llama equal keel's for sequences of 1 to 16 tokens, and an interleaving permutation
+//! breaks them. Grouped KV heads match too: query head h reads KV head h / (H / Hkv) in both.
+//!
+//! Every other run (Keel, Post-LN, DeepNorm, Mix-LN, HybridNorm, LayerNorm, GELU, no final norm)
+//! has no Llama equivalent; it is written in keel's own documented format instead: the run's
+//! `model.safetensors` under keel's parameter names, its `config.toml` and `tokenizer.json`, and a
+//! `README.md` describing both.
+
+use crate::config::{FfnKind, NormKind, Resolved};
+use crate::eval::LoadedRun;
+use crate::model::{Branch, Model, Residual};
+use crate::InputError;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The format an export was written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// Hugging Face `LlamaForCausalLM`.
+    Llama,
+    /// keel's own format; `reason` says why the run is not a Llama.
+    Keel { reason: String },
+}
+
+/// What [`export`] wrote.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub format: Format,
+    pub out: PathBuf,
+    /// Files written into `out`, in order.
+    pub files: Vec<String>,
+    pub n_params: usize,
+}
+
+/// Ok when `model` computes exactly a Llama; otherwise the reason it cannot be one.
+pub fn llama_compatible(r: &Resolved, model: &Model) -> Result<(), String> {
+    let m = r.model();
+    let placement = m.placement.as_str();
+    for sl in &model.sublayers {
+        let why = match &sl.residual {
+            Residual::Pre { .. } => None,
+            Residual::Keel { .. } => Some(format!(
+                "Keel's residual x' = LN(alpha*x + F(LN(x))) (alpha = {}) has no Llama equivalent",
+                r.alpha
+            )),
+            Residual::Post { alpha, .. } if *alpha == 1.0 => Some(format!(
+                "{placement}: the Post-LN residual x' = LN(x + F(x)) normalizes the residual stream, which Llama's x + F(LN(x)) never does"
+            )),
+            Residual::Post { alpha, .. } => Some(format!(
+                "{placement}: the residual x' = LN(a*x + F(x)) (a = {alpha:.4}) normalizes the residual stream, which Llama's x + F(LN(x)) never does"
+            )),
+            Residual::Plain | Residual::NormedShortcut { .. } => Some(format!(
+                "{placement}: HybridNorm's x + Attn(x) with normalized Q, K, V and N(x) + FFN(N(x)) have no Llama equivalent"
+            )),
+        };
+        if let Some(why) = why {
+            return Err(why);
+        }
+        if let Branch::Attn(a) = &sl.branch {
+            if a.qkv_norm.is_some() {
+                return Err(format!("{placement}: Llama has no Q, K, V normalization"));
+            }
+        }
+    }
+    if m.norm != NormKind::RmsNorm {
+        return Err("LayerNorm (mean-centred, with a bias) is not Llama's RMSNorm".into());
+    }
+    if m.ffn != FfnKind::Swiglu {
+        return Err("a GELU FFN W_out(gelu(x W_in)) is not Llama's SwiGLU MLP".into());
+    }
+    if model.final_norm.is_none() {
+        return Err("the run has no final norm, and Llama always normalizes before its head".into());
+    }
+    if !m.d_model.is_multiple_of(m.n_heads) {
+        return Err(format!("d_model {} is not a multiple of n_heads {}", m.d_model, m.n_heads));
+    }
+    Ok(())
+}
+
+/// keel's (in, out) weight as PyTorch's (out, in), in f32.
+fn torch(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.t()?.contiguous()
+}
+
+fn f32_cpu(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()
+}
+
+/// The model's tensors under Llama's names, f32, (out, in). The model must pass
+/// [`llama_compatible`].
+pub fn llama_tensors(model: &Model) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    out.insert("model.embed_tokens.weight".to_string(), f32_cpu(&model.tok_emb)?);
+    for sl in &model.sublayers {
+        let p = format!("model.layers.{}", sl.index / 2);
+        let Residual::Pre { norm } = &sl.residual else {
+            anyhow::bail!("internal: sub-layer {} is not Pre-LN", sl.index);
+        };
+        match &sl.branch {
+            Branch::Attn(a) => {
+                out.insert(format!("{p}.input_layernorm.weight"), f32_cpu(&norm.gamma)?);
+                let (q, kv) = (a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim);
+                anyhow::ensure!(a.wqkv.dim(1)? == q + 2 * kv, "internal: wqkv width");
+                // Columns [q | k | v]; within each, head-major (head h at h*D..(h+1)*D), as Llama.
+                out.insert(format!("{p}.self_attn.q_proj.weight"), torch(&a.wqkv.narrow(1, 0, q)?)?);
+                out.insert(format!("{p}.self_attn.k_proj.weight"), torch(&a.wqkv.narrow(1, q, kv)?)?);
+                out.insert(format!("{p}.self_attn.v_proj.weight"), torch(&a.wqkv.narrow(1, q + kv, kv)?)?);
+                out.insert(format!("{p}.self_attn.o_proj.weight"), torch(&a.wo)?);
+            }
+            Branch::Ffn(f) => {
+                out.insert(format!("{p}.post_attention_layernorm.weight"), f32_cpu(&norm.gamma)?);
+                // ops::swiglu: silu(h[.., ..F]) * h[.., F..], so columns are [gate | up].
+                let d_ff = f.w_out.dim(0)?;
+                anyhow::ensure!(f.kind == FfnKind::Swiglu && f.w_in.dim(1)? == 2 * d_ff, "internal: w_in width");
+                out.insert(format!("{p}.mlp.gate_proj.weight"), torch(&f.w_in.narrow(1, 0, d_ff)?)?);
+                out.insert(format!("{p}.mlp.up_proj.weight"), torch(&f.w_in.narrow(1, d_ff, d_ff)?)?);
+                out.insert(format!("{p}.mlp.down_proj.weight"), torch(&f.w_out)?);
+            }
+        }
+    }
+    let norm = model.final_norm.as_ref().context("internal: no final norm")?;
+    out.insert("model.norm.weight".to_string(), f32_cpu(&norm.gamma)?);
+    if let Some(head) = &model.head {
+        out.insert("lm_head.weight".to_string(), torch(head)?);
+    }
+    Ok(out)
+}
+
+/// Hugging Face `config.json` for a Llama-compatible run; `eos` is the tokenizer's end-of-text id.
+pub fn llama_config(r: &Resolved, eos: Option<u32>) -> serde_json::Value {
+    let m = r.model();
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": m.d_model,
+        "intermediate_size": r.d_ff(),
+        "num_hidden_layers": r.blocks(),
+        "num_attention_heads": m.n_heads,
+        "num_key_value_heads": r.n_kv_heads(),
+        "head_dim": r.head_dim(),
+        "hidden_act": "silu",
+        "rms_norm_eps": m.norm_eps,
+        "rope_theta": m.rope_theta,
+        "rope_scaling": null,
+        "max_position_embeddings": r.train().seq_len,
+        "vocab_size": r.vocab_size(),
+        "tie_word_embeddings": m.tie_embeddings,
+        "attention_bias": false,
+        "attention_dropout": 0.0,
+        "mlp_bias": false,
+        "initializer_range": m.init_std,
+        "pretraining_tp": 1,
+        "use_cache": true,
+        "torch_dtype": "float32",
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+    })
+}
+
+/// Checks that `out` can receive an export: absent, or an empty folder. Creates it.
+pub fn prepare_out(out: &Path) -> Result<()> {
+    if out.exists() {
+        if !out.is_dir() {
+            return Err(InputError(format!(
+                "export folder {} is a file\n  pass --hf with a new or empty folder",
+                out.display()
+            ))
+            .into());
+        }
+        let mut entries = std::fs::read_dir(out).map_err(|e| {
+            InputError(format!("cannot read export folder {}: {e}\n  pass --hf with a readable folder", out.display()))
+        })?;
+        if entries.next().is_some() {
+            return Err(InputError(format!(
+                "export folder {} already holds files; keel export never overwrites\n  pass --hf with a new or empty folder, or empty this one",
+                out.display()
+            ))
+            .into());
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| {
+        InputError(format!("cannot create export folder {}: {e}\n  pass --hf with a writable location", out.display()))
+    })?;
+    Ok(())
+}
+
+fn write_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    InputError(format!(
+        "cannot write {}: {e}\n  pass --hf with a writable folder that has room for the weights",
+        path.display()
+    ))
+    .into()
+}
+
+/// Writes `bytes` to `out/name` atomically.
+fn write_file(out: &Path, name: &str, bytes: &[u8], files: &mut Vec<String>) -> Result<()> {
+    let path = out.join(name);
+    crate::metrics::write_atomic(&path, bytes).map_err(|e| write_err(&path, e))?;
+    files.push(name.to_string());
+    Ok(())
+}
+
+/// Saves `tensors` as `out/name` through a temporary name and a rename.
+fn write_safetensors(out: &Path, name: &str, tensors: &HashMap<String, Tensor>, files: &mut Vec<String>) -> Result<()> {
+    let path = out.join(name);
+    let tmp = out.join(format!(".{name}.{}.tmp", std::process::id()));
+    if let Err(e) = candle_core::safetensors::save(tensors, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_err(&path, e));
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))?;
+    files.push(name.to_string());
+    Ok(())
+}
+
+fn llama_readme(run: &LoadedRun) -> String {
+    let m = run.resolved.model();
+    format!(
+        "# keel export: Llama\n\n\
+         Exported by keel {} from run `{}`: a Pre-LN, RMSNorm, SwiGLU decoder (d_model {}, {} blocks, {} heads, \
+         {} KV heads, {} params) in Hugging Face's `LlamaForCausalLM` layout. `config.json`, \
+         `model.safetensors` (f32) and `tokenizer.json` load with transformers or candle-transformers as they \
+         are.\n\nkeel's RoPE rotates the halves of each head (`rotate_half`), as Llama does, so no weight was \
+         permuted; keel's (in, out) weights were transposed to (out, in), its fused `wqkv` split into q, k and v, \
+         and its SwiGLU `w_in` ([gate | up]) into gate_proj and up_proj.\n\nThe model was trained with \
+         sequences of {} tokens (`max_position_embeddings`).\n",
+        crate::VERSION,
+        run.dir.display(),
+        m.d_model,
+        run.resolved.blocks(),
+        m.n_heads,
+        run.resolved.n_kv_heads(),
+        run.model.n_params(),
+        run.resolved.train().seq_len,
+    )
+}
+
+fn keel_readme(run: &LoadedRun, reason: &str) -> String {
+    let m = run.resolved.model();
+    format!(
+        "# keel export: keel format\n\n\
+         Exported by keel {} from run `{}` (placement `{}`, norm `{}`, ffn `{}`, depth {}, d_model {}, {} params).\n\n\
+         This run cannot be written as a Llama model: {reason}.\n\n\
+         ## Format\n\n\
+         - `config.toml`: the run's resolved keel config; `keel eval --run` and `keel::eval::load_run` load this \
+         folder as a run.\n\
+         - `model.safetensors`: every parameter under keel's names, in the run's precision. Weights are stored \
+         (in, out) and applied as `x W`:\n  \
+         `tok_emb` (V, C); `blocks.I.attn.wqkv` (C, (H + 2 Hkv) D), columns [q | k | v], heads side by side; \
+         `blocks.I.attn.wo` (H D, C); `blocks.I.ffn.w_in` (C, 2 F) = [W_gate | W_up] for SwiGLU \
+         (silu(x W_gate) * x W_up), (C, F) for GELU; `blocks.I.ffn.w_out` (F, C); norms `*.norm`, `*.norm_in`, \
+         `*.norm_out`, `*.{{q,k,v}}_norm`, `final_norm` with `.weight` (and `.bias` for LayerNorm); `lm_head` \
+         (C, V) unless embeddings are tied.\n\
+         - `tokenizer.json`: the run's tokenizer (Hugging Face tokenizers format).\n\n\
+         The forward pass is keel's `model.rs`: sub-layer 2I is block I's attention, 2I + 1 its FFN; RoPE \
+         rotates the halves of each head (`rotate_half`) with base {}.\n",
+        crate::VERSION,
+        run.dir.display(),
+        m.placement.as_str(),
+        serde_json::to_value(m.norm).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        serde_json::to_value(m.ffn).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        m.depth,
+        m.d_model,
+        run.model.n_params(),
+        m.rope_theta,
+    )
+}
+
+/// Exports `run` into `out` (absent or empty): Llama when [`llama_compatible`], else keel's
+/// format.
+pub fn export(run: &LoadedRun, out: &Path) -> Result<Exported> {
+    prepare_out(out)?;
+    let mut files = Vec::new();
+    let format = match llama_compatible(&run.resolved, &run.model) {
+        Ok(()) => {
+            let tensors = llama_tensors(&run.model)?;
+            write_safetensors(out, "model.safetensors", &tensors, &mut files)?;
+            let eos = run.tokenizer.eot;
+            let config = llama_config(&run.resolved, eos);
+            write_file(out, "config.json", serde_json::to_string_pretty(&config)?.as_bytes(), &mut files)?;
+            let generation = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos, "do_sample": false });
+            write_file(
+                out,
+                "generation_config.json",
+                serde_json::to_string_pretty(&generation)?.as_bytes(),
+                &mut files,
+            )?;
+            Format::Llama
+        }
+        Err(reason) => {
+            let tensors: HashMap<String, Tensor> = run
+                .model
+                .params
+                .iter()
+                .map(|p| Ok((p.name.clone(), p.var.as_tensor().to_device(&Device::Cpu)?.contiguous()?)))
+                .collect::<candle_core::Result<_>>()?;
+            write_safetensors(out, "model.safetensors", &tensors, &mut files)?;
+            let config_path = run.dir.join("config.toml");
+            let config = std::fs::read(&config_path).map_err(|e| {
+                InputError(format!("cannot read {}: {e}\n  restore the run's config.toml", config_path.display()))
+            })?;
+            write_file(out, "config.toml", &config, &mut files)?;
+            write_file(out, "README.md", keel_readme(run, &reason).as_bytes(), &mut files)?;
+            Format::Keel { reason }
+        }
+    };
+    let tok_path = out.join("tokenizer.json");
+    run.tokenizer.save(&tok_path).map_err(|e| write_err(&tok_path, e))?;
+    files.push("tokenizer.json".to_string());
+    if format == Format::Llama {
+        write_file(out, "README.md", llama_readme(run).as_bytes(), &mut files)?;
+    }
+    Ok(Exported { format, out: out.to_path_buf(), files, n_params: run.model.n_params() })
+}
+
+/// `keel export --run RUN --hf OUT`, from paths: checks the inputs, loads the run on the CPU and
+/// exports it.
+pub fn export_dir(run_dir: &Path, out: &Path) -> Result<Exported> {
+    if !run_dir.is_dir() {
+        return Err(InputError(format!(
+            "run directory {} does not exist\n  pass --run with a folder written by `keel train`",
+            run_dir.display()
+        ))
+        .into());
+    }
+    // Refuse a non-empty OUT before the (possibly slow) load.
+    if out.exists() && (!out.is_dir() || std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true)) {
+        prepare_out(out)?;
+    }
+    let run = crate::eval::load_run(run_dir, &Device::Cpu)?;
+    export(&run, out)
+}

@@ -52,7 +52,8 @@ pub fn loss_and_grads(
     let store = scaled.backward()?;
     let head = |g: &Group| matches!(g, Group::FinalNorm | Group::Head | Group::Embedding);
     collect(model, &store, &mut grads, head)?;
-    let mut g = store.get(top.as_tensor()).ok_or_else(|| anyhow!("the loss does not depend on the last block"))?.clone();
+    let mut g =
+        store.get(top.as_tensor()).ok_or_else(|| anyhow!("the loss does not depend on the last block"))?.clone();
     drop(store);
 
     // Blocks from the top: rebuild, back-propagate sum(y * g), pass dL/dx down.
@@ -65,7 +66,10 @@ pub fn loss_and_grads(
         let store = (y * &g)?.sum_all()?.backward()?;
         let first = 2 * b;
         collect(model, &store, &mut grads, |grp| matches!(grp, Group::SubLayer(i) if *i == first || *i == first + 1))?;
-        g = store.get(input.as_tensor()).ok_or_else(|| anyhow!("block {b}'s output does not depend on its input"))?.clone();
+        g = store
+            .get(input.as_tensor())
+            .ok_or_else(|| anyhow!("block {b}'s output does not depend on its input"))?
+            .clone();
     }
 
     // The embedding lookup's backward, as Candle's own: rows of dL/dx_0 index-added onto the

@@ -171,7 +171,17 @@ fn text_file_data_and_bench_run() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = std::fs::read_to_string(d.join("bench.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
-    assert!(csv.starts_with("d_model,depth,seq_len,batch_size,placement,n_params,tokens_per_s,ms_per_step,data_ms"));
+    assert_eq!(csv.lines().next().unwrap(), keel::commands::bench::BENCH_CSV_HEADER);
+    for row in csv.lines().skip(1) {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(cells.len(), keel::commands::bench::BENCH_CSV_HEADER.split(',').count(), "{row}");
+        assert_eq!(cells[0], "cpu");
+        let num = |i: usize| cells[i].parse::<f64>().unwrap();
+        // model GFLOP/s = GFLOP per step / seconds per step; the fraction of peak follows from it.
+        assert!((num(14) - num(16) / (num(9) / 1e3)).abs() <= 0.06 * num(14) + 0.1, "{row}");
+        assert!((num(18) - num(14) / num(17)).abs() < 0.01, "{row}");
+        assert!(num(15) > 10.0, "peak RSS recorded: {row}");
+    }
 }
 
 /// Unmounts the tmpfs of a test when dropped.

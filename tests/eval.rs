@@ -71,7 +71,10 @@ fn csv_quoting_commas_and_newlines_are_read_as_fields() {
     assert_eq!(names, ["abstract_algebra", "virology", "world_religions"]);
     let aa = &s[0];
     assert_eq!(aa.test.len(), 3);
-    assert_eq!(aa.test[1].question, "Statement 1 | Every group of order 4 is abelian.\nStatement 2 | Every cyclic group is abelian.");
+    assert_eq!(
+        aa.test[1].question,
+        "Statement 1 | Every group of order 4 is abelian.\nStatement 2 | Every cyclic group is abelian."
+    );
     assert_eq!(aa.test[1].choices[0], "True, True");
     assert_eq!(aa.test[2].question, "Let p = \"x\"; what is p, quoted?");
     assert_eq!(aa.test[2].choices, ["\"x\"", "x", "'x'", "none of these"].map(String::from));
@@ -169,7 +172,9 @@ fn test_split_exemplars_are_excluded_from_scoring() {
     assert_eq!(items.len(), 1, "the exemplar is not scored");
     assert_eq!(items[0].question.row, 1);
     assert_eq!(items[0].shots_source, "test");
-    assert!(items[0].context.contains("In which city is the Kaaba?\nA. Medina\nB. Mecca\nC. Jerusalem\nD. Cairo\nAnswer: B\n\n"));
+    assert!(items[0]
+        .context
+        .contains("In which city is the Kaaba?\nA. Medina\nB. Mecca\nC. Jerusalem\nD. Cairo\nAnswer: B\n\n"));
     let none = mmlu::Options { shots: 1, shots_from: ShotSource::None, limit: None };
     let (items, _) = mmlu::build(&KeelTokenizer::byte(), 10_000, &wr, &none).unwrap();
     assert_eq!((items.len(), items[0].shots_used, items[0].shots_source), (2, 0, "none"));
@@ -230,7 +235,8 @@ fn tiny_run(dir: &Path, placement: &str, seq_len: usize) -> PathBuf {
     let model = Model::new(&resolved, &Device::Cpu).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.toml"), resolved.to_toml(toml::Table::new())).unwrap();
-    let tensors: HashMap<String, Tensor> = model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+    let tensors: HashMap<String, Tensor> =
+        model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     dir.to_path_buf()
 }
@@ -242,8 +248,8 @@ fn independent_logprob(model: &Model, r: &Request) -> (f64, bool) {
     let logits: Vec<Vec<f32>> = model.forward(&input).unwrap().to_vec2().unwrap();
     let mut total = 0.0;
     let mut greedy = true;
-    for p in r.cont_start - 1..n {
-        let row: Vec<f64> = logits[p].iter().map(|&v| v as f64).collect();
+    for (p, logits) in logits.iter().enumerate().take(n).skip(r.cont_start - 1) {
+        let row: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
         let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
         let target = r.tokens[p + 1] as usize;
@@ -320,7 +326,8 @@ fn perplexity_windows_score_every_token_once() {
                 .collect())
         }
     }
-    let text: Vec<u32> = "the quick brown fox jumps over the lazy dog, again and again".bytes().map(u32::from).collect();
+    let text: Vec<u32> =
+        "the quick brown fox jumps over the lazy dog, again and again".bytes().map(u32::from).collect();
     let p = ppl::perplexity(&mut Uniform(KeelTokenizer::byte()), &text, None, None, &mut |_, _| {}).unwrap();
     assert_eq!(p.tokens_scored, text.len() - 1);
     assert_eq!(p.bytes_scored, text.len() - 1);
@@ -334,14 +341,16 @@ fn removing_a_sublayer_equals_zeroing_its_output_projection() {
     for placement in ["keel", "pre_ln", "post_ln"] {
         let dir = tiny_run(&tmp.path().join(placement), placement, 32);
         let run = eval::load_run(&dir, &Device::Cpu).unwrap();
-        let tokens = Tensor::from_vec((0..24u32).map(|i| (i * 37) % 256).collect::<Vec<_>>(), (2, 12), &Device::Cpu).unwrap();
+        let tokens =
+            Tensor::from_vec((0..24u32).map(|i| (i * 37) % 256).collect::<Vec<_>>(), (2, 12), &Device::Cpu).unwrap();
         let full = run.model.hidden(&tokens).unwrap();
         for l in [1, 2] {
             let removed = run.model.hidden_removing(&tokens, Some(l)).unwrap();
             assert!(common::max_rel_diff(&removed, &full) > 1e-3, "{placement}: removing {l} changes the output");
             // The same model with sub-layer l's output weights zeroed: F = 0 exactly.
             let zeroed = eval::load_run(&dir, &Device::Cpu).unwrap();
-            let out_name = if l % 2 == 0 { format!("blocks.{}.attn.wo", l / 2) } else { format!("blocks.{}.ffn.w_out", l / 2) };
+            let out_name =
+                if l % 2 == 0 { format!("blocks.{}.attn.wo", l / 2) } else { format!("blocks.{}.ffn.w_out", l / 2) };
             let p = zeroed.model.params.iter().find(|p| p.name == out_name).unwrap();
             p.var.set(&p.var.as_tensor().zeros_like().unwrap()).unwrap();
             let reference = zeroed.model.hidden(&tokens).unwrap();
@@ -423,7 +432,19 @@ fn eval_cli_end_to_end_and_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tiny_run(&tmp.path().join("run"), "keel", 64);
     let out = keel()
-        .args(["eval", "--bench", "mmlu", "--quiet", "--shots", "5", "--shots-from", "test", "--data", FIXTURE, "--run"])
+        .args([
+            "eval",
+            "--bench",
+            "mmlu",
+            "--quiet",
+            "--shots",
+            "5",
+            "--shots-from",
+            "test",
+            "--data",
+            FIXTURE,
+            "--run",
+        ])
         .arg(&run)
         .output()
         .unwrap();
@@ -438,14 +459,30 @@ fn eval_cli_end_to_end_and_bad_input() {
     assert_eq!(csv.lines().count(), 7);
     // Results are never overwritten without --force.
     let again = keel()
-        .args(["eval", "--bench", "mmlu", "--quiet", "--shots", "5", "--shots-from", "test", "--data", FIXTURE, "--run"])
+        .args([
+            "eval",
+            "--bench",
+            "mmlu",
+            "--quiet",
+            "--shots",
+            "5",
+            "--shots-from",
+            "test",
+            "--data",
+            FIXTURE,
+            "--run",
+        ])
         .arg(&run)
         .output()
         .unwrap();
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 
-    let removal = keel().args(["eval", "--bench", "layer-removal", "--quiet", "--limit", "2", "--run"]).arg(&run).output().unwrap();
+    let removal = keel()
+        .args(["eval", "--bench", "layer-removal", "--quiet", "--limit", "2", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
     assert!(removal.status.success(), "{}", String::from_utf8_lossy(&removal.stderr));
     let rows = std::fs::read_to_string(run.join("eval/layer-removal/layer_removal.csv")).unwrap();
     assert_eq!(rows.lines().count(), 1 + 1 + 4, "header, full model, 4 sub-layers");
@@ -456,7 +493,11 @@ fn eval_cli_end_to_end_and_bad_input() {
     let cases: [(&str, &str, &[&str]); 4] = [
         ("", "", &["has no test/ folder"]),
         ("test/x_test.csv", "q,a,b,c,A\n", &["x_test.csv, row 1", "5 fields"]),
-        ("test/x_test.csv", "q,a,b,c,d,A\n\"q2\",a,b,c,d,E\n", &["x_test.csv, row 2", "\"E\" is not one of A, B, C, D"]),
+        (
+            "test/x_test.csv",
+            "q,a,b,c,d,A\n\"q2\",a,b,c,d,E\n",
+            &["x_test.csv, row 2", "\"E\" is not one of A, B, C, D"],
+        ),
         ("test/x_test.csv", "", &["x_test.csv holds no questions"]),
     ];
     for (file, content, expect) in cases {

@@ -367,3 +367,23 @@ fn post_ln_gradients_vanish_and_keel_gradients_do_not() {
     assert!(keel_ratio > 0.6 && keel_ratio < 1.6, "Keel bottom/top ratio {keel_ratio} should be near 1");
     assert!(keel_ratio > 3.0 * post_ratio);
 }
+
+/// keel bench's model-FLOP count: 6 x matmul weights x tokens + 12 x T x C per token per
+/// attention sub-layer, written out by hand for a tiny model (tied and untied head).
+#[test]
+fn bench_flop_count_matches_the_closed_form() {
+    for tied in [false, true] {
+        let tie = format!("model.tie_embeddings={tied}");
+        let r = common::tiny(&[&tie]);
+        let model = keel::model::Model::new(&r, &candle_core::Device::Cpu).unwrap();
+        let (c, v, t, dff) = (16.0, 16.0, 8.0, r.d_ff() as f64);
+        let (h, hkv, d) = (2.0, 1.0, 8.0);
+        let attn = c * (h + 2.0 * hkv) * d + h * d * c;
+        let ffn = c * 2.0 * dff + dff * c;
+        let weights = 2.0 * (attn + ffn) + c * v; // 4 sub-layers = 2 attention + 2 FFN; the head
+        let tokens = 2.0 * t;
+        let expect = tokens * (6.0 * weights + 12.0 * 2.0 * t * c);
+        let got = keel::commands::bench::flops_per_step(&model, tokens, 8);
+        assert!((got - expect).abs() < 1e-6, "tied={tied}: {got} vs {expect}");
+    }
+}

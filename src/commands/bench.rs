@@ -27,9 +27,15 @@ pub fn reference_overrides() -> Vec<String> {
     .collect()
 }
 
+pub const BENCH_CSV_HEADER: &str = "device,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak";
+
 pub struct BenchResult {
     pub placement: Placement,
     pub n_params: usize,
+    /// Training FLOPs per step: 6 x matmul parameters x tokens + attention (PaLM's count).
+    pub flops_per_step: f64,
+    /// Peak resident memory of this measurement (Linux; the high-water mark is reset first).
+    pub peak_rss_mb: Option<f64>,
     pub tokens_per_s: f64,
     pub ms_per_step: f64,
     pub data_ms: f64,
@@ -39,8 +45,13 @@ pub struct BenchResult {
 }
 
 impl BenchResult {
-    /// placement, params, tokens/s, ms/step, data, forward, backward, optimizer ms.
-    pub fn columns(&self) -> [String; 8] {
+    pub fn gflops_per_s(&self) -> f64 {
+        self.flops_per_step / (self.ms_per_step * 1e-3) / 1e9
+    }
+
+    /// placement, params, tokens/s, ms/step, data, forward, backward, optimizer ms, model GFLOP/s,
+    /// peak RSS MB.
+    pub fn columns(&self) -> [String; 10] {
         [
             self.placement.to_string(),
             self.n_params.to_string(),
@@ -50,11 +61,50 @@ impl BenchResult {
             format!("{:.1}", self.forward_ms),
             format!("{:.1}", self.backward_ms),
             format!("{:.1}", self.optimizer_ms),
+            format!("{:.1}", self.gflops_per_s()),
+            self.peak_rss_mb.map(|m| format!("{m:.0}")).unwrap_or_default(),
         ]
     }
 }
 
+/// Training FLOPs of one step: 6 x (matmul parameters) x tokens for the weights, plus 12 x T x C
+/// per token per attention sub-layer for the scores and the weighted sum (causal masking not
+/// discounted, as in PaLM's model-FLOPs count).
+pub fn flops_per_step(model: &crate::model::Model, tokens: f64, seq_len: usize) -> f64 {
+    let matmul: usize = model
+        .params
+        .iter()
+        .filter(|p| p.var.rank() == 2 && p.name != "tok_emb")
+        .map(|p| p.var.elem_count())
+        .sum::<usize>()
+        + if model.head.is_none() { model.tok_emb.elem_count() } else { 0 };
+    let attn_layers = model.sublayers.iter().filter(|s| s.kind == crate::model::SubLayerKind::Attn).count();
+    let width = model.tok_emb.dim(1).unwrap_or(0);
+    tokens * (6.0 * matmul as f64 + 12.0 * attn_layers as f64 * seq_len as f64 * width as f64)
+}
+
+/// Forgets the process's peak RSS so the next reading covers what follows (Linux 4.0+).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The best f32 matmul throughput, GFLOP/s, of keel's linear layer on `n x n x n` products.
+pub fn matmul_peak(device: &candle_core::Device, n: usize) -> Result<f64> {
+    let a = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let b = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let k = crate::ops::Kernels::for_device(device);
+    let mut best = f64::INFINITY;
+    for _ in 0..6 {
+        let start = Instant::now();
+        let c = crate::ops::linear(&a, &b, k)?;
+        c.sum_all()?.to_scalar::<f32>()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+}
+
 pub fn bench_one(config: &Config, steps: usize, warmup: usize) -> Result<BenchResult> {
+    reset_peak_rss();
     let device = crate::device::parse(&config.run.device)?;
     let corpus = Corpus::load(&config.data, config.train.seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
@@ -74,6 +124,8 @@ pub fn bench_one(config: &Config, steps: usize, warmup: usize) -> Result<BenchRe
     Ok(BenchResult {
         placement: resolved.model().placement,
         n_params: trainer.model.n_params(),
+        flops_per_step: flops_per_step(&trainer.model, tokens / steps as f64, t.seq_len),
+        peak_rss_mb: crate::metrics::peak_rss_mb(),
         tokens_per_s: tokens / secs,
         ms_per_step: secs * 1e3 / steps as f64,
         data_ms: per(trainer.times.data),
@@ -95,28 +147,42 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let placements: Vec<String> =
         if args.placements.is_empty() { vec![config.model.placement.to_string()] } else { args.placements.clone() };
+    let device = crate::device::parse(&config.run.device)?;
+    let peak = matmul_peak(&device, 1024)?;
     println!(
-        "keel bench: d_model {} heads {} depth {} seq {} batch {}, {} timed steps after {} warm-up (threads: {})",
+        "keel bench: d_model {} heads {} depth {} seq {} batch {}, recompute {:?}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
         config.model.d_model,
         config.model.n_heads,
         config.model.depth,
         config.train.seq_len,
         config.train.batch_size,
+        config.train.recompute,
         args.steps,
         args.warmup,
         rayon::current_num_threads()
     );
     println!(
-        "{:<10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "placement", "params", "tokens/s", "ms/step", "data ms", "fwd ms", "bwd ms", "opt ms"
+        "{:<10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9}",
+        "placement",
+        "params",
+        "tokens/s",
+        "ms/step",
+        "data ms",
+        "fwd ms",
+        "bwd ms",
+        "opt ms",
+        "GFLOP/s",
+        "of peak",
+        "peak MB"
     );
     let mut rows = Vec::new();
     for p in &placements {
         let mut c = config.clone();
         c.model.placement = Placement::parse(p)?;
         let r = bench_one(&c, args.steps, args.warmup)?;
-        let [placement, params, tps, ms, data, fwd, bwd, opt] = r.columns();
-        println!("{placement:<10} {params:>10} {tps:>9} {ms:>8} {data:>8} {fwd:>8} {bwd:>8} {opt:>8}");
+        let [placement, params, tps, ms, data, fwd, bwd, opt, gflops, rss] = r.columns();
+        let frac = format!("{:.0}%", 100.0 * r.gflops_per_s() / peak);
+        println!("{placement:<10} {params:>10} {tps:>9} {ms:>8} {data:>8} {fwd:>8} {bwd:>8} {opt:>8} {gflops:>9} {frac:>7} {rss:>9}");
         rows.push(r);
     }
     if let Some(path) = &args.csv {
@@ -127,18 +193,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .open(path)
             .map_err(|e| InputError(format!("cannot open {} for writing: {e}", path.display())))?;
         if new {
-            writeln!(f, "d_model,depth,seq_len,batch_size,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms")?;
+            writeln!(f, "{BENCH_CSV_HEADER}")?;
         }
         let m = &config.model;
+        let device_name = crate::device::name(&device);
         for r in rows {
             writeln!(
                 f,
-                "{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{:.1},{:.4}",
+                device_name,
                 m.d_model,
                 m.depth,
                 config.train.seq_len,
                 config.train.batch_size,
-                r.columns().join(",")
+                format!("{:?}", config.train.recompute).to_lowercase(),
+                r.columns().join(","),
+                r.flops_per_step / 1e9,
+                peak,
+                r.gflops_per_s() / peak
             )?;
         }
     }

@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 
 /// The model being scored.
 enum Scorer {
-    Keel(KeelLm),
+    Keel(Box<KeelLm>),
     Hf(Box<dyn LanguageModel>),
 }
 
 impl Scorer {
     fn lm(&mut self) -> &mut dyn LanguageModel {
         match self {
-            Scorer::Keel(k) => k,
+            Scorer::Keel(k) => k.as_mut(),
             Scorer::Hf(h) => h.as_mut(),
         }
     }
@@ -36,7 +36,11 @@ fn bench_name(args: &EvalArgs) -> String {
         Bench::Bigbench => {
             let d = args.data.as_deref().unwrap_or("").trim_end_matches('/');
             let d = d.strip_suffix("/task.json").unwrap_or(d);
-            format!("bigbench-{}-{}shot", Path::new(d).file_name().map(|f| f.to_string_lossy()).unwrap_or_default(), args.shots)
+            format!(
+                "bigbench-{}-{}shot",
+                Path::new(d).file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+                args.shots
+            )
         }
         Bench::Synthetic => "synthetic".into(),
         Bench::LayerRemoval => "layer-removal".into(),
@@ -58,12 +62,16 @@ fn progress_bar(quiet: bool, what: &str) -> ProgressBar {
 }
 
 fn need_data(args: &EvalArgs, what: &str) -> Result<String> {
-    args.data.clone().ok_or_else(|| InputError(format!("--bench {what} needs --data\n  {}", data_hint(args.bench))).into())
+    args.data
+        .clone()
+        .ok_or_else(|| InputError(format!("--bench {what} needs --data\n  {}", data_hint(args.bench))).into())
 }
 
 fn data_hint(bench: Bench) -> &'static str {
     match bench {
-        Bench::Mmlu => "pass --data DIR holding dev/, val/ and test/ (scripts/get_mmlu.sh makes one) or --data hf:ORG/NAME",
+        Bench::Mmlu => {
+            "pass --data DIR holding dev/, val/ and test/ (scripts/get_mmlu.sh makes one) or --data hf:ORG/NAME"
+        }
         Bench::McJsonl => "pass --data FILE.jsonl (question or context, choices, answer per line)",
         Bench::Bigbench => "pass --data with a BIG-bench task folder (bigbench/benchmark_tasks/NAME)",
         _ => "pass --data with a prepared data folder or a text file",
@@ -71,7 +79,8 @@ fn data_hint(bench: Bench) -> &'static str {
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
@@ -103,11 +112,15 @@ fn ppl_tokens(args: &EvalArgs, scorer: &mut Scorer) -> Result<(Vec<u32>, String)
             } else if path.is_file() {
                 let bytes = std::fs::read(&path).map_err(|e| InputError(format!("cannot read {d}: {e}")))?;
                 let text = String::from_utf8(bytes).map_err(|e| {
-                    InputError(format!("{d} is not UTF-8 (byte {})\n  convert it to UTF-8 first", e.utf8_error().valid_up_to()))
+                    InputError(format!(
+                        "{d} is not UTF-8 (byte {})\n  convert it to UTF-8 first",
+                        e.utf8_error().valid_up_to()
+                    ))
                 })?;
                 Ok((scorer.lm().tokenizer().encode(&text)?, d.clone()))
             } else {
-                Err(InputError(format!("--data {d}: no such file or prepared folder\n  {}", data_hint(args.bench))).into())
+                Err(InputError(format!("--data {d}: no such file or prepared folder\n  {}", data_hint(args.bench)))
+                    .into())
             }
         }
         (None, Scorer::Keel(k)) => {
@@ -116,7 +129,9 @@ fn ppl_tokens(args: &EvalArgs, scorer: &mut Scorer) -> Result<(Vec<u32>, String)
                 .context("loading the run's own validation data (pass --data to score other text)")?;
             Ok((corpus.val.to_vec(), format!("the run's validation data: {}", corpus.description)))
         }
-        (None, Scorer::Hf(_)) => Err(InputError(format!("--hf-model needs --data here\n  {}", data_hint(args.bench))).into()),
+        (None, Scorer::Hf(_)) => {
+            Err(InputError(format!("--hf-model needs --data here\n  {}", data_hint(args.bench))).into())
+        }
     }
 }
 
@@ -145,7 +160,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 ))
                 .into());
             }
-            Scorer::Keel(KeelLm::new(eval::load_run(run, &device)?, args.batch_size))
+            Scorer::Keel(Box::new(KeelLm::new(eval::load_run(run, &device)?, args.batch_size)))
         }
         (None, Some(spec)) => Scorer::Hf(eval::hf::load(spec, &device)?),
         (None, None) => unreachable!("clap requires --run or --hf-model"),
@@ -328,7 +343,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     keel_version: crate::VERSION,
                 },
             )?;
-            let fig = crate::commands::plot::layer_removal_figure(&[out.clone()])?;
+            let fig = crate::commands::plot::layer_removal_figure(std::slice::from_ref(&out))?;
             let written = crate::commands::plot::write(&fig, &out)?;
             if !args.quiet {
                 let worst = rows.iter().skip(1).max_by(|a, b| a.delta_perplexity.total_cmp(&b.delta_perplexity));
@@ -336,7 +351,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     "full model perplexity {:.4}; {} sub-layers removed one at a time{}; results in {} ({})",
                     full.perplexity,
                     rows.len() - 1,
-                    worst.map(|w| format!(", largest increase +{:.4} at sub-layer {} ({})", w.delta_perplexity, w.sublayer, w.kind)).unwrap_or_default(),
+                    worst
+                        .map(|w| format!(
+                            ", largest increase +{:.4} at sub-layer {} ({})",
+                            w.delta_perplexity, w.sublayer, w.kind
+                        ))
+                        .unwrap_or_default(),
                     out.display(),
                     written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
                 );

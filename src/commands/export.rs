@@ -1,8 +1,30 @@
-//! `keel export --run RUN --hf OUT`. STUB: being written.
+//! `keel export --run RUN --hf OUT`: the run as a Hugging Face Llama folder when it is one, else in
+//! keel's own documented format (see `crate::export`).
 
 use crate::cli::ExportArgs;
+use crate::export::{export_dir, Format};
 use anyhow::Result;
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    anyhow::bail!("export of {} not implemented yet", args.run.display())
+    let done = export_dir(&args.run, &args.hf)?;
+    match &done.format {
+        Format::Llama => println!(
+            "exported {} as LlamaForCausalLM ({} params) to {}: {}",
+            args.run.display(),
+            done.n_params,
+            done.out.display(),
+            done.files.join(", ")
+        ),
+        Format::Keel { reason } => {
+            println!("not a Llama model: {reason}");
+            println!(
+                "exported {} in keel's format ({} params) to {}: {} (see README.md)",
+                args.run.display(),
+                done.n_params,
+                done.out.display(),
+                done.files.join(", ")
+            );
+        }
+    }
+    Ok(())
 }

@@ -304,8 +304,12 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
     if args.eval.contains(&Bench::LayerRemoval) {
         return Err(InputError("--eval layer-removal: run it per run with `keel eval --bench layer-removal --run DIR` (it is a study, not a score)".into()).into());
     }
-    if args.eval_data.is_none() && args.eval.iter().any(|b| matches!(b, Bench::Mmlu | Bench::McJsonl | Bench::Bigbench)) {
-        return Err(InputError("--eval mmlu, mc-jsonl and bigbench need --eval-data\n  pass the benchmark's folder or file".into()).into());
+    if args.eval_data.is_none() && args.eval.iter().any(|b| matches!(b, Bench::Mmlu | Bench::McJsonl | Bench::Bigbench))
+    {
+        return Err(InputError(
+            "--eval mmlu, mc-jsonl and bigbench need --eval-data\n  pass the benchmark's folder or file".into(),
+        )
+        .into());
     }
     let statuses = grid::run(&jobs, args.jobs, &devices, &args.out, &|job, status| {
         match status {

@@ -70,7 +70,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
                 choices.len()
             ))
         })?;
-        let id = v.get("id").map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).unwrap_or(n.to_string());
+        let id =
+            v.get("id").map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).unwrap_or(n.to_string());
         items.push(Item { id, context, choices, correct: vec![answer] });
     }
     if items.is_empty() {
@@ -211,8 +212,7 @@ pub fn evaluate(
         let k = item.choices.len();
         let ll: Vec<f64> = scores[at..at + k].iter().map(|s| s.logprob).collect();
         at += k;
-        let norm: Vec<f64> =
-            ll.iter().zip(&item.choices).map(|(l, c)| l / c.chars().count().max(1) as f64).collect();
+        let norm: Vec<f64> = ll.iter().zip(&item.choices).map(|(l, c)| l / c.chars().count().max(1) as f64).collect();
         let (p, pn) = (argmax(&ll), argmax(&norm));
         let (ok, ok_norm) = (item.correct.contains(&p), item.correct.contains(&pn));
         acc += ok as usize;

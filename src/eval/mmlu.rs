@@ -208,7 +208,8 @@ pub fn format_question(q: &Question) -> String {
 
 /// The full prompt for `q` after `shots`.
 pub fn prompt(subject: &str, shots: &[Question], q: &Question) -> String {
-    let mut s = format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
+    let mut s =
+        format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
     for shot in shots {
         s.push_str(&format_question(shot));
         s.push(' ');
@@ -277,10 +278,8 @@ pub fn build(
             let (context, pairs) = loop {
                 let shots = &pool[dropped..shots_wanted];
                 let context = prompt(&subject.name, shots, q);
-                let pairs: Vec<(Vec<u32>, usize)> = LETTERS
-                    .iter()
-                    .map(|l| encode_pair(tok, &context, &format!(" {l}")))
-                    .collect::<Result<_>>()?;
+                let pairs: Vec<(Vec<u32>, usize)> =
+                    LETTERS.iter().map(|l| encode_pair(tok, &context, &format!(" {l}"))).collect::<Result<_>>()?;
                 let longest = pairs.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
                 if longest <= max_len + 1 || dropped == shots_wanted {
                     break (context, pairs);

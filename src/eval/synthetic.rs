@@ -59,7 +59,8 @@ pub fn evaluate(
 ) -> Result<(Vec<Outcome>, BTreeMap<String, TaskAccuracy>)> {
     let mut requests = Vec::with_capacity(examples.len());
     for e in examples {
-        let (tokens, start) = encode_pair(lm.tokenizer(), &format!("{} {}=", e.task, e.prompt), &format!("{}\n", e.answer))?;
+        let (tokens, start) =
+            encode_pair(lm.tokenizer(), &format!("{} {}=", e.task, e.prompt), &format!("{}\n", e.answer))?;
         requests.push(fit(tokens, start, lm.max_len()).0);
     }
     let total = requests.len();
