@@ -135,6 +135,9 @@ pub enum Precision {
     F32,
     /// For gradient checks; slow.
     F64,
+    /// Mixed precision for GPUs: matrix products in bf16; f32 master weights, AdamW moments,
+    /// norms and residual stream (Keel's alpha * x needs f32, see the notes on Candle).
+    Bf16,
 }
 
 /// Keel's residual scale: `"L"` (the number of sub-layers, the paper's choice), `"sqrtL"`, or a

@@ -220,12 +220,14 @@ pub struct Attention {
     pub head_dim: usize,
     /// HybridNorm's QKV-norm: q, k and v each normalized (over their full width) after projection.
     pub qkv_norm: Option<[Norm; 3]>,
+    /// Mixed precision: the dtype of the projections' products.
+    pub compute: Option<DType>,
 }
 
 impl Attention {
     /// x: (B*T, C) -> (B*T, C).
     fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
-        let mut qkv = ops::linear(x, &self.wqkv, k)?;
+        let mut qkv = ops::linear_in(x, &self.wqkv, k, self.compute)?;
         if let Some(norms) = &self.qkv_norm {
             let widths = [self.n_heads, self.n_kv_heads, self.n_kv_heads].map(|h| h * self.head_dim);
             let mut start = 0;
@@ -238,7 +240,7 @@ impl Attention {
         }
         let shape =
             AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
-        ops::linear(&ops::causal_attention(&qkv, shape, rope, k)?, &self.wo, k)
+        ops::linear_in(&ops::causal_attention(&qkv, shape, rope, k)?, &self.wo, k, self.compute)
     }
 }
 
@@ -250,17 +252,19 @@ pub struct Ffn {
     pub w_in: Tensor,
     /// (d_ff, C)
     pub w_out: Tensor,
+    /// Mixed precision: the dtype of the products.
+    pub compute: Option<DType>,
 }
 
 impl Ffn {
     /// x: (B*T, C) -> (B*T, C).
     fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
-        let h = ops::linear(x, &self.w_in, k)?;
+        let h = ops::linear_in(x, &self.w_in, k, self.compute)?;
         let a = match self.kind {
             FfnKind::Swiglu => ops::swiglu(&h, k)?,
             FfnKind::Gelu => h.gelu_erf()?,
         };
-        ops::linear(&a, &self.w_out, k)
+        ops::linear_in(&a, &self.w_out, k, self.compute)
     }
 }
 
@@ -327,12 +331,23 @@ pub struct Model {
     pub kernels: Kernels,
     pub rope: Arc<Rope>,
     pub vocab_size: usize,
+    /// Mixed precision: the dtype of matrix products.
+    pub compute: Option<DType>,
 }
 
+/// The dtype of parameters and of the residual stream.
 pub fn dtype_of(p: Precision) -> DType {
     match p {
-        Precision::F32 => DType::F32,
+        Precision::F32 | Precision::Bf16 => DType::F32,
         Precision::F64 => DType::F64,
+    }
+}
+
+/// The dtype matrix products run in, when it differs from the parameters'.
+pub fn compute_dtype_of(p: Precision) -> Option<DType> {
+    match p {
+        Precision::Bf16 => Some(DType::BF16),
+        Precision::F32 | Precision::F64 => None,
     }
 }
 
@@ -344,6 +359,7 @@ impl Model {
         let (h, hkv, d) = (m.n_heads, r.n_kv_heads(), r.head_dim());
         let mut b =
             ParamBuilder { seed: r.train().seed, dtype: dtype_of(r.train().precision), device, params: Vec::new() };
+        let compute = compute_dtype_of(r.train().precision);
         let tok_emb = b.normal("tok_emb".into(), &[r.vocab_size(), c], std, Group::Embedding)?;
         let mut sublayers = Vec::with_capacity(m.depth);
         for index in 0..m.depth {
@@ -394,6 +410,7 @@ impl Model {
                         n_kv_heads: hkv,
                         head_dim: d,
                         qkv_norm,
+                        compute,
                     })
                 }
                 SubLayerKind::Ffn => {
@@ -405,6 +422,7 @@ impl Model {
                         kind: m.ffn,
                         w_in: b.normal(format!("{name}.w_in"), &[c, width], std * beta, group)?,
                         w_out: b.normal(format!("{name}.w_out"), &[r.d_ff(), c], std * beta, group)?,
+                        compute,
                     })
                 }
             };
@@ -429,6 +447,7 @@ impl Model {
             kernels: Kernels::for_device(device),
             rope: Arc::new(Rope::new(r.train().seq_len, d, m.rope_theta)),
             vocab_size: r.vocab_size(),
+            compute,
         })
     }
 
@@ -482,9 +501,10 @@ impl Model {
 
     /// Logits from the final hidden state (B*T, C) -> (B*T, V).
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.head {
-            Some(w) => ops::linear(x, w, self.kernels),
-            None => x.matmul(&self.tok_emb.t()?),
+        match (&self.head, self.compute) {
+            (Some(w), _) => ops::linear_in(x, w, self.kernels, self.compute),
+            (None, None) => x.matmul(&self.tok_emb.t()?),
+            (None, Some(dt)) => x.to_dtype(dt)?.matmul(&self.tok_emb.t()?.to_dtype(dt)?)?.to_dtype(x.dtype()),
         }
     }
 

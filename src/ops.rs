@@ -232,6 +232,15 @@ pub fn linear(x: &Tensor, w: &Tensor, k: Kernels) -> Result<Tensor> {
     }
 }
 
+/// `x w` computed in `compute` when given (mixed precision: both operands cast, the product cast
+/// back to x's dtype, so gradients reach the full-precision weight through the casts).
+pub fn linear_in(x: &Tensor, w: &Tensor, k: Kernels, compute: Option<DType>) -> Result<Tensor> {
+    match compute {
+        Some(dt) if dt != x.dtype() => x.to_dtype(dt)?.matmul(&w.to_dtype(dt)?)?.to_dtype(x.dtype()),
+        _ => linear(x, w, k),
+    }
+}
+
 /// Mean next-token cross-entropy: logits (N, V), targets (N) u32 -> scalar.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {

@@ -208,3 +208,28 @@ fn block_recomputation_gives_the_same_run() {
         }
     }
 }
+
+/// Mixed precision (bf16 products, f32 everything else) tracks the f32 run, and keeps f32 master
+/// weights; it runs on CPU too (slowly), so it is checked here and on GPUs by tests/cuda.rs.
+#[test]
+fn bf16_mixed_precision_tracks_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    for placement in ["keel", "pre_ln"] {
+        let p = format!("model.placement={placement}");
+        let (a, b) = (tmp.path().join(format!("f32-{placement}")), tmp.path().join(format!("bf16-{placement}")));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        run(&[&p], &a);
+        let s = run(&[&p, "train.precision=bf16"], &b);
+        assert!(!s.diverged);
+        let (ma, mb) = (metrics_without_clock(&a), metrics_without_clock(&b));
+        for (x, y) in ma.iter().zip(&mb) {
+            let (lx, ly): (f64, f64) = (x[3].parse().unwrap(), y[3].parse().unwrap());
+            assert!((lx - ly).abs() < 0.02 * lx, "{placement} step {}: f32 {lx} bf16 {ly}", x[0]);
+        }
+        assert_ne!(ma, mb, "bf16 products must change the numbers a little");
+        let (r, _) = resolve(&[&p, "train.precision=bf16"]);
+        let trainer = Trainer::new(&r, &Device::Cpu).unwrap();
+        assert!(trainer.model.params.iter().all(|p| p.var.dtype() == candle_core::DType::F32));
+    }
+}
