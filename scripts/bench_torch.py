@@ -222,6 +222,7 @@ def bench(placement, args):
     torch.manual_seed(args.seed)
     model = Transformer(placement, args.vocab, args.d_model, args.n_heads, args.n_kv_heads,
                         args.depth, args.seq_len, norm_kind=args.norm)
+    model.to(args.device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     expected = expected_params(placement, args.vocab, args.d_model, args.n_heads,
@@ -232,29 +233,39 @@ def bench(placement, args):
 
     g = torch.Generator().manual_seed(args.seed + 1)
     total = args.warmup + args.steps
-    batches = [torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1), generator=g)
+    batches = [torch.randint(0, args.vocab, (args.batch_size, args.seq_len + 1), generator=g).to(args.device)
                for _ in range(total)]
+    cuda = args.device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     t_fwd = t_bwd = t_opt = 0.0
     loss_val = float("nan")
     for step in range(total):
         tokens = batches[step]
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        logits = fwd_model(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, args.vocab), targets.reshape(-1))
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = fwd_model(inputs)
+            loss = F.cross_entropy(logits.reshape(-1, args.vocab).float(), targets.reshape(-1))
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sync()
         t3 = time.perf_counter()
         if step >= args.warmup:
             t_fwd += t1 - t0
             t_bwd += t2 - t1
             t_opt += t3 - t2
-        loss_val = loss.item()  # CPU is synchronous: this does not distort the timings
+        loss_val = loss.item()  # after t3: outside the timed phases
 
     elapsed = t_fwd + t_bwd + t_opt
     n = args.steps
@@ -289,6 +300,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--norm", choices=("torch", "manual"), default="torch",
                    help="RMSNorm: torch.nn.RMSNorm (default, faster in eager) or hand-written")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="autocast the forward pass to bf16 (mixed precision, f32 weights)")
+    p.add_argument("--csv", default=None, help="append the results to this CSV file")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compilation happens in the first, untimed warmup step: keep --warmup >= 1)")
     args = p.parse_args(argv)
     if args.n_kv_heads is None:
@@ -305,7 +319,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, f32 CPU, "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.device}, "
+          f"{'bf16 autocast' if args.bf16 else 'f32'}, "
           f"norm {'nn.RMSNorm' if args.norm == 'torch' else 'manual'}"
           f"{', torch.compile' if args.compile else ', eager'}")
     print(f"d_model {args.d_model}, heads {args.n_heads}/{args.n_kv_heads} kv, depth {args.depth}, "
@@ -333,6 +348,16 @@ def main(argv=None):
     for r in rows:
         print(f"{r['placement']:<10} {r['params']:>11,} {r['tok_s']:>10.0f} {r['ms_step']:>9.1f} "
               f"{r['fwd']:>8.1f} {r['bwd']:>8.1f} {r['opt']:>8.1f} {r['loss']:>7.3f}")
+    if args.csv:
+        import os
+        new = not os.path.exists(args.csv)
+        with open(args.csv, "a") as f:
+            if new:
+                f.write("framework,device,precision,d_model,depth,seq_len,batch_size,placement,n_params,tokens_per_s,ms_per_step,forward_ms,backward_ms,optimizer_ms\n")
+            for r in rows:
+                f.write(f"pytorch-eager,{args.device},{'bf16' if args.bf16 else 'f32'},{args.d_model},{args.depth},"
+                        f"{args.seq_len},{args.batch_size},{r['placement']},{r['params']},{r['tok_s']:.0f},"
+                        f"{r['ms_step']:.2f},{r['fwd']:.2f},{r['bwd']:.2f},{r['opt']:.2f}\n")
     if not ok:
         return 1
     return 0
