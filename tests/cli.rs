@@ -176,11 +176,12 @@ fn text_file_data_and_bench_run() {
         let cells: Vec<&str> = row.split(',').collect();
         assert_eq!(cells.len(), keel::commands::bench::BENCH_CSV_HEADER.split(',').count(), "{row}");
         assert_eq!(cells[0], "cpu");
+        assert_eq!(cells[1], "f32");
         let num = |i: usize| cells[i].parse::<f64>().unwrap();
         // model GFLOP/s = GFLOP per step / seconds per step; the fraction of peak follows from it.
-        assert!((num(14) - num(16) / (num(9) / 1e3)).abs() <= 0.06 * num(14) + 0.1, "{row}");
-        assert!((num(18) - num(14) / num(17)).abs() < 0.01, "{row}");
-        assert!(num(15) > 10.0, "peak RSS recorded: {row}");
+        assert!((num(15) - num(17) / (num(10) / 1e3)).abs() <= 0.06 * num(15) + 0.1, "{row}");
+        assert!((num(19) - num(15) / num(18)).abs() < 0.01, "{row}");
+        assert!(num(16) > 10.0, "peak RSS recorded: {row}");
     }
 }
 

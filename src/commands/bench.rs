@@ -27,7 +27,7 @@ pub fn reference_overrides() -> Vec<String> {
     .collect()
 }
 
-pub const BENCH_CSV_HEADER: &str = "device,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak";
+pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak";
 
 pub struct BenchResult {
     pub placement: Placement,
@@ -150,12 +150,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let device = crate::device::parse(&config.run.device)?;
     let peak = matmul_peak(&device, 1024)?;
     println!(
-        "keel bench: d_model {} heads {} depth {} seq {} batch {}, recompute {:?}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
+        "keel bench: d_model {} heads {} depth {} seq {} batch {}, {:?}, recompute {:?}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
         config.model.d_model,
         config.model.n_heads,
         config.model.depth,
         config.train.seq_len,
         config.train.batch_size,
+        config.train.precision,
         config.train.recompute,
         args.steps,
         args.warmup,
@@ -200,8 +201,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for r in rows {
             writeln!(
                 f,
-                "{},{},{},{},{},{},{},{},{:.1},{:.4}",
+                "{},{},{},{},{},{},{},{},{},{:.1},{:.4}",
                 device_name,
+                format!("{:?}", config.train.precision).to_lowercase(),
                 m.d_model,
                 m.depth,
                 config.train.seq_len,
