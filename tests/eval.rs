@@ -537,3 +537,57 @@ fn eval_cli_end_to_end_and_bad_input() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
 }
+
+/// `--data hf:ORG/NAME`: MMLU's layout from a dataset repo in the hub cache (under `data/` here),
+/// and the data issue's clear message when it is neither cached nor reachable.
+#[test]
+fn mmlu_from_the_hub_cache_and_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(&tmp.path().join("run"), "pre_ln", 64);
+    let hf = tmp.path().join("hf_home");
+    let repo = hf.join("hub/datasets--test-org--mmlu");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let snap = repo.join("snapshots/0123abcd/data");
+    for split in ["dev", "test"] {
+        std::fs::create_dir_all(snap.join(split)).unwrap();
+        for f in std::fs::read_dir(Path::new(FIXTURE).join(split)).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), snap.join(split).join(f.file_name())).unwrap();
+        }
+    }
+    let out = keel()
+        .args([
+            "eval",
+            "--bench",
+            "mmlu",
+            "--quiet",
+            "--data",
+            "hf:test-org/mmlu",
+            "--subjects",
+            "world_religions,virology",
+        ])
+        .args(["--out"])
+        .arg(tmp.path().join("hub-out"))
+        .arg("--run")
+        .arg(&run)
+        .env("HF_HOME", &hf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("hub-out/results.json")).unwrap()).unwrap();
+    assert_eq!(res["questions"], 3, "two world_religions questions and one virology question");
+    assert_eq!(res["summary"]["subjects"].as_object().unwrap().len(), 2);
+    let out = keel()
+        .args(["eval", "--bench", "mmlu", "--quiet", "--data", "hf:test-org/absent", "--run"])
+        .arg(&run)
+        .env("HF_HOME", tmp.path().join("empty"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in ["dataset test-org/absent", "Hugging Face hub", "not in the cache", "HF_HOME"] {
+        assert!(err.contains(needle), "{err} lacks {needle}");
+    }
+}
