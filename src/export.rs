@@ -235,9 +235,35 @@ fn write_safetensors(out: &Path, name: &str, tensors: &HashMap<String, Tensor>, 
         let _ = std::fs::remove_file(&tmp);
         return Err(write_err(&path, e));
     }
+    // safetensors creates its file owner-only; an export is meant to be shared.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(|e| write_err(&path, e))?;
+    }
     std::fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))?;
     files.push(name.to_string());
     Ok(())
+}
+
+/// `tokenizer_config.json`: without it transformers guesses a tokenizer class (Llama's adds a BOS
+/// outside the vocabulary) and lm-evaluation-harness finds no prefix token. The end-of-text token
+/// serves as BOS and EOS and is never added automatically; a tokenizer without one (bytes) gets
+/// the newline, which is what `keel eval` puts before an empty context too.
+fn tokenizer_config(run: &LoadedRun) -> serde_json::Value {
+    let tok = &run.tokenizer;
+    let special = match tok.eot {
+        Some(id) => tok.inner.id_to_token(id),
+        None => tok.encode("\n").ok().and_then(|ids| ids.first().and_then(|&id| tok.inner.id_to_token(id))),
+    };
+    serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": special,
+        "eos_token": special,
+        "add_bos_token": false,
+        "add_eos_token": false,
+        "model_max_length": run.resolved.train().seq_len,
+    })
 }
 
 fn llama_readme(run: &LoadedRun) -> String {
@@ -335,6 +361,8 @@ pub fn export(run: &LoadedRun, out: &Path) -> Result<Exported> {
     run.tokenizer.save(&tok_path).map_err(|e| write_err(&tok_path, e))?;
     files.push("tokenizer.json".to_string());
     if format == Format::Llama {
+        let tc = serde_json::to_string_pretty(&tokenizer_config(run))?;
+        write_file(out, "tokenizer_config.json", tc.as_bytes(), &mut files)?;
         write_file(out, "README.md", llama_readme(run).as_bytes(), &mut files)?;
     }
     Ok(Exported { format, out: out.to_path_buf(), files, n_params: run.model.n_params() })

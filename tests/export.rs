@@ -83,9 +83,20 @@ fn check_llama_export(sets: &[&str], tied: bool, kv_heads: usize) {
     make_run(&run_dir, &r, 7);
     let done = export_dir(&run_dir, &out).unwrap();
     assert_eq!(done.format, Format::Llama, "{sets:?}");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "tokenizer_config.json"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("model.safetensors")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "the weights are readable by others: {mode:o}");
+    }
+    // A byte tokenizer has no end-of-text token: the newline byte stands in, never added.
+    let tc = read_json(&out.join("tokenizer_config.json"));
+    assert_eq!(tc["tokenizer_class"], "PreTrainedTokenizerFast");
+    assert_eq!(tc["eos_token"], "\u{10a}");
+    assert_eq!((tc["add_bos_token"].clone(), tc["add_eos_token"].clone()), (false.into(), false.into()));
 
     let json = read_json(&out.join("config.json"));
     assert_eq!(json["model_type"], "llama");
@@ -265,6 +276,8 @@ fn hf_scorer_uses_the_models_end_of_text_token() {
     assert_eq!(json["eos_token_id"], 256);
     assert_eq!(json["bos_token_id"], 256);
     assert_eq!(read_json(&out.join("generation_config.json"))["eos_token_id"], 256);
+    let tc = read_json(&out.join("tokenizer_config.json"));
+    assert_eq!((tc["bos_token"].as_str(), tc["eos_token"].as_str()), (Some("</s>"), Some("</s>")));
     let hf = eval::hf::load(&out.display().to_string(), &Device::Cpu).unwrap();
     assert_eq!(hf.tokenizer().eot, Some(256));
     assert_eq!(hf.tokenizer().encode("a</s>").unwrap(), vec![b'a' as u32, 256]);
