@@ -68,7 +68,7 @@ fn subjects() -> Vec<mmlu::Subject> {
 fn csv_quoting_commas_and_newlines_are_read_as_fields() {
     let s = subjects();
     let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["abstract_algebra", "virology", "world_religions"]);
+    assert_eq!(names, ["abstract_algebra", "high_school_geography", "virology", "world_religions"]);
     let aa = &s[0];
     assert_eq!(aa.test.len(), 3);
     assert_eq!(
@@ -78,9 +78,9 @@ fn csv_quoting_commas_and_newlines_are_read_as_fields() {
     assert_eq!(aa.test[1].choices[0], "True, True");
     assert_eq!(aa.test[2].question, "Let p = \"x\"; what is p, quoted?");
     assert_eq!(aa.test[2].choices, ["\"x\"", "x", "'x'", "none of these"].map(String::from));
-    assert_eq!(s[1].test[0].choices[0], "Herpesviridae, e.g. HSV-1");
-    assert!(s[1].dev.is_none(), "virology has no dev split in the fixture");
-    assert_eq!(s[2].test.iter().map(|q| q.answer).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(s[2].test[0].choices[0], "Herpesviridae, e.g. HSV-1");
+    assert!(s[2].dev.is_none(), "virology has no dev split in the fixture");
+    assert_eq!(s[3].test.iter().map(|q| q.answer).collect::<Vec<_>>(), [1, 2]);
 }
 
 #[test]
@@ -111,6 +111,29 @@ fn prompts_match_the_harness_format_byte_for_byte() {
     assert_eq!(items[1].shots_used, 2);
     assert_eq!(reqs.len(), 4 * 3);
     let _ = lm.score(&reqs, &mut |_| {}).unwrap();
+}
+
+#[test]
+fn five_shot_prompt_matches_the_harness_byte_for_byte() {
+    let s = subjects();
+    let geo = vec![s[1].clone()];
+    let opts = mmlu::Options { shots: 5, shots_from: ShotSource::Dev, limit: None };
+    let (items, reqs) = mmlu::build(&KeelTokenizer::byte(), 100_000, &geo, &opts).unwrap();
+    let expected = "The following are multiple choice questions (with answers) about high school geography.\n\n\
+        Which river is the longest?\nA. Nile\nB. Thames\nC. Seine\nD. Rhine\nAnswer: A\n\n\
+        Which of these is a desert, by rainfall?\nA. Amazon basin\nB. Sahara\nC. Siberia\nD. Bavaria\nAnswer: B\n\n\
+        What is the capital of Australia?\nA. Sydney\nB. Melbourne\nC. Canberra\nD. Perth\nAnswer: C\n\n\
+        Which ocean is the largest?\nA. Atlantic\nB. Indian\nC. Arctic\nD. Pacific\nAnswer: D\n\n\
+        Mount Everest lies in which range?\nA. Himalaya\nB. Andes\nC. Alps\nD. Rockies\nAnswer: A\n\n\
+        Which line divides the Earth into northern and southern hemispheres?\nA. the prime meridian\nB. the equator\nC. the Tropic of Cancer\nD. the date line\nAnswer:";
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].context, expected, "the first five dev questions, in file order; the sixth is not used");
+    assert_eq!((items[0].shots_used, items[0].shots_dropped, items[0].shots_source), (5, 0, "dev"));
+    for (r, letter) in reqs.iter().zip(["A", "B", "C", "D"]) {
+        let text: String = r.tokens.iter().map(|&t| t as u8 as char).collect();
+        assert_eq!(text, format!("{expected} {letter}"));
+        assert_eq!(r.cont_start, expected.len());
+    }
 }
 
 #[test]
@@ -166,7 +189,7 @@ fn shots_are_dropped_from_the_front_then_the_prompt_is_left_truncated() {
 #[test]
 fn test_split_exemplars_are_excluded_from_scoring() {
     let s = subjects();
-    let wr = vec![mmlu::Subject { dev: None, ..s[2].clone() }];
+    let wr = vec![mmlu::Subject { dev: None, ..s[3].clone() }];
     let opts = mmlu::Options { shots: 1, shots_from: ShotSource::Test, limit: None };
     let (items, _) = mmlu::build(&KeelTokenizer::byte(), 10_000, &wr, &opts).unwrap();
     assert_eq!(items.len(), 1, "the exemplar is not scored");
@@ -451,12 +474,12 @@ fn eval_cli_end_to_end_and_bad_input() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let res: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("eval/mmlu-5shot/results.json")).unwrap()).unwrap();
-    assert_eq!(res["questions"], 6, "virology's single question cannot spare an exemplar and stays scored");
+    assert_eq!(res["questions"], 7, "virology's single question cannot spare an exemplar and stays scored");
     assert_eq!(res["shots_source"]["virology"], "none");
     assert_eq!(res["shots_source"]["abstract_algebra"], "dev");
     let csv = std::fs::read_to_string(run.join("eval/mmlu-5shot/questions.csv")).unwrap();
     assert!(csv.starts_with("id,subject,gold,predicted,ll_a,ll_b,ll_c,ll_d,"));
-    assert_eq!(csv.lines().count(), 7);
+    assert_eq!(csv.lines().count(), 8);
     // Results are never overwritten without --force.
     let again = keel()
         .args([
