@@ -167,11 +167,12 @@ impl AdamW {
                     p.var.as_tensor().inplace_op2(&g, &op)?;
                 }
                 Moments::Device { m, v } => {
-                    let g32 = (g.to_dtype(DType::F32)? * grad_scale)?;
-                    *m = ((&*m * self.beta1)? + (&g32 * (1.0 - self.beta1))?)?;
-                    *v = ((&*v * self.beta2)? + (g32.sqr()? * (1.0 - self.beta2))?)?;
+                    // Detached throughout: moments live across steps and must not hold any graph.
+                    let g32 = (g.detach().to_dtype(DType::F32)? * grad_scale)?;
+                    *m = ((&*m * self.beta1)? + (&g32 * (1.0 - self.beta1))?)?.detach();
+                    *v = ((&*v * self.beta2)? + (g32.sqr()? * (1.0 - self.beta2))?)?.detach();
                     let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + self.eps)?)?;
-                    let p32 = p.var.as_tensor().to_dtype(DType::F32)?;
+                    let p32 = p.var.as_tensor().detach().to_dtype(DType::F32)?;
                     let new = ((p32 * (1.0 - lr * wd))? - (update * lr)?)?;
                     p.var.set(&new.to_dtype(p.var.dtype())?)?;
                 }

@@ -53,7 +53,7 @@ pub fn loss_and_grads(
     let head = |g: &Group| matches!(g, Group::FinalNorm | Group::Head | Group::Embedding);
     collect(model, &store, &mut grads, head)?;
     let mut g =
-        store.get(top.as_tensor()).ok_or_else(|| anyhow!("the loss does not depend on the last block"))?.clone();
+        store.get(top.as_tensor()).ok_or_else(|| anyhow!("the loss does not depend on the last block"))?.detach();
     drop(store);
 
     // Blocks from the top: rebuild, back-propagate sum(y * g), pass dL/dx down.
@@ -69,7 +69,7 @@ pub fn loss_and_grads(
         g = store
             .get(input.as_tensor())
             .ok_or_else(|| anyhow!("block {b}'s output does not depend on its input"))?
-            .clone();
+            .detach();
     }
 
     // The embedding lookup's backward, as Candle's own: rows of dL/dx_0 index-added onto the
@@ -103,8 +103,10 @@ fn collect(
             continue;
         }
         if let Some(g) = store.get(p.var.as_tensor()) {
+            // Detached, so no gradient keeps its block's recomputed graph alive.
+            let g = g.detach();
             *acc = Some(match acc.take() {
-                None => g.clone(),
+                None => g,
                 Some(a) => (a + g)?,
             });
         }

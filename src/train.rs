@@ -99,9 +99,18 @@ impl Trainer {
             let loss = if t.grad_accum > 1 { (loss / t.grad_accum as f64)? } else { loss };
             let mut store = loss.backward()?;
             for (p, acc) in self.model.params.iter().zip(grads.iter_mut()) {
-                let g = store.remove(p.var.as_tensor()).ok_or_else(|| {
-                    anyhow!("parameter {} received no gradient (a Candle op without backward cut the graph)", p.name)
-                })?;
+                // Detached: a gradient computed by composite ops (all of them off-CPU) still refers
+                // to the forward activations, and the optimizer's moments would keep every step's
+                // graph alive through it.
+                let g = store
+                    .remove(p.var.as_tensor())
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "parameter {} received no gradient (a Candle op without backward cut the graph)",
+                            p.name
+                        )
+                    })?
+                    .detach();
                 *acc = Some(match acc.take() {
                     None => g,
                     Some(a) => (a + g)?,
