@@ -323,15 +323,7 @@ impl LanguageModel for HfLlama {
     }
 
     fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> Result<Vec<Scored>> {
-        let max = self.max_len();
-        for r in requests {
-            anyhow::ensure!(
-                r.cont_start >= 1 && r.cont_start < r.tokens.len() && r.tokens.len() - 1 <= max,
-                "internal: request of {} tokens (continuation from {}) does not fit a context of {max}",
-                r.tokens.len(),
-                r.cont_start
-            );
-        }
+        super::check_fits(requests, self.max_len())?;
         let mut out = Vec::with_capacity(requests.len());
         for r in requests {
             out.push(self.score_one(r).context("scoring a request")?);

@@ -198,13 +198,7 @@ pub fn evaluate(
         }
         truncated += cut_any as usize;
     }
-    let total = requests.len();
-    let mut done = 0;
-    progress(0, total);
-    let scores = lm.score(&requests, &mut |n| {
-        done += n;
-        progress(done, total)
-    })?;
+    let scores = super::score_all(lm, &requests, progress)?;
     let mut answered = Vec::new();
     let mut at = 0;
     let (mut acc, mut acc_norm) = (0usize, 0usize);

@@ -418,13 +418,7 @@ pub fn evaluate(
 ) -> Result<(Results, Vec<Answered>)> {
     let start = std::time::Instant::now();
     let (items, requests) = build(lm.tokenizer(), lm.max_len(), subjects, opts)?;
-    let total = requests.len();
-    progress(0, total);
-    let mut done = 0;
-    let scores = lm.score(&requests, &mut |n| {
-        done += n;
-        progress(done, total)
-    })?;
+    let scores = super::score_all(lm, &requests, progress)?;
     let (answered, summary) = score(&items, &scores);
     let elapsed = start.elapsed().as_secs_f64();
     let shots_source = items.iter().map(|i| (i.question.subject.clone(), i.shots_source.to_string())).collect();

@@ -76,6 +76,34 @@ pub fn encode_pair(tok: &KeelTokenizer, context: &str, continuation: &str) -> Re
     Ok((whole, start))
 }
 
+/// Every request has a continuation and fits a context of `max` tokens (callers [`fit`] them).
+pub fn check_fits(requests: &[Request], max: usize) -> Result<()> {
+    for r in requests {
+        anyhow::ensure!(
+            r.cont_start >= 1 && r.cont_start < r.tokens.len() && r.tokens.len() - 1 <= max,
+            "internal: request of {} tokens (continuation from {}) does not fit a context of {max}",
+            r.tokens.len(),
+            r.cont_start
+        );
+    }
+    Ok(())
+}
+
+/// Scores `requests`, reporting `progress(done, total)` in requests.
+pub fn score_all(
+    lm: &mut dyn LanguageModel,
+    requests: &[Request],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Scored>> {
+    let total = requests.len();
+    let mut done = 0;
+    progress(0, total);
+    lm.score(requests, &mut |n| {
+        done += n;
+        progress(done, total)
+    })
+}
+
 /// Keeps the last `max_len + 1` tokens, as the harness does when a request exceeds the model's
 /// context. Returns the request and how many tokens were cut from the front.
 pub fn fit(mut tokens: Vec<u32>, cont_start: usize, max_len: usize) -> (Request, usize) {
@@ -285,15 +313,7 @@ impl LanguageModel for KeelLm {
     }
 
     fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> Result<Vec<Scored>> {
-        let max = self.max_len();
-        for r in requests {
-            anyhow::ensure!(
-                r.cont_start >= 1 && r.cont_start < r.tokens.len() && r.tokens.len() - 1 <= max,
-                "internal: request of {} tokens (continuation from {}) does not fit a context of {max}",
-                r.tokens.len(),
-                r.cont_start
-            );
-        }
+        check_fits(requests, self.max_len())?;
         // Requests with the same input (MMLU's four answers after one context) share a forward row.
         let mut unique: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
         let mut inputs: Vec<&[u32]> = Vec::new();

@@ -86,12 +86,7 @@ pub fn perplexity(
         crate::InputError(format!("the text has {} tokens; perplexity needs at least 2", tokens.len()))
     );
     let total = reqs.len();
-    progress(0, total);
-    let mut done = 0;
-    let scores = lm.score(&reqs, &mut |n| {
-        done += n;
-        progress(done, total)
-    })?;
+    let scores = super::score_all(lm, &reqs, progress)?;
     let nll: f64 = -scores.iter().map(|s| s.logprob).sum::<f64>();
     let n: usize = scores.iter().map(|s| s.n_tokens).sum();
     let scored_end = windows(tokens.len(), context, stride).get(total - 1).map(|w| w.1).unwrap_or(0);

@@ -63,13 +63,7 @@ pub fn evaluate(
             encode_pair(lm.tokenizer(), &format!("{} {}=", e.task, e.prompt), &format!("{}\n", e.answer))?;
         requests.push(fit(tokens, start, lm.max_len()).0);
     }
-    let total = requests.len();
-    let mut done = 0;
-    progress(0, total);
-    let scores = lm.score(&requests, &mut |n| {
-        done += n;
-        progress(done, total)
-    })?;
+    let scores = super::score_all(lm, &requests, progress)?;
     let outcomes: Vec<Outcome> = examples
         .iter()
         .zip(&scores)
