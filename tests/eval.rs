@@ -454,23 +454,11 @@ fn synthetic_examples_are_seeded_and_scored_by_greedy_match() {
 fn eval_cli_end_to_end_and_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tiny_run(&tmp.path().join("run"), "keel", 64);
-    let out = keel()
-        .args([
-            "eval",
-            "--bench",
-            "mmlu",
-            "--quiet",
-            "--shots",
-            "5",
-            "--shots-from",
-            "test",
-            "--data",
-            FIXTURE,
-            "--run",
-        ])
-        .arg(&run)
-        .output()
-        .unwrap();
+    let five_shot = || {
+        let args = ["eval", "--bench", "mmlu", "--quiet", "--shots", "5", "--shots-from", "test", "--data", FIXTURE];
+        keel().args(args).arg("--run").arg(&run).output().unwrap()
+    };
+    let out = five_shot();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let res: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("eval/mmlu-5shot/results.json")).unwrap()).unwrap();
@@ -481,23 +469,7 @@ fn eval_cli_end_to_end_and_bad_input() {
     assert!(csv.starts_with("id,subject,gold,predicted,ll_a,ll_b,ll_c,ll_d,"));
     assert_eq!(csv.lines().count(), 8);
     // Results are never overwritten without --force.
-    let again = keel()
-        .args([
-            "eval",
-            "--bench",
-            "mmlu",
-            "--quiet",
-            "--shots",
-            "5",
-            "--shots-from",
-            "test",
-            "--data",
-            FIXTURE,
-            "--run",
-        ])
-        .arg(&run)
-        .output()
-        .unwrap();
+    let again = five_shot();
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 
