@@ -81,6 +81,7 @@ pub fn perplexity(
     let context = lm.max_len();
     let stride = stride.unwrap_or((context / 2).max(1)).clamp(1, context);
     let reqs = requests(tokens, context, stride, limit);
+    anyhow::ensure!(limit != Some(0), crate::InputError("--limit 0 scores no window; give at least 1".into()));
     anyhow::ensure!(
         !reqs.is_empty(),
         crate::InputError(format!("the text has {} tokens; perplexity needs at least 2", tokens.len()))
