@@ -451,6 +451,32 @@ impl Model {
         })
     }
 
+    /// Sets every parameter from `tensors` (by name; dtype and device converted). `Ok(Err(why))`
+    /// names the first parameter that is missing or has another shape; nothing is set then.
+    pub fn load_weights(
+        &self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<std::result::Result<(), String>> {
+        for p in &self.params {
+            match tensors.get(&p.name) {
+                None => return Ok(Err(format!("lacks the tensor {}", p.name))),
+                Some(t) if t.dims() != p.var.dims() => {
+                    return Ok(Err(format!(
+                        "tensor {} has shape {:?}, the model needs {:?}",
+                        p.name,
+                        t.dims(),
+                        p.var.dims()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        for p in &self.params {
+            p.var.set(&tensors[&p.name].to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
+        }
+        Ok(Ok(()))
+    }
+
     pub fn n_params(&self) -> usize {
         self.params.iter().map(|p| p.var.elem_count()).sum()
     }

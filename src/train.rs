@@ -211,21 +211,8 @@ pub struct Outcome {
 pub const DONE: &str = "DONE";
 
 fn restore(trainer: &mut Trainer, ckpt: &crate::checkpoint::Loaded) -> Result<()> {
-    for p in &trainer.model.params {
-        let t = ckpt
-            .model
-            .get(&p.name)
-            .ok_or_else(|| anyhow!("checkpoint {} lacks parameter {}", ckpt.path.display(), p.name))?;
-        if t.shape() != p.var.shape() {
-            return Err(anyhow!(
-                "checkpoint {}: {} has shape {:?}, the model {:?}",
-                ckpt.path.display(),
-                p.name,
-                t.shape(),
-                p.var.shape()
-            ));
-        }
-        p.var.set(&t.to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
+    if let Err(why) = trainer.model.load_weights(&ckpt.model)? {
+        return Err(anyhow!("checkpoint {}: {why}", ckpt.path.display()));
     }
     trainer.opt.load_state(&trainer.model.params, &ckpt.optimizer, ckpt.state.optimizer_steps)?;
     trainer.sampler.seek(ckpt.state.sampler);

@@ -100,7 +100,7 @@ fn ppl_tokens(args: &EvalArgs, scorer: &mut Scorer) -> Result<(Vec<u32>, String)
             if path.join("meta.json").exists() {
                 let prepared = crate::data::prepare::open_prepared(&path)?;
                 let spec = &scorer.lm().tokenizer().spec;
-                if &prepared.meta.tokenizer != spec && !(spec == "byte" && prepared.meta.tokenizer == "byte") {
+                if &prepared.meta.tokenizer != spec {
                     return Err(InputError(format!(
                         "{d} was prepared with tokenizer {} but the model uses {spec}\n  pass a text file as --data so keel tokenizes it with the model's tokenizer",
                         prepared.meta.tokenizer

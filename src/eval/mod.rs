@@ -178,25 +178,12 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
     };
     let resolved = config.resolve(vocab)?;
     let model = Model::new(&resolved, device)?;
-    for p in &model.params {
-        let t = weights.get(&p.name).ok_or_else(|| {
-            InputError(format!(
-                "{} lacks the tensor {}: it does not belong to this run's config.toml\n  restore the run's own model.safetensors",
-                weights_path.display(),
-                p.name
-            ))
-        })?;
-        if t.dims() != p.var.dims() {
-            return Err(InputError(format!(
-                "{}: tensor {} has shape {:?}, the config needs {:?}\n  restore the run's own model.safetensors",
-                weights_path.display(),
-                p.name,
-                t.dims(),
-                p.var.dims()
-            ))
-            .into());
-        }
-        p.var.set(&t.to_dtype(p.var.dtype())?.to_device(device)?)?;
+    if let Err(why) = model.load_weights(&weights)? {
+        return Err(InputError(format!(
+            "{}: {why}: it does not belong to this run's config.toml\n  restore the run's own model.safetensors",
+            weights_path.display()
+        ))
+        .into());
     }
     let tokenizer = run_tokenizer(dir, &config)?;
     if tokenizer.vocab_size() > resolved.vocab_size() {

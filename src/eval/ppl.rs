@@ -60,15 +60,6 @@ pub fn scored_bytes(tok: &KeelTokenizer, tokens: &[u32]) -> Result<usize> {
     Ok(all.saturating_sub(first))
 }
 
-/// The requests for `tokens` (at most `limit` windows).
-pub fn requests(tokens: &[u32], context: usize, stride: usize, limit: Option<usize>) -> Vec<Request> {
-    let mut w = windows(tokens.len(), context, stride);
-    w.truncate(limit.unwrap_or(usize::MAX));
-    w.into_iter()
-        .map(|(start, end, first)| Request { tokens: tokens[start..=end].to_vec(), cont_start: first - start })
-        .collect()
-}
-
 /// Scores `tokens` with `lm`; `limit` caps the number of windows (the bytes then count only the
 /// scored prefix).
 pub fn perplexity(
@@ -80,7 +71,12 @@ pub fn perplexity(
 ) -> Result<Perplexity> {
     let context = lm.max_len();
     let stride = stride.unwrap_or((context / 2).max(1)).clamp(1, context);
-    let reqs = requests(tokens, context, stride, limit);
+    let mut w = windows(tokens.len(), context, stride);
+    w.truncate(limit.unwrap_or(usize::MAX));
+    let reqs: Vec<Request> = w
+        .iter()
+        .map(|&(start, end, first)| Request { tokens: tokens[start..=end].to_vec(), cont_start: first - start })
+        .collect();
     anyhow::ensure!(limit != Some(0), crate::InputError("--limit 0 scores no window; give at least 1".into()));
     anyhow::ensure!(
         !reqs.is_empty(),
@@ -90,7 +86,7 @@ pub fn perplexity(
     let scores = super::score_all(lm, &reqs, progress)?;
     let nll: f64 = -scores.iter().map(|s| s.logprob).sum::<f64>();
     let n: usize = scores.iter().map(|s| s.n_tokens).sum();
-    let scored_end = windows(tokens.len(), context, stride).get(total - 1).map(|w| w.1).unwrap_or(0);
+    let scored_end = w.last().map(|w| w.1).unwrap_or(0);
     let bytes = scored_bytes(lm.tokenizer(), &tokens[..=scored_end])?;
     Ok(Perplexity {
         tokens_scored: n,
