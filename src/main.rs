@@ -19,7 +19,7 @@ fn main() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = rayon::scope(|_| match cli.command {
         Command::Train(args) => keel::commands::train::run(&args),
         Command::Bench(args) => keel::commands::bench::run(&args).map(|()| 0),
         Command::Data(keel::cli::DataCommand::Prepare(args)) => keel::commands::data::prepare(&args).map(|()| 0),
@@ -29,7 +29,7 @@ fn main() {
         Command::Plot(args) => keel::commands::plot::run(&args).map(|()| 0),
         Command::Eval(args) => keel::commands::eval::run(&args).map(|()| 0),
         Command::Export(args) => keel::commands::export::run(&args).map(|()| 0),
-    };
+    });
     match result {
         Ok(0) => {}
         Ok(code) => std::process::exit(code),

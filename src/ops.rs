@@ -38,7 +38,11 @@ pub trait Real: WithDType + num_traits::Float + Send + Sync + std::iter::Sum {
     /// exp, vectorizable in f32 (see [`exp_f32`]).
     fn fast_exp(self) -> Self;
 
+    /// RoPE's (cos, sin) tables in this type, (T, D/2) row-major.
+    fn rope_tables(rope: &Rope) -> (&[Self], &[Self]);
+
     /// xs[i] <- exp(xs[i] - shift).
+    #[inline(always)]
     fn exp_shifted(xs: &mut [Self], shift: Self) {
         for x in xs {
             *x = (*x - shift).fast_exp();
@@ -51,12 +55,18 @@ impl Real for f32 {
     fn fast_exp(self) -> f32 {
         exp_f32(self)
     }
+    fn rope_tables(rope: &Rope) -> (&[f32], &[f32]) {
+        (&rope.cos_f32, &rope.sin_f32)
+    }
 }
 
 impl Real for f64 {
     #[inline(always)]
     fn fast_exp(self) -> f64 {
         self.exp()
+    }
+    fn rope_tables(rope: &Rope) -> (&[f64], &[f64]) {
+        (&rope.cos, &rope.sin)
     }
 }
 
@@ -105,7 +115,8 @@ pub fn sum<T: Real>(a: &[T]) -> T {
 pub fn exp_f32(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let r2 = r * r;
     let p = (((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
@@ -114,7 +125,10 @@ pub fn exp_f32(x: f32) -> f32 {
         * r2
         + r
         + 1.0;
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from the bits: `shifted` = 1.5 * 2^23 + n lies in a binade whose last place is 1, so its
+    // bits exceed MAGIC's by n. (A float-to-int cast would be saturating and keep the loop scalar.)
+    let n_int = shifted.to_bits() as i32 - MAGIC.to_bits() as i32;
+    p * f32::from_bits(((n_int + 127) << 23) as u32)
 }
 
 /// Runs `$body` with the type `$t` bound to the float type of `$dtype` (f32 or f64); any other
@@ -145,6 +159,46 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]
 /// Rows per parallel task: fixed (not tied to the thread count) so reductions are deterministic.
 const ROW_CHUNK: usize = 32;
 
+/// A vector of `n` elements that the caller overwrites entirely before reading any: zero-filling
+/// the outputs first was a pass over memory per op (3% of a training step at R). Candle's CPU
+/// backend allocates its conv outputs the same way.
+#[allow(clippy::uninit_vec)]
+fn unfilled<T: Real>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32/f64 have no invalid bit patterns, and every caller writes all n elements before
+    // the vector is read or returned.
+    unsafe { v.set_len(n) };
+    v
+}
+
+static SIMD_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Switches the AVX2 paths of the fused kernels on or off (process-wide). The results do not
+/// depend on it (a test asserts bit equality); it exists so that claim can be tested.
+#[doc(hidden)]
+pub fn set_simd(enabled: bool) {
+    SIMD_ENABLED.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `f` compiled for AVX2 when the CPU has it (keel is built for baseline x86-64, whose SSE2
+/// vectors are half as wide). Only the width changes: no FMA contraction, no reordering, so the
+/// results are bit-identical to the fallback's. `f` must be a loop whose helpers inline into it.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if SIMD_ENABLED.load(std::sync::atomic::Ordering::Relaxed) && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 // ---------------------------------------------------------------------------------------------
 // RoPE tables
 // ---------------------------------------------------------------------------------------------
@@ -159,6 +213,9 @@ pub struct Rope {
     /// (T, D/2) row-major.
     pub cos: Vec<f64>,
     pub sin: Vec<f64>,
+    /// The same tables rounded to f32, for the f32 kernels.
+    cos_f32: Vec<f32>,
+    sin_f32: Vec<f32>,
 }
 
 impl Rope {
@@ -174,7 +231,9 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
-        Rope { seq_len, head_dim, cos, sin }
+        let cos_f32 = cos.iter().map(|&v| v as f32).collect();
+        let sin_f32 = sin.iter().map(|&v| v as f32).collect();
+        Rope { seq_len, head_dim, cos, sin, cos_f32, sin_f32 }
     }
 
     /// The tables as (T, D/2) tensors, for the composite path.
@@ -348,17 +407,22 @@ pub mod composite {
 // ---------------------------------------------------------------------------------------------
 
 fn rms_fwd_kernel<T: Real>(h: &[T], gamma: &[T], c: usize, eps: f64) -> Vec<T> {
-    let mut y = vec![T::zero(); h.len()];
+    let mut y = unfilled(h.len());
     let eps = T::from_f64(eps);
     let inv_c = T::from_f64(1.0 / c as f64);
     y.par_chunks_mut(c * ROW_CHUNK).zip(h.par_chunks(c * ROW_CHUNK)).for_each(|(ys, hs)| {
-        for (yr, hr) in ys.chunks_mut(c).zip(hs.chunks(c)) {
-            let ms = dot(hr, hr) * inv_c;
-            let r = (ms + eps).sqrt().recip();
-            for ((yv, &hv), &g) in yr.iter_mut().zip(hr).zip(gamma) {
-                *yv = hv * r * g;
-            }
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for (yr, hr) in ys.chunks_exact_mut(c).zip(hs.chunks_exact(c)) {
+                    let ms = dot(hr, hr) * inv_c;
+                    let r = (ms + eps).sqrt().recip();
+                    for ((yv, &hv), &g) in yr.iter_mut().zip(hr).zip(gamma) {
+                        *yv = hv * r * g;
+                    }
+                }
+            },
+        )
     });
     y
 }
@@ -370,7 +434,7 @@ fn rms_fwd_kernel<T: Real>(h: &[T], gamma: &[T], c: usize, eps: f64) -> Vec<T> {
 fn rms_bwd_kernel<T: Real>(x: &[T], f: Option<&[T]>, alpha: f64, gamma: &[T], dy: &[T], c: usize, eps: f64) -> Vec<T> {
     let n = x.len() / c;
     let blocks = if f.is_some() { 2 } else { 1 };
-    let mut out = vec![T::zero(); (blocks * n + 1) * c];
+    let mut out = unfilled((blocks * n + 1) * c);
     let eps = T::from_f64(eps);
     let alpha = T::from_f64(alpha);
     let inv_c = T::from_f64(1.0 / c as f64);
@@ -390,42 +454,49 @@ fn rms_bwd_kernel<T: Real>(x: &[T], f: Option<&[T]>, alpha: f64, gamma: &[T], dy
             let mut dg = vec![T::zero(); c];
             let mut h = vec![T::zero(); c];
             let mut g = vec![T::zero(); c];
-            for (row, dxr) in dxs.chunks_mut(c).enumerate() {
-                let off = base + row * c;
-                let xr = &x[off..off + c];
-                match f {
-                    Some(f) => {
-                        for ((hv, &xv), &fv) in h.iter_mut().zip(xr).zip(&f[off..off + c]) {
-                            *hv = alpha * xv + fv;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (row, dxr) in dxs.chunks_exact_mut(c).enumerate() {
+                        let off = base + row * c;
+                        let xr = &x[off..off + c];
+                        match f {
+                            Some(f) => {
+                                for ((hv, &xv), &fv) in h.iter_mut().zip(xr).zip(&f[off..off + c]) {
+                                    *hv = alpha * xv + fv;
+                                }
+                            }
+                            None => h.copy_from_slice(xr),
+                        }
+                        let ms = dot(&h, &h) * inv_c;
+                        let r = (ms + eps).sqrt().recip();
+                        let (dyr, dg, g, h, gamma, dxr) =
+                            (&dy[off..off + c], &mut dg[..c], &mut g[..c], &h[..c], &gamma[..c], &mut dxr[..c]);
+                        for i in 0..c {
+                            dg[i] += dyr[i] * h[i] * r;
+                            g[i] = dyr[i] * gamma[i];
+                        }
+                        let m = dot(g, h) * r * inv_c;
+                        for i in 0..c {
+                            dxr[i] = r * (g[i] - h[i] * r * m);
+                        }
+                        if let Some(dfs) = dfs.as_deref_mut() {
+                            let dfr = &mut dfs[row * c..(row + 1) * c];
+                            dfr.copy_from_slice(dxr);
+                            if alpha != T::one() {
+                                for v in dxr.iter_mut() {
+                                    *v *= alpha;
+                                }
+                            }
                         }
                     }
-                    None => h.copy_from_slice(xr),
-                }
-                let dyr = &dy[off..off + c];
-                let ms = dot(&h, &h) * inv_c;
-                let r = (ms + eps).sqrt().recip();
-                for i in 0..c {
-                    dg[i] += dyr[i] * h[i] * r;
-                    g[i] = dyr[i] * gamma[i];
-                }
-                let m = dot(&g, &h) * r * inv_c;
-                for i in 0..c {
-                    dxr[i] = r * (g[i] - h[i] * r * m);
-                }
-                if let Some(dfs) = dfs.as_deref_mut() {
-                    let dfr = &mut dfs[row * c..(row + 1) * c];
-                    dfr.copy_from_slice(dxr);
-                    if alpha != T::one() {
-                        for v in dxr.iter_mut() {
-                            *v *= alpha;
-                        }
-                    }
-                }
-            }
+                },
+            );
             dg
         })
         .collect();
     let dgamma = &mut out[blocks * n * c..];
+    dgamma.fill(T::zero());
     for p in partials {
         for (a, b) in dgamma.iter_mut().zip(p) {
             *a += b;
@@ -592,40 +663,56 @@ impl CustomOp3 for ResidualRmsNorm {
 
 struct SwiGlu;
 
+#[inline(always)]
 fn sigmoid<T: Real>(a: T) -> T {
     T::one() / (T::one() + (-a).fast_exp())
 }
 
 fn swiglu_fwd_kernel<T: Real>(h: &[T], f: usize) -> Vec<T> {
     let n = h.len() / (2 * f);
-    let mut y = vec![T::zero(); n * f];
+    let mut y = unfilled(n * f);
     y.par_chunks_mut(f * ROW_CHUNK).zip(h.par_chunks(2 * f * ROW_CHUNK)).for_each(|(ys, hs)| {
-        for (yr, hr) in ys.chunks_mut(f).zip(hs.chunks(2 * f)) {
-            let (a, b) = hr.split_at(f);
-            for i in 0..f {
-                yr[i] = a[i] * sigmoid(a[i]) * b[i];
-            }
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for (yr, hr) in ys.chunks_exact_mut(f).zip(hs.chunks_exact(2 * f)) {
+                    let (a, b) = hr.split_at(f);
+                    let (a, b, yr) = (&a[..f], &b[..f], &mut yr[..f]);
+                    for i in 0..f {
+                        yr[i] = a[i] * sigmoid(a[i]) * b[i];
+                    }
+                }
+            },
+        )
     });
     y
 }
 
 /// d/da silu(a) b = b s (1 + a (1 - s)), d/db = silu(a); s = sigmoid(a).
 fn swiglu_bwd_kernel<T: Real>(h: &[T], dy: &[T], f: usize) -> Vec<T> {
-    let mut dh = vec![T::zero(); h.len()];
+    let mut dh = unfilled(h.len());
     dh.par_chunks_mut(2 * f * ROW_CHUNK)
         .zip(h.par_chunks(2 * f * ROW_CHUNK))
         .zip(dy.par_chunks(f * ROW_CHUNK))
         .for_each(|((dhs, hs), dys)| {
-            for ((dhr, hr), dyr) in dhs.chunks_mut(2 * f).zip(hs.chunks(2 * f)).zip(dys.chunks(f)) {
-                let (a, b) = hr.split_at(f);
-                let (da, db) = dhr.split_at_mut(f);
-                for i in 0..f {
-                    let s = sigmoid(a[i]);
-                    da[i] = dyr[i] * b[i] * s * (T::one() + a[i] * (T::one() - s));
-                    db[i] = dyr[i] * a[i] * s;
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((dhr, hr), dyr) in
+                        dhs.chunks_exact_mut(2 * f).zip(hs.chunks_exact(2 * f)).zip(dys.chunks_exact(f))
+                    {
+                        let (a, b) = hr.split_at(f);
+                        let (da, db) = dhr.split_at_mut(f);
+                        // Equal lengths up front, so the loop has no bounds checks and vectorizes.
+                        let (a, b, da, db, dyr) = (&a[..f], &b[..f], &mut da[..f], &mut db[..f], &dyr[..f]);
+                        for i in 0..f {
+                            let s = sigmoid(a[i]);
+                            da[i] = dyr[i] * b[i] * s * (T::one() + a[i] * (T::one() - s));
+                            db[i] = dyr[i] * a[i] * s;
+                        }
+                    }
+                },
+            )
         });
     dh
 }
@@ -736,17 +823,21 @@ unsafe fn mm<T: 'static + Real>(
 /// RoPE on one head vector: out = R x, or R^T x when `inverse` (the backward), with
 /// R rotating the pairs (x[j], x[j + D/2]) by the angles whose cos and sin are given.
 #[inline(always)]
-fn rotate<T: Real>(out: &mut [T], x: &[T], cos: &[f64], sin: &[f64], inverse: bool) {
+fn rotate<T: Real>(out: &mut [T], x: &[T], cos: &[T], sin: &[T], inverse: bool) {
     let half = cos.len();
     let (o1, o2) = out.split_at_mut(half);
     let (x1, x2) = x.split_at(half);
-    assert!(o2.len() == half && x2.len() == half && sin.len() == half);
-    let sign = if inverse { -T::one() } else { T::one() };
-    for j in 0..half {
-        let c = T::from_f64(cos[j]);
-        let s = T::from_f64(sin[j]) * sign;
-        o1[j] = x1[j] * c - x2[j] * s;
-        o2[j] = x2[j] * c + x1[j] * s;
+    let (o1, o2, x1, x2, sin) = (&mut o1[..half], &mut o2[..half], &x1[..half], &x2[..half], &sin[..half]);
+    if inverse {
+        for j in 0..half {
+            o1[j] = x1[j] * cos[j] + x2[j] * sin[j];
+            o2[j] = x2[j] * cos[j] - x1[j] * sin[j];
+        }
+    } else {
+        for j in 0..half {
+            o1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+            o2[j] = x2[j] * cos[j] + x1[j] * sin[j];
+        }
     }
 }
 
@@ -754,14 +845,22 @@ fn rotate<T: Real>(out: &mut [T], x: &[T], cos: &[f64], sin: &[f64], inverse: bo
 /// rotating by RoPE when `rope` is given.
 fn gather_head<T: Real>(src: &[T], w: usize, b: usize, t: usize, col: usize, d: usize, rope: Option<&Rope>) -> Vec<T> {
     let half = d / 2;
-    let mut out = vec![T::zero(); t * d];
-    for (i, o) in out.chunks_exact_mut(d).enumerate() {
-        let row = &src[(b * t + i) * w + col..(b * t + i) * w + col + d];
-        match rope {
-            None => o.copy_from_slice(row),
-            Some(r) => rotate(o, row, &r.cos[i * half..(i + 1) * half], &r.sin[i * half..(i + 1) * half], false),
-        }
-    }
+    let mut out = unfilled(t * d);
+    vectorized(
+        #[inline(always)]
+        || {
+            for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                let row = &src[(b * t + i) * w + col..(b * t + i) * w + col + d];
+                match rope {
+                    None => o.copy_from_slice(row),
+                    Some(r) => {
+                        let (cos, sin) = T::rope_tables(r);
+                        rotate(o, row, &cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half], false)
+                    }
+                }
+            }
+        },
+    );
     out
 }
 
@@ -779,32 +878,45 @@ unsafe fn scatter_head<T: Real>(
     rope: Option<&Rope>,
 ) {
     let half = d / 2;
-    for (i, g) in src.chunks_exact(d).take(t).enumerate() {
-        let o = std::slice::from_raw_parts_mut(dst.0.add((b * t + i) * w + col), d);
-        match rope {
-            None => o.copy_from_slice(g),
-            Some(r) => rotate(o, g, &r.cos[i * half..(i + 1) * half], &r.sin[i * half..(i + 1) * half], true),
-        }
-    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for (i, g) in src.chunks_exact(d).take(t).enumerate() {
+                let o = std::slice::from_raw_parts_mut(dst.0.add((b * t + i) * w + col), d);
+                match rope {
+                    None => o.copy_from_slice(g),
+                    Some(r) => {
+                        let (cos, sin) = T::rope_tables(r);
+                        rotate(o, g, &cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half], true)
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// Row-wise causal softmax of scaled scores, in place: row i keeps columns 0..=i.
 fn causal_softmax<T: Real>(p: &mut [T], t: usize, scale: T) {
-    for i in 0..t {
-        let row = &mut p[i * t..(i + 1) * t];
-        let (live, masked) = row.split_at_mut(i + 1);
-        let mut mx = T::neg_infinity();
-        for v in live.iter_mut() {
-            *v *= scale;
-            mx = num_traits::Float::max(mx, *v);
-        }
-        T::exp_shifted(live, mx);
-        let inv = sum(live).recip();
-        for v in live.iter_mut() {
-            *v *= inv;
-        }
-        masked.fill(T::zero());
-    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for i in 0..t {
+                let row = &mut p[i * t..(i + 1) * t];
+                let (live, masked) = row.split_at_mut(i + 1);
+                let mut mx = T::neg_infinity();
+                for v in live.iter_mut() {
+                    *v *= scale;
+                    mx = num_traits::Float::max(mx, *v);
+                }
+                T::exp_shifted(live, mx);
+                let inv = sum(live).recip();
+                for v in live.iter_mut() {
+                    *v *= inv;
+                }
+                masked.fill(T::zero());
+            }
+        },
+    )
 }
 
 /// Row blocks for skipping the masked upper triangle: a (T, T) causal product is computed block
@@ -836,7 +948,7 @@ fn probs_into<T: Real>(p: &mut [T], q: &[T], k: &[T], t: usize, d: usize, scale:
 }
 
 fn probs<T: Real>(q: &[T], k: &[T], t: usize, d: usize, scale: T) -> Vec<T> {
-    let mut p = vec![T::zero(); t * t];
+    let mut p = unfilled(t * t);
     probs_into(&mut p, q, k, t, d, scale);
     p
 }
@@ -849,8 +961,8 @@ fn attn_fwd_kernel<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> (Vec<T>, Ve
     let ow = h * d;
     let rep = h / hkv;
     let scale = T::from_f64(1.0 / (d as f64).sqrt());
-    let mut out = vec![T::zero(); batch * t * ow];
-    let mut probs_all = vec![T::zero(); batch * h * t * t];
+    let mut out = unfilled::<T>(batch * t * ow);
+    let mut probs_all = unfilled(batch * h * t * t);
     let optr = SendPtr(out.as_mut_ptr());
     probs_all.par_chunks_mut(t * t).enumerate().for_each(|(task, p)| {
         #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
@@ -879,7 +991,7 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
     let ow = h * d;
     let rep = h / hkv;
     let scale = T::from_f64(1.0 / (d as f64).sqrt());
-    let mut dqkv = vec![T::zero(); qkv.len()];
+    let mut dqkv = unfilled(qkv.len());
     let gptr = SendPtr(dqkv.as_mut_ptr());
     // One task per (batch, kv head): it owns dK and dV of that kv head and dQ of its query heads.
     (0..batch * hkv).into_par_iter().for_each(|task| {
@@ -890,8 +1002,8 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
         let v = gather_head(qkv, w, b, t, (h + hkv + g) * d, d, None);
         let mut dk = vec![T::zero(); t * d];
         let mut dv = vec![T::zero(); t * d];
-        let mut ds = vec![T::zero(); t * t];
-        let mut dq = vec![T::zero(); t * d];
+        let mut ds = unfilled::<T>(t * t);
+        let mut dq = unfilled::<T>(t * d);
         for head in g * rep..(g + 1) * rep {
             let q = gather_head(qkv, w, b, t, head * d, d, Some(rope));
             let recomputed;
@@ -931,15 +1043,20 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
                 }
             }
             // dS = P * (dP - rowsum(P * dP)) * scale, written over dP.
-            for i in 0..t {
-                let pr = &p[i * t..(i + 1) * t];
-                let dsr = &mut ds[i * t..(i + 1) * t];
-                let dot = dot(&pr[..=i], &dsr[..=i]);
-                for j in 0..=i {
-                    dsr[j] = pr[j] * (dsr[j] - dot) * scale;
-                }
-                dsr[i + 1..].fill(T::zero());
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for i in 0..t {
+                        let pr = &p[i * t..(i + 1) * t];
+                        let dsr = &mut ds[i * t..(i + 1) * t];
+                        let dot = dot(&pr[..=i], &dsr[..=i]);
+                        for (dv, &pv) in dsr[..=i].iter_mut().zip(&pr[..=i]) {
+                            *dv = pv * (*dv - dot) * scale;
+                        }
+                        dsr[i + 1..].fill(T::zero());
+                    }
+                },
+            );
             for (r0, rn) in causal_blocks(t) {
                 unsafe {
                     // dQ[r0..r0+rn] = dS[r0.., 0..r0+rn] K[0..r0+rn]

@@ -53,18 +53,68 @@ fn rms_norm_matches_composite() {
 
 #[test]
 fn residual_rms_norm_matches_composite() {
-    for alpha in [1.0, 3.0, 2048.0] {
-        for (n, c) in [(5, 3), (40, 24)] {
-            let x = var(3, &[n, c], DType::F64);
-            let f = var(4, &[n, c], DType::F64);
-            let g = var(5, &[c], DType::F64);
-            compare(
-                &format!("residual_rms_norm alpha {alpha} {n}x{c}"),
-                &[x, f, g],
-                &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Fused).unwrap(),
-                &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Composite).unwrap(),
-                1e-10,
-            );
+    for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
+        for alpha in [1.0, 3.0, 2048.0] {
+            for (n, c) in [(5, 3), (40, 24), (33, 37)] {
+                let x = var(3, &[n, c], dtype);
+                let f = var(4, &[n, c], dtype);
+                let g = var(5, &[c], dtype);
+                compare(
+                    &format!("residual_rms_norm alpha {alpha} {n}x{c} {dtype:?}"),
+                    &[x, f, g],
+                    &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Fused).unwrap(),
+                    &|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], alpha, 1e-5, Kernels::Composite).unwrap(),
+                    tol,
+                );
+            }
+        }
+    }
+}
+
+/// The fused kernels run their loops compiled for AVX2 when the CPU has it. Only the vector width
+/// changes (no FMA contraction, fixed reduction order), so every output and gradient must be
+/// bit-identical to the baseline x86-64 build's: runs stay reproducible across CPUs.
+#[test]
+fn simd_paths_are_bit_identical() {
+    type Case = (&'static str, Vec<Var>, Box<dyn Fn(&[Tensor]) -> Tensor>);
+    let s = AttnShape { batch: 2, seq: 37, n_heads: 4, n_kv_heads: 2, head_dim: 10 };
+    let rope = Arc::new(Rope::new(40, 10, 10_000.0));
+    for dtype in [DType::F32, DType::F64] {
+        let targets =
+            Tensor::from_vec((0..45u32).map(|i| (i * 7) % 11).collect(), 45, &candle_core::Device::Cpu).unwrap();
+        let rope = rope.clone();
+        let cases: Vec<Case> = vec![
+            (
+                "rms_norm",
+                vec![var(1, &[45, 37], dtype), var(2, &[37], dtype)],
+                Box::new(|t| ops::rms_norm(&t[0], &t[1], 1e-5, Kernels::Fused).unwrap()),
+            ),
+            (
+                "residual_rms_norm",
+                vec![var(3, &[45, 37], dtype), var(4, &[45, 37], dtype), var(5, &[37], dtype)],
+                Box::new(|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], 64.0, 1e-5, Kernels::Fused).unwrap()),
+            ),
+            ("swiglu", vec![var(6, &[45, 2 * 29], dtype)], Box::new(|t| ops::swiglu(&t[0], Kernels::Fused).unwrap())),
+            (
+                "attention",
+                vec![var(7, &[s.batch * s.seq, (s.n_heads + 2 * s.n_kv_heads) * s.head_dim], dtype)],
+                Box::new(move |t| ops::causal_attention(&t[0], s, &rope, Kernels::Fused).unwrap()),
+            ),
+            (
+                "cross_entropy",
+                vec![var(8, &[45, 11], dtype)],
+                Box::new(move |t| ops::cross_entropy(&t[0], &targets, Kernels::Fused).unwrap()),
+            ),
+        ];
+        for (name, inputs, f) in cases {
+            ops::set_simd(false);
+            let (a, ga) = run(&inputs, &*f, 5);
+            ops::set_simd(true);
+            let (b, gb) = run(&inputs, &*f, 5);
+            assert_eq!(to_vec(&a), to_vec(&b), "{name} {dtype:?} forward");
+            for (x, y) in ga.iter().zip(&gb) {
+                assert_eq!(to_vec(x), to_vec(y), "{name} {dtype:?} gradient");
+            }
         }
     }
 }
