@@ -129,7 +129,7 @@ impl Norm {
     pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
         match (&self.kind, &self.beta) {
             (NormKind::RmsNorm, _) => ops::rms_norm(x, &self.gamma, self.eps, k),
-            (NormKind::LayerNorm, Some(beta)) => ops::composite::layer_norm(x, &self.gamma, beta, self.eps),
+            (NormKind::LayerNorm, Some(beta)) => ops::layer_norm(x, &self.gamma, beta, self.eps, k),
             (NormKind::LayerNorm, None) => unreachable!("layer norm has a bias"),
         }
     }
@@ -262,7 +262,7 @@ impl Ffn {
         let h = ops::linear_in(x, &self.w_in, k, self.compute)?;
         let a = match self.kind {
             FfnKind::Swiglu => ops::swiglu(&h, k)?,
-            FfnKind::Gelu => h.gelu_erf()?,
+            FfnKind::Gelu => ops::gelu(&h, k)?,
         };
         ops::linear_in(&a, &self.w_out, k, self.compute)
     }

@@ -41,6 +41,9 @@ pub trait Real: WithDType + num_traits::Float + Send + Sync + std::iter::Sum {
     /// RoPE's (cos, sin) tables in this type, (T, D/2) row-major.
     fn rope_tables(rope: &Rope) -> (&[Self], &[Self]);
 
+    /// The standard normal CDF, Phi(x) = (1 + erf(x / sqrt 2)) / 2.
+    fn normal_cdf(self) -> Self;
+
     /// xs[i] <- exp(xs[i] - shift).
     #[inline(always)]
     fn exp_shifted(xs: &mut [Self], shift: Self) {
@@ -58,6 +61,10 @@ impl Real for f32 {
     fn rope_tables(rope: &Rope) -> (&[f32], &[f32]) {
         (&rope.cos_f32, &rope.sin_f32)
     }
+    #[inline(always)]
+    fn normal_cdf(self) -> f32 {
+        normal_cdf_f32(self)
+    }
 }
 
 impl Real for f64 {
@@ -67,6 +74,11 @@ impl Real for f64 {
     }
     fn rope_tables(rope: &Rope) -> (&[f64], &[f64]) {
         (&rope.cos, &rope.sin)
+    }
+    #[inline(always)]
+    fn normal_cdf(self) -> f64 {
+        // erfc rather than 1 + erf, which would cancel in the lower tail.
+        0.5 * candle_core::cpu::erf::erfc_f64(-self * std::f64::consts::FRAC_1_SQRT_2)
     }
 }
 
@@ -129,6 +141,29 @@ pub fn exp_f32(x: f32) -> f32 {
     // bits exceed MAGIC's by n. (A float-to-int cast would be saturating and keep the loop scalar.)
     let n_int = shifted.to_bits() as i32 - MAGIC.to_bits() as i32;
     p * f32::from_bits(((n_int + 127) << 23) as u32)
+}
+
+/// Phi(x) for f32 as straight-line arithmetic that vectorizes (Candle's erf is a scalar call per
+/// element): Numerical Recipes' Chebyshev fit erfc(u) = t exp(-u^2 + P(t)), t = 1 / (1 + u/2),
+/// u >= 0, whose relative error is below 1.2e-7 everywhere, so the lower tail (erfc of |x|) stays
+/// accurate too; Phi is within 3e-7 absolute after f32 rounding (tested).
+#[inline(always)]
+pub fn normal_cdf_f32(x: f32) -> f32 {
+    let u = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * u);
+    let p = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204 + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
+    let half_erfc = 0.5 * t * exp_f32(p - u * u);
+    if x >= 0.0 {
+        1.0 - half_erfc
+    } else {
+        half_erfc
+    }
 }
 
 /// Runs `$body` with the type `$t` bound to the float type of `$dtype` (f32 or f64); any other
@@ -257,6 +292,15 @@ pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64, k: Kernels) -> Result<Tens
     }
 }
 
+/// LayerNorm over the last dim: y = (x - mean) / sqrt(var + eps) * gamma + beta (biased variance,
+/// as PyTorch). x: (N, C), gamma, beta: (C).
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Fused => x.contiguous()?.apply_op3(gamma, beta, LayerNorm { eps }),
+        Kernels::Composite => composite::layer_norm(x, gamma, beta, eps),
+    }
+}
+
 /// Residual followed by RMSNorm: y = RMSNorm(alpha * x + f) (Post-LN with alpha = 1, Keel with
 /// alpha = L). x, f: (N, C), gamma: (C).
 pub fn residual_rms_norm(x: &Tensor, f: &Tensor, gamma: &Tensor, alpha: f64, eps: f64, k: Kernels) -> Result<Tensor> {
@@ -272,6 +316,14 @@ pub fn residual(x: &Tensor, f: &Tensor, alpha: f64) -> Result<Tensor> {
         x + f
     } else {
         x.affine(alpha, 0.0)? + f
+    }
+}
+
+/// GELU with the exact normal CDF: x Phi(x) (PyTorch's default `approximate='none'`). Any shape.
+pub fn gelu(h: &Tensor, k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Fused => h.contiguous()?.apply_op1(Gelu),
+        Kernels::Composite => h.gelu_erf(),
     }
 }
 
@@ -654,6 +706,250 @@ impl CustomOp3 for ResidualRmsNorm {
         let df = packed.narrow(0, n, n)?;
         let dgamma = packed.narrow(0, 2 * n, 1)?.reshape(c)?;
         Ok((Some(dx), Some(df), Some(dgamma)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused LayerNorm
+// ---------------------------------------------------------------------------------------------
+
+fn ln_fwd_kernel<T: Real>(x: &[T], gamma: &[T], beta: &[T], c: usize, eps: f64) -> Vec<T> {
+    let mut y = unfilled(x.len());
+    let eps = T::from_f64(eps);
+    let inv_c = T::from_f64(1.0 / c as f64);
+    y.par_chunks_mut(c * ROW_CHUNK).zip(x.par_chunks(c * ROW_CHUNK)).for_each(|(ys, xs)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
+                    let (yr, xr, gamma, beta) = (&mut yr[..c], &xr[..c], &gamma[..c], &beta[..c]);
+                    let mean = sum(xr) * inv_c;
+                    // The centred row goes into y first, then is scaled in place.
+                    for i in 0..c {
+                        yr[i] = xr[i] - mean;
+                    }
+                    let r = (dot(yr, yr) * inv_c + eps).sqrt().recip();
+                    for i in 0..c {
+                        yr[i] = yr[i] * r * gamma[i] + beta[i];
+                    }
+                }
+            },
+        )
+    });
+    y
+}
+
+/// Backward of y = xhat * gamma + beta, xhat = (x - mean) r, r = 1/sqrt(var + eps): with
+/// g = dy * gamma, dx = r (g - mean(g) - xhat mean(g * xhat)), dgamma = sum_rows(dy * xhat),
+/// dbeta = sum_rows(dy). Returns rows [dx (N, C) ; dgamma (1, C) ; dbeta (1, C)].
+fn ln_bwd_kernel<T: Real>(x: &[T], gamma: &[T], dy: &[T], c: usize, eps: f64) -> Vec<T> {
+    let n = x.len() / c;
+    let mut out = unfilled((n + 2) * c);
+    let eps = T::from_f64(eps);
+    let inv_c = T::from_f64(1.0 / c as f64);
+    let (dx, sums) = out.split_at_mut(n * c);
+    let rows = ROW_CHUNK * c;
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut(rows)
+        .enumerate()
+        .map(|(chunk, dxs)| {
+            let base = chunk * rows;
+            let mut acc = vec![T::zero(); 2 * c];
+            let mut xh = vec![T::zero(); c];
+            let mut g = vec![T::zero(); c];
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (dgamma, dbeta) = acc.split_at_mut(c);
+                    for (row, dxr) in dxs.chunks_exact_mut(c).enumerate() {
+                        let off = base + row * c;
+                        let (xr, dyr, gamma, xh, g, dxr, dgamma, dbeta) = (
+                            &x[off..off + c],
+                            &dy[off..off + c],
+                            &gamma[..c],
+                            &mut xh[..c],
+                            &mut g[..c],
+                            &mut dxr[..c],
+                            &mut dgamma[..c],
+                            &mut dbeta[..c],
+                        );
+                        let mean = sum(xr) * inv_c;
+                        for i in 0..c {
+                            xh[i] = xr[i] - mean;
+                        }
+                        let r = (dot(xh, xh) * inv_c + eps).sqrt().recip();
+                        for i in 0..c {
+                            xh[i] = xh[i] * r;
+                            g[i] = dyr[i] * gamma[i];
+                            dgamma[i] += dyr[i] * xh[i];
+                            dbeta[i] += dyr[i];
+                        }
+                        let mean_g = sum(g) * inv_c;
+                        let mean_gx = dot(g, xh) * inv_c;
+                        for i in 0..c {
+                            dxr[i] = r * (g[i] - mean_g - xh[i] * mean_gx);
+                        }
+                    }
+                },
+            );
+            acc
+        })
+        .collect();
+    sums.fill(T::zero());
+    for p in partials {
+        for (a, b) in sums.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    out
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "keel-layer-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = l2.shape().elem_count();
+        let out = with_float!(s1.dtype(), "keel layer_norm", T => T::to_cpu_storage_owned(ln_fwd_kernel::<T>(
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+            c,
+            self.eps,
+        )));
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c) = x.dims2()?;
+        let packed = x.apply_op3_no_bwd(gamma, &dy.contiguous()?, &LayerNormBwd { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n)?;
+        let dgamma = packed.narrow(0, n, 1)?.reshape(c)?;
+        let dbeta = packed.narrow(0, n + 1, 1)?.reshape(c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+struct LayerNormBwd {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormBwd {
+    fn name(&self) -> &'static str {
+        "keel-layer-norm-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c) = l1.shape().dims2()?;
+        let out = with_float!(s1.dtype(), "keel layer_norm bwd", T => T::to_cpu_storage_owned(ln_bwd_kernel::<T>(
+            contiguous(s1, l1)?,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+            c,
+            self.eps,
+        )));
+        Ok((out, Shape::from((n + 2, c))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused GELU
+// ---------------------------------------------------------------------------------------------
+
+/// Elements per parallel task of the elementwise kernels.
+const ELEM_CHUNK: usize = 1 << 14;
+
+struct Gelu;
+
+fn gelu_fwd_kernel<T: Real>(h: &[T]) -> Vec<T> {
+    let mut y = unfilled(h.len());
+    y.par_chunks_mut(ELEM_CHUNK).zip(h.par_chunks(ELEM_CHUNK)).for_each(|(ys, hs)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let hs = &hs[..ys.len()];
+                for i in 0..ys.len() {
+                    ys[i] = hs[i] * hs[i].normal_cdf();
+                }
+            },
+        )
+    });
+    y
+}
+
+/// d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+fn gelu_bwd_kernel<T: Real>(h: &[T], dy: &[T]) -> Vec<T> {
+    let inv_sqrt_2pi = T::from_f64(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+    let half = T::from_f64(0.5);
+    let mut dh = unfilled(h.len());
+    dh.par_chunks_mut(ELEM_CHUNK).zip(h.par_chunks(ELEM_CHUNK)).zip(dy.par_chunks(ELEM_CHUNK)).for_each(
+        |((dhs, hs), dys)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (hs, dys) = (&hs[..dhs.len()], &dys[..dhs.len()]);
+                    for i in 0..dhs.len() {
+                        let x = hs[i];
+                        let pdf = (-(x * x) * half).fast_exp() * inv_sqrt_2pi;
+                        dhs[i] = dys[i] * (x.normal_cdf() + x * pdf);
+                    }
+                },
+            )
+        },
+    );
+    dh
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "keel-gelu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out =
+            with_float!(s.dtype(), "keel gelu", T => T::to_cpu_storage_owned(gelu_fwd_kernel(contiguous::<T>(s, l)?)));
+        Ok((out, l.shape().clone()))
+    }
+    fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(h.apply_op2_no_bwd(&dy.contiguous()?, &GeluBwd)?))
+    }
+}
+
+struct GeluBwd;
+
+impl CustomOp2 for GeluBwd {
+    fn name(&self) -> &'static str {
+        "keel-gelu-bwd"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = with_float!(s1.dtype(), "keel gelu bwd", T => {
+            T::to_cpu_storage_owned(gelu_bwd_kernel(contiguous::<T>(s1, l1)?, contiguous(s2, l2)?))
+        });
+        Ok((out, l1.shape().clone()))
     }
 }
 

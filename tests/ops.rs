@@ -52,6 +52,24 @@ fn rms_norm_matches_composite() {
 }
 
 #[test]
+fn layer_norm_matches_composite() {
+    for (dtype, tol) in [(DType::F64, 1e-11), (DType::F32, 1e-4)] {
+        for (n, c) in [(1, 2), (3, 7), (33, 16), (70, 65)] {
+            let x = var(11, &[n, c], dtype);
+            let g = var(12, &[c], dtype);
+            let b = var(13, &[c], dtype);
+            compare(
+                &format!("layer_norm {n}x{c} {dtype:?}"),
+                &[x, g, b],
+                &|t| ops::layer_norm(&t[0], &t[1], &t[2], 1e-5, Kernels::Fused).unwrap(),
+                &|t| composite::layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+                tol,
+            );
+        }
+    }
+}
+
+#[test]
 fn residual_rms_norm_matches_composite() {
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
         for alpha in [1.0, 3.0, 2048.0] {
@@ -95,6 +113,12 @@ fn simd_paths_are_bit_identical() {
                 Box::new(|t| ops::residual_rms_norm(&t[0], &t[1], &t[2], 64.0, 1e-5, Kernels::Fused).unwrap()),
             ),
             ("swiglu", vec![var(6, &[45, 2 * 29], dtype)], Box::new(|t| ops::swiglu(&t[0], Kernels::Fused).unwrap())),
+            ("gelu", vec![var(12, &[45, 37], dtype)], Box::new(|t| ops::gelu(&t[0], Kernels::Fused).unwrap())),
+            (
+                "layer_norm",
+                vec![var(9, &[45, 37], dtype), var(10, &[37], dtype), var(11, &[37], dtype)],
+                Box::new(|t| ops::layer_norm(&t[0], &t[1], &t[2], 1e-5, Kernels::Fused).unwrap()),
+            ),
             (
                 "attention",
                 vec![var(7, &[s.batch * s.seq, (s.n_heads + 2 * s.n_kv_heads) * s.head_dim], dtype)],
@@ -221,6 +245,46 @@ fn attention_backward_recomputes_probabilities_when_not_saved() {
     let second = loss.backward().unwrap();
     let d = max_rel_diff(first.get(qkv.as_tensor()).unwrap(), second.get(qkv.as_tensor()).unwrap());
     assert!(d < 1e-12, "saved vs recomputed probabilities: gradients differ by {d}");
+}
+
+/// The f32 normal CDF behind the fused GELU against Candle's f64 erf: absolute error below 3e-7
+/// everywhere, and small relative error in the lower tail, where Phi itself is tiny.
+#[test]
+fn normal_cdf_f32_is_accurate() {
+    let (mut worst_abs, mut worst_tail): (f64, f64) = (0.0, 0.0);
+    let mut x = -12.0f32;
+    while x < 12.0 {
+        // erfc, not 1 + erf, which cancels catastrophically in the lower tail.
+        let want = 0.5 * candle_core::cpu::erf::erfc_f64(-(x as f64) / 2f64.sqrt());
+        let got = ops::normal_cdf_f32(x) as f64;
+        worst_abs = worst_abs.max((got - want).abs());
+        if (-8.0..-1.0).contains(&x) {
+            worst_tail = worst_tail.max((got - want).abs() / want);
+        }
+        x += 0.0071;
+    }
+    assert!(worst_abs < 3e-7, "absolute error {worst_abs}");
+    assert!(worst_tail < 1e-5, "relative error in the lower tail {worst_tail}");
+    assert_eq!(ops::normal_cdf_f32(f32::INFINITY), 1.0);
+    assert!(ops::normal_cdf_f32(-50.0) < 1e-30);
+}
+
+#[test]
+fn gelu_matches_composite() {
+    // Candle's own gelu_erf backward rounds 1/sqrt(2 pi) to 0.398942 (relative 7e-7), hence the
+    // f64 tolerance; the f32 kernel's normal CDF is accurate to 3e-7 (test above).
+    for (dtype, tol) in [(DType::F64, 2e-6), (DType::F32, 1e-5)] {
+        for shape in [vec![1, 1], vec![7, 5], vec![65, 96], vec![3, 11, 13]] {
+            let h = var(14, &shape, dtype);
+            compare(
+                &format!("gelu {shape:?} {dtype:?}"),
+                &[h],
+                &|t| ops::gelu(&t[0], Kernels::Fused).unwrap(),
+                &|t| t[0].gelu_erf().unwrap(),
+                tol,
+            );
+        }
+    }
 }
 
 #[test]

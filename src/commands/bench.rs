@@ -52,16 +52,22 @@ impl BenchResult {
     /// placement, params, tokens/s, ms/step, data, forward, backward, optimizer ms, model GFLOP/s,
     /// peak RSS MB.
     pub fn columns(&self) -> [String; 10] {
+        self.columns_with(1)
+    }
+
+    /// The same with `digits` decimals for times and GFLOP/s (the CSV keeps 4: tiny models step in
+    /// about a millisecond, where one decimal would be a 5% rounding).
+    pub fn columns_with(&self, digits: usize) -> [String; 10] {
         [
             self.placement.to_string(),
             self.n_params.to_string(),
             format!("{:.0}", self.tokens_per_s),
-            format!("{:.1}", self.ms_per_step),
-            format!("{:.2}", self.data_ms),
-            format!("{:.1}", self.forward_ms),
-            format!("{:.1}", self.backward_ms),
-            format!("{:.1}", self.optimizer_ms),
-            format!("{:.1}", self.gflops_per_s()),
+            format!("{:.digits$}", self.ms_per_step),
+            format!("{:.*}", digits.max(2), self.data_ms),
+            format!("{:.digits$}", self.forward_ms),
+            format!("{:.digits$}", self.backward_ms),
+            format!("{:.digits$}", self.optimizer_ms),
+            format!("{:.digits$}", self.gflops_per_s()),
             self.peak_rss_mb.map(|m| format!("{m:.0}")).unwrap_or_default(),
         ]
     }
@@ -209,7 +215,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 config.train.seq_len,
                 config.train.batch_size,
                 format!("{:?}", config.train.recompute).to_lowercase(),
-                r.columns().join(","),
+                r.columns_with(4).join(","),
                 r.flops_per_step / 1e9,
                 peak,
                 r.gflops_per_s() / peak
