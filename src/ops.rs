@@ -779,7 +779,7 @@ fn ln_bwd_kernel<T: Real>(x: &[T], gamma: &[T], dy: &[T], c: usize, eps: f64) ->
                         }
                         let r = (dot(xh, xh) * inv_c + eps).sqrt().recip();
                         for i in 0..c {
-                            xh[i] = xh[i] * r;
+                            xh[i] *= r;
                             g[i] = dyr[i] * gamma[i];
                             dgamma[i] += dyr[i] * xh[i];
                             dbeta[i] += dyr[i];
