@@ -547,14 +547,19 @@ fn rms_bwd_kernel<T: Real>(x: &[T], f: Option<&[T]>, alpha: f64, gamma: &[T], dy
             dg
         })
         .collect();
-    let dgamma = &mut out[blocks * n * c..];
-    dgamma.fill(T::zero());
+    sum_in_order(&mut out[blocks * n * c..], partials);
+    out
+}
+
+/// dst = the sum of the per-chunk partial sums, added in chunk order so the result does not depend
+/// on how rayon scheduled the chunks.
+fn sum_in_order<T: Real>(dst: &mut [T], partials: Vec<Vec<T>>) {
+    dst.fill(T::zero());
     for p in partials {
-        for (a, b) in dgamma.iter_mut().zip(p) {
+        for (a, b) in dst.iter_mut().zip(p) {
             *a += b;
         }
     }
-    out
 }
 
 struct RmsNorm {
@@ -795,12 +800,7 @@ fn ln_bwd_kernel<T: Real>(x: &[T], gamma: &[T], dy: &[T], c: usize, eps: f64) ->
             acc
         })
         .collect();
-    sums.fill(T::zero());
-    for p in partials {
-        for (a, b) in sums.iter_mut().zip(p) {
-            *a += b;
-        }
-    }
+    sum_in_order(sums, partials);
     out
 }
 
