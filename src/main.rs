@@ -20,9 +20,10 @@ fn main() {
     }
     let cli = Cli::parse();
     // The command runs on a rayon worker, so the fused kernels' and gemm's parallel loops start
-    // from inside the pool instead of waking it from outside on every op (3-5% of a step at R on
-    // 2 cores). Workers get a larger stack than the main thread's 8 MiB: Candle's backward pass
-    // walks the graph recursively, and graphs of thousands of layers are deep.
+    // from inside the pool instead of waking it from outside on every op (on 2 cores: a third off
+    // the deep-narrow bench's step, where ops are small; within noise at R). Workers get a larger
+    // stack than the main thread's 8 MiB: Candle's backward pass walks the graph recursively, and
+    // graphs of thousands of layers are deep.
     let _ = rayon::ThreadPoolBuilder::new().stack_size(64 << 20).build_global();
     let result = rayon::scope(|_| match cli.command {
         Command::Train(args) => keel::commands::train::run(&args),
