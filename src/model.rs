@@ -530,7 +530,7 @@ impl Model {
         match (&self.head, self.compute) {
             (Some(w), _) => ops::linear_in(x, w, self.kernels, self.compute),
             (None, None) => x.matmul(&self.tok_emb.t()?),
-            (None, Some(dt)) => x.to_dtype(dt)?.matmul(&self.tok_emb.t()?.to_dtype(dt)?)?.to_dtype(x.dtype()),
+            (None, Some(_)) => ops::linear_in(x, &self.tok_emb.t()?, self.kernels, self.compute),
         }
     }
 

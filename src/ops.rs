@@ -1137,23 +1137,29 @@ fn rotate<T: Real>(out: &mut [T], x: &[T], cos: &[T], sin: &[T], inverse: bool) 
     }
 }
 
+/// out = x rotated by position i's RoPE angles (their inverse when `inverse`), or x itself
+/// without `rope`.
+#[inline(always)]
+fn rope_row<T: Real>(out: &mut [T], x: &[T], rope: Option<&Rope>, i: usize, inverse: bool) {
+    match rope {
+        None => out.copy_from_slice(x),
+        Some(r) => {
+            let half = x.len() / 2;
+            let (cos, sin) = T::rope_tables(r);
+            rotate(out, x, &cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half], inverse)
+        }
+    }
+}
+
 /// Gathers head columns [col, col + D) of rows b*T..(b+1)*T from a (B*T, W) matrix into (T, D),
 /// rotating by RoPE when `rope` is given.
 fn gather_head<T: Real>(src: &[T], w: usize, b: usize, t: usize, col: usize, d: usize, rope: Option<&Rope>) -> Vec<T> {
-    let half = d / 2;
     let mut out = unfilled(t * d);
     vectorized(
         #[inline(always)]
         || {
             for (i, o) in out.chunks_exact_mut(d).enumerate() {
-                let row = &src[(b * t + i) * w + col..(b * t + i) * w + col + d];
-                match rope {
-                    None => o.copy_from_slice(row),
-                    Some(r) => {
-                        let (cos, sin) = T::rope_tables(r);
-                        rotate(o, row, &cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half], false)
-                    }
-                }
+                rope_row(o, &src[(b * t + i) * w + col..(b * t + i) * w + col + d], rope, i, false);
             }
         },
     );
@@ -1173,19 +1179,12 @@ unsafe fn scatter_head<T: Real>(
     src: &[T],
     rope: Option<&Rope>,
 ) {
-    let half = d / 2;
     vectorized(
         #[inline(always)]
         || {
             for (i, g) in src.chunks_exact(d).take(t).enumerate() {
                 let o = std::slice::from_raw_parts_mut(dst.0.add((b * t + i) * w + col), d);
-                match rope {
-                    None => o.copy_from_slice(g),
-                    Some(r) => {
-                        let (cos, sin) = T::rope_tables(r);
-                        rotate(o, g, &cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half], true)
-                    }
-                }
+                rope_row(o, g, rope, i, true);
             }
         },
     )
