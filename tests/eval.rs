@@ -5,7 +5,6 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use keel::cli::ShotSource;
-use keel::config::Config;
 use keel::data::tokenizer::KeelTokenizer;
 use keel::eval::{self, mc, mmlu, ppl, synthetic, KeelLm, LanguageModel, Request, Scored};
 use keel::model::Model;
@@ -242,19 +241,9 @@ fn accuracy_is_micro_averaged_overall_and_per_category() {
 /// A run directory holding a tiny byte-level model with random weights (init_std 0.3, so its
 /// predictions are far from uniform).
 fn tiny_run(dir: &Path, placement: &str, seq_len: usize) -> PathBuf {
-    let sets: Vec<String> = [
-        "model.depth=4",
-        "model.d_model=16",
-        "model.n_heads=2",
-        "model.n_kv_heads=1",
-        "model.init_std=0.3",
-        &format!("model.placement=\"{placement}\""),
-        &format!("train.seq_len={seq_len}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let resolved = Config::load(None, &sets).unwrap().resolve(256).unwrap();
+    let base = ["model.depth=4", "model.d_model=16", "model.n_heads=2", "model.n_kv_heads=1", "model.init_std=0.3"];
+    let (placement, seq_len) = (format!("model.placement=\"{placement}\""), format!("train.seq_len={seq_len}"));
+    let resolved = common::resolve_with(&base, &[&placement, &seq_len], 256);
     let model = Model::new(&resolved, &Device::Cpu).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.toml"), resolved.to_toml(toml::Table::new())).unwrap();

@@ -6,8 +6,8 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
-use common::randn;
-use keel::config::{Config, Resolved};
+use common::{randn, resolve_with};
+use keel::config::Resolved;
 use keel::eval::{self, KeelLm, LanguageModel, Request, Scored};
 use keel::export::{export_dir, Format};
 use keel::model::Model;
@@ -19,7 +19,7 @@ use std::process::Command;
 /// A tiny experiment: d_model 32, 4 heads, 2 KV heads, 2 blocks, seq 16, vocab 256, f32, with
 /// weights large enough (init_std 0.3) that the logits are far from uniform.
 fn resolved(sets: &[&str]) -> Resolved {
-    let mut all = vec![
+    let base = [
         "model.placement=pre_ln",
         "model.depth=4",
         "model.d_model=32",
@@ -31,9 +31,7 @@ fn resolved(sets: &[&str]) -> Resolved {
         "train.seq_len=16",
         "train.precision=f32",
     ];
-    all.extend_from_slice(sets);
-    let overrides: Vec<String> = all.iter().map(|s| s.to_string()).collect();
-    Config::load(None, &overrides).unwrap().resolve(256).unwrap()
+    resolve_with(&base, sets, 256)
 }
 
 /// Writes a run directory (config.toml + model.safetensors) for `r`, with norm gains and biases

@@ -28,7 +28,7 @@ pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// A tiny experiment (tens of thousands of parameters at most) with overrides.
 pub fn tiny(sets: &[&str]) -> Resolved {
-    let mut all = vec![
+    let base = [
         "model.depth=4",
         "model.d_model=16",
         "model.n_heads=2",
@@ -37,9 +37,14 @@ pub fn tiny(sets: &[&str]) -> Resolved {
         "train.batch_size=2",
         "train.precision=f64",
     ];
-    all.extend_from_slice(sets);
-    let overrides: Vec<String> = all.iter().map(|s| s.to_string()).collect();
-    Config::load(None, &overrides).unwrap().resolve(16).unwrap()
+    resolve_with(&base, sets, 16)
+}
+
+/// The default config with `base` then `sets` applied as `--set` overrides, resolved for a corpus
+/// of `vocab` symbols.
+pub fn resolve_with(base: &[&str], sets: &[&str], vocab: usize) -> Resolved {
+    let overrides: Vec<String> = base.iter().chain(sets).map(|s| s.to_string()).collect();
+    Config::load(None, &overrides).unwrap().resolve(vocab).unwrap()
 }
 
 pub fn tokens(seed: u64, b: usize, t: usize, vocab: usize) -> (Tensor, Tensor) {
