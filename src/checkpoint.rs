@@ -14,13 +14,15 @@
 //! process (no cleanup, like SIGKILL) and `KEEL_FAULT_PAUSE_IN_CHECKPOINT=STEP` sleeps for a
 //! minute so a test can SIGKILL it there.
 
-use crate::train::Trainer;
+use crate::files::{fsync_dir, sha256_file, write_atomic};
+use crate::model::Param;
+use crate::optim::AdamW;
+use crate::run_dir::RunDir;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-pub const DIR: &str = "checkpoints";
 const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
@@ -50,14 +52,8 @@ pub struct TrainState {
     pub files: BTreeMap<String, String>,
 }
 
-fn step_dir(run: &Path, step: usize) -> PathBuf {
-    run.join(DIR).join(format!("step_{step:07}"))
-}
-
-fn fsync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+fn step_dir(run: &RunDir, step: usize) -> PathBuf {
+    run.checkpoints().join(format!("step_{step:07}"))
 }
 
 fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> anyhow::Result<()> {
@@ -67,18 +63,18 @@ fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Writes the checkpoint of `state.step` (replacing one of the same step).
-pub fn save(run: &Path, trainer: &Trainer, mut state: TrainState) -> anyhow::Result<PathBuf> {
-    let root = run.join(DIR);
+/// Writes the checkpoint of `state.step` (replacing one of the same step): the parameters, the
+/// optimizer's moments for them, and `state`.
+pub fn save(run: &RunDir, params: &[Param], opt: &AdamW, mut state: TrainState) -> anyhow::Result<PathBuf> {
+    let root = run.checkpoints();
     std::fs::create_dir_all(&root)?;
     let tmp = root.join(format!(".step_{:07}.tmp", state.step));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir(&tmp)?;
-    let params: Vec<(String, Tensor)> =
-        trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-    save_tensors(&params, &tmp.join(MODEL))?;
+    let weights: Vec<(String, Tensor)> = params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+    save_tensors(&weights, &tmp.join(MODEL))?;
     let fault = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<usize>().ok()) == Some(state.step);
     if fault("KEEL_FAULT_ABORT_IN_CHECKPOINT") {
         std::process::abort();
@@ -86,11 +82,11 @@ pub fn save(run: &Path, trainer: &Trainer, mut state: TrainState) -> anyhow::Res
     if fault("KEEL_FAULT_PAUSE_IN_CHECKPOINT") {
         std::thread::sleep(std::time::Duration::from_secs(60));
     }
-    save_tensors(&trainer.opt.state_tensors(&trainer.model.params)?, &tmp.join(OPTIMIZER))?;
+    save_tensors(&opt.state_tensors(params)?, &tmp.join(OPTIMIZER))?;
     for f in [MODEL, OPTIMIZER] {
-        state.files.insert(f.into(), crate::metrics::sha256_file(&tmp.join(f))?);
+        state.files.insert(f.into(), sha256_file(&tmp.join(f))?);
     }
-    crate::metrics::write_atomic(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    write_atomic(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
     fsync_dir(&tmp);
     let dest = step_dir(run, state.step);
     if dest.exists() {
@@ -102,8 +98,8 @@ pub fn save(run: &Path, trainer: &Trainer, mut state: TrainState) -> anyhow::Res
 }
 
 /// Checkpoint folders of a run, newest first.
-pub fn list(run: &Path) -> Vec<(usize, PathBuf)> {
-    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(run.join(DIR))
+pub fn list(run: &RunDir) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(run.checkpoints())
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
@@ -119,7 +115,7 @@ pub fn list(run: &Path) -> Vec<(usize, PathBuf)> {
 }
 
 /// Keeps the newest `keep` checkpoints and the one of `final_step`.
-pub fn prune(run: &Path, keep: usize, final_step: Option<usize>) -> std::io::Result<()> {
+pub fn prune(run: &RunDir, keep: usize, final_step: Option<usize>) -> std::io::Result<()> {
     for (i, (step, path)) in list(run).into_iter().enumerate() {
         if i >= keep.max(1) && Some(step) != final_step {
             std::fs::remove_dir_all(path)?;
@@ -156,7 +152,7 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Loaded, Unusable> {
     let mut tensors = Vec::new();
     for f in [MODEL, OPTIMIZER] {
         let want = state.files.get(f).ok_or_else(|| Unusable::Corrupt(format!("{STATE} lists no checksum for {f}")))?;
-        let got = crate::metrics::sha256_file(&path.join(f))
+        let got = sha256_file(&path.join(f))
             .map_err(|e| Unusable::Corrupt(format!("cannot read {f}: {e}")))?;
         if &got != want {
             return Err(Unusable::Corrupt(format!("{f} fails its checksum (truncated or modified)")));

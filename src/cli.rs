@@ -196,7 +196,7 @@ pub struct StressArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Placements, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "post_ln,deepnorm,hybrid_norm,mix_ln,pre_ln,keel")]
+    #[arg(long, value_delimiter = ',', default_value = crate::placement::all_names_csv())]
     pub placements: Vec<String>,
     /// Depths in sub-layers, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64,512")]

@@ -62,30 +62,13 @@ pub struct Exported {
 /// Ok when `model` computes exactly a Llama; otherwise the reason it cannot be one.
 pub fn llama_compatible(r: &Resolved, model: &Model) -> Result<(), String> {
     let m = r.model();
-    let placement = m.placement.as_str();
     for sl in &model.sublayers {
-        let why = match &sl.residual {
-            Residual::Pre { .. } => None,
-            Residual::Keel { .. } => Some(format!(
-                "Keel's residual x' = LN(alpha*x + F(LN(x))) (alpha = {}) has no Llama equivalent",
-                r.alpha
-            )),
-            Residual::Post { alpha, .. } if *alpha == 1.0 => Some(format!(
-                "{placement}: the Post-LN residual x' = LN(x + F(x)) normalizes the residual stream, which Llama's x + F(LN(x)) never does"
-            )),
-            Residual::Post { alpha, .. } => Some(format!(
-                "{placement}: the residual x' = LN(a*x + F(x)) (a = {alpha:.4}) normalizes the residual stream, which Llama's x + F(LN(x)) never does"
-            )),
-            Residual::Plain | Residual::NormedShortcut { .. } => Some(format!(
-                "{placement}: HybridNorm's x + Attn(x) with normalized Q, K, V and N(x) + FFN(N(x)) have no Llama equivalent"
-            )),
-        };
-        if let Some(why) = why {
+        if let Some(why) = m.placement.llama_mismatch(sl.residual.form(), r.alpha) {
             return Err(why);
         }
         if let Branch::Attn(a) = &sl.branch {
             if a.qkv_norm.is_some() {
-                return Err(format!("{placement}: Llama has no Q, K, V normalization"));
+                return Err(format!("{}: Llama has no Q, K, V normalization", m.placement));
             }
         }
     }

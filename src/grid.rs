@@ -1,14 +1,94 @@
-//! Running a grid of experiments: each is an ordinary run directory trained by a `keel train`
-//! subprocess, so a grid survives interruption (finished runs, with `DONE`, are skipped; started
-//! ones resume from their checkpoint) and a diverged run is just a result. `keel stress` uses it.
+//! Grids of experiments: building them (depth x placement, or any axes of config keys) and running
+//! them. Each point is an ordinary run directory trained by a `keel train` subprocess, so a grid
+//! survives interruption (finished runs, with `DONE`, are skipped; started ones resume from their
+//! checkpoint) and a diverged run is just a result. `keel sweep`, `keel stress` and `keel probe`
+//! build their grids here; sweep and stress run them here.
 
-use crate::config::Resolved;
+use crate::config::{Config, Placement, Resolved};
+use crate::InputError;
+use crate::run_dir::RunDir;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// `base` at every (depth, placement), depth-major: `(depth, placement, config)`.
+pub fn depth_by_placement(base: &Config, depths: &[usize], placements: &[Placement]) -> Vec<(usize, Placement, Config)> {
+    let mut out = Vec::with_capacity(depths.len() * placements.len());
+    for &depth in depths {
+        for &placement in placements {
+            let mut c = base.clone();
+            c.model.depth = depth;
+            c.model.placement = placement;
+            out.push((depth, placement, c));
+        }
+    }
+    out
+}
+
+/// `A..B` doubles from A to B (64..1024: 64, 128, 256, 512, 1024); a comma list is taken as given.
+pub fn parse_depths(spec: &str) -> Result<Vec<usize>, InputError> {
+    let bad = |why: &str| InputError(format!("--depths `{spec}`: {why}; write e.g. 64..1024 (doubling) or 64,128,512"));
+    let depths: Vec<usize> = if let Some((a, b)) = spec.split_once("..") {
+        let (a, b) = (
+            a.trim().parse::<usize>().map_err(|_| bad("not a number"))?,
+            b.trim().parse::<usize>().map_err(|_| bad("not a number"))?,
+        );
+        if a == 0 || a > b {
+            return Err(bad("the range must go from a positive depth up to a larger one"));
+        }
+        std::iter::successors(Some(a), |&d| Some(d * 2)).take_while(|&d| d <= b).collect()
+    } else {
+        spec.split(',').map(|d| d.trim().parse::<usize>().map_err(|_| bad("not a number"))).collect::<Result<_, _>>()?
+    };
+    if let Some(d) = depths.iter().find(|&&d| d < 2 || d % 2 == 1) {
+        return Err(bad(&format!("{d} is not an even number of sub-layers (>= 2)")));
+    }
+    Ok(depths)
+}
+
+/// One axis of a grid: a config key and its values (as `--set` text).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+/// Every combination of the axes' values (the first axis outermost), as `--set` overrides plus a
+/// run name made of the values (`d8-keel-lr0.001`).
+pub fn expand(axes: &[Axis]) -> Vec<(Vec<String>, String)> {
+    let mut out = vec![(Vec::new(), String::new())];
+    for axis in axes {
+        let short = axis.key.rsplit('.').next().unwrap_or(&axis.key).to_string();
+        let label = match short.as_str() {
+            "depth" => "d".to_string(),
+            "placement" => String::new(),
+            "lr" => "lr".into(),
+            "seed" => "s".into(),
+            other => other.to_string(),
+        };
+        out = out
+            .into_iter()
+            .flat_map(|(sets, name)| {
+                let label = label.clone();
+                axis.values.iter().map(move |v| {
+                    let mut sets = sets.clone();
+                    sets.push(format!("{}={v}", axis.key));
+                    let part: String = format!("{label}{v}")
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
+                        .collect();
+                    let name = if name.is_empty() { part } else { format!("{name}-{part}") };
+                    (sets, name)
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// One run of a grid: its name, folder and resolved config.
 pub struct Job {
     pub name: String,
     pub dir: PathBuf,
@@ -25,7 +105,8 @@ pub enum Status {
 }
 
 fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&str>) -> Result<Status> {
-    if job.dir.join(crate::train::DONE).exists() {
+    let run = RunDir::at(&job.dir);
+    if run.is_done() {
         return Ok(Status::Skipped);
     }
     let exe = std::env::current_exe().context("locating the keel executable")?;
@@ -33,7 +114,7 @@ fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&st
     if let Some(n) = threads {
         cmd.env("RAYON_NUM_THREADS", n.to_string());
     }
-    if job.dir.join("config.toml").exists() {
+    if run.is_started() {
         cmd.args(["train", "--quiet", "--resume"]).arg(&job.dir);
     } else {
         let file = configs.join(format!("{}.toml", job.name));
@@ -86,4 +167,46 @@ pub fn run(
         }
     });
     Ok(results.into_inner().expect("results").into_iter().map(|s| s.expect("every job ran")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_ranges() {
+        assert_eq!(parse_depths("64..1024").unwrap(), [64, 128, 256, 512, 1024]);
+        assert_eq!(parse_depths("64..1000").unwrap(), [64, 128, 256, 512]);
+        assert_eq!(parse_depths("8, 12,32").unwrap(), [8, 12, 32]);
+        for bad in ["1024..64", "0..8", "a..8", "7", "64..", "8,x", ""] {
+            assert!(parse_depths(bad).is_err(), "{bad}");
+        }
+        assert!(parse_depths("1024..64").unwrap_err().0.contains("64..1024"));
+    }
+
+    #[test]
+    fn grid_expansion_and_names() {
+        let axes = vec![
+            Axis { key: "model.depth".into(), values: vec!["8".into(), "16".into()] },
+            Axis { key: "model.placement".into(), values: vec!["keel".into(), "pre_ln".into()] },
+            Axis { key: "train.lr".into(), values: vec!["0.001".into()] },
+            Axis { key: "model.norm".into(), values: vec!["rms_norm".into()] },
+        ];
+        let runs = expand(&axes);
+        assert_eq!(runs.len(), 4);
+        assert_eq!(runs[0].1, "d8-keel-lr0.001-normrms_norm");
+        assert_eq!(runs[3].1, "d16-pre_ln-lr0.001-normrms_norm");
+        assert_eq!(runs[1].0, ["model.depth=8", "model.placement=pre_ln", "train.lr=0.001", "model.norm=rms_norm"]);
+    }
+
+    #[test]
+    fn depth_by_placement_is_depth_major() {
+        let grid = depth_by_placement(&Config::default(), &[8, 16], Placement::ALL);
+        assert_eq!(grid.len(), 2 * Placement::ALL.len());
+        for (i, (depth, placement, c)) in grid.iter().enumerate() {
+            assert_eq!(*depth, [8, 16][i / Placement::ALL.len()]);
+            assert_eq!(*placement, Placement::ALL[i % Placement::ALL.len()]);
+            assert_eq!((c.model.depth, c.model.placement), (*depth, *placement));
+        }
+    }
 }

@@ -9,20 +9,48 @@ pub mod data;
 pub mod device;
 pub mod divergence;
 pub mod eval;
+pub mod bench;
 pub mod export;
+pub mod files;
 pub mod grid;
 pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod placement;
+pub mod plot;
 pub mod probe;
 pub mod recompute;
 pub mod rng;
+pub mod run_dir;
 pub mod signals;
+pub mod stress;
 pub mod train;
 
 /// Exit status of a run stopped by SIGINT or SIGTERM after writing a checkpoint (128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// How a command that did not fail ended. Bad input and runtime failures are errors instead
+/// (exit status 2 and 1, see `main`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exit status 0; a diverged run is a result and ends here too.
+    Success,
+    /// Some runs of a grid (sweep, stress) failed; the others' results were written. Exit status 1.
+    RunsFailed,
+    /// Stopped by SIGINT or SIGTERM after writing a checkpoint. Exit status 130.
+    Interrupted,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::RunsFailed => 1,
+            ExitStatus::Interrupted => EXIT_INTERRUPTED,
+        }
+    }
+}
 
 /// A problem with what the user gave keel (flags, files, folders). Exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +61,10 @@ pub struct InputError(pub String);
 /// full disk counts as input: the output folder the user chose has no room.
 pub fn is_input_error(err: &anyhow::Error) -> bool {
     is_disk_full(err)
-        || err.chain().any(|c| c.is::<InputError>() || c.is::<config::ConfigError>() || c.is::<data::DataError>())
+        || err.chain().any(|c| c.is::<InputError>()
+                || c.is::<config::ConfigError>()
+                || c.is::<placement::UnknownPlacement>()
+                || c.is::<data::DataError>())
 }
 
 /// True when some cause of `err` is "no space left on device".

@@ -1,5 +1,6 @@
 use clap::Parser;
 use keel::cli::{Cli, Command};
+use keel::{commands, ExitStatus};
 
 // mimalloc: glibc malloc maps and unmaps every tensor over 128 KiB; mimalloc measured 1.5x faster.
 #[global_allocator]
@@ -26,19 +27,19 @@ fn main() {
     // graphs of thousands of layers are deep.
     let _ = rayon::ThreadPoolBuilder::new().stack_size(64 << 20).build_global();
     let result = rayon::scope(|_| match cli.command {
-        Command::Train(args) => keel::commands::train::run(&args),
-        Command::Bench(args) => keel::commands::bench::run(&args).map(|()| 0),
-        Command::Data(keel::cli::DataCommand::Prepare(args)) => keel::commands::data::prepare(&args).map(|()| 0),
-        Command::Probe(args) => keel::commands::probe::run(&args).map(|()| 0),
-        Command::Stress(args) => keel::commands::stress::run(&args),
-        Command::Sweep(args) => keel::commands::sweep::run(&args),
-        Command::Plot(args) => keel::commands::plot::run(&args).map(|()| 0),
-        Command::Eval(args) => keel::commands::eval::run(&args).map(|()| 0),
-        Command::Export(args) => keel::commands::export::run(&args).map(|()| 0),
+        Command::Train(args) => commands::train::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
+        Command::Data(keel::cli::DataCommand::Prepare(args)) => commands::data::prepare(&args),
+        Command::Probe(args) => commands::probe::run(&args),
+        Command::Stress(args) => commands::stress::run(&args),
+        Command::Sweep(args) => commands::sweep::run(&args),
+        Command::Plot(args) => commands::plot::run(&args),
+        Command::Eval(args) => commands::eval::run(&args).map(|()| ExitStatus::Success),
+        Command::Export(args) => commands::export::run(&args),
     });
     match result {
-        Ok(0) => {}
-        Ok(code) => std::process::exit(code),
+        Ok(ExitStatus::Success) => {}
+        Ok(status) => std::process::exit(status.code()),
         Err(err) => fail(err),
     }
 }

@@ -17,10 +17,14 @@
 //! Keel's first layer (paper v2): x1 = x0 + Attn(N(x0)); x2 = N_out(x1 + FFN(N_in(x1))).
 //! v1 makes the whole first block Pre-LN.
 //!
+//! Which form each sub-layer takes, and every other placement-specific choice (init scale, QKV
+//! norm, final norm), is the placement's: see [`crate::placement`]. This file builds what it says.
+//!
 //! Activations run as (N, C) with N = B*T rows; attention sees (B, T, H, D) through its shape.
 //! Weights are stored (in, out), so a linear layer is `x w` (`ops::linear`).
 
-use crate::config::{FfnKind, KeelFirstLayer, NormKind, Placement, Precision, Resolved};
+use crate::config::{FfnKind, NormKind, Precision, Resolved};
+use crate::placement::ResidualForm;
 use crate::ops::{self, AttnShape, Kernels, Rope};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -158,54 +162,17 @@ pub enum Residual {
     NormedShortcut { norm: Norm },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum ResidualForm {
-    Pre,
-    Post { alpha: f64 },
-    Keel { alpha: f64 },
-    Plain,
-    NormedShortcut,
-}
-
-impl ResidualForm {
-    /// The residual form of sub-layer `index` for a placement: the one place that knows placements.
-    fn for_sublayer(r: &Resolved, index: usize) -> Self {
-        let m = r.model();
-        match m.placement {
-            Placement::PreLn => ResidualForm::Pre,
-            Placement::PostLn => ResidualForm::Post { alpha: 1.0 },
-            Placement::Keel => match (m.keel_first_layer, index) {
-                (KeelFirstLayer::V2, 0) => ResidualForm::Pre,
-                (KeelFirstLayer::V2, 1) => ResidualForm::Keel { alpha: 1.0 },
-                (KeelFirstLayer::V1, 0 | 1) => ResidualForm::Pre,
-                _ => ResidualForm::Keel { alpha: r.alpha },
-            },
-            Placement::Deepnorm => ResidualForm::Post { alpha: deepnorm_alpha(r.blocks()) },
-            Placement::MixLn => {
-                let post_blocks = (m.mix_ln_fraction * r.blocks() as f64).floor() as usize;
-                if index / 2 < post_blocks {
-                    ResidualForm::Post { alpha: 1.0 }
-                } else {
-                    ResidualForm::Pre
-                }
-            }
-            Placement::HybridNorm => match index {
-                0 if m.hybrid_norm_star => ResidualForm::Pre,
-                i if i % 2 == 0 => ResidualForm::Plain,
-                _ => ResidualForm::NormedShortcut,
-            },
+impl Residual {
+    /// The equation this residual computes, without its parameters.
+    pub fn form(&self) -> ResidualForm {
+        match self {
+            Residual::Pre { .. } => ResidualForm::Pre,
+            Residual::Post { alpha, .. } => ResidualForm::Post { alpha: *alpha },
+            Residual::Keel { alpha, .. } => ResidualForm::Keel { alpha: *alpha },
+            Residual::Plain => ResidualForm::Plain,
+            Residual::NormedShortcut { .. } => ResidualForm::NormedShortcut,
         }
     }
-}
-
-/// DeepNet's residual scale for a decoder of `blocks` blocks: (2N)^(1/4).
-pub fn deepnorm_alpha(blocks: usize) -> f64 {
-    (2.0 * blocks as f64).powf(0.25)
-}
-
-/// DeepNet's init scale for FFN, value and output weights of a decoder: (8N)^(-1/4).
-pub fn deepnorm_beta(blocks: usize) -> f64 {
-    (8.0 * blocks as f64).powf(-0.25)
 }
 
 /// Causal self-attention with RoPE and grouped KV heads (no biases).
@@ -357,6 +324,7 @@ impl Model {
         let c = m.d_model;
         let std = m.init_std;
         let (h, hkv, d) = (m.n_heads, r.n_kv_heads(), r.head_dim());
+        let (placement, stack) = (m.placement, r.stack());
         let mut b =
             ParamBuilder { seed: r.train().seed, dtype: dtype_of(r.train().precision), device, params: Vec::new() };
         let compute = compute_dtype_of(r.train().precision);
@@ -372,7 +340,7 @@ impl Model {
             let norm = |b: &mut ParamBuilder, suffix: &str| {
                 Norm::new(b, &format!("{name}.{suffix}"), m.norm, c, m.norm_eps, group)
             };
-            let residual = match ResidualForm::for_sublayer(r, index) {
+            let residual = match placement.residual_form(index, &stack) {
                 ResidualForm::Pre => Residual::Pre { norm: norm(&mut b, "norm")? },
                 ResidualForm::Post { alpha } => Residual::Post { alpha, norm: norm(&mut b, "norm")? },
                 ResidualForm::Keel { alpha } => {
@@ -381,9 +349,9 @@ impl Model {
                 ResidualForm::Plain => Residual::Plain,
                 ResidualForm::NormedShortcut => Residual::NormedShortcut { norm: norm(&mut b, "norm")? },
             };
-            // DeepNet scales the FFN, value and output projections down at init.
-            let beta = if m.placement == Placement::Deepnorm { deepnorm_beta(r.blocks()) } else { 1.0 };
-            let qkv_norm = if m.placement == Placement::HybridNorm && kind == SubLayerKind::Attn {
+            // The FFN, value and output projections' init scale (DeepNet's beta, else 1).
+            let beta = placement.branch_init_scale(&stack);
+            let qkv_norm = if placement.normalizes_qkv() && kind == SubLayerKind::Attn {
                 Some([
                     Norm::new(&mut b, &format!("{name}.q_norm"), m.norm, h * d, m.norm_eps, group)?,
                     Norm::new(&mut b, &format!("{name}.k_norm"), m.norm, hkv * d, m.norm_eps, group)?,

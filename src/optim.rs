@@ -34,6 +34,11 @@ pub fn lr_at(t: &TrainConfig, step: usize) -> f64 {
     }
 }
 
+/// A one-element tensor's value as f64 (a loss, a norm).
+pub fn scalar(t: &Tensor) -> Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
 /// Sum of squares of a tensor's elements, accumulated in f64.
 pub fn sum_squares(t: &Tensor) -> Result<f64> {
     let t = t.contiguous()?;

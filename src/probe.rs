@@ -11,9 +11,9 @@
 //!
 //! HybridNorm gets no prediction (its normalized shortcut has no closed form here).
 
-use crate::config::{Placement, Resolved};
+use crate::config::{Config, Placement, Resolved};
 use crate::data::{Corpus, Sampler};
-use crate::model::{Group, Model, Residual};
+use crate::model::{Group, Model};
 use crate::optim::sum_squares;
 use anyhow::{anyhow, Result};
 use candle_core::Device;
@@ -32,18 +32,6 @@ pub struct ProbeRow {
     pub input_grad_ratio: f64,
     /// The paper's residual-path prediction of that ratio.
     pub predicted_ratio: Option<f64>,
-}
-
-/// Per-sub-layer factor by which the residual path scales the gradient, where the theory gives one.
-fn residual_factor(placement: Placement, residual: &Residual) -> Option<f64> {
-    match (placement, residual) {
-        (Placement::HybridNorm, _) => None,
-        (_, Residual::Pre { .. }) | (_, Residual::Plain) => Some(1.0),
-        (_, Residual::Post { alpha, .. }) | (_, Residual::Keel { alpha, .. }) => {
-            Some(alpha / (alpha * alpha + 1.0).sqrt())
-        }
-        (_, Residual::NormedShortcut { .. }) => None,
-    }
 }
 
 /// Runs the probe for one resolved experiment: forward and backward on a fixed validation batch.
@@ -78,7 +66,7 @@ pub fn probe(resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Ve
     // predicted[l] = product of the factors of sub-layers l..L-2 (from x_l up to x_{L-1}).
     let mut predicted = vec![Some(1.0); depth];
     for l in (0..depth.saturating_sub(1)).rev() {
-        predicted[l] = match (predicted[l + 1], residual_factor(placement, &model.sublayers[l].residual)) {
+        predicted[l] = match (predicted[l + 1], placement.predicted_gradient_factor(model.sublayers[l].residual.form())) {
             (Some(p), Some(f)) => Some(p * f),
             _ => None,
         };
@@ -95,4 +83,34 @@ pub fn probe(resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Ve
             predicted_ratio: predicted[l],
         })
         .collect())
+}
+
+/// The header of `keel probe`'s CSV; [`csv_row`] writes its rows.
+pub const CSV_HEADER: &str = "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio";
+
+pub fn csv_row(r: &ProbeRow) -> String {
+    let predicted = r.predicted_ratio.map(|p| p.to_string()).unwrap_or_default();
+    format!(
+        "{},{},{},{},{},{},{},{}",
+        r.placement, r.depth, r.layer, r.kind, r.input_grad_norm, r.param_grad_norm, r.input_grad_ratio, predicted
+    )
+}
+
+/// The probe at every (depth, placement) of `base`, depth-major; `each` sees each point's rows as
+/// they are measured.
+pub fn probe_grid(
+    base: &Config,
+    depths: &[usize],
+    placements: &[Placement],
+    corpus: &Corpus,
+    device: &Device,
+    each: &mut dyn FnMut(&[ProbeRow]),
+) -> Result<Vec<ProbeRow>> {
+    let mut all = Vec::new();
+    for (_, _, c) in crate::grid::depth_by_placement(base, depths, placements) {
+        let rows = probe(&c.resolve(corpus.vocab_size)?, corpus, device)?;
+        each(&rows);
+        all.extend(rows);
+    }
+    Ok(all)
 }

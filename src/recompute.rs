@@ -46,7 +46,7 @@ pub fn loss_and_grads(
         None => top.as_tensor().clone(),
     };
     let loss = crate::ops::cross_entropy(&model.logits(&h)?, &targets.flatten_all()?, k)?;
-    let loss_value = crate::train::scalar(&loss)?;
+    let loss_value = crate::optim::scalar(&loss)?;
     let forward_time = start.elapsed();
     let scaled = if scale != 1.0 { (loss * scale)? } else { loss };
     let store = scaled.backward()?;

@@ -171,10 +171,10 @@ fn text_file_data_and_bench_run() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = std::fs::read_to_string(d.join("bench.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
-    assert_eq!(csv.lines().next().unwrap(), keel::commands::bench::BENCH_CSV_HEADER);
+    assert_eq!(csv.lines().next().unwrap(), keel::bench::BENCH_CSV_HEADER);
     for row in csv.lines().skip(1) {
         let cells: Vec<&str> = row.split(',').collect();
-        assert_eq!(cells.len(), keel::commands::bench::BENCH_CSV_HEADER.split(',').count(), "{row}");
+        assert_eq!(cells.len(), keel::bench::BENCH_CSV_HEADER.split(',').count(), "{row}");
         assert_eq!(cells[0], "cpu");
         assert_eq!(cells[1], "f32");
         let num = |i: usize| cells[i].parse::<f64>().unwrap();

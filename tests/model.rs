@@ -254,7 +254,7 @@ fn finite_difference_check(sets: &[&str], kernels: Kernels) {
 
 #[test]
 fn gradients_match_finite_differences_per_placement() {
-    for placement in ["pre_ln", "post_ln", "keel", "deepnorm", "mix_ln", "hybrid_norm"] {
+    for placement in keel::placement::Placement::ALL {
         let sets = [format!("model.placement={placement}"), "model.mix_ln_fraction=0.5".to_string()];
         let sets: Vec<&str> = sets.iter().map(|s| s.as_str()).collect();
         finite_difference_check(&sets, Kernels::Fused);
@@ -277,20 +277,20 @@ fn gradients_match_finite_differences_for_options() {
 
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient() {
-    let variants: &[&[&str]] = &[
-        &["model.placement=pre_ln"],
-        &["model.placement=post_ln"],
-        &["model.placement=keel"],
+    // Every placement (Mix-LN with half its blocks Post-LN), then the options.
+    let mut variants: Vec<Vec<String>> = keel::placement::Placement::ALL
+        .iter()
+        .map(|p| vec![format!("model.placement={p}"), "model.mix_ln_fraction=0.5".to_string()])
+        .collect();
+    let options: &[&[&str]] = &[
         &["model.placement=keel", "model.keel_first_layer=v1"],
         &["model.placement=keel", "model.norm=layer_norm", "model.ffn=gelu", "model.tie_embeddings=true"],
         &["model.placement=pre_ln", "model.norm=layer_norm"],
-        &["model.placement=deepnorm"],
-        &["model.placement=mix_ln", "model.mix_ln_fraction=0.5"],
-        &["model.placement=hybrid_norm"],
         &["model.placement=hybrid_norm", "model.hybrid_norm_star=true"],
     ];
-    for sets in variants {
-        let mut all = sets.to_vec();
+    variants.extend(options.iter().map(|o| o.iter().map(|s| s.to_string()).collect()));
+    for sets in &variants {
+        let mut all: Vec<&str> = sets.iter().map(|s| s.as_str()).collect();
         all.push("train.precision=f32");
         let r = tiny(&all);
         for kernels in [Kernels::Fused, Kernels::Composite] {
@@ -383,7 +383,7 @@ fn bench_flop_count_matches_the_closed_form() {
         let weights = 2.0 * (attn + ffn) + c * v; // 4 sub-layers = 2 attention + 2 FFN; the head
         let tokens = 2.0 * t;
         let expect = tokens * (6.0 * weights + 12.0 * 2.0 * t * c);
-        let got = keel::commands::bench::flops_per_step(&model, tokens, 8);
+        let got = keel::bench::flops_per_step(&model, tokens, 8);
         assert!((got - expect).abs() < 1e-6, "tied={tied}: {got} vs {expect}");
     }
 }

@@ -3,11 +3,11 @@
 use crate::cli::PrepareArgs;
 use crate::data::documents::{self, InvalidUtf8};
 use crate::data::prepare::{prepare as run_prepare, PrepareOptions};
-use crate::InputError;
+use crate::{ExitStatus, InputError};
 use anyhow::Result;
 use std::io::IsTerminal;
 
-pub fn prepare(args: &PrepareArgs) -> Result<()> {
+pub fn prepare(args: &PrepareArgs) -> Result<ExitStatus> {
     if !(0.0..1.0).contains(&args.val_fraction) {
         return Err(InputError(format!("--val-fraction {} must lie in [0, 1)", args.val_fraction)).into());
     }
@@ -16,7 +16,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<()> {
     }
     crate::data::tokenizer::TokenizerSpec::parse(&args.tokenizer)?;
     let inputs = documents::expand(&args.input)?;
-    super::train::prepare_run_dir(&args.out)?;
+    crate::files::new_output_dir(&args.out)?;
     let opts = PrepareOptions {
         tokenizer: args.tokenizer.clone(),
         val_fraction: args.val_fraction,
@@ -44,5 +44,5 @@ pub fn prepare(args: &PrepareArgs) -> Result<()> {
             args.out.display()
         );
     }
-    Ok(())
+    Ok(ExitStatus::Success)
 }

@@ -3,9 +3,10 @@
 
 use crate::cli::ExportArgs;
 use crate::export::{export_dir, Format};
+use crate::ExitStatus;
 use anyhow::Result;
 
-pub fn run(args: &ExportArgs) -> Result<()> {
+pub fn run(args: &ExportArgs) -> Result<ExitStatus> {
     let done = export_dir(&args.run, &args.hf)?;
     match &done.format {
         Format::Llama => println!(
@@ -26,5 +27,5 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(ExitStatus::Success)
 }

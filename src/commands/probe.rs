@@ -1,13 +1,15 @@
-//! `keel probe`: gradient propagation at initialization for placements x depths.
+//! `keel probe`: gradient propagation at initialization for placements x depths, as a table and a
+//! per-sub-layer CSV.
 
 use crate::cli::ProbeArgs;
 use crate::config::Placement;
 use crate::data::Corpus;
-use crate::InputError;
+use crate::probe::{self, ProbeRow};
+use crate::{ExitStatus, InputError};
 use anyhow::Result;
 use std::io::Write;
 
-pub fn run(args: &ProbeArgs) -> Result<()> {
+pub fn run(args: &ProbeArgs) -> Result<ExitStatus> {
     let base = super::load_config(&args.config)?;
     let placements = args.placements.iter().map(|p| Placement::parse(p)).collect::<Result<Vec<_>, _>>()?;
     if let Some(d) = args.depths.iter().find(|&&d| d < 2 || d % 2 == 1) {
@@ -25,51 +27,35 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
     }
     let device = crate::device::parse(&base.run.device)?;
     let corpus = Corpus::load(&base.data, base.train.seq_len)?;
-    let mut csv =
-        String::from("placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio\n");
     // Sub-layer 2 is the first above Keel's special first block; x_0 is the raw embedding.
     println!(
         "{:<12} {:>6} {:>12} {:>12} {:>14} {:>14}",
         "placement", "depth", "x0/top", "x2/top", "x0/top theory", "x2/top theory"
     );
-    for &depth in &args.depths {
-        for &placement in &placements {
-            let mut c = base.clone();
-            c.model.depth = depth;
-            c.model.placement = placement;
-            let resolved = c.resolve(corpus.vocab_size)?;
-            let rows = crate::probe::probe(&resolved, &corpus, &device)?;
-            for r in &rows {
-                let predicted = r.predicted_ratio.map(|p| p.to_string()).unwrap_or_default();
-                csv.push_str(&format!(
-                    "{},{},{},{},{},{},{},{}\n",
-                    r.placement,
-                    r.depth,
-                    r.layer,
-                    r.kind,
-                    r.input_grad_norm,
-                    r.param_grad_norm,
-                    r.input_grad_ratio,
-                    predicted
-                ));
-            }
-            let theory = |l: usize| {
-                rows[l.min(depth - 1)].predicted_ratio.map(|p| format!("{p:.3e}")).unwrap_or_else(|| "-".into())
-            };
-            println!(
-                "{:<12} {:>6} {:>12.3e} {:>12.3e} {:>14} {:>14}",
-                placement.as_str(),
-                depth,
-                rows[0].input_grad_ratio,
-                rows[2.min(depth - 1)].input_grad_ratio,
-                theory(0),
-                theory(2)
-            );
-        }
+    let print = |rows: &[ProbeRow]| {
+        let depth = rows.len();
+        let theory = |l: usize| {
+            rows[l.min(depth - 1)].predicted_ratio.map(|p| format!("{p:.3e}")).unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:<12} {:>6} {:>12.3e} {:>12.3e} {:>14} {:>14}",
+            rows[0].placement,
+            depth,
+            rows[0].input_grad_ratio,
+            rows[2.min(depth - 1)].input_grad_ratio,
+            theory(0),
+            theory(2)
+        );
+    };
+    let rows = probe::probe_grid(&base, &args.depths, &placements, &corpus, &device, &mut |rows| print(rows))?;
+    let mut csv = format!("{}\n", probe::CSV_HEADER);
+    for r in &rows {
+        csv.push_str(&probe::csv_row(r));
+        csv.push('\n');
     }
     let mut f = std::fs::File::create(&args.out)
         .map_err(|e| InputError(format!("cannot write {}: {e}", args.out.display())))?;
     f.write_all(csv.as_bytes())?;
     println!("per-sub-layer rows in {}", args.out.display());
-    Ok(())
+    Ok(ExitStatus::Success)
 }

@@ -4,71 +4,11 @@
 
 use crate::cli::{Bench, SweepArgs};
 use crate::config::Config;
-use crate::grid::{self, Job, Status};
+use crate::grid::{self, parse_depths, Axis, Job, Status};
 use crate::metrics::{write_atomic, Summary};
-use crate::InputError;
+use crate::{ExitStatus, InputError};
 use anyhow::{Context, Result};
 use std::path::Path;
-
-/// `A..B` doubles from A to B (64..1024: 64, 128, 256, 512, 1024); a comma list is taken as given.
-pub fn parse_depths(spec: &str) -> Result<Vec<usize>, InputError> {
-    let bad = |why: &str| InputError(format!("--depths `{spec}`: {why}; write e.g. 64..1024 (doubling) or 64,128,512"));
-    let depths: Vec<usize> = if let Some((a, b)) = spec.split_once("..") {
-        let (a, b) = (
-            a.trim().parse::<usize>().map_err(|_| bad("not a number"))?,
-            b.trim().parse::<usize>().map_err(|_| bad("not a number"))?,
-        );
-        if a == 0 || a > b {
-            return Err(bad("the range must go from a positive depth up to a larger one"));
-        }
-        std::iter::successors(Some(a), |&d| Some(d * 2)).take_while(|&d| d <= b).collect()
-    } else {
-        spec.split(',').map(|d| d.trim().parse::<usize>().map_err(|_| bad("not a number"))).collect::<Result<_, _>>()?
-    };
-    if let Some(d) = depths.iter().find(|&&d| d < 2 || d % 2 == 1) {
-        return Err(bad(&format!("{d} is not an even number of sub-layers (>= 2)")));
-    }
-    Ok(depths)
-}
-
-/// One axis of the grid: a config key and its values (as `--set` text).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Axis {
-    pub key: String,
-    pub values: Vec<String>,
-}
-
-/// Every combination of the axes' values, as `--set` overrides plus a name part.
-pub fn expand(axes: &[Axis]) -> Vec<(Vec<String>, String)> {
-    let mut out = vec![(Vec::new(), String::new())];
-    for axis in axes {
-        let short = axis.key.rsplit('.').next().unwrap_or(&axis.key).to_string();
-        let label = match short.as_str() {
-            "depth" => "d".to_string(),
-            "placement" => String::new(),
-            "lr" => "lr".into(),
-            "seed" => "s".into(),
-            other => other.to_string(),
-        };
-        out = out
-            .into_iter()
-            .flat_map(|(sets, name)| {
-                let label = label.clone();
-                axis.values.iter().map(move |v| {
-                    let mut sets = sets.clone();
-                    sets.push(format!("{}={v}", axis.key));
-                    let part: String = format!("{label}{v}")
-                        .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
-                        .collect();
-                    let name = if name.is_empty() { part } else { format!("{name}-{part}") };
-                    (sets, name)
-                })
-            })
-            .collect();
-    }
-    out
-}
 
 pub const SUMMARY_HEADER: &str = "run,placement,depth,blocks,d_model,lr,seed,parameters,tokens,final_train_loss,final_val_loss,final_val_ppl,diverged_at_step,tokens_per_s,wall_time_s,peak_rss_mb";
 
@@ -203,11 +143,11 @@ pub fn slurm_script(n: usize, out: &Path) -> String {
     )
 }
 
-pub fn run(args: &SweepArgs) -> Result<i32> {
+pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
     if args.collect {
         let n = collect(&args.out)?;
         println!("summary.csv rebuilt from {n} run(s) in {}", args.out.display());
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     let mut axes = vec![Axis {
         key: "model.depth".into(),
@@ -234,7 +174,7 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
     let mut jobs = Vec::new();
     // Each distinct [data] section is loaded once, for its vocabulary (a --grid may vary it).
     let mut vocab_by_data: Vec<(String, usize)> = Vec::new();
-    for (sets, name) in expand(&axes) {
+    for (sets, name) in grid::expand(&axes) {
         let mut all = args.config.set.clone();
         all.extend(sets);
         all.push(format!("run.name={name}"));
@@ -271,7 +211,7 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
             "{} runs, ~{total:.0} minutes in all at one run at a time; nothing was trained (--dry-run)",
             jobs.len()
         );
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
     if args.emit.as_deref() == Some("slurm") {
@@ -290,7 +230,7 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
             args.out.display(),
             jobs.len()
         );
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     } else if let Some(other) = &args.emit {
         return Err(InputError(format!("--emit {other}: the only target is slurm")).into());
     }
@@ -334,36 +274,5 @@ pub fn run(args: &SweepArgs) -> Result<i32> {
         args.out.display(),
         if failed > 0 { format!(" ({failed} run(s) failed)") } else { String::new() }
     );
-    Ok(if failed > 0 { 1 } else { 0 })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn depth_ranges() {
-        assert_eq!(parse_depths("64..1024").unwrap(), [64, 128, 256, 512, 1024]);
-        assert_eq!(parse_depths("64..1000").unwrap(), [64, 128, 256, 512]);
-        assert_eq!(parse_depths("8, 12,32").unwrap(), [8, 12, 32]);
-        for bad in ["1024..64", "0..8", "a..8", "7", "64..", "8,x", ""] {
-            assert!(parse_depths(bad).is_err(), "{bad}");
-        }
-        assert!(parse_depths("1024..64").unwrap_err().0.contains("64..1024"));
-    }
-
-    #[test]
-    fn grid_expansion_and_names() {
-        let axes = vec![
-            Axis { key: "model.depth".into(), values: vec!["8".into(), "16".into()] },
-            Axis { key: "model.placement".into(), values: vec!["keel".into(), "pre_ln".into()] },
-            Axis { key: "train.lr".into(), values: vec!["0.001".into()] },
-            Axis { key: "model.norm".into(), values: vec!["rms_norm".into()] },
-        ];
-        let runs = expand(&axes);
-        assert_eq!(runs.len(), 4);
-        assert_eq!(runs[0].1, "d8-keel-lr0.001-normrms_norm");
-        assert_eq!(runs[3].1, "d16-pre_ln-lr0.001-normrms_norm");
-        assert_eq!(runs[1].0, ["model.depth=8", "model.placement=pre_ln", "train.lr=0.001", "model.norm=rms_norm"]);
-    }
+    Ok(if failed > 0 { ExitStatus::RunsFailed } else { ExitStatus::Success })
 }

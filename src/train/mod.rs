@@ -1,13 +1,18 @@
 //! The training loop: sample, forward, backward, clip, AdamW, log; validate periodically.
 //! Divergence (a non-finite loss or gradient) is a result: the run stops cleanly and says where.
 
+pub mod start;
+
+pub use start::Start;
+
 use crate::config::{Recompute, Resolved};
 use crate::data::{Corpus, Sampler};
-use crate::metrics::{GradNormRow, RunWriters, Summary};
+use crate::metrics::{GradNormRow, RunWriters};
+use crate::run_dir::{RunDir, Summary};
 use crate::model::{Group, Model, SubLayerKind};
-use crate::optim::{lr_at, sum_squares, AdamW};
+use crate::optim::{lr_at, scalar, sum_squares, AdamW};
 use anyhow::{anyhow, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -51,10 +56,6 @@ pub struct Trainer {
     pub sampler: Sampler,
     pub resolved: Resolved,
     pub times: PhaseTimes,
-}
-
-pub fn scalar(t: &Tensor) -> candle_core::Result<f64> {
-    t.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
 impl Trainer {
@@ -190,25 +191,12 @@ fn progress_bar(steps: usize) -> ProgressBar {
     pb
 }
 
-/// Where a training call starts.
-pub enum Start {
-    /// A new run directory.
-    Fresh,
-    /// An existing run without a usable checkpoint: its CSVs are cut back to the header.
-    Over,
-    /// Continue from a checkpoint; CSV rows after its step are dropped.
-    Checkpoint(Box<crate::checkpoint::Loaded>),
-}
-
 /// How a training call ended.
 pub struct Outcome {
     pub summary: Summary,
     /// Stopped by a signal after writing a checkpoint.
     pub interrupted: bool,
 }
-
-/// Marker written (atomically) once a run has finished, diverged runs included.
-pub const DONE: &str = "DONE";
 
 fn restore(trainer: &mut Trainer, ckpt: &crate::checkpoint::Loaded) -> Result<()> {
     if let Err(why) = trainer.model.load_weights(&ckpt.model)? {
@@ -231,6 +219,7 @@ pub fn train(
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Outcome> {
     use crate::checkpoint::{self, TrainState};
+    let run = RunDir::at(out);
     let t = resolved.train().clone();
     let m = resolved.model().clone();
     let mut trainer = Trainer::new(resolved, device)?;
@@ -251,9 +240,9 @@ pub fn train(
         files: Default::default(),
     };
     let mut writers = match &start {
-        Start::Fresh => RunWriters::create(out),
-        Start::Over => RunWriters::resume(out, 0),
-        Start::Checkpoint(c) => RunWriters::resume(out, c.state.step),
+        Start::Fresh => RunWriters::create(&run),
+        Start::Over => RunWriters::resume(&run, 0),
+        Start::Checkpoint(c) => RunWriters::resume(&run, c.state.step),
     }
     .with_context(|| format!("preparing output files in {}", out.display()))?;
     if let Start::Checkpoint(c) = &start {
@@ -264,7 +253,7 @@ pub fn train(
     let mut detector =
         resolved.config.divergence.stop.then(|| crate::divergence::Detector::new(resolved.config.divergence));
     if let Some(d) = detector.as_mut() {
-        for (step, _, loss) in crate::metrics::read_curve(out)? {
+        for (step, _, loss) in crate::metrics::read_curve(&run)? {
             d.observe(step, loss);
         }
     }
@@ -292,9 +281,9 @@ pub fn train(
     let mut interrupted = false;
     let mut last_checkpoint = None;
     let save = |trainer: &Trainer, state: &TrainState| -> Result<()> {
-        checkpoint::save(out, trainer, state.clone())
+        checkpoint::save(&run, &trainer.model.params, &trainer.opt, state.clone())
             .with_context(|| format!("writing the checkpoint of step {}", state.step))?;
-        checkpoint::prune(out, t.keep_checkpoints, (state.step == t.steps).then_some(t.steps))?;
+        checkpoint::prune(&run, t.keep_checkpoints, (state.step == t.steps).then_some(t.steps))?;
         Ok(())
     };
     for step in first..=t.steps {
@@ -403,11 +392,9 @@ pub fn train(
     if diverged_at.is_none() {
         let tensors: std::collections::HashMap<String, Tensor> =
             trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-        let tmp = out.join(".model.safetensors.tmp");
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, out.join("model.safetensors"))?;
+        run.save_weights(&tensors)?;
     }
-    crate::metrics::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    crate::metrics::write_atomic(&out.join(DONE), b"finished\n")?;
+    run.write_summary(&summary)?;
+    run.mark_done()?;
     Ok(Outcome { summary, interrupted })
 }

@@ -1,0 +1,144 @@
+//! Experiment configuration: typed TOML sections with defaults, `--set` overrides, and one
+//! validation pass that turns the raw config into a [`Resolved`] experiment.
+//!
+//! Flow (ripgrep-style: raw -> resolved, once):
+//! 1. the TOML file is parsed into a table (syntax errors name the line);
+//! 2. `--set section.key=value` overrides are applied to that table;
+//! 3. every key is checked against the known keys (derived from the structs themselves), and an
+//!    unknown one is reported with the closest valid key;
+//! 4. the table is deserialized into [`Config`] (type errors name the key);
+//! 5. [`Config::resolve`] checks ranges and cross-field rules and fills derived values.
+//!
+//! `schema.rs` holds the sections (1, 4), `keys.rs` the loading and overrides (1-4),
+//! `resolve.rs` the validation (5).
+
+mod keys;
+mod resolve;
+mod schema;
+
+pub use keys::{apply_overrides, known_keys};
+pub use resolve::{Resolved, SAFE_TO_CHANGE_ON_RESUME};
+pub use schema::*;
+
+#[cfg(test)]
+mod tests {
+    use super::keys::from_table;
+    use super::*;
+
+    fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
+        let mut t = Config::parse_table(text, "test")?;
+        apply_overrides(&mut t, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        from_table(t)
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let r = Config::default().resolve(256).unwrap();
+        assert_eq!(r.alpha, 8.0);
+        assert_eq!(r.d_ff(), 192);
+        assert_eq!(r.n_kv_heads(), 4);
+        assert!(!r.final_norm());
+    }
+
+    #[test]
+    fn unknown_key_names_closest() {
+        let e = load("[model]\ndepht = 4\n", &[]).unwrap_err().0;
+        assert!(e.contains("model.depht") && e.contains("model.depth"), "{e}");
+        let e = load("[modle]\ndepth = 4\n", &[]).unwrap_err().0;
+        assert!(e.contains("[model]"), "{e}");
+        let e = load("", &["train.lrr=1"]).unwrap_err().0;
+        assert!(e.contains("train.lr`?"), "{e}");
+    }
+
+    #[test]
+    fn overrides_are_typed() {
+        let c = load("", &["model.depth=64", "model.placement=pre_ln", "train.lr=1e-3", "model.alpha=2.5"]).unwrap();
+        assert_eq!(c.model.depth, 64);
+        assert_eq!(c.model.placement, Placement::PreLn);
+        assert_eq!(c.train.lr, 1e-3);
+        assert_eq!(c.model.alpha, Alpha::Value(2.5));
+        let e = load("", &["model.depth=abc"]).unwrap_err().0;
+        assert!(e.contains("model.depth") || e.contains("depth"), "{e}");
+        let e = load("", &["model.placement=preln"]).unwrap_err().0;
+        assert!(e.contains("pre_ln"), "{e}");
+        assert!(load("", &["model.depth"]).is_err());
+        assert!(load("", &["depth=3"]).is_err());
+    }
+
+    #[test]
+    fn alpha_modes() {
+        let c = load("[model]\nalpha = \"sqrtL\"\ndepth = 16\n", &[]).unwrap();
+        assert_eq!(c.resolve(256).unwrap().alpha, 4.0);
+        assert!(load("[model]\nalpha = \"M\"\n", &[]).is_err());
+    }
+
+    #[test]
+    fn validation_lists_problems_with_fixes() {
+        let mut c = Config::default();
+        c.model.depth = 7;
+        c.model.n_heads = 3;
+        c.train.lr = -1.0;
+        let e = c.resolve(256).unwrap_err().0;
+        assert!(e.contains("odd") && e.contains("6 or 8"), "{e}");
+        assert!(e.contains("divide"), "{e}");
+        assert!(e.contains("train.lr"), "{e}");
+        let mut c = Config::default();
+        c.model.n_kv_heads = Some(3);
+        assert!(c.resolve(256).unwrap_err().0.contains("n_kv_heads"));
+    }
+
+    #[test]
+    fn resolved_round_trips_through_toml() {
+        let r = Config::default().resolve(256).unwrap();
+        let mut meta = toml::Table::new();
+        meta.insert("keel_version".into(), "0".into());
+        let text = r.to_toml(meta);
+        let back = Config::from_toml_str(&text).unwrap().resolve(256).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn known_keys_cover_issue_names() {
+        let keys = known_keys();
+        let has = |s: &str, k: &str| keys.iter().any(|(a, ks)| a == s && ks.iter().any(|x| x == k));
+        for k in [
+            "depth",
+            "d_model",
+            "n_heads",
+            "n_kv_heads",
+            "d_ff",
+            "placement",
+            "norm",
+            "ffn",
+            "alpha",
+            "keel_first_layer",
+            "tie_embeddings",
+            "rope_theta",
+            "init_std",
+        ] {
+            assert!(has("model", k), "{k}");
+        }
+        for k in [
+            "steps",
+            "batch_size",
+            "seq_len",
+            "lr",
+            "min_lr",
+            "warmup_steps",
+            "schedule",
+            "weight_decay",
+            "beta1",
+            "beta2",
+            "grad_clip",
+            "grad_accum",
+            "seed",
+            "log_every",
+            "eval_every",
+            "grad_norm_every",
+        ] {
+            assert!(has("train", k), "{k}");
+        }
+        assert!(has("data", "source") && has("run", "name"));
+    }
+}
+

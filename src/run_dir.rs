@@ -1,0 +1,268 @@
+//! The layout of a run directory, and the one place that knows it.
+//!
+//! ```text
+//! RUN/
+//!   config.toml              resolved config + [meta] provenance, written before training
+//!   tokenizer.json           the tokenizer the run trains with
+//!   metrics.csv eval.csv grad_norms.csv   append-only CSVs (see `metrics`)
+//!   checkpoints/step_NNNNNNN/             see `checkpoint`
+//!   model.safetensors        final weights (absent after a divergence)
+//!   summary.json             the run's summary
+//!   DONE                     written last: the run finished (or diverged)
+//!   eval/NAME/results.json   `keel eval` results, one folder per benchmark
+//! ```
+//!
+//! Training, resume, eval, export, sweep and plot all find these files through [`RunDir`];
+//! [`load_run`] loads a finished one (config, weights, tokenizer) for eval and export.
+
+use crate::config::{Config, ConfigError, Placement, Resolved};
+use crate::data::tokenizer::KeelTokenizer;
+use crate::files::write_atomic;
+use crate::model::Model;
+use crate::InputError;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG: &str = "config.toml";
+pub const TOKENIZER: &str = "tokenizer.json";
+pub const METRICS: &str = "metrics.csv";
+pub const EVAL: &str = "eval.csv";
+pub const GRAD_NORMS: &str = "grad_norms.csv";
+pub const CHECKPOINTS: &str = "checkpoints";
+pub const WEIGHTS: &str = "model.safetensors";
+pub const SUMMARY: &str = "summary.json";
+/// Marker written (atomically) once a run has finished, diverged runs included.
+pub const DONE: &str = "DONE";
+/// The folder of `keel eval` results, one sub-folder per benchmark.
+pub const EVAL_RESULTS: &str = "eval";
+/// Each benchmark's results file inside its folder.
+pub const RESULTS: &str = "results.json";
+
+/// A run directory (which need not exist yet): its files' paths and the operations on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+
+    /// Creates a new run directory: `root` must not exist or be empty, and must be writable.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Self, InputError> {
+        let dir = RunDir::at(root);
+        crate::files::new_output_dir(&dir.root)?;
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root.join(CONFIG)
+    }
+    pub fn tokenizer(&self) -> PathBuf {
+        self.root.join(TOKENIZER)
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join(METRICS)
+    }
+    pub fn eval_csv(&self) -> PathBuf {
+        self.root.join(EVAL)
+    }
+    pub fn grad_norms(&self) -> PathBuf {
+        self.root.join(GRAD_NORMS)
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join(CHECKPOINTS)
+    }
+    pub fn weights(&self) -> PathBuf {
+        self.root.join(WEIGHTS)
+    }
+    pub fn summary(&self) -> PathBuf {
+        self.root.join(SUMMARY)
+    }
+    pub fn done(&self) -> PathBuf {
+        self.root.join(DONE)
+    }
+    /// `eval/`, holding one folder per benchmark.
+    pub fn eval_results(&self) -> PathBuf {
+        self.root.join(EVAL_RESULTS)
+    }
+    /// `eval/NAME/`, where `keel eval` writes a benchmark's results by default.
+    pub fn results_for(&self, bench: &str) -> PathBuf {
+        self.eval_results().join(bench)
+    }
+
+    /// The run has its config: `keel train` started it.
+    pub fn is_started(&self) -> bool {
+        self.config().exists()
+    }
+    /// The run finished (or diverged): `DONE` exists.
+    pub fn is_done(&self) -> bool {
+        self.done().exists()
+    }
+    /// Final weights exist (a finished run that did not diverge).
+    pub fn has_weights(&self) -> bool {
+        self.weights().exists()
+    }
+
+    /// Fails early, as bad input, when nothing can be written into the run directory.
+    pub fn check_writable(&self) -> Result<(), InputError> {
+        crate::files::check_writable(&self.root)
+    }
+
+    /// Writes `config.toml`: the resolved config with its `[meta]` provenance.
+    pub fn write_config(&self, resolved: &Resolved, meta: toml::Table) -> std::io::Result<()> {
+        write_atomic(&self.config(), resolved.to_toml(meta).as_bytes())
+    }
+
+    /// The run's `config.toml` as written (not yet resolved).
+    pub fn read_config(&self) -> Result<Config, ConfigError> {
+        Config::load(Some(&self.config()), &[])
+    }
+
+    /// The run's placement, when its config reads.
+    pub fn placement(&self) -> Option<Placement> {
+        self.read_config().ok().map(|c| c.model.placement)
+    }
+
+    pub fn write_summary(&self, summary: &Summary) -> Result<()> {
+        write_atomic(&self.summary(), serde_json::to_string_pretty(summary)?.as_bytes())?;
+        Ok(())
+    }
+
+    /// `summary.json`, when it exists and parses.
+    pub fn read_summary(&self) -> Option<Summary> {
+        std::fs::read(self.summary()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Writes the final weights through a temporary name and a rename.
+    pub fn save_weights(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let tmp = self.root.join(".model.safetensors.tmp");
+        candle_core::safetensors::save(tensors, &tmp)?;
+        std::fs::rename(&tmp, self.weights())?;
+        Ok(())
+    }
+
+    /// Writes `DONE`: last, once everything else of a finished run is in place.
+    pub fn mark_done(&self) -> std::io::Result<()> {
+        write_atomic(&self.done(), b"finished\n")
+    }
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Summary {
+    pub run_name: String,
+    pub placement: String,
+    pub depth: usize,
+    pub d_model: usize,
+    pub n_params: usize,
+    pub steps_planned: usize,
+    pub steps_completed: usize,
+    pub tokens: usize,
+    pub initial_loss: Option<f64>,
+    /// Mean training loss over the last `log_every` completed steps.
+    pub final_train_loss: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub final_val_ppl: Option<f64>,
+    pub diverged: bool,
+    pub diverged_at_step: Option<usize>,
+    /// non_finite, unrecovered_spike or stagnation.
+    #[serde(default)]
+    pub divergence_reason: Option<String>,
+    pub tokens_per_s: f64,
+    pub wall_time_s: f64,
+    pub device: String,
+    /// Peak resident memory of the process (Linux; absent elsewhere).
+    #[serde(default)]
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// A trained keel run: its resolved config, model and tokenizer.
+pub struct LoadedRun {
+    pub dir: PathBuf,
+    pub resolved: Resolved,
+    pub model: Model,
+    pub tokenizer: KeelTokenizer,
+}
+
+/// The tokenizer a run was trained with: the run's own `tokenizer.json` (written by `keel train`),
+/// else the prepared data folder's, else bytes.
+pub fn run_tokenizer(dir: &Path, config: &Config) -> Result<KeelTokenizer> {
+    let spec = match &config.data.path {
+        Some(p) => crate::data::prepare::read_meta(Path::new(p)).map(|m| m.tokenizer).ok(),
+        None => Some("byte".to_string()),
+    };
+    let own = RunDir::at(dir).tokenizer();
+    if own.exists() {
+        let spec = spec.unwrap_or_else(|| own.display().to_string());
+        return Ok(KeelTokenizer::from_prepared(&own, &spec)?);
+    }
+    match (&config.data.path, spec) {
+        (None, _) => Ok(KeelTokenizer::byte()),
+        (Some(p), Some(spec)) => Ok(KeelTokenizer::from_prepared(&Path::new(p).join(TOKENIZER), &spec)?),
+        (Some(p), None) => Err(InputError(format!(
+            "run {} has no tokenizer.json and its data folder {p} is gone\n  copy the data folder's tokenizer.json into the run directory",
+            dir.display()
+        ))
+        .into()),
+    }
+}
+
+/// Loads `dir/config.toml` and `dir/model.safetensors` onto `device`.
+pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
+    let run = RunDir::at(dir);
+    let (config_path, weights_path) = (run.config(), run.weights());
+    if !config_path.exists() {
+        return Err(InputError(format!(
+            "{} has no config.toml: not a keel run directory\n  pass --run with a folder written by `keel train`",
+            dir.display()
+        ))
+        .into());
+    }
+    if !weights_path.exists() {
+        return Err(InputError(format!(
+            "run {} has no model.safetensors: the run has not finished (or diverged)\n  finish it with `keel train --resume {}`, or score another run",
+            dir.display(),
+            dir.display()
+        ))
+        .into());
+    }
+    let config = run.read_config()?;
+    let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+        InputError(format!(
+            "{} cannot be read as safetensors: {e}\n  the file is damaged; re-run training or restore it",
+            weights_path.display()
+        ))
+    })?;
+    let vocab = match (config.model.vocab_size, weights.get("tok_emb")) {
+        (Some(v), _) => v,
+        (None, Some(t)) => t.dim(0)?,
+        (None, None) => crate::data::BYTE_VOCAB,
+    };
+    let resolved = config.resolve(vocab)?;
+    let model = Model::new(&resolved, device)?;
+    if let Err(why) = model.load_weights(&weights)? {
+        return Err(InputError(format!(
+            "{}: {why}: it does not belong to this run's config.toml\n  restore the run's own model.safetensors",
+            weights_path.display()
+        ))
+        .into());
+    }
+    let tokenizer = run_tokenizer(dir, &config)?;
+    if tokenizer.vocab_size() > resolved.vocab_size() {
+        return Err(InputError(format!(
+            "the run's tokenizer has {} tokens but its model only {}\n  the run directory's tokenizer.json belongs to another run",
+            tokenizer.vocab_size(),
+            resolved.vocab_size()
+        ))
+        .into());
+    }
+    Ok(LoadedRun { dir: dir.to_path_buf(), resolved, model, tokenizer })
+}

@@ -1,0 +1,172 @@
+//! Where a training run starts: a new run directory laid out and its config written, or an
+//! existing one resumed from its newest checkpoint that passes its checksums.
+
+use crate::checkpoint::{self, Unusable};
+use crate::config::{Config, Resolved, SAFE_TO_CHANGE_ON_RESUME};
+use crate::data::Corpus;
+use crate::run_dir::RunDir;
+use crate::InputError;
+use anyhow::{Context, Result};
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+/// Where a training call starts.
+pub enum Start {
+    /// A new run directory.
+    Fresh,
+    /// An existing run without a usable checkpoint: its CSVs are cut back to the header.
+    Over,
+    /// Continue from a checkpoint; CSV rows after its step are dropped.
+    Checkpoint(Box<checkpoint::Loaded>),
+}
+
+/// A run ready to train: everything `train::train` takes.
+pub struct Launch {
+    pub resolved: Resolved,
+    pub corpus: Corpus,
+    pub device: Device,
+    pub run: RunDir,
+    pub start: Start,
+}
+
+/// What `--resume` found.
+pub enum Resumed {
+    Ready(Box<Launch>),
+    /// The run holds `DONE`: nothing to do.
+    AlreadyFinished,
+}
+
+/// The `[meta]` table of a run's `config.toml`: where and with what it was computed.
+pub fn provenance(resolved: &Resolved, device: &Device, corpus: &Corpus) -> toml::Table {
+    let mut meta = toml::Table::new();
+    meta.insert("keel_version".into(), env!("CARGO_PKG_VERSION").into());
+    meta.insert("git_revision".into(), env!("KEEL_GIT_REV").into());
+    meta.insert("device".into(), crate::device::name(device).into());
+    meta.insert("dtype".into(), format!("{:?}", resolved.train().precision).to_lowercase().into());
+    meta.insert("seed".into(), (resolved.train().seed as i64).into());
+    meta.insert("alpha".into(), resolved.alpha.into());
+    meta.insert("data".into(), corpus.description.clone().into());
+    meta
+}
+
+/// The run keeps its own `tokenizer.json`, so `keel eval` and `keel export` need nothing else.
+fn save_tokenizer(config: &Config, run: &RunDir) -> Result<()> {
+    let path = run.tokenizer();
+    match &config.data.path {
+        Some(dir) => {
+            let bytes = std::fs::read(Path::new(dir).join(crate::run_dir::TOKENIZER))
+                .with_context(|| format!("reading {dir}/tokenizer.json"))?;
+            crate::files::write_atomic(&path, &bytes)?;
+        }
+        None => crate::data::tokenizer::KeelTokenizer::byte().save(&path)?,
+    }
+    Ok(())
+}
+
+/// A new run of `config` in `out` (default `run.out_dir/run.name`), which must be new or empty.
+pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
+    let seq_len = config.train.seq_len.max(1);
+    // Validate what needs no data first, so a bad config fails before a large file is read.
+    config.resolve(crate::data::BYTE_VOCAB)?;
+    let device = crate::device::parse(&config.run.device)?;
+    let corpus = Corpus::load(&config.data, seq_len)?;
+    let resolved = config.resolve(corpus.vocab_size)?;
+    let out = out.unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
+    let run = RunDir::create(out)?;
+    run.write_config(&resolved, provenance(&resolved, &device, &corpus))
+        .with_context(|| format!("writing {}", run.config().display()))?;
+    save_tokenizer(config, &run)?;
+    Ok(Launch { resolved, corpus, device, run, start: Start::Fresh })
+}
+
+/// `keel train --resume DIR`: the run's own config, with `overrides` (`--set`, on `config_file`
+/// when given) and `device` checked against it; changes of keys that are safe to change need
+/// `force`. Continues from the newest checkpoint that passes its checksums.
+pub fn resume(
+    dir: &Path,
+    config_file: Option<&Path>,
+    overrides: &[String],
+    device: Option<&str>,
+    force: bool,
+) -> Result<Resumed> {
+    let run = RunDir::at(dir);
+    let saved_path = run.config();
+    if !run.is_started() {
+        return Err(InputError(format!("{} is not a keel run directory (it has no config.toml)\n  pass the folder a `keel train` run wrote, e.g. runs/NAME", dir.display())).into());
+    }
+    if run.is_done() {
+        return Ok(Resumed::AlreadyFinished);
+    }
+    let saved = run.read_config()?;
+    // Without --config the run's own config.toml is the base for --set and --device.
+    let base = config_file.map(Path::to_path_buf).unwrap_or_else(|| saved_path.clone());
+    let mut requested = Config::load(Some(&base), overrides)?;
+    if let Some(d) = device {
+        requested.run.device = d.to_string();
+    }
+    let device = crate::device::parse(&requested.run.device)?;
+    let corpus = Corpus::load(&requested.data, requested.train.seq_len.max(1))?;
+    let saved = saved.resolve(corpus.vocab_size)?;
+    let resolved = requested.resolve(corpus.vocab_size)?;
+    let diff = saved.config.diff(&resolved.config);
+    if !diff.is_empty() {
+        let forbidden: Vec<&String> =
+            diff.iter().map(|(k, _, _)| k).filter(|k| !SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str())).collect();
+        if !forbidden.is_empty() || !force {
+            let lines: Vec<String> = diff
+                .iter()
+                .map(|(k, a, b)| {
+                    format!(
+                        "  {k}: {a} -> {b}{}",
+                        if SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str()) {
+                            "  (safe to change with --force)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect();
+            let hint = if forbidden.is_empty() {
+                "add --force to continue with the new values".to_string()
+            } else {
+                format!(
+                    "these keys change the experiment itself and cannot change on resume: {}; start a new run instead",
+                    forbidden.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            };
+            return Err(InputError(format!(
+                "the config differs from the one {} was started with:\n{}\n  {hint}",
+                dir.display(),
+                lines.join("\n")
+            ))
+            .into());
+        }
+        run.write_config(&resolved, provenance(&resolved, &device, &corpus))?;
+    }
+    run.check_writable()?;
+    let fingerprint = resolved.fingerprint();
+    let mut start = Start::Over;
+    for (_, path) in checkpoint::list(&run) {
+        match checkpoint::load(&path, &fingerprint) {
+            Ok(loaded) => {
+                start = Start::Checkpoint(Box::new(loaded));
+                break;
+            }
+            Err(Unusable::Corrupt(why)) => eprintln!("warning: checkpoint {} is unusable ({why}); trying an older one", path.display()),
+            Err(Unusable::OtherConfig { found }) => {
+                return Err(InputError(format!(
+                    "checkpoint {} was written by a different experiment (config fingerprint {found}, this run's is {fingerprint})\n  resume it from its own run directory, or remove it",
+                    path.display()
+                ))
+                .into())
+            }
+        }
+    }
+    match &start {
+        Start::Checkpoint(c) => {
+            eprintln!("resuming {} from {} (step {})", dir.display(), c.path.display(), c.state.step)
+        }
+        _ => eprintln!("no usable checkpoint in {}: starting it over from step 0", dir.display()),
+    }
+    Ok(Resumed::Ready(Box::new(Launch { resolved, corpus, device, run, start })))
+}
