@@ -35,31 +35,10 @@ pub enum Command {
     Export(ExportArgs),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Bench {
-    /// MMLU in its original CSV layout, scored as lm-evaluation-harness's default task.
-    Mmlu,
-    /// Perplexity and bits per byte on a prepared folder's val split or a text file.
-    Ppl,
-    /// Multiple choice from JSONL: question/context, choices, answer index.
-    McJsonl,
-    /// A BIG-bench multiple-choice task folder (task.json).
-    Bigbench,
-    /// Held-out accuracy on keel's built-in synthetic tasks.
-    Synthetic,
-    /// Perplexity with each sub-layer removed in turn (the paper's Figure 6).
-    LayerRemoval,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ShotSource {
-    /// Exemplars from the dev split, in file order (lm-evaluation-harness's default).
-    Dev,
-    /// Exemplars from the head of the test split, which are then excluded from scoring.
-    Test,
-    /// No exemplars when there is no dev split.
-    None,
-}
+/// `--shots-from` values.
+pub use crate::eval::mmlu::ShotSource;
+/// `--bench` and `--eval` values: the benchmarks of `eval::registry::ALL`.
+pub use crate::eval::registry::Bench;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {

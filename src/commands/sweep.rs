@@ -2,7 +2,7 @@
 //! each an ordinary run directory, run through the grid runner (skips finished runs, resumes
 //! interrupted ones, records divergence as a result), summarized in `summary.csv`.
 
-use crate::cli::{Bench, SweepArgs};
+use crate::cli::SweepArgs;
 use crate::config::Config;
 use crate::grid::{self, parse_depths, Axis, Job, Status};
 use crate::metrics::{write_atomic, Summary};
@@ -50,19 +50,7 @@ pub fn summary_row(dir: &Path) -> Result<Option<String>> {
 /// columns `NAME_metric`: accuracy for MMLU and the synthetic tasks, acc and acc_norm for multiple
 /// choice, perplexity and bits per byte for ppl.
 pub fn eval_scores(dir: &Path) -> std::collections::BTreeMap<String, f64> {
-    let mut out = std::collections::BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("eval")) else { return out };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Ok(text) = std::fs::read_to_string(e.path().join("results.json")) else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-        for metric in ["accuracy", "acc", "acc_norm", "perplexity", "bits_per_byte"] {
-            if let Some(x) = v.get(metric).and_then(|x| x.as_f64()) {
-                out.insert(format!("{name}_{metric}"), x);
-            }
-        }
-    }
-    out
+    crate::eval::registry::scores(dir)
 }
 
 /// Rebuilds `OUT/summary.csv` from the run directories under `out`, however they were produced.
@@ -108,18 +96,9 @@ fn evaluate_run(dir: &Path, args: &SweepArgs) -> Result<(), String> {
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     for bench in &args.eval {
-        let name = clap::ValueEnum::to_possible_value(bench).map(|v| v.get_name().to_string()).unwrap_or_default();
+        let name = bench.name();
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["eval", "--quiet", "--bench", &name, "--run"]).arg(dir);
-        if let (Some(d), Bench::Mmlu | Bench::McJsonl | Bench::Bigbench) = (&args.eval_data, bench) {
-            cmd.args(["--data", d]);
-        }
-        if args.eval_shots > 0 && matches!(bench, Bench::Mmlu | Bench::McJsonl | Bench::Bigbench) {
-            cmd.args(["--shots", &args.eval_shots.to_string(), "--shots-from", "test"]);
-        }
-        if let Some(l) = args.eval_limit {
-            cmd.args(["--limit", &l.to_string()]);
-        }
+        cmd.args(bench.sweep_args(dir, args.eval_data.as_deref(), args.eval_shots, args.eval_limit));
         let out = cmd.output().map_err(|e| e.to_string())?;
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.code() == Some(2) && err.contains("already holds results") {
@@ -241,16 +220,7 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
         .iter()
         .map(|d| if d.chars().all(|c| c.is_ascii_digit()) { format!("cuda:{d}") } else { d.clone() })
         .collect();
-    if args.eval.contains(&Bench::LayerRemoval) {
-        return Err(InputError("--eval layer-removal: run it per run with `keel eval --bench layer-removal --run DIR` (it is a study, not a score)".into()).into());
-    }
-    if args.eval_data.is_none() && args.eval.iter().any(|b| matches!(b, Bench::Mmlu | Bench::McJsonl | Bench::Bigbench))
-    {
-        return Err(InputError(
-            "--eval mmlu, mc-jsonl and bigbench need --eval-data\n  pass the benchmark's folder or file".into(),
-        )
-        .into());
-    }
+    crate::eval::registry::check_sweep(&args.eval, args.eval_data.is_some())?;
     let statuses = grid::run(&jobs, args.jobs, &devices, &args.out, &|job, status| {
         match status {
             Status::Skipped => println!("  {:<40} already finished", job.name),

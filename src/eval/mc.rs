@@ -5,6 +5,7 @@
 //! target delimiter). `acc` takes the argmax of the summed log-likelihoods; `acc_norm` divides each
 //! by the choice's length in characters first (the harness's `acc_norm`).
 
+use super::bench::{Benchmark, Data, Outcome, Session, Settings};
 use super::mmlu::argmax;
 use super::{encode_pair, fit, LanguageModel, Request};
 use crate::InputError;
@@ -237,4 +238,95 @@ pub fn evaluate(
         keel_version: crate::VERSION,
     };
     Ok((results, answered))
+}
+
+/// Scores the items `read` finds in `--data`; the summary is named after the results folder.
+fn run_with(bench: &dyn Benchmark, s: &mut Session, read: fn(&Path) -> Result<Vec<Item>>) -> Result<Outcome> {
+    let name = bench.folder(s.settings);
+    let data = s.data().to_string();
+    let items = read(Path::new(&data))?;
+    s.start()?;
+    let (results, answered) =
+        evaluate(s.scorer.lm(), &name, &data, &items, s.settings.shots, s.settings.limit, s.progress)?;
+    let summary = format!(
+        "{name}: acc {:.4}, acc_norm {:.4} over {} questions ({} truncated), {:.1} questions/s; ",
+        results.acc, results.acc_norm, results.questions, results.truncated, results.questions_per_s
+    );
+    Outcome::new(&results, summary)?.rows("questions.csv", &answered)
+}
+
+/// `--bench mc-jsonl`.
+pub struct McJsonl;
+
+impl Benchmark for McJsonl {
+    fn name(&self) -> &'static str {
+        "mc-jsonl"
+    }
+
+    fn about(&self) -> &'static str {
+        "Multiple choice from JSONL: question/context, choices, answer index"
+    }
+
+    fn data(&self) -> Data {
+        Data::Required("pass --data FILE.jsonl (question or context, choices, answer per line)")
+    }
+
+    fn takes_shots(&self) -> bool {
+        true
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        &["acc", "acc_norm"]
+    }
+
+    /// `mc-{file stem}-{shots}shot`.
+    fn folder(&self, s: &Settings) -> String {
+        let data = s.data.as_deref().unwrap_or("");
+        let stem = Path::new(data).file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        format!("mc-{stem}-{}shot", s.shots)
+    }
+
+    fn run(&self, s: &mut Session) -> Result<Outcome> {
+        run_with(self, s, read_jsonl)
+    }
+}
+
+/// `--bench bigbench`.
+pub struct Bigbench;
+
+impl Benchmark for Bigbench {
+    fn name(&self) -> &'static str {
+        "bigbench"
+    }
+
+    fn about(&self) -> &'static str {
+        "A BIG-bench multiple-choice task folder (task.json)"
+    }
+
+    fn data(&self) -> Data {
+        Data::Required("pass --data with a BIG-bench task folder (bigbench/benchmark_tasks/NAME)")
+    }
+
+    fn takes_shots(&self) -> bool {
+        true
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        &["acc", "acc_norm"]
+    }
+
+    /// `bigbench-{task folder}-{shots}shot`.
+    fn folder(&self, s: &Settings) -> String {
+        let d = s.data.as_deref().unwrap_or("").trim_end_matches('/');
+        let d = d.strip_suffix("/task.json").unwrap_or(d);
+        format!(
+            "bigbench-{}-{}shot",
+            Path::new(d).file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+            s.shots
+        )
+    }
+
+    fn run(&self, s: &mut Session) -> Result<Outcome> {
+        run_with(self, s, read_bigbench)
+    }
 }

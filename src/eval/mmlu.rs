@@ -11,14 +11,16 @@
 //! ` A` .. ` D` are scored by log-likelihood; the prediction is the argmax (first on ties) and the
 //! accuracy is micro-averaged over questions, overall and per category (the harness's groups).
 
+use super::bench::{Benchmark, Data, Outcome, Session, Settings};
 use super::{encode_pair, fit, LanguageModel, Request, Scored};
-use crate::cli::ShotSource;
 use crate::data::tokenizer::KeelTokenizer;
 use crate::InputError;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub use super::bench::ShotSource;
 
 pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 pub const PROMPT_VARIANT: &str = "lm-evaluation-harness mmlu (default, v0.4): subject header, 'Answer:' + ' A'..' D' log-likelihood, shots from dev in file order";
@@ -441,17 +443,6 @@ pub fn evaluate(
     Ok((results, answered))
 }
 
-/// `results.json` and `questions.csv` into `dir`.
-pub fn write(dir: &Path, results: &Results, answered: &[Answered]) -> Result<()> {
-    let mut csv = csv::Writer::from_writer(Vec::new());
-    for a in answered {
-        csv.serialize(a)?;
-    }
-    crate::metrics::write_atomic(&dir.join("questions.csv"), &csv.into_inner()?)?;
-    crate::metrics::write_atomic(&dir.join("results.json"), serde_json::to_string_pretty(results)?.as_bytes())?;
-    Ok(())
-}
-
 /// The table printed after a run: overall, categories, and subjects when there are few.
 pub fn table(results: &Results) -> String {
     let s = &results.summary;
@@ -489,5 +480,55 @@ pub fn resolve_data(spec: &str) -> Result<PathBuf> {
             }
             Ok(p)
         }
+    }
+}
+
+/// `--bench mmlu`.
+pub struct Mmlu;
+
+impl Benchmark for Mmlu {
+    fn name(&self) -> &'static str {
+        "mmlu"
+    }
+
+    fn about(&self) -> &'static str {
+        "MMLU in its original CSV layout, scored as lm-evaluation-harness's default task"
+    }
+
+    fn data(&self) -> Data {
+        Data::Required(
+            "pass --data DIR holding dev/, val/ and test/ (scripts/get_mmlu.sh makes one) or --data hf:ORG/NAME",
+        )
+    }
+
+    fn takes_shots(&self) -> bool {
+        true
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        &["accuracy"]
+    }
+
+    /// `mmlu-{shots}shot`.
+    fn folder(&self, s: &Settings) -> String {
+        format!("mmlu-{}shot", s.shots)
+    }
+
+    fn run(&self, s: &mut Session) -> Result<Outcome> {
+        let data = resolve_data(s.data())?;
+        let subjects = load_dir(&data, &s.settings.subjects)?;
+        let opts = Options { shots: s.settings.shots, shots_from: s.settings.shots_from, limit: s.settings.limit };
+        s.start()?;
+        let (results, answered) = evaluate(s.scorer.lm(), &subjects, &opts, &data, s.progress)?;
+        let summary = format!(
+            "{}{} questions, {} shots ({} with shots dropped, {} truncated), {:.1} questions/s; ",
+            table(&results),
+            results.questions,
+            results.shots,
+            results.questions_with_dropped_shots,
+            results.questions_truncated,
+            results.questions_per_s
+        );
+        Outcome::new(&results, summary)?.rows("questions.csv", &answered)
     }
 }

@@ -5,12 +5,17 @@
 //! the continuation and whether greedy decoding would have produced it. keel's own runs
 //! ([`KeelLm`]) and Llama-family models loaded with candle-transformers ([`hf::HfLlama`]) both
 //! implement it, so every benchmark runs on either.
+//!
+//! Each benchmark implements the interface of `bench.rs` in its own file; `ALL` in `registry.rs`
+//! lists them all.
 
+pub mod bench;
 pub mod hf;
 pub mod layer_removal;
 pub mod mc;
 pub mod mmlu;
 pub mod ppl;
+pub mod registry;
 pub mod synthetic;
 
 use crate::config::{Config, Resolved};

@@ -10,10 +10,14 @@
 //! bytes of the scored tokens' text (all tokens but the first), which makes runs with different
 //! tokenizers comparable too.
 
+use super::bench::{Benchmark, Data, Outcome, Scorer, Session};
 use super::{LanguageModel, Request};
 use crate::data::tokenizer::KeelTokenizer;
-use anyhow::Result;
+use crate::data::Corpus;
+use crate::InputError;
+use anyhow::{Context, Result};
 use serde::Serialize;
+use std::path::PathBuf;
 
 /// The windows over `n` tokens: `(start, end, first_scored)` with inputs `tokens[start..end]` and
 /// targets `tokens[first_scored..=end]`.
@@ -99,4 +103,106 @@ pub fn perplexity(
         perplexity: (nll / n as f64).exp(),
         bits_per_byte: nll / std::f64::consts::LN_2 / bytes.max(1) as f64,
     })
+}
+
+/// How the windows are laid out, for results files.
+pub const WINDOWING: &str = "windows of the model's context T ending at T + k*stride; each token after the first scored once, with >= T - stride tokens of context after the first window";
+
+/// What `--data` takes for perplexity (and the layer-removal study).
+pub const DATA_HINT: &str = "pass --data with a prepared data folder or a text file";
+
+/// Tokens for perplexity: a prepared folder's validation split, a text file, or (no `--data`) the
+/// run's own validation data. Returns the tokens and a description of where they came from.
+pub fn tokens(scorer: &mut Scorer, data: Option<&str>, hint: &str) -> Result<(Vec<u32>, String)> {
+    match (data, scorer) {
+        (Some(d), scorer) => {
+            let path = PathBuf::from(d);
+            if path.join("meta.json").exists() {
+                let prepared = crate::data::prepare::open_prepared(&path)?;
+                let spec = &scorer.lm().tokenizer().spec;
+                if &prepared.meta.tokenizer != spec {
+                    return Err(InputError(format!(
+                        "{d} was prepared with tokenizer {} but the model uses {spec}\n  pass a text file as --data so keel tokenizes it with the model's tokenizer",
+                        prepared.meta.tokenizer
+                    ))
+                    .into());
+                }
+                let tokens = prepared.val.iter().flat_map(|s| s.to_vec()).collect();
+                Ok((tokens, format!("{d} (validation split)")))
+            } else if path.is_file() {
+                let bytes = std::fs::read(&path).map_err(|e| InputError(format!("cannot read {d}: {e}")))?;
+                let text = String::from_utf8(bytes).map_err(|e| {
+                    InputError(format!(
+                        "{d} is not UTF-8 (byte {})\n  convert it to UTF-8 first",
+                        e.utf8_error().valid_up_to()
+                    ))
+                })?;
+                Ok((scorer.lm().tokenizer().encode(&text)?, d.to_string()))
+            } else {
+                Err(InputError(format!("--data {d}: no such file or prepared folder\n  {hint}")).into())
+            }
+        }
+        (None, Scorer::Keel(k)) => {
+            let cfg = k.run.resolved.config.data.clone();
+            let corpus = Corpus::load(&cfg, k.run.resolved.train().seq_len)
+                .context("loading the run's own validation data (pass --data to score other text)")?;
+            Ok((corpus.val.to_vec(), format!("the run's validation data: {}", corpus.description)))
+        }
+        (None, Scorer::Hf(_)) => Err(InputError(format!("--hf-model needs --data here\n  {hint}")).into()),
+    }
+}
+
+/// `results.json` of `--bench ppl`.
+#[derive(Serialize)]
+struct Results<'a> {
+    bench: &'static str,
+    model: String,
+    placement: Option<String>,
+    data: String,
+    windowing: &'static str,
+    #[serde(flatten)]
+    ppl: &'a Perplexity,
+    keel_version: &'static str,
+}
+
+/// `--bench ppl`.
+pub struct Ppl;
+
+impl Benchmark for Ppl {
+    fn name(&self) -> &'static str {
+        "ppl"
+    }
+
+    fn about(&self) -> &'static str {
+        "Perplexity and bits per byte on a prepared folder's val split or a text file"
+    }
+
+    fn data(&self) -> Data {
+        Data::Optional(DATA_HINT)
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        &["perplexity", "bits_per_byte"]
+    }
+
+    fn run(&self, s: &mut Session) -> Result<Outcome> {
+        let placement = s.scorer.placement();
+        let (tokens, data) = tokens(s.scorer, s.settings.data.as_deref(), DATA_HINT)?;
+        s.start()?;
+        let p = perplexity(s.scorer.lm(), &tokens, s.settings.stride, s.settings.limit, s.progress)?;
+        let results = Results {
+            bench: "ppl",
+            model: s.scorer.lm().describe(),
+            placement,
+            data,
+            windowing: WINDOWING,
+            ppl: &p,
+            keel_version: crate::VERSION,
+        };
+        let summary = format!(
+            "perplexity {:.4} (nll {:.4}/token), {:.4} bits/byte over {} tokens in {} windows (context {}, stride {}); ",
+            p.perplexity, p.nll_per_token, p.bits_per_byte, p.tokens_scored, p.windows, p.context, p.stride
+        );
+        Outcome::new(&results, summary)
+    }
 }

@@ -5,7 +5,9 @@
 //! `{task} {prompt}=`, continuation `{answer}\n`; an example is correct when every continuation
 //! token is the model's argmax (exact match under greedy decoding, from one forward pass).
 
+use super::bench::{self, Benchmark, Data, Scorer, Session};
 use super::{encode_pair, fit, LanguageModel};
+use crate::config::Config;
 use crate::data::synthetic;
 use crate::rng::Rng;
 use anyhow::Result;
@@ -95,4 +97,69 @@ pub fn evaluate(
         t.mean_logprob /= t.total as f64;
     }
     Ok((outcomes, by_task))
+}
+
+/// `results.json` of `--bench synthetic`.
+#[derive(Serialize)]
+struct Results<'a> {
+    bench: &'static str,
+    model: String,
+    placement: Option<String>,
+    scoring: &'static str,
+    seed: u64,
+    examples: usize,
+    accuracy: f64,
+    tasks: &'a BTreeMap<String, TaskAccuracy>,
+    elapsed_s: f64,
+    keel_version: &'static str,
+}
+
+/// `--bench synthetic`.
+pub struct Synthetic;
+
+impl Benchmark for Synthetic {
+    fn name(&self) -> &'static str {
+        "synthetic"
+    }
+
+    fn about(&self) -> &'static str {
+        "Held-out accuracy on keel's built-in synthetic tasks"
+    }
+
+    fn data(&self) -> Data {
+        Data::None
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        &["accuracy"]
+    }
+
+    fn run(&self, s: &mut Session) -> Result<bench::Outcome> {
+        let placement = s.scorer.placement();
+        let seed = match &*s.scorer {
+            Scorer::Keel(k) => k.run.resolved.config.data.synthetic_seed,
+            Scorer::Hf(_) => Config::default().data.synthetic_seed,
+        };
+        let examples = examples(seed, s.settings.limit.unwrap_or(600));
+        s.start()?;
+        let start = std::time::Instant::now();
+        let (outcomes, by_task) = evaluate(s.scorer.lm(), &examples, s.progress)?;
+        let results = Results {
+            bench: "synthetic",
+            model: s.scorer.lm().describe(),
+            placement,
+            scoring: "greedy exact match of '{answer}\\n' after '{task} {prompt}=' (one forward pass per example)",
+            seed,
+            examples: outcomes.len(),
+            accuracy: by_task.get("all").map(|t| t.accuracy).unwrap_or(f64::NAN),
+            tasks: &by_task,
+            elapsed_s: start.elapsed().as_secs_f64(),
+            keel_version: crate::VERSION,
+        };
+        let mut summary = format!("{:<10} {:>9} {:>9} {:>12}\n", "task", "accuracy", "examples", "mean logprob");
+        for (task, t) in &by_task {
+            summary.push_str(&format!("{task:<10} {:>9.4} {:>9} {:>12.3}\n", t.accuracy, t.total, t.mean_logprob));
+        }
+        bench::Outcome::new(&results, summary)?.rows("examples.csv", &outcomes)
+    }
 }
