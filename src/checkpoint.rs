@@ -152,8 +152,7 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Loaded, Unusable> {
     let mut tensors = Vec::new();
     for f in [MODEL, OPTIMIZER] {
         let want = state.files.get(f).ok_or_else(|| Unusable::Corrupt(format!("{STATE} lists no checksum for {f}")))?;
-        let got = sha256_file(&path.join(f))
-            .map_err(|e| Unusable::Corrupt(format!("cannot read {f}: {e}")))?;
+        let got = sha256_file(&path.join(f)).map_err(|e| Unusable::Corrupt(format!("cannot read {f}: {e}")))?;
         if &got != want {
             return Err(Unusable::Corrupt(format!("{f} fails its checksum (truncated or modified)")));
         }

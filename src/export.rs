@@ -32,8 +32,8 @@
 //! `README.md` describing both.
 
 use crate::config::{FfnKind, NormKind, Resolved};
-use crate::eval::LoadedRun;
 use crate::model::{Branch, Model, Residual};
+use crate::run_dir::{self, LoadedRun, RunDir};
 use crate::InputError;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -205,7 +205,7 @@ fn write_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
 /// Writes `bytes` to `out/name` atomically.
 fn write_file(out: &Path, name: &str, bytes: &[u8], files: &mut Vec<String>) -> Result<()> {
     let path = out.join(name);
-    crate::metrics::write_atomic(&path, bytes).map_err(|e| write_err(&path, e))?;
+    crate::files::write_atomic(&path, bytes).map_err(|e| write_err(&path, e))?;
     files.push(name.to_string());
     Ok(())
 }
@@ -330,19 +330,21 @@ pub fn export(run: &LoadedRun, out: &Path) -> Result<Exported> {
                 .iter()
                 .map(|p| Ok((p.name.clone(), p.var.as_tensor().to_device(&Device::Cpu)?.contiguous()?)))
                 .collect::<candle_core::Result<_>>()?;
-            write_safetensors(out, "model.safetensors", &tensors, &mut files)?;
-            let config_path = run.dir.join("config.toml");
+            // A keel-format export is itself a run directory that `keel eval --run` loads.
+            write_safetensors(out, run_dir::WEIGHTS, &tensors, &mut files)?;
+            let config_path = RunDir::at(&run.dir).config();
             let config = std::fs::read(&config_path).map_err(|e| {
                 InputError(format!("cannot read {}: {e}\n  restore the run's config.toml", config_path.display()))
             })?;
-            write_file(out, "config.toml", &config, &mut files)?;
+            write_file(out, run_dir::CONFIG, &config, &mut files)?;
             write_file(out, "README.md", keel_readme(run, &reason).as_bytes(), &mut files)?;
             Format::Keel { reason }
         }
     };
-    let tok_path = out.join("tokenizer.json");
+    // Llama's folder names its tokenizer as keel's run directory does.
+    let tok_path = out.join(run_dir::TOKENIZER);
     run.tokenizer.save(&tok_path).map_err(|e| write_err(&tok_path, e))?;
-    files.push("tokenizer.json".to_string());
+    files.push(run_dir::TOKENIZER.to_string());
     if format == Format::Llama {
         let tc = serde_json::to_string_pretty(&tokenizer_config(run))?;
         write_file(out, "tokenizer_config.json", tc.as_bytes(), &mut files)?;
@@ -365,6 +367,6 @@ pub fn export_dir(run_dir: &Path, out: &Path) -> Result<Exported> {
     if out.exists() && (!out.is_dir() || std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true)) {
         prepare_out(out)?;
     }
-    let run = crate::eval::load_run(run_dir, &Device::Cpu)?;
+    let run = crate::run_dir::load_run(run_dir, &Device::Cpu)?;
     export(&run, out)
 }

@@ -5,8 +5,8 @@
 //! build their grids here; sweep and stress run them here.
 
 use crate::config::{Config, Placement, Resolved};
-use crate::InputError;
 use crate::run_dir::RunDir;
+use crate::InputError;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,7 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// `base` at every (depth, placement), depth-major: `(depth, placement, config)`.
-pub fn depth_by_placement(base: &Config, depths: &[usize], placements: &[Placement]) -> Vec<(usize, Placement, Config)> {
+pub fn depth_by_placement(
+    base: &Config,
+    depths: &[usize],
+    placements: &[Placement],
+) -> Vec<(usize, Placement, Config)> {
     let mut out = Vec::with_capacity(depths.len() * placements.len());
     for &depth in depths {
         for &placement in placements {
@@ -118,7 +122,7 @@ fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&st
         cmd.args(["train", "--quiet", "--resume"]).arg(&job.dir);
     } else {
         let file = configs.join(format!("{}.toml", job.name));
-        crate::metrics::write_atomic(&file, job.config.to_toml(toml::Table::new()).as_bytes())?;
+        crate::files::write_atomic(&file, job.config.to_toml(toml::Table::new()).as_bytes())?;
         cmd.args(["train", "--quiet", "--config"]).arg(&file).arg("--out").arg(&job.dir);
     }
     if let Some(d) = device {

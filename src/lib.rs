@@ -1,6 +1,7 @@
 //! keel: an experiment runner for very deep Transformers, reproducing
 //! "Post-LayerNorm Is Back: Stable, ExpressivE, and Deep" (Chen & Wei, arXiv 2601.19895).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
@@ -9,7 +10,6 @@ pub mod data;
 pub mod device;
 pub mod divergence;
 pub mod eval;
-pub mod bench;
 pub mod export;
 pub mod files;
 pub mod grid;
@@ -25,6 +25,7 @@ pub mod rng;
 pub mod run_dir;
 pub mod signals;
 pub mod stress;
+pub mod sweep;
 pub mod train;
 
 /// Exit status of a run stopped by SIGINT or SIGTERM after writing a checkpoint (128 + SIGINT).
@@ -61,10 +62,12 @@ pub struct InputError(pub String);
 /// full disk counts as input: the output folder the user chose has no room.
 pub fn is_input_error(err: &anyhow::Error) -> bool {
     is_disk_full(err)
-        || err.chain().any(|c| c.is::<InputError>()
+        || err.chain().any(|c| {
+            c.is::<InputError>()
                 || c.is::<config::ConfigError>()
                 || c.is::<placement::UnknownPlacement>()
-                || c.is::<data::DataError>())
+                || c.is::<data::DataError>()
+        })
 }
 
 /// True when some cause of `err` is "no space left on device".

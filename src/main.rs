@@ -34,7 +34,7 @@ fn main() {
         Command::Stress(args) => commands::stress::run(&args),
         Command::Sweep(args) => commands::sweep::run(&args),
         Command::Plot(args) => commands::plot::run(&args),
-        Command::Eval(args) => commands::eval::run(&args).map(|()| ExitStatus::Success),
+        Command::Eval(args) => commands::eval::run(&args),
         Command::Export(args) => commands::export::run(&args),
     });
     match result {

@@ -16,10 +16,7 @@ pub const METRICS_HEADER: [&str; 7] = ["step", "tokens", "lr", "loss", "grad_nor
 pub const EVAL_HEADER: [&str; 3] = ["step", "val_loss", "val_ppl"];
 pub const GRAD_NORMS_HEADER: [&str; 4] = ["step", "layer", "kind", "grad_norm"];
 
-// Until every caller asks `crate::files` directly.
-pub use crate::files::{sha256_file, write_atomic};
-// Until every caller asks `crate::run_dir` directly.
-pub use crate::run_dir::Summary;
+use crate::files::write_atomic;
 
 pub struct RunWriters {
     metrics: csv::Writer<File>,

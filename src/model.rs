@@ -24,8 +24,8 @@
 //! Weights are stored (in, out), so a linear layer is `x w` (`ops::linear`).
 
 use crate::config::{FfnKind, NormKind, Precision, Resolved};
-use crate::placement::ResidualForm;
 use crate::ops::{self, AttnShape, Kernels, Rope};
+use crate::placement::ResidualForm;
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::sync::Arc;

@@ -66,7 +66,8 @@ pub fn probe(resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Ve
     // predicted[l] = product of the factors of sub-layers l..L-2 (from x_l up to x_{L-1}).
     let mut predicted = vec![Some(1.0); depth];
     for l in (0..depth.saturating_sub(1)).rev() {
-        predicted[l] = match (predicted[l + 1], placement.predicted_gradient_factor(model.sublayers[l].residual.form())) {
+        predicted[l] = match (predicted[l + 1], placement.predicted_gradient_factor(model.sublayers[l].residual.form()))
+        {
             (Some(p), Some(f)) => Some(p * f),
             _ => None,
         };
@@ -86,7 +87,8 @@ pub fn probe(resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Ve
 }
 
 /// The header of `keel probe`'s CSV; [`csv_row`] writes its rows.
-pub const CSV_HEADER: &str = "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio";
+pub const CSV_HEADER: &str =
+    "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio";
 
 pub fn csv_row(r: &ProbeRow) -> String {
     let predicted = r.predicted_ratio.map(|p| p.to_string()).unwrap_or_default();

@@ -35,7 +35,7 @@ fn fixtures(d: &Path) {
         }
     }
     write(&d.join("keel_run/grad_norms.csv"), &grads);
-    let mut summary = String::from(keel::commands::sweep::SUMMARY_HEADER);
+    let mut summary = String::from(keel::sweep::SUMMARY_HEADER);
     summary.push('\n');
     for (p, base) in [("pre_ln", 3.0), ("keel", 2.8)] {
         for (i, depth) in [64, 128, 256].iter().enumerate() {

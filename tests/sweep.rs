@@ -40,7 +40,7 @@ fn a_sweep_runs_its_grid_records_divergence_and_skips_finished_runs() {
     ok(&sweep(d, &args));
     let csv = std::fs::read_to_string(d.join("sw/summary.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
-    assert_eq!(csv.lines().next().unwrap(), keel::commands::sweep::SUMMARY_HEADER);
+    assert_eq!(csv.lines().next().unwrap(), keel::sweep::SUMMARY_HEADER);
     assert_eq!(rows.len(), 8, "{csv}");
     for r in &rows {
         let diverged = !r[12].is_empty();
@@ -110,7 +110,7 @@ fn eval_scores_become_summary_columns() {
     assert!(!out.contains("FAILED"), "{out}");
     let csv = std::fs::read_to_string(d.join("ev/summary.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    let extra = &header[keel::commands::sweep::SUMMARY_HEADER.split(',').count()..];
+    let extra = &header[keel::sweep::SUMMARY_HEADER.split(',').count()..];
     assert_eq!(extra, ["ppl_bits_per_byte", "ppl_perplexity", "synthetic_accuracy"], "{csv}");
     for row in csv.lines().skip(1) {
         let cells: Vec<&str> = row.split(',').collect();

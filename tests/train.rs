@@ -29,7 +29,7 @@ fn resolve(sets: &[&str]) -> (Resolved, Corpus) {
     (config.resolve(corpus.vocab_size).unwrap(), corpus)
 }
 
-fn run(sets: &[&str], dir: &Path) -> keel::metrics::Summary {
+fn run(sets: &[&str], dir: &Path) -> keel::run_dir::Summary {
     let (r, corpus) = resolve(sets);
     train(&r, &corpus, &Device::Cpu, dir, ProgressMode::Quiet, Start::Fresh, &AtomicBool::new(false)).unwrap().summary
 }

@@ -4,6 +4,7 @@
 use crate::cli::EvalArgs;
 use crate::eval::bench::{Figure, Settings};
 use crate::eval::registry::{Evaluation, Job, Model};
+use crate::ExitStatus;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -21,7 +22,7 @@ fn progress_bar(quiet: bool, what: &str) -> ProgressBar {
     bar
 }
 
-pub fn run(args: &EvalArgs) -> Result<()> {
+pub fn run(args: &EvalArgs) -> Result<ExitStatus> {
     let job = Job {
         bench: args.bench,
         model: match (&args.run, &args.hf_model) {
@@ -52,8 +53,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     report.write()?;
     let figures = match report.outcome.figure {
         Some(Figure::LayerRemoval) => {
-            let fig = crate::commands::plot::layer_removal_figure(std::slice::from_ref(&report.out))?;
-            crate::commands::plot::write(&fig, &report.out)?
+            let fig = crate::plot::layer_removal_figure(std::slice::from_ref(&report.out))?;
+            crate::plot::write(&fig, &report.out)?
         }
         None => Vec::new(),
     };
@@ -65,5 +66,5 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         };
         println!("{}results in {}{figures}", report.outcome.summary, report.out.display());
     }
-    Ok(())
+    Ok(ExitStatus::Success)
 }

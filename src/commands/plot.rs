@@ -15,6 +15,3 @@ pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
     }
     Ok(ExitStatus::Success)
 }
-
-// Kept for `commands::eval` until it asks `crate::plot` directly.
-pub use crate::plot::{layer_removal_figure, write};

@@ -34,9 +34,8 @@ pub fn run(args: &ProbeArgs) -> Result<ExitStatus> {
     );
     let print = |rows: &[ProbeRow]| {
         let depth = rows.len();
-        let theory = |l: usize| {
-            rows[l.min(depth - 1)].predicted_ratio.map(|p| format!("{p:.3e}")).unwrap_or_else(|| "-".into())
-        };
+        let theory =
+            |l: usize| rows[l.min(depth - 1)].predicted_ratio.map(|p| format!("{p:.3e}")).unwrap_or_else(|| "-".into());
         println!(
             "{:<12} {:>6} {:>12.3e} {:>12.3e} {:>14} {:>14}",
             rows[0].placement,

@@ -52,7 +52,11 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
             match start::resume(dir, c.config.as_deref(), &c.set, c.device.as_deref(), args.force)? {
                 Resumed::Ready(launch) => *launch,
                 Resumed::AlreadyFinished => {
-                    println!("{} already finished (it holds {}); nothing to resume", dir.display(), crate::run_dir::DONE);
+                    println!(
+                        "{} already finished (it holds {}); nothing to resume",
+                        dir.display(),
+                        crate::run_dir::DONE
+                    );
                     return Ok(ExitStatus::Success);
                 }
             }

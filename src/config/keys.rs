@@ -147,5 +147,4 @@ impl Config {
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         from_table(Self::parse_table(text, "config")?)
     }
-
 }

@@ -141,4 +141,3 @@ mod tests {
         assert!(has("data", "source") && has("run", "name"));
     }
 }
-

@@ -245,4 +245,3 @@ impl Resolved {
         toml::to_string_pretty(&c).expect("config serializes")
     }
 }
-

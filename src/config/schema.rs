@@ -261,4 +261,3 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<toml::Table>,
 }
-

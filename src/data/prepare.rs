@@ -202,7 +202,7 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
     // A second, sequential read of the inputs: cheap next to tokenization.
     let mut input_meta = Vec::new();
     for input in inputs {
-        let sha256 = crate::metrics::sha256_file(&input.path)
+        let sha256 = crate::files::sha256_file(&input.path)
             .map_err(|source| DataError::Read { path: input.path.display().to_string(), source })?;
         input_meta.push(InputMeta {
             origin: input.origin.clone(),
@@ -229,7 +229,7 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
     };
     let json = serde_json::to_string_pretty(&meta).expect("meta serializes");
     let path = out.join(META_FILE);
-    crate::metrics::write_atomic(&path, json.as_bytes())
+    crate::files::write_atomic(&path, json.as_bytes())
         .map_err(|source| DataError::Write { path: path.display().to_string(), source })?;
     Ok(meta)
 }

@@ -207,7 +207,7 @@ impl KeelTokenizer {
 
     pub fn save(&self, path: &Path) -> Result<(), DataError> {
         let json = self.inner.to_string(false).map_err(|e| tk_err(&self.spec, e))?;
-        crate::metrics::write_atomic(path, json.as_bytes())
+        crate::files::write_atomic(path, json.as_bytes())
             .map_err(|source| DataError::Write { path: path.display().to_string(), source })
     }
 

@@ -18,9 +18,8 @@ pub mod ppl;
 pub mod registry;
 pub mod synthetic;
 
-use crate::config::{Config, Resolved};
 use crate::data::tokenizer::KeelTokenizer;
-use crate::model::Model;
+
 use crate::InputError;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -119,88 +118,8 @@ pub fn fit(mut tokens: Vec<u32>, cont_start: usize, max_len: usize) -> (Request,
     (Request { cont_start: cont_start.saturating_sub(cut).max(1), tokens }, cut)
 }
 
-/// A trained keel run: its resolved config, model and tokenizer.
-pub struct LoadedRun {
-    pub dir: PathBuf,
-    pub resolved: Resolved,
-    pub model: Model,
-    pub tokenizer: KeelTokenizer,
-}
-
-/// The tokenizer a run was trained with: the run's own `tokenizer.json` (written by `keel train`),
-/// else the prepared data folder's, else bytes.
-pub fn run_tokenizer(dir: &Path, config: &Config) -> Result<KeelTokenizer> {
-    let spec = match &config.data.path {
-        Some(p) => crate::data::prepare::read_meta(Path::new(p)).map(|m| m.tokenizer).ok(),
-        None => Some("byte".to_string()),
-    };
-    let own = dir.join("tokenizer.json");
-    if own.exists() {
-        let spec = spec.unwrap_or_else(|| own.display().to_string());
-        return Ok(KeelTokenizer::from_prepared(&own, &spec)?);
-    }
-    match (&config.data.path, spec) {
-        (None, _) => Ok(KeelTokenizer::byte()),
-        (Some(p), Some(spec)) => Ok(KeelTokenizer::from_prepared(&Path::new(p).join("tokenizer.json"), &spec)?),
-        (Some(p), None) => Err(InputError(format!(
-            "run {} has no tokenizer.json and its data folder {p} is gone\n  copy the data folder's tokenizer.json into the run directory",
-            dir.display()
-        ))
-        .into()),
-    }
-}
-
-/// Loads `dir/config.toml` and `dir/model.safetensors` onto `device`.
-pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
-    let config_path = dir.join("config.toml");
-    let weights_path = dir.join("model.safetensors");
-    if !config_path.exists() {
-        return Err(InputError(format!(
-            "{} has no config.toml: not a keel run directory\n  pass --run with a folder written by `keel train`",
-            dir.display()
-        ))
-        .into());
-    }
-    if !weights_path.exists() {
-        return Err(InputError(format!(
-            "run {} has no model.safetensors: the run has not finished (or diverged)\n  finish it with `keel train --resume {}`, or score another run",
-            dir.display(),
-            dir.display()
-        ))
-        .into());
-    }
-    let config = Config::load(Some(&config_path), &[])?;
-    let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
-        InputError(format!(
-            "{} cannot be read as safetensors: {e}\n  the file is damaged; re-run training or restore it",
-            weights_path.display()
-        ))
-    })?;
-    let vocab = match (config.model.vocab_size, weights.get("tok_emb")) {
-        (Some(v), _) => v,
-        (None, Some(t)) => t.dim(0)?,
-        (None, None) => crate::data::BYTE_VOCAB,
-    };
-    let resolved = config.resolve(vocab)?;
-    let model = Model::new(&resolved, device)?;
-    if let Err(why) = model.load_weights(&weights)? {
-        return Err(InputError(format!(
-            "{}: {why}: it does not belong to this run's config.toml\n  restore the run's own model.safetensors",
-            weights_path.display()
-        ))
-        .into());
-    }
-    let tokenizer = run_tokenizer(dir, &config)?;
-    if tokenizer.vocab_size() > resolved.vocab_size() {
-        return Err(InputError(format!(
-            "the run's tokenizer has {} tokens but its model only {}\n  the run directory's tokenizer.json belongs to another run",
-            tokenizer.vocab_size(),
-            resolved.vocab_size()
-        ))
-        .into());
-    }
-    Ok(LoadedRun { dir: dir.to_path_buf(), resolved, model, tokenizer })
-}
+// A finished run is loaded through the run directory's own module.
+pub use crate::run_dir::{load_run, run_tokenizer, LoadedRun};
 
 /// A keel model answering requests in padded batches.
 pub struct KeelLm {

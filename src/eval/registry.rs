@@ -6,7 +6,8 @@
 
 use super::bench::{Benchmark, Data, Outcome, Scorer, Session, Settings};
 use super::{layer_removal, mc, mmlu, ppl, synthetic, KeelLm};
-use crate::metrics::write_atomic;
+use crate::files::write_atomic;
+use crate::run_dir::{RunDir, RESULTS};
 use crate::InputError;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -128,11 +129,15 @@ impl<'a> Evaluation<'a> {
         }
         let folder = self.folder();
         let default_dir = match &job.model {
-            Model::Run(run) => run.join("eval").join(folder),
+            Model::Run(run) => RunDir::at(run).results_for(&folder),
             Model::Hf(spec) => {
                 let name: String =
                     spec.chars().map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' }).collect();
-                Path::new("runs").join("hf").join(name.trim_start_matches('_')).join("eval").join(folder)
+                Path::new("runs")
+                    .join("hf")
+                    .join(name.trim_start_matches('_'))
+                    .join(crate::run_dir::EVAL_RESULTS)
+                    .join(folder)
             }
         };
         let mut session =
@@ -152,7 +157,7 @@ impl Report {
         if let Some((file, csv)) = &self.outcome.rows {
             write(file, csv)?;
         }
-        write("results.json", self.outcome.results.as_bytes())
+        write(RESULTS, self.outcome.results.as_bytes())
     }
 }
 
@@ -167,10 +172,10 @@ pub fn scores(run: &Path) -> BTreeMap<String, f64> {
         }
     }
     let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(run.join("eval")) else { return out };
+    let Ok(entries) = std::fs::read_dir(RunDir::at(run).eval_results()) else { return out };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Ok(text) = std::fs::read_to_string(e.path().join("results.json")) else { continue };
+        let Ok(text) = std::fs::read_to_string(e.path().join(RESULTS)) else { continue };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         for metric in &metrics {
             if let Some(x) = v.get(metric).and_then(|x| x.as_f64()) {

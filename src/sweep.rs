@@ -1,0 +1,246 @@
+//! Sweeps: grids of experiments (depth x placement x learning rate x seed x any config key), each
+//! an ordinary run directory, run through the grid runner (skips finished runs, resumes
+//! interrupted ones, records divergence as a result), scored by `keel eval` where asked, and
+//! summarized in `summary.csv`; or written out as a Slurm job array.
+
+use crate::config::{Config, Placement};
+use crate::eval::registry::Bench;
+use crate::files::write_atomic;
+use crate::grid::{self, parse_depths, Axis, Job};
+use crate::run_dir::{RunDir, Summary};
+use crate::InputError;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// The axes of a sweep, in the order they vary (depth outermost).
+#[derive(Debug, Clone, Default)]
+pub struct Axes {
+    /// `A..B` (doubling) or a comma list.
+    pub depths: String,
+    pub placements: Vec<String>,
+    pub lrs: Vec<f64>,
+    pub seeds: Vec<u64>,
+    /// `section.key=v1,v2`, each another axis.
+    pub grid: Vec<String>,
+}
+
+impl Axes {
+    /// The grid axes; an axis left empty takes the config's value.
+    pub fn axes(&self) -> Result<Vec<Axis>> {
+        let mut axes = vec![Axis {
+            key: "model.depth".into(),
+            values: parse_depths(&self.depths)?.iter().map(|d| d.to_string()).collect(),
+        }];
+        if !self.placements.is_empty() {
+            for p in &self.placements {
+                Placement::parse(p)?;
+            }
+            axes.push(Axis { key: "model.placement".into(), values: self.placements.clone() });
+        }
+        if !self.lrs.is_empty() {
+            axes.push(Axis { key: "train.lr".into(), values: self.lrs.iter().map(|x| format!("{x:e}")).collect() });
+        }
+        if !self.seeds.is_empty() {
+            axes.push(Axis { key: "train.seed".into(), values: self.seeds.iter().map(|x| x.to_string()).collect() });
+        }
+        for g in &self.grid {
+            let Some((key, values)) = g.split_once('=') else {
+                return Err(InputError(format!("--grid `{g}`: write it as section.key=v1,v2")).into());
+            };
+            axes.push(Axis {
+                key: key.trim().into(),
+                values: values.split(',').map(|v| v.trim().to_string()).collect(),
+            });
+        }
+        Ok(axes)
+    }
+}
+
+/// One resolved run per grid point: `config_file` (or the defaults) with `sets`, the point's own
+/// overrides and `run.name`, on `device` when given; each run's folder is `out/NAME`.
+pub fn jobs(
+    axes: &[Axis],
+    config_file: Option<&Path>,
+    sets: &[String],
+    device: Option<&str>,
+    out: &Path,
+) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    // Each distinct [data] section is loaded once, for its vocabulary (a --grid may vary it).
+    let mut vocab_by_data: Vec<(String, usize)> = Vec::new();
+    for (point, name) in grid::expand(axes) {
+        let mut all = sets.to_vec();
+        all.extend(point);
+        all.push(format!("run.name={name}"));
+        let mut c = Config::load(config_file, &all)?;
+        if let Some(d) = device {
+            c.run.device = d.to_string();
+        }
+        let key = format!("{:?}", c.data);
+        let vocab = match vocab_by_data.iter().find(|(k, _)| *k == key) {
+            Some(&(_, v)) => v,
+            None => {
+                let v = crate::data::Corpus::load(&c.data, c.train.seq_len)?.vocab_size;
+                vocab_by_data.push((key, v));
+                v
+            }
+        };
+        let resolved = c.resolve(vocab).with_context(|| format!("run {name}"))?;
+        jobs.push(Job { dir: out.join(&name), name, config: resolved });
+    }
+    Ok(jobs)
+}
+
+/// A run's size and rough training time, for `--dry-run`.
+pub struct Estimate {
+    pub params: usize,
+    pub tokens: usize,
+    pub minutes: f64,
+}
+
+/// Rough time: 6 x parameters x tokens at 50 GFLOP/s, about what keel sustains on 2 CPU cores
+/// (README, Speed); attention and per-op overhead come on top for deep-narrow models.
+pub fn estimate(job: &Job) -> Result<Estimate> {
+    let t = job.config.train();
+    let params = crate::model::Model::new(&job.config, &candle_core::Device::Cpu)?.n_params();
+    let tokens = t.steps * t.batch_size * t.seq_len * t.grad_accum;
+    Ok(Estimate { params, tokens, minutes: 6.0 * params as f64 * tokens as f64 / 5e10 / 60.0 })
+}
+
+/// Writes `out/sweep.slurm` (a job array) and `out/runs.txt` (one `keel train` per line), with
+/// each run's config in `out/.configs/`.
+pub fn emit_slurm(jobs: &[Job], out: &Path) -> Result<()> {
+    let configs = out.join(".configs");
+    std::fs::create_dir_all(&configs)?;
+    let mut lines = String::new();
+    for j in jobs {
+        let file = configs.join(format!("{}.toml", j.name));
+        write_atomic(&file, j.config.to_toml(toml::Table::new()).as_bytes())?;
+        lines.push_str(&format!("keel train --quiet --config {} --out {}\n", file.display(), j.dir.display()));
+    }
+    write_atomic(&out.join("runs.txt"), lines.as_bytes())?;
+    write_atomic(&out.join("sweep.slurm"), slurm_script(jobs.len(), out).as_bytes())?;
+    Ok(())
+}
+
+/// `--devices`: a bare number is a CUDA ordinal.
+pub fn devices(given: &[String]) -> Vec<String> {
+    given.iter().map(|d| if d.chars().all(|c| c.is_ascii_digit()) { format!("cuda:{d}") } else { d.clone() }).collect()
+}
+
+pub const SUMMARY_HEADER: &str = "run,placement,depth,blocks,d_model,lr,seed,parameters,tokens,final_train_loss,final_val_loss,final_val_ppl,diverged_at_step,tokens_per_s,wall_time_s,peak_rss_mb";
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+/// A summary.csv row from a finished run directory (its config.toml and summary.json).
+pub fn summary_row(dir: &Path) -> Result<Option<String>> {
+    let run = RunDir::at(dir);
+    let (cfg, sum) = (run.config(), run.summary());
+    if !cfg.exists() || !sum.exists() {
+        return Ok(None);
+    }
+    let c = run.read_config()?;
+    let s: Summary =
+        serde_json::from_slice(&std::fs::read(&sum)?).with_context(|| format!("reading {}", sum.display()))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    Ok(Some(format!(
+        "{name},{},{},{},{},{:e},{},{},{},{},{},{},{},{},{},{}",
+        s.placement,
+        s.depth,
+        s.depth / 2,
+        s.d_model,
+        c.train.lr,
+        c.train.seed,
+        s.n_params,
+        s.tokens,
+        opt(s.final_train_loss),
+        opt(s.final_val_loss),
+        opt(s.final_val_ppl),
+        s.diverged_at_step.map(|k| k.to_string()).unwrap_or_default(),
+        s.tokens_per_s,
+        s.wall_time_s,
+        opt(s.peak_rss_mb)
+    )))
+}
+
+/// Rebuilds `OUT/summary.csv` from the run directories under `out`, however they were produced.
+/// Evaluation scores found in the runs add columns after the standard ones.
+pub fn collect(out: &Path) -> Result<usize> {
+    let mut dirs: Vec<_> = std::fs::read_dir(out)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", out.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let mut rows = Vec::new();
+    let mut columns = std::collections::BTreeSet::new();
+    for d in dirs {
+        if let Some(row) = summary_row(&d)? {
+            let scores = crate::eval::registry::scores(&d);
+            columns.extend(scores.keys().cloned());
+            rows.push((row, scores));
+        }
+    }
+    let mut text = String::from(SUMMARY_HEADER);
+    for c in &columns {
+        text.push(',');
+        text.push_str(c);
+    }
+    text.push('\n');
+    for (row, scores) in &rows {
+        text.push_str(row);
+        for c in &columns {
+            text.push(',');
+            text.push_str(&scores.get(c).map(|x| x.to_string()).unwrap_or_default());
+        }
+        text.push('\n');
+    }
+    write_atomic(&out.join("summary.csv"), text.as_bytes())?;
+    Ok(rows.len())
+}
+
+/// What `keel sweep --eval` scores each finished run on.
+#[derive(Debug, Clone, Default)]
+pub struct Evals {
+    pub benches: Vec<Bench>,
+    /// `--data` for the benchmarks that need it.
+    pub data: Option<String>,
+    /// `--shots` (from the test split) for the benchmarks that take them.
+    pub shots: usize,
+    pub limit: Option<usize>,
+}
+
+/// Runs `keel eval` for each requested benchmark on a finished run, unless its results exist.
+pub fn evaluate_run(dir: &Path, evals: &Evals) -> Result<(), String> {
+    if !RunDir::at(dir).has_weights() {
+        return Ok(()); // diverged: nothing to score
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    for bench in &evals.benches {
+        let name = bench.name();
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(bench.sweep_args(dir, evals.data.as_deref(), evals.shots, evals.limit));
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(2) && err.contains("already holds results") {
+            continue;
+        }
+        if !out.status.success() {
+            return Err(format!("keel eval --bench {name}: {}", err.lines().next().unwrap_or("")));
+        }
+    }
+    Ok(())
+}
+
+/// A Slurm job-array script: task i runs line i of runs.txt.
+pub fn slurm_script(n: usize, out: &Path) -> String {
+    format!(
+        "#!/bin/bash\n# keel sweep: one array task per run; each line of runs.txt is one `keel train` command.\n#SBATCH --job-name=keel-sweep\n#SBATCH --array=0-{}\n#SBATCH --output={}/slurm-%A_%a.out\nset -euo pipefail\ncmd=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {}/runs.txt)\neval \"$cmd\"\n# afterwards: keel sweep --collect --out {}\n",
+        n.saturating_sub(1),
+        out.display(),
+        out.display(),
+        out.display()
+    )
+}
