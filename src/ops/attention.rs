@@ -1,12 +1,10 @@
 //! Causal multi-head attention with RoPE and grouped KV heads (GQA).
 
-use super::custom::{contiguous, with_float};
+use super::custom::{Fused, FusedOp1, FusedOp2, Input, Output};
 use super::kernels::Kernels;
 use super::real::{dot, sum, unfilled, vectorized, Real};
 use super::rope::Rope;
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{CpuStorage, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -31,7 +29,9 @@ impl AttnShape {
 /// Returns (B*T, H D): softmax(rope(q) rope(k)^T / sqrt(D) + causal mask) v, heads concatenated.
 pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => qkv.contiguous()?.apply_op1(Attention { s, rope: rope.clone(), saved: Default::default() }),
+        Kernels::Fused => {
+            qkv.contiguous()?.apply_op1(Fused(Attention { s, rope: rope.clone(), saved: Default::default() }))
+        }
         Kernels::Composite => composite::causal_attention(qkv, s, rope),
     }
 }
@@ -78,6 +78,7 @@ pub mod composite {
     }
 }
 
+/// qkv (B*T, (H + 2 Hkv) D) -> out (B*T, H D); see [`causal_attention`].
 struct Attention {
     s: AttnShape,
     rope: Arc<Rope>,
@@ -420,50 +421,35 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
     dqkv
 }
 
-impl CustomOp1 for Attention {
-    fn name(&self) -> &'static str {
-        "keel-causal-attention"
-    }
-    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+impl FusedOp1 for Attention {
+    const NAME: &'static str = "keel-causal-attention";
+    fn cpu<T: Real>(&self, qkv: Input) -> Result<Output<T>> {
         let s = self.s;
-        if l.shape().dims2()? != (s.batch * s.seq, s.qkv_width()) || self.rope.seq_len < s.seq {
-            candle_core::bail!("keel attention: qkv shape {:?} does not match {:?}", l.shape(), s);
+        if qkv.shape().dims2()? != (s.batch * s.seq, s.qkv_width()) || self.rope.seq_len < s.seq {
+            candle_core::bail!("keel attention: qkv shape {:?} does not match {:?}", qkv.shape(), s);
         }
-        let (out, probs) = with_float!(st.dtype(), "keel attention", T => {
-            let (o, p) = attn_fwd_kernel(contiguous::<T>(st, l)?, s, &self.rope);
-            (T::to_cpu_storage_owned(o), T::to_cpu_storage_owned(p))
-        });
-        *self.saved.lock().expect("attention probabilities") = Some(probs);
+        let (out, probs) = attn_fwd_kernel(qkv.slice()?, s, &self.rope);
+        *self.saved.lock().expect("attention probabilities") = Some(T::to_cpu_storage_owned(probs));
         Ok((out, Shape::from((s.batch * s.seq, s.n_heads * s.head_dim))))
     }
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
         let saved = self.saved.lock().expect("attention probabilities").take();
         let op = AttentionBwd { s: self.s, rope: self.rope.clone(), saved };
-        Ok(Some(qkv.apply_op2_no_bwd(&dout.contiguous()?, &op)?))
+        Ok(Some(qkv.apply_op2_no_bwd(dout, &Fused(op))?))
     }
 }
 
+/// Attention's backward: qkv (B*T, (H + 2 Hkv) D), dout (B*T, H D) -> dqkv (B*T, (H + 2 Hkv) D).
 struct AttentionBwd {
     s: AttnShape,
     rope: Arc<Rope>,
     saved: Option<CpuStorage>,
 }
 
-impl CustomOp2 for AttentionBwd {
-    fn name(&self) -> &'static str {
-        "keel-causal-attention-bwd"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = with_float!(s1.dtype(), "keel attention bwd", T => {
-            let saved = self.saved.as_ref().map(|p| p.as_slice::<T>()).transpose()?;
-            T::to_cpu_storage_owned(attn_bwd_kernel(
-                contiguous::<T>(s1, l1)?,
-                contiguous(s2, l2)?,
-                self.s,
-                &self.rope,
-                saved,
-            ))
-        });
-        Ok((out, l1.shape().clone()))
+impl FusedOp2 for AttentionBwd {
+    const NAME: &'static str = "keel-causal-attention-bwd";
+    fn cpu<T: Real>(&self, qkv: Input, dout: Input) -> Result<Output<T>> {
+        let saved = self.saved.as_ref().map(|p| p.as_slice::<T>()).transpose()?;
+        Ok((attn_bwd_kernel(qkv.slice()?, dout.slice()?, self.s, &self.rope, saved), qkv.shape().clone()))
     }
 }

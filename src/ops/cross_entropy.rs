@@ -1,22 +1,23 @@
 //! Mean softmax cross-entropy over next-token targets (the composite twin is Candle's).
 
-use super::custom::{contiguous, with_float};
+use super::custom::{Fused, FusedOp2, Input, Output};
 use super::kernels::Kernels;
 use super::real::{sum, Real, ROW_CHUNK};
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, D};
+use candle_core::{DType, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Mean next-token cross-entropy: logits (N, V), targets (N) u32 -> scalar.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
         Kernels::Fused => {
-            logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy { saved: Default::default() })
+            logits.contiguous()?.apply_op2(&targets.contiguous()?, Fused(CrossEntropy { saved: Default::default() }))
         }
         Kernels::Composite => candle_nn::loss::cross_entropy(logits, targets),
     }
 }
 
 /// loss = mean_i (logsumexp(z_i) - z_i[t_i]); d loss / d z_i = (softmax(z_i) - onehot(t_i)) / N.
+/// z (N, V), targets (N) u32 -> loss ().
 struct CrossEntropy {
     /// softmax(z), kept for the backward pass.
     saved: std::sync::Mutex<Option<Tensor>>,
@@ -59,23 +60,17 @@ fn cross_entropy_bwd_kernel<T: Real>(probs: &[T], targets: &[u32], v: usize, sca
     dz
 }
 
-impl CustomOp2 for CrossEntropy {
-    fn name(&self) -> &'static str {
-        "keel-cross-entropy"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, v) = l1.shape().dims2()?;
-        let targets: &[u32] = contiguous(s2, l2)?;
+impl FusedOp2 for CrossEntropy {
+    const NAME: &'static str = "keel-cross-entropy";
+    fn cpu<T: Real>(&self, z: Input, targets: Input) -> Result<Output<T>> {
+        let (n, v) = z.shape().dims2()?;
+        let targets: &[u32] = targets.slice()?;
         if targets.len() != n {
             candle_core::bail!("cross_entropy: {n} rows of logits but {} targets", targets.len());
         }
-        let cpu = candle_core::Device::Cpu;
-        let (loss, probs) = with_float!(s1.dtype(), "keel cross_entropy", T => {
-            let (l, p) = cross_entropy_kernel::<T>(contiguous(s1, l1)?, targets, v)?;
-            (T::to_cpu_storage_owned(vec![l]), Tensor::from_vec(p, (n, v), &cpu)?)
-        });
-        *self.saved.lock().expect("softmax") = Some(probs);
-        Ok((loss, Shape::from(())))
+        let (loss, probs) = cross_entropy_kernel::<T>(z.slice()?, targets, v)?;
+        *self.saved.lock().expect("softmax") = Some(Tensor::from_vec(probs, (n, v), &candle_core::Device::Cpu)?);
+        Ok((vec![loss], Shape::from(())))
     }
     fn bwd(
         &self,
@@ -92,28 +87,21 @@ impl CustomOp2 for CrossEntropy {
             None => candle_nn::ops::softmax(&z.detach(), D::Minus1)?,
         };
         debug_assert_eq!(probs.dims2()?, (n, v));
-        let dz = probs.apply_op2_no_bwd(targets, &CrossEntropyBwd { scale })?;
+        let dz = probs.apply_op2_no_bwd(targets, &Fused(CrossEntropyBwd { scale }))?;
         Ok((Some(dz), None))
     }
 }
 
+/// dz = (probs - onehot(targets)) * scale: probs (N, V), targets (N) u32 -> dz (N, V).
 struct CrossEntropyBwd {
     scale: f64,
 }
 
-impl CustomOp2 for CrossEntropyBwd {
-    fn name(&self) -> &'static str {
-        "keel-cross-entropy-bwd"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let v = l1.shape().dims2()?.1;
-        let targets: &[u32] = contiguous(s2, l2)?;
-        let out = with_float!(s1.dtype(), "keel cross_entropy bwd", T => T::to_cpu_storage_owned(cross_entropy_bwd_kernel(
-            contiguous::<T>(s1, l1)?,
-            targets,
-            v,
-            self.scale as T,
-        )));
-        Ok((out, l1.shape().clone()))
+impl FusedOp2 for CrossEntropyBwd {
+    const NAME: &'static str = "keel-cross-entropy-bwd";
+    fn cpu<T: Real>(&self, probs: Input, targets: Input) -> Result<Output<T>> {
+        let v = probs.shape().dims2()?.1;
+        let dz = cross_entropy_bwd_kernel(probs.slice()?, targets.slice()?, v, T::from_f64(self.scale));
+        Ok((dz, probs.shape().clone()))
     }
 }

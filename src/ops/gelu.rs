@@ -1,17 +1,15 @@
 //! GELU with the exact normal CDF (the composite twin is Candle's `gelu_erf`).
 
-use super::custom::{contiguous, with_float};
+use super::custom::{Fused, FusedOp1, FusedOp2, Input, Output};
 use super::kernels::Kernels;
 use super::real::{unfilled, vectorized, Real};
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 /// GELU with the exact normal CDF: x Phi(x) (PyTorch's default `approximate='none'`). Any shape.
 pub fn gelu(h: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => h.contiguous()?.apply_op1(Gelu),
+        Kernels::Fused => h.contiguous()?.apply_op1(Fused(Gelu)),
         Kernels::Composite => h.gelu_erf(),
     }
 }
@@ -19,7 +17,28 @@ pub fn gelu(h: &Tensor, k: Kernels) -> Result<Tensor> {
 /// Elements per parallel task of the elementwise kernels.
 const ELEM_CHUNK: usize = 1 << 14;
 
+/// y = h Phi(h) elementwise: h (any shape) -> y (same shape).
 struct Gelu;
+
+impl FusedOp1 for Gelu {
+    const NAME: &'static str = "keel-gelu";
+    fn cpu<T: Real>(&self, h: Input) -> Result<Output<T>> {
+        Ok((gelu_fwd_kernel(h.slice()?), h.shape().clone()))
+    }
+    fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(h.apply_op2_no_bwd(dy, &Fused(GeluBwd))?))
+    }
+}
+
+/// dh = dy GELU'(h): h and dy of one shape -> dh (same shape).
+struct GeluBwd;
+
+impl FusedOp2 for GeluBwd {
+    const NAME: &'static str = "keel-gelu-bwd";
+    fn cpu<T: Real>(&self, h: Input, dy: Input) -> Result<Output<T>> {
+        Ok((gelu_bwd_kernel(h.slice()?, dy.slice()?), h.shape().clone()))
+    }
+}
 
 fn gelu_fwd_kernel<T: Real>(h: &[T]) -> Vec<T> {
     let mut y = unfilled(h.len());
@@ -58,32 +77,4 @@ fn gelu_bwd_kernel<T: Real>(h: &[T], dy: &[T]) -> Vec<T> {
         },
     );
     dh
-}
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "keel-gelu"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out =
-            with_float!(s.dtype(), "keel gelu", T => T::to_cpu_storage_owned(gelu_fwd_kernel(contiguous::<T>(s, l)?)));
-        Ok((out, l.shape().clone()))
-    }
-    fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(h.apply_op2_no_bwd(&dy.contiguous()?, &GeluBwd)?))
-    }
-}
-
-struct GeluBwd;
-
-impl CustomOp2 for GeluBwd {
-    fn name(&self) -> &'static str {
-        "keel-gelu-bwd"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = with_float!(s1.dtype(), "keel gelu bwd", T => {
-            T::to_cpu_storage_owned(gelu_bwd_kernel(contiguous::<T>(s1, l1)?, contiguous(s2, l2)?))
-        });
-        Ok((out, l1.shape().clone()))
-    }
 }

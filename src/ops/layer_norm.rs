@@ -1,16 +1,16 @@
 //! LayerNorm with gain and bias.
 
-use super::custom::{contiguous, with_float};
+use super::custom::{Fused, FusedOp3, Input, Output};
 use super::kernels::Kernels;
 use super::real::{dot, sum, sum_in_order, unfilled, vectorized, Real, ROW_CHUNK};
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// LayerNorm over the last dim: y = (x - mean) / sqrt(var + eps) * gamma + beta (biased variance,
 /// as PyTorch). x: (N, C), gamma, beta: (C).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => x.contiguous()?.apply_op3(gamma, beta, LayerNorm { eps }),
+        Kernels::Fused => x.contiguous()?.apply_op3(gamma, beta, Fused(LayerNorm { eps })),
         Kernels::Composite => composite::layer_norm(x, gamma, beta, eps),
     }
 }
@@ -115,32 +115,17 @@ fn ln_bwd_kernel<T: Real>(x: &[T], gamma: &[T], dy: &[T], c: usize, eps: f64) ->
     out
 }
 
+/// y = (x - mean) r gamma + beta, r = 1 / sqrt(var + eps) per row: x (N, C), gamma, beta (C) ->
+/// y (N, C).
 struct LayerNorm {
     eps: f64,
 }
 
-impl CustomOp3 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "keel-layer-norm"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let c = l2.shape().elem_count();
-        let out = with_float!(s1.dtype(), "keel layer_norm", T => T::to_cpu_storage_owned(ln_fwd_kernel::<T>(
-            contiguous(s1, l1)?,
-            contiguous(s2, l2)?,
-            contiguous(s3, l3)?,
-            c,
-            self.eps,
-        )));
-        Ok((out, l1.shape().clone()))
+impl FusedOp3 for LayerNorm {
+    const NAME: &'static str = "keel-layer-norm";
+    fn cpu<T: Real>(&self, x: Input, gamma: Input, beta: Input) -> Result<Output<T>> {
+        let c = gamma.shape().elem_count();
+        Ok((ln_fwd_kernel(x.slice()?, gamma.slice()?, beta.slice()?, c, self.eps), x.shape().clone()))
     }
     fn bwd(
         &self,
@@ -151,7 +136,7 @@ impl CustomOp3 for LayerNorm {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c) = x.dims2()?;
-        let packed = x.apply_op3_no_bwd(gamma, &dy.contiguous()?, &LayerNormBwd { eps: self.eps })?;
+        let packed = x.apply_op3_no_bwd(gamma, dy, &Fused(LayerNormBwd { eps: self.eps }))?;
         let dx = packed.narrow(0, 0, n)?;
         let dgamma = packed.narrow(0, n, 1)?.reshape(c)?;
         let dbeta = packed.narrow(0, n + 1, 1)?.reshape(c)?;
@@ -159,31 +144,15 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
+/// LayerNorm's backward: x (N, C), gamma (C), dy (N, C) -> [dx (N, C) ; dgamma (1, C) ; dbeta (1, C)].
 struct LayerNormBwd {
     eps: f64,
 }
 
-impl CustomOp3 for LayerNormBwd {
-    fn name(&self) -> &'static str {
-        "keel-layer-norm-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, c) = l1.shape().dims2()?;
-        let out = with_float!(s1.dtype(), "keel layer_norm bwd", T => T::to_cpu_storage_owned(ln_bwd_kernel::<T>(
-            contiguous(s1, l1)?,
-            contiguous(s2, l2)?,
-            contiguous(s3, l3)?,
-            c,
-            self.eps,
-        )));
-        Ok((out, Shape::from((n + 2, c))))
+impl FusedOp3 for LayerNormBwd {
+    const NAME: &'static str = "keel-layer-norm-bwd";
+    fn cpu<T: Real>(&self, x: Input, gamma: Input, dy: Input) -> Result<Output<T>> {
+        let (n, c) = x.shape().dims2()?;
+        Ok((ln_bwd_kernel(x.slice()?, gamma.slice()?, dy.slice()?, c, self.eps), Shape::from((n + 2, c))))
     }
 }

@@ -1,14 +1,14 @@
 //! The linear layer, y = x w, straight onto gemm (the composite twin is Candle's `matmul`).
 
-use super::custom::{contiguous, with_float};
+use super::custom::{Fused, FusedOp2, Input, Output};
 use super::kernels::Kernels;
 use super::real::Real;
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{DType, Result, Shape, Tensor};
 
 /// y = x w for x: (N, K), w: (K, M) (weights stored (in, out)).
 pub fn linear(x: &Tensor, w: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => x.contiguous()?.apply_op2(&w.contiguous()?, Linear),
+        Kernels::Fused => x.contiguous()?.apply_op2(&w.contiguous()?, Fused(Linear)),
         Kernels::Composite => x.matmul(w),
     }
 }
@@ -24,6 +24,7 @@ pub fn linear_in(x: &Tensor, w: &Tensor, k: Kernels, compute: Option<DType>) -> 
 
 /// Candle's matmul zero-fills every output before gemm overwrites it and routes the backward
 /// through transposed views; this op calls gemm directly, forward and backward.
+/// y = x w: x (N, K), w (K, M) -> y (N, M).
 struct Linear;
 
 /// dst (m x n, row-major, fully overwritten) = lhs @ rhs with the given strides, multithreaded.
@@ -75,60 +76,46 @@ fn gemm_new<T: Real>(
     out
 }
 
-impl CustomOp2 for Linear {
-    fn name(&self) -> &'static str {
-        "keel-linear"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, k) = l1.shape().dims2()?;
-        let (k2, m) = l2.shape().dims2()?;
+impl FusedOp2 for Linear {
+    const NAME: &'static str = "keel-linear";
+    fn cpu<T: Real>(&self, x: Input, w: Input) -> Result<Output<T>> {
+        let (n, k) = x.shape().dims2()?;
+        let (k2, m) = w.shape().dims2()?;
         if k != k2 {
-            candle_core::bail!("keel linear: shapes {:?} and {:?} do not multiply", l1.shape(), l2.shape());
+            candle_core::bail!("keel linear: shapes {:?} and {:?} do not multiply", x.shape(), w.shape());
         }
         let (ki, mi) = (k as isize, m as isize);
-        let out = with_float!(s1.dtype(), "keel linear", T => {
-            T::to_cpu_storage_owned(gemm_new(n, m, k, contiguous(s1, l1)?, ki, 1, contiguous(s2, l2)?, mi, 1))
-        });
-        Ok((out, Shape::from((n, m))))
+        Ok((gemm_new(n, m, k, x.slice()?, ki, 1, w.slice()?, mi, 1), Shape::from((n, m))))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        Ok((Some(dy.apply_op2_no_bwd(w, &LinearGradInput)?), Some(x.apply_op2_no_bwd(&dy, &LinearGradWeight)?)))
+        let dx = dy.apply_op2_no_bwd(w, &Fused(LinearGradInput))?;
+        let dw = x.apply_op2_no_bwd(dy, &Fused(LinearGradWeight))?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
 /// dx = dy w^T: (N, M) x (K, M)^T -> (N, K).
 struct LinearGradInput;
 
-impl CustomOp2 for LinearGradInput {
-    fn name(&self) -> &'static str {
-        "keel-linear-grad-input"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, m) = l1.shape().dims2()?;
-        let (k, _) = l2.shape().dims2()?;
+impl FusedOp2 for LinearGradInput {
+    const NAME: &'static str = "keel-linear-grad-input";
+    fn cpu<T: Real>(&self, dy: Input, w: Input) -> Result<Output<T>> {
+        let (n, m) = dy.shape().dims2()?;
+        let (k, _) = w.shape().dims2()?;
         let mi = m as isize;
-        let out = with_float!(s1.dtype(), "keel linear bwd", T => {
-            T::to_cpu_storage_owned(gemm_new(n, k, m, contiguous(s1, l1)?, mi, 1, contiguous(s2, l2)?, 1, mi))
-        });
-        Ok((out, Shape::from((n, k))))
+        Ok((gemm_new(n, k, m, dy.slice()?, mi, 1, w.slice()?, 1, mi), Shape::from((n, k))))
     }
 }
 
 /// dw = x^T dy: (N, K)^T x (N, M) -> (K, M).
 struct LinearGradWeight;
 
-impl CustomOp2 for LinearGradWeight {
-    fn name(&self) -> &'static str {
-        "keel-linear-grad-weight"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, k) = l1.shape().dims2()?;
-        let (_, m) = l2.shape().dims2()?;
+impl FusedOp2 for LinearGradWeight {
+    const NAME: &'static str = "keel-linear-grad-weight";
+    fn cpu<T: Real>(&self, x: Input, dy: Input) -> Result<Output<T>> {
+        let (n, k) = x.shape().dims2()?;
+        let (_, m) = dy.shape().dims2()?;
         let (ki, mi) = (k as isize, m as isize);
-        let out = with_float!(s1.dtype(), "keel linear bwd", T => {
-            T::to_cpu_storage_owned(gemm_new(k, m, n, contiguous(s1, l1)?, 1, ki, contiguous(s2, l2)?, mi, 1))
-        });
-        Ok((out, Shape::from((k, m))))
+        Ok((gemm_new(k, m, n, x.slice()?, 1, ki, dy.slice()?, mi, 1), Shape::from((k, m))))
     }
 }

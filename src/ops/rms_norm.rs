@@ -1,17 +1,15 @@
 //! RMSNorm, and the residual that feeds it: y = RMSNorm(alpha * x + f), fused in one pass.
 
-use super::custom::{contiguous, with_float};
+use super::custom::{Fused, FusedOp2, FusedOp3, Input, Output};
 use super::kernels::Kernels;
 use super::real::{dot, sum_in_order, unfilled, vectorized, Real, ROW_CHUNK};
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// RMSNorm over the last dim: y = x / sqrt(mean(x^2) + eps) * gamma. x: (N, C), gamma: (C).
 pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => x.contiguous()?.apply_op2(gamma, RmsNorm { eps }),
+        Kernels::Fused => x.contiguous()?.apply_op2(gamma, Fused(RmsNorm { eps })),
         Kernels::Composite => composite::rms_norm(x, gamma, eps),
     }
 }
@@ -20,7 +18,7 @@ pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64, k: Kernels) -> Result<Tens
 /// alpha = L). x, f: (N, C), gamma: (C).
 pub fn residual_rms_norm(x: &Tensor, f: &Tensor, gamma: &Tensor, alpha: f64, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => x.contiguous()?.apply_op3(&f.contiguous()?, gamma, ResidualRmsNorm { alpha, eps }),
+        Kernels::Fused => x.contiguous()?.apply_op3(&f.contiguous()?, gamma, Fused(ResidualRmsNorm { alpha, eps })),
         Kernels::Composite => composite::rms_norm(&residual(x, f, alpha)?, gamma, eps),
     }
 }
@@ -138,103 +136,39 @@ fn rms_bwd_kernel<T: Real>(x: &[T], f: Option<&[T]>, alpha: f64, gamma: &[T], dy
     out
 }
 
+/// y = x r gamma, r = 1 / sqrt(mean(x^2) + eps) per row: x (N, C), gamma (C) -> y (N, C).
 struct RmsNorm {
     eps: f64,
 }
 
-impl CustomOp2 for RmsNorm {
-    fn name(&self) -> &'static str {
-        "keel-rms-norm"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let c = l2.shape().elem_count();
-        let out = with_float!(s1.dtype(), "keel rms_norm", T => {
-            T::to_cpu_storage_owned(rms_fwd_kernel(contiguous(s1, l1)?, contiguous(s2, l2)?, c, self.eps))
-        });
-        Ok((out, l1.shape().clone()))
+impl FusedOp2 for RmsNorm {
+    const NAME: &'static str = "keel-rms-norm";
+    fn cpu<T: Real>(&self, x: Input, gamma: Input) -> Result<Output<T>> {
+        let c = gamma.shape().elem_count();
+        Ok((rms_fwd_kernel(x.slice()?, gamma.slice()?, c, self.eps), x.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, gamma: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dgamma) = rms_bwd(x, gamma, dy, self.eps)?;
-        Ok((Some(dx), Some(dgamma)))
+        let (n, c) = x.dims2()?;
+        let packed = x.apply_op3_no_bwd(gamma, dy, &Fused(RmsNormBwd { eps: self.eps }))?;
+        Ok((Some(packed.narrow(0, 0, n)?), Some(packed.narrow(0, n, 1)?.reshape(c)?)))
     }
 }
 
-fn rms_bwd(h: &Tensor, gamma: &Tensor, dy: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    let (n, c) = h.dims2()?;
-    let packed = h.apply_op3_no_bwd(gamma, &dy.contiguous()?, &RmsNormBwd { eps })?;
-    Ok((packed.narrow(0, 0, n)?, packed.narrow(0, n, 1)?.reshape(c)?))
-}
-
-/// The op that holds the fused residual-norm backward: inputs (x, f, dy), gamma alongside.
-struct ResidualRmsNormBwd {
-    alpha: f64,
-    eps: f64,
-    gamma: Tensor,
-}
-
-impl CustomOp3 for ResidualRmsNormBwd {
-    fn name(&self) -> &'static str {
-        "keel-residual-rms-norm-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, c) = l1.shape().dims2()?;
-        let gamma = self.gamma.contiguous()?;
-        let (gs, gl) = gamma.storage_and_layout();
-        let candle_core::Storage::Cpu(gs) = &*gs else {
-            candle_core::bail!("keel residual_rms_norm bwd: gamma not on cpu")
-        };
-        let out = with_float!(s1.dtype(), "keel residual_rms_norm bwd", T => T::to_cpu_storage_owned(rms_bwd_kernel(
-            contiguous(s1, l1)?,
-            Some(contiguous(s2, l2)?),
-            self.alpha,
-            contiguous(gs, gl)?,
-            contiguous(s3, l3)?,
-            c,
-            self.eps,
-        )));
-        Ok((out, Shape::from((2 * n + 1, c))))
-    }
-}
-
+/// RMSNorm's backward: x (N, C), gamma (C), dy (N, C) -> [dx (N, C) ; dgamma (1, C)].
 struct RmsNormBwd {
     eps: f64,
 }
 
-impl CustomOp3 for RmsNormBwd {
-    fn name(&self) -> &'static str {
-        "keel-rms-norm-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, c) = l1.shape().dims2()?;
-        let out = with_float!(s1.dtype(), "keel rms_norm bwd", T => T::to_cpu_storage_owned(rms_bwd_kernel(
-            contiguous(s1, l1)?,
-            None,
-            1.0,
-            contiguous(s2, l2)?,
-            contiguous(s3, l3)?,
-            c,
-            self.eps,
-        )));
-        Ok((out, Shape::from((n + 1, c))))
+impl FusedOp3 for RmsNormBwd {
+    const NAME: &'static str = "keel-rms-norm-bwd";
+    fn cpu<T: Real>(&self, x: Input, gamma: Input, dy: Input) -> Result<Output<T>> {
+        let (n, c) = x.shape().dims2()?;
+        let packed = rms_bwd_kernel(x.slice()?, None, 1.0, gamma.slice()?, dy.slice()?, c, self.eps);
+        Ok((packed, Shape::from((n + 1, c))))
     }
 }
 
+/// y = RMSNorm(alpha x + f) with gain gamma: x, f (N, C), gamma (C) -> y (N, C).
 struct ResidualRmsNorm {
     alpha: f64,
     eps: f64,
@@ -245,32 +179,12 @@ fn residual_kernel<T: Real>(x: &[T], f: &[T], alpha: f64) -> Vec<T> {
     x.iter().zip(f).map(|(&x, &f)| a * x + f).collect()
 }
 
-impl CustomOp3 for ResidualRmsNorm {
-    fn name(&self) -> &'static str {
-        "keel-residual-rms-norm"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let c = l3.shape().elem_count();
-        fn run<T: Real>(x: &[T], f: &[T], g: &[T], c: usize, alpha: f64, eps: f64) -> Vec<T> {
-            rms_fwd_kernel(&residual_kernel(x, f, alpha), g, c, eps)
-        }
-        let out = with_float!(s1.dtype(), "keel residual_rms_norm", T => T::to_cpu_storage_owned(run::<T>(
-            contiguous(s1, l1)?,
-            contiguous(s2, l2)?,
-            contiguous(s3, l3)?,
-            c,
-            self.alpha,
-            self.eps,
-        )));
-        Ok((out, l1.shape().clone()))
+impl FusedOp3 for ResidualRmsNorm {
+    const NAME: &'static str = "keel-residual-rms-norm";
+    fn cpu<T: Real>(&self, x: Input, f: Input, gamma: Input) -> Result<Output<T>> {
+        let c = gamma.shape().elem_count();
+        let h = residual_kernel(x.slice()?, f.slice()?, self.alpha);
+        Ok((rms_fwd_kernel(&h, gamma.slice()?, c, self.eps), x.shape().clone()))
     }
     fn bwd(
         &self,
@@ -282,10 +196,33 @@ impl CustomOp3 for ResidualRmsNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c) = x.dims2()?;
         let op = ResidualRmsNormBwd { alpha: self.alpha, eps: self.eps, gamma: gamma.clone() };
-        let packed = x.apply_op3_no_bwd(f, &dy.contiguous()?, &op)?;
+        let packed = x.apply_op3_no_bwd(f, dy, &Fused(op))?;
         let dx = packed.narrow(0, 0, n)?;
         let df = packed.narrow(0, n, n)?;
         let dgamma = packed.narrow(0, 2 * n, 1)?.reshape(c)?;
         Ok((Some(dx), Some(df), Some(dgamma)))
+    }
+}
+
+/// The op that holds the fused residual-norm backward: inputs (x, f, dy), gamma alongside (a
+/// CustomOp takes three tensors at most): x, f, dy (N, C) -> [dx (N, C) ; df (N, C) ; dgamma (1, C)].
+struct ResidualRmsNormBwd {
+    alpha: f64,
+    eps: f64,
+    gamma: Tensor,
+}
+
+impl FusedOp3 for ResidualRmsNormBwd {
+    const NAME: &'static str = "keel-residual-rms-norm-bwd";
+    fn cpu<T: Real>(&self, x: Input, f: Input, dy: Input) -> Result<Output<T>> {
+        let (n, c) = x.shape().dims2()?;
+        let gamma = self.gamma.contiguous()?;
+        let (gs, gl) = gamma.storage_and_layout();
+        let candle_core::Storage::Cpu(gs) = &*gs else {
+            candle_core::bail!("keel residual_rms_norm bwd: gamma not on cpu")
+        };
+        let gamma = Input::new(gs, gl).slice()?;
+        let packed = rms_bwd_kernel(x.slice()?, Some(f.slice()?), self.alpha, gamma, dy.slice()?, c, self.eps);
+        Ok((packed, Shape::from((2 * n + 1, c))))
     }
 }

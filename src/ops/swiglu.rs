@@ -1,17 +1,15 @@
 //! SwiGLU: silu of the first half of the last dim times its second half.
 
-use super::custom::{contiguous, with_float};
+use super::custom::{Fused, FusedOp1, FusedOp2, Input, Output};
 use super::kernels::Kernels;
 use super::real::{unfilled, vectorized, Real, ROW_CHUNK};
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// silu(a) * b where h = [a | b] along the last dim: (N, 2F) -> (N, F).
 pub fn swiglu(h: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => h.contiguous()?.apply_op1(SwiGlu),
+        Kernels::Fused => h.contiguous()?.apply_op1(Fused(SwiGlu)),
         Kernels::Composite => composite::swiglu(h),
     }
 }
@@ -28,7 +26,31 @@ pub mod composite {
     }
 }
 
+/// y = silu(a) * b for h = [a | b]: h (N, 2F) -> y (N, F).
 struct SwiGlu;
+
+impl FusedOp1 for SwiGlu {
+    const NAME: &'static str = "keel-swiglu";
+    fn cpu<T: Real>(&self, h: Input) -> Result<Output<T>> {
+        let (n, f2) = h.shape().dims2()?;
+        let f = f2 / 2;
+        Ok((swiglu_fwd_kernel(h.slice()?, f), Shape::from((n, f))))
+    }
+    fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(h.apply_op2_no_bwd(dy, &Fused(SwiGluBwd))?))
+    }
+}
+
+/// dh = [da | db] from h (N, 2F) and dy (N, F) -> dh (N, 2F).
+struct SwiGluBwd;
+
+impl FusedOp2 for SwiGluBwd {
+    const NAME: &'static str = "keel-swiglu-bwd";
+    fn cpu<T: Real>(&self, h: Input, dy: Input) -> Result<Output<T>> {
+        let f = h.shape().dims2()?.1 / 2;
+        Ok((swiglu_bwd_kernel(h.slice()?, dy.slice()?, f), h.shape().clone()))
+    }
+}
 
 #[inline(always)]
 fn sigmoid<T: Real>(a: T) -> T {
@@ -82,34 +104,4 @@ fn swiglu_bwd_kernel<T: Real>(h: &[T], dy: &[T], f: usize) -> Vec<T> {
             )
         });
     dh
-}
-
-impl CustomOp1 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "keel-swiglu"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, f2) = l.shape().dims2()?;
-        let f = f2 / 2;
-        let out = with_float!(s.dtype(), "keel swiglu", T => T::to_cpu_storage_owned(swiglu_fwd_kernel(contiguous::<T>(s, l)?, f)));
-        Ok((out, Shape::from((n, f))))
-    }
-    fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(h.apply_op2_no_bwd(&dy.contiguous()?, &SwiGluBwd)?))
-    }
-}
-
-struct SwiGluBwd;
-
-impl CustomOp2 for SwiGluBwd {
-    fn name(&self) -> &'static str {
-        "keel-swiglu-bwd"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let f = l1.shape().dims2()?.1 / 2;
-        let out = with_float!(s1.dtype(), "keel swiglu bwd", T => {
-            T::to_cpu_storage_owned(swiglu_bwd_kernel(contiguous::<T>(s1, l1)?, contiguous(s2, l2)?, f))
-        });
-        Ok((out, l1.shape().clone()))
-    }
 }
