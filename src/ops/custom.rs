@@ -1,0 +1,172 @@
+//! The CustomOp plumbing that every fused op shares, written once.
+//!
+//! A fused op is a struct implementing [`FusedOp1`], [`FusedOp2`] or [`FusedOp3`] (by how many
+//! tensors it takes): its name, its CPU forward written once for every float type `T: Real`, and,
+//! when the graph differentiates it, its backward. Wrapped in [`Fused`] it is a Candle CustomOp:
+//!
+//! ```ignore
+//! x.contiguous()?.apply_op2(gamma, Fused(RmsNorm { eps }))
+//! ```
+//!
+//! The wrapper supplies what each op used to spell out itself: `name`, the dtype dispatch (`T` is
+//! the first input's dtype, f32 or f64, anything else an error naming the op), contiguous input
+//! slices, the output's `CpuStorage`, and a contiguous upstream gradient for the backward.
+
+use super::real::Real;
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    WithDType,
+};
+
+/// One input of a fused op on the CPU, as Candle hands it over: storage and layout.
+#[derive(Clone, Copy)]
+pub(super) struct Input<'a> {
+    storage: &'a CpuStorage,
+    layout: &'a Layout,
+}
+
+impl<'a> Input<'a> {
+    pub(super) fn new(storage: &'a CpuStorage, layout: &'a Layout) -> Self {
+        Input { storage, layout }
+    }
+
+    /// The elements as `U` (the op's float type, or u32 for token ids). The kernels index rows
+    /// directly, so the input must be contiguous: the entry points call `.contiguous()` first.
+    pub(super) fn slice<U: WithDType>(&self) -> Result<&'a [U]> {
+        match self.layout.contiguous_offsets() {
+            Some((a, b)) => Ok(&self.storage.as_slice::<U>()?[a..b]),
+            None => candle_core::bail!("keel fused op: input must be contiguous"),
+        }
+    }
+
+    pub(super) fn shape(&self) -> &'a Shape {
+        self.layout.shape()
+    }
+}
+
+/// Output of a fused op's CPU forward: its elements, row-major, and its shape.
+pub(super) type Output<T> = (Vec<T>, Shape);
+
+/// A fused op of one tensor.
+pub(super) trait FusedOp1 {
+    /// Candle's name for the op, also the prefix of its errors.
+    const NAME: &'static str;
+
+    /// The forward on the CPU in the float type `T` of the input.
+    fn cpu<T: Real>(&self, x: Input) -> Result<Output<T>>;
+
+    /// Candle's `CustomOp1::bwd`, with `dy` contiguous. By default the op has no backward (it is
+    /// itself a backward, applied with `apply_op*_no_bwd`).
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _dy: &Tensor) -> Result<Option<Tensor>> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// A fused op of two tensors; see [`FusedOp1`].
+pub(super) trait FusedOp2 {
+    const NAME: &'static str;
+
+    fn cpu<T: Real>(&self, a: Input, b: Input) -> Result<Output<T>>;
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, _y: &Tensor, _dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// A fused op of three tensors; see [`FusedOp1`].
+pub(super) trait FusedOp3 {
+    const NAME: &'static str;
+
+    fn cpu<T: Real>(&self, a: Input, b: Input, c: Input) -> Result<Output<T>>;
+
+    #[allow(clippy::type_complexity)] // Candle's signature
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        _c: &Tensor,
+        _y: &Tensor,
+        _dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// A [`FusedOp1`], [`FusedOp2`] or [`FusedOp3`] as the Candle CustomOp of the same arity.
+pub(super) struct Fused<O>(pub O);
+
+/// Runs `$body` with the type `$t` bound to the float type of `$dtype` (f32 or f64); any other
+/// dtype is an error naming the op.
+macro_rules! with_float {
+    ($dtype:expr, $op:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            dt => candle_core::bail!("{}: unsupported dtype {dt:?} (keel's fused ops take f32 or f64)", $op),
+        }
+    };
+}
+
+fn into_storage<T: Real>((data, shape): Output<T>) -> Result<(CpuStorage, Shape)> {
+    debug_assert_eq!(data.len(), shape.elem_count(), "fused op output does not fill its shape");
+    Ok((T::to_cpu_storage_owned(data), shape))
+}
+
+impl<O: FusedOp1> CustomOp1 for Fused<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        with_float!(s.dtype(), O::NAME, T => into_storage(self.0.cpu::<T>(Input::new(s, l))?))
+    }
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        self.0.bwd(x, y, &dy.contiguous()?)
+    }
+}
+
+impl<O: FusedOp2> CustomOp2 for Fused<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (Input::new(s1, l1), Input::new(s2, l2));
+        with_float!(s1.dtype(), O::NAME, T => into_storage(self.0.cpu::<T>(a, b)?))
+    }
+    fn bwd(&self, a: &Tensor, b: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.0.bwd(a, b, y, &dy.contiguous()?)
+    }
+}
+
+impl<O: FusedOp3> CustomOp3 for Fused<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b, c) = (Input::new(s1, l1), Input::new(s2, l2), Input::new(s3, l3));
+        with_float!(s1.dtype(), O::NAME, T => into_storage(self.0.cpu::<T>(a, b, c)?))
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.0.bwd(a, b, c, y, &dy.contiguous()?)
+    }
+}

@@ -1,0 +1,48 @@
+//! The model's differentiable building blocks, each in two implementations:
+//!
+//! - `composite`: plain Candle ops that all have a backward (no `candle_nn::ops::rms_norm`,
+//!   `softmax_last_dim`, fast `rope`, `sdpa`: those are forward-only and silently cut the graph,
+//!   see shared/candle-notes.md). Used on CUDA/Metal and as the reference in tests.
+//! - fused CPU kernels (CustomOps with hand-written backward, f32 and f64), used on CPU because
+//!   Candle's composite ops pay an allocation and a pass over memory per elementary op.
+//!
+//! Every fused op is tested against its composite twin, forward and backward.
+//!
+//! One file per op holds its public entry point, its composite twin, its fused CPU kernels and
+//! the CustomOps that carry them. The op files share four small files and nothing else:
+//! `kernels` (the [`Kernels`] switch), `real` (the float types, vectorizable math and the AVX2
+//! switch), `custom` (the CustomOp plumbing) and `rope` (the RoPE tables); those never use an op
+//! file, and no op file uses this one.
+
+mod attention;
+mod cross_entropy;
+mod custom;
+mod gelu;
+mod kernels;
+mod layer_norm;
+mod linear;
+mod real;
+mod rms_norm;
+mod rope;
+mod swiglu;
+
+pub use attention::{causal_attention, AttnShape};
+pub use cross_entropy::cross_entropy;
+pub use gelu::gelu;
+pub use kernels::Kernels;
+pub use layer_norm::layer_norm;
+pub use linear::{linear, linear_in};
+pub(crate) use real::vectorized;
+pub use real::{dot, exp_f32, normal_cdf_f32, set_simd, sum, Real};
+pub use rms_norm::{residual, residual_rms_norm, rms_norm};
+pub use rope::Rope;
+pub use swiglu::swiglu;
+
+/// Composite reference implementations (differentiable with stock Candle ops). Each lives in its
+/// op's file, beside the fused kernel it is the reference for.
+pub mod composite {
+    pub use super::attention::composite::causal_attention;
+    pub use super::layer_norm::composite::layer_norm;
+    pub use super::rms_norm::composite::rms_norm;
+    pub use super::swiglu::composite::swiglu;
+}

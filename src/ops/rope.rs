@@ -1,0 +1,45 @@
+//! RoPE's (cos, sin) tables, computed once per model in f64 and rounded to f32 for the f32 kernels.
+
+use candle_core::{DType, Result, Tensor};
+
+/// Rotary position embedding, non-interleaved ("rotate half", as Llama): for a head vector x of
+/// size D, with x1 = x[..D/2], x2 = x[D/2..] and angle t * theta^(-2i/D),
+/// rope(x) = [x1 cos - x2 sin, x2 cos + x1 sin].
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub seq_len: usize,
+    pub head_dim: usize,
+    /// (T, D/2) row-major.
+    pub cos: Vec<f64>,
+    pub sin: Vec<f64>,
+    /// The same tables rounded to f32, for the f32 kernels.
+    pub(super) cos_f32: Vec<f32>,
+    pub(super) sin_f32: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(seq_len: usize, head_dim: usize, theta: f64) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(seq_len * half);
+        let mut sin = Vec::with_capacity(seq_len * half);
+        for t in 0..seq_len {
+            for i in 0..half {
+                let freq = theta.powf(-(2.0 * i as f64) / head_dim as f64);
+                let a = t as f64 * freq;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos_f32 = cos.iter().map(|&v| v as f32).collect();
+        let sin_f32 = sin.iter().map(|&v| v as f32).collect();
+        Rope { seq_len, head_dim, cos, sin, cos_f32, sin_f32 }
+    }
+
+    /// The tables as (T, D/2) tensors, for the composite path.
+    pub fn tensors(&self, t: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let half = self.head_dim / 2;
+        let cos = Tensor::from_slice(&self.cos[..t * half], (t, half), &candle_core::Device::Cpu)?;
+        let sin = Tensor::from_slice(&self.sin[..t * half], (t, half), &candle_core::Device::Cpu)?;
+        Ok((cos.to_dtype(dtype)?.to_device(device)?, sin.to_dtype(dtype)?.to_device(device)?))
+    }
+}
