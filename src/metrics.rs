@@ -41,7 +41,7 @@ pub struct GradNormRow {
 /// Cuts a CSV back to its header and the rows of steps <= `max_step`, dropping a torn last line
 /// (one without its newline), then reopens it for appending.
 fn reopen(path: &Path, header: &[&str], max_step: usize) -> std::io::Result<csv::Writer<File>> {
-    let text = match std::fs::read_to_string(&path) {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),

@@ -255,12 +255,15 @@ impl Placement {
             ResidualForm::Keel { .. } => {
                 Some(format!("Keel's residual x' = LN(alpha*x + F(LN(x))) (alpha = {alpha}) has no Llama equivalent"))
             }
-            ResidualForm::Post { alpha } if alpha == 1.0 => Some(format!(
-                "{name}: the Post-LN residual x' = LN(x + F(x)) normalizes the residual stream, which Llama's x + F(LN(x)) never does"
-            )),
-            ResidualForm::Post { alpha } => Some(format!(
-                "{name}: the residual x' = LN(a*x + F(x)) (a = {alpha:.4}) normalizes the residual stream, which Llama's x + F(LN(x)) never does"
-            )),
+            ResidualForm::Post { alpha } => Some(if alpha == 1.0 {
+                format!(
+                    "{name}: the Post-LN residual x' = LN(x + F(x)) normalizes the residual stream, which Llama's x + F(LN(x)) never does"
+                )
+            } else {
+                format!(
+                    "{name}: the residual x' = LN(a*x + F(x)) (a = {alpha:.4}) normalizes the residual stream, which Llama's x + F(LN(x)) never does"
+                )
+            }),
             ResidualForm::Plain | ResidualForm::NormedShortcut => Some(format!(
                 "{name}: HybridNorm's x + Attn(x) with normalized Q, K, V and N(x) + FFN(N(x)) have no Llama equivalent"
             )),
