@@ -221,17 +221,13 @@ impl Placement {
         }
     }
 
-    /// The last sub-layer's output is already normalized, so `model.final_norm` defaults to off.
-    pub fn ends_in_norm(self) -> bool {
-        match self {
-            Placement::PostLn | Placement::Deepnorm | Placement::Keel => true,
-            Placement::PreLn | Placement::MixLn | Placement::HybridNorm => false,
-        }
-    }
-
-    /// The default of `model.final_norm`.
+    /// The default of `model.final_norm`: off where the last sub-layer's output is already
+    /// normalized (Post-LN, DeepNorm, Keel).
     pub fn default_final_norm(self) -> bool {
-        !self.ends_in_norm()
+        match self {
+            Placement::PreLn | Placement::MixLn | Placement::HybridNorm => true,
+            Placement::PostLn | Placement::Deepnorm | Placement::Keel => false,
+        }
     }
 
     /// `keel probe`'s prediction of the gradient factor through a sub-layer of `form`, where the
