@@ -4,12 +4,14 @@
 //! - `model.safetensors`: the weights, under the parameter names of `model.rs`;
 //! - `optimizer.safetensors`: AdamW's moments, `{param}.m` and `{param}.v`;
 //! - `state.json`: step, tokens, sampler position (RNG state), optimizer step count, the running
-//!   values behind summary.json, a fingerprint of the config, keel's version, and the sha256 of
-//!   both tensor files.
+//!   values behind summary.json, a fingerprint of the config and keel's version;
+//! - `SHA256SUMS`: the sha256 of the three files above, in `sha256sum -c` format.
 //!
 //! A checkpoint is written into a hidden temporary folder and renamed into place, so a folder
 //! named `step_*` is complete unless its files were damaged afterwards, which the checksums
-//! catch. For fault-injection tests, halfway through writing the checkpoint of step STEP (after
+//! catch: a checkpoint whose files do not match `SHA256SUMS` (or that has none) is not used, and
+//! resume falls back to an older one. Pruning deletes only folders that are keel's checkpoints of
+//! this run (a `SHA256SUMS` that `state.json` matches, of this config, at the folder's step). For fault-injection tests, halfway through writing the checkpoint of step STEP (after
 //! the weights, before the optimizer state), `KEEL_FAULT_ABORT_IN_CHECKPOINT=STEP` aborts the
 //! process (no cleanup, like SIGKILL) and `KEEL_FAULT_PAUSE_IN_CHECKPOINT=STEP` sleeps for a
 //! minute so a test can SIGKILL it there.
@@ -26,6 +28,9 @@ use std::path::{Path, PathBuf};
 const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
+const SUMS: &str = "SHA256SUMS";
+/// The files `SHA256SUMS` covers, in its order.
+const COVERED: [&str; 3] = [MODEL, OPTIMIZER, STATE];
 
 /// Everything besides tensors that a resumed run needs to continue as if never stopped.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,9 +52,48 @@ pub struct TrainState {
     /// See [`crate::config::Resolved::fingerprint`].
     pub config_fingerprint: String,
     pub keel_version: String,
-    /// sha256 of each tensor file.
+    /// sha256 of each tensor file (also in `SHA256SUMS`, which covers this file too).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+}
+
+/// `SHA256SUMS` as written: one `HASH  NAME` line per covered file.
+fn sums_text(sums: &BTreeMap<String, String>) -> String {
+    COVERED.iter().map(|f| format!("{}  {f}\n", sums.get(*f).map(String::as_str).unwrap_or(""))).collect()
+}
+
+/// Reads `SHA256SUMS`, which must list exactly the covered files.
+fn read_sums(dir: &Path) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(dir.join(SUMS)).map_err(|e| format!("cannot read {SUMS}: {e}"))?;
+    let mut sums = BTreeMap::new();
+    for line in text.lines() {
+        let (hash, name) = line.split_once("  ").ok_or_else(|| format!("{SUMS} has a malformed line `{line}`"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{SUMS} has a malformed line `{line}`"));
+        }
+        sums.insert(name.to_string(), hash.to_string());
+    }
+    if sums.len() != COVERED.len() || !COVERED.iter().all(|f| sums.contains_key(*f)) {
+        return Err(format!("{SUMS} does not list exactly {}", COVERED.join(", ")));
+    }
+    Ok(sums)
+}
+
+/// Checks one covered file against its checksum.
+fn verify(dir: &Path, name: &str, sums: &BTreeMap<String, String>) -> Result<(), String> {
+    let got = sha256_file(&dir.join(name)).map_err(|e| format!("cannot read {name}: {e}"))?;
+    if sums.get(name) != Some(&got) {
+        return Err(format!("{name} fails its checksum (truncated or modified)"));
+    }
+    Ok(())
+}
+
+/// The checkpoint's verified `state.json` (not its tensor files, which are large).
+fn verified_state(dir: &Path) -> Result<TrainState, String> {
+    let sums = read_sums(dir)?;
+    verify(dir, STATE, &sums)?;
+    let text = std::fs::read_to_string(dir.join(STATE)).map_err(|e| format!("cannot read {STATE}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{STATE} does not parse: {e}"))
 }
 
 fn step_dir(run: &RunDir, step: usize) -> PathBuf {
@@ -87,6 +131,9 @@ pub fn save(run: &RunDir, params: &[Param], opt: &AdamW, mut state: TrainState) 
         state.files.insert(f.into(), sha256_file(&tmp.join(f))?);
     }
     write_atomic(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    let mut sums = state.files.clone();
+    sums.insert(STATE.into(), sha256_file(&tmp.join(STATE))?);
+    write_atomic(&tmp.join(SUMS), sums_text(&sums).as_bytes())?;
     fsync_dir(&tmp);
     let dest = step_dir(run, state.step);
     if dest.exists() {
@@ -97,7 +144,8 @@ pub fn save(run: &RunDir, params: &[Param], opt: &AdamW, mut state: TrainState) 
     Ok(dest)
 }
 
-/// Checkpoint folders of a run, newest first.
+/// Folders of a run named like checkpoints (`step_NNNNNNN`), newest first; see [`load`] for
+/// which of them are usable.
 pub fn list(run: &RunDir) -> Vec<(usize, PathBuf)> {
     let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(run.checkpoints())
         .map(|rd| {
@@ -114,9 +162,17 @@ pub fn list(run: &RunDir) -> Vec<(usize, PathBuf)> {
     out
 }
 
-/// Keeps the newest `keep` checkpoints and the one of `final_step`.
-pub fn prune(run: &RunDir, keep: usize, final_step: Option<usize>) -> std::io::Result<()> {
-    for (i, (step, path)) in list(run).into_iter().enumerate() {
+/// True when `dir` is a checkpoint keel wrote for the experiment `fingerprint` at `step`: its
+/// `SHA256SUMS` lists the checkpoint's files and its `state.json` matches it.
+fn is_own(dir: &Path, step: usize, fingerprint: &str) -> bool {
+    verified_state(dir).is_ok_and(|s| s.step == step && s.config_fingerprint == fingerprint)
+}
+
+/// Keeps the newest `keep` of this run's own checkpoints and the one of `final_step`; folders
+/// that are not keel's checkpoints of this experiment are never touched.
+pub fn prune(run: &RunDir, keep: usize, final_step: Option<usize>, fingerprint: &str) -> std::io::Result<()> {
+    let own = list(run).into_iter().filter(|(step, path)| is_own(path, *step, fingerprint));
+    for (i, (step, path)) in own.enumerate() {
         if i >= keep.max(1) && Some(step) != final_step {
             std::fs::remove_dir_all(path)?;
         }
@@ -141,21 +197,24 @@ pub enum Unusable {
     OtherConfig { found: String },
 }
 
+/// Reads and verifies the checkpoint in `path` (every file against `SHA256SUMS`, the step
+/// against the folder's name) for the experiment `fingerprint`.
 pub fn load(path: &Path, fingerprint: &str) -> Result<Loaded, Unusable> {
-    let text = std::fs::read_to_string(path.join(STATE))
-        .map_err(|e| Unusable::Corrupt(format!("cannot read {STATE}: {e}")))?;
-    let state: TrainState =
-        serde_json::from_str(&text).map_err(|e| Unusable::Corrupt(format!("{STATE} does not parse: {e}")))?;
+    let state = verified_state(path).map_err(Unusable::Corrupt)?;
     if state.config_fingerprint != fingerprint {
         return Err(Unusable::OtherConfig { found: state.config_fingerprint });
     }
+    let named = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step_")?.parse::<usize>().ok());
+    if named != Some(state.step) {
+        return Err(Unusable::Corrupt(format!(
+            "{STATE} says step {}, but the folder is named for another",
+            state.step
+        )));
+    }
+    let sums = read_sums(path).map_err(Unusable::Corrupt)?;
     let mut tensors = Vec::new();
     for f in [MODEL, OPTIMIZER] {
-        let want = state.files.get(f).ok_or_else(|| Unusable::Corrupt(format!("{STATE} lists no checksum for {f}")))?;
-        let got = sha256_file(&path.join(f)).map_err(|e| Unusable::Corrupt(format!("cannot read {f}: {e}")))?;
-        if &got != want {
-            return Err(Unusable::Corrupt(format!("{f} fails its checksum (truncated or modified)")));
-        }
+        verify(path, f, &sums).map_err(Unusable::Corrupt)?;
         let map = candle_core::safetensors::load(path.join(f), &candle_core::Device::Cpu)
             .map_err(|e| Unusable::Corrupt(format!("{f}: {e}")))?;
         tensors.push(map);

@@ -288,6 +288,10 @@ pub struct TrainArgs {
     /// checkpoint_every, keep_checkpoints, run.device).
     #[arg(long, requires = "resume")]
     pub force: bool,
+    /// With --resume: continue although the data differs from what the run was started on (its
+    /// identity is recorded in config.toml's [meta]); the new data's identity is recorded.
+    #[arg(long, requires = "resume")]
+    pub accept_data_change: bool,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,

@@ -16,12 +16,54 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let name =
         format!(".{}.{}.{call}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out"), std::process::id());
     tmp.set_file_name(name);
-    {
-        let mut f = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(contents)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // A full disk must not leave a stray temporary file that makes the folder look used.
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    std::fs::rename(&tmp, path)
+}
+
+/// The probe file of [`check_writable`].
+const WRITE_PROBE: &str = ".keel-write-test";
+
+/// True for the names of keel's own temporary files (`write_atomic`'s `.NAME.PID.N.tmp`, the final
+/// weights' `.model.safetensors.tmp`, the write probe) and its run-directory lock: a folder that
+/// holds only these, left by a kill or a full disk before anything was finished, counts as empty.
+pub fn is_keel_scratch(name: &str) -> bool {
+    name == WRITE_PROBE
+        || name == crate::run_dir::LOCK
+        || (name.starts_with('.') && name.ends_with(".tmp") && !name.contains('/'))
+}
+
+/// The entries of `dir` that are not keel's scratch files (see [`is_keel_scratch`]).
+pub fn real_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if !e.file_name().to_str().is_some_and(is_keel_scratch) {
+            out.push(e.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes keel's scratch files from `dir` (not the lock, which its holder keeps open).
+pub fn remove_scratch(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name.to_str().is_some_and(|n| is_keel_scratch(n) && n != crate::run_dir::LOCK) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Hex sha256 of a file's contents.
@@ -39,30 +81,53 @@ pub fn fsync_dir(dir: &Path) {
     }
 }
 
-/// Creates `dir` for a new run (or prepared data): it must not exist or be empty, and be writable.
-pub fn new_output_dir(dir: &Path) -> Result<(), InputError> {
-    if dir.exists() {
-        let mut entries = std::fs::read_dir(dir)
-            .map_err(|e| InputError(format!("cannot read run directory {}: {e}", dir.display())))?;
-        if entries.next().is_some() {
-            return Err(InputError(format!(
-                "run directory {} already holds files; keel does not overwrite results\n  choose another --out or run.name, or remove the directory",
-                dir.display()
-            )));
-        }
-    }
+/// Creates `dir` for new output (a run, prepared data) if it does not exist.
+pub fn create_output_dir(dir: &Path) -> Result<(), InputError> {
     std::fs::create_dir_all(dir).map_err(|e| {
         InputError(format!(
             "cannot create run directory {}: {e}\n  choose a writable --out or run.out_dir",
             dir.display()
         ))
-    })?;
+    })
+}
+
+/// Fails, as bad input, when `dir` holds anything but keel's scratch files: keel never
+/// overwrites results.
+pub fn check_empty(dir: &Path) -> Result<(), InputError> {
+    let entries =
+        real_entries(dir).map_err(|e| InputError(format!("cannot read run directory {}: {e}", dir.display())))?;
+    if !entries.is_empty() {
+        let resumable = dir.join(crate::run_dir::CONFIG).exists();
+        return Err(InputError(format!(
+            "run directory {} already holds files; keel does not overwrite results\n  {}",
+            dir.display(),
+            if resumable {
+                format!(
+                    "continue that run with `keel train --resume {}`, or choose another --out or run.name",
+                    dir.display()
+                )
+            } else {
+                "choose another --out or run.name, or remove the directory".to_string()
+            }
+        )));
+    }
+    remove_scratch(dir);
+    Ok(())
+}
+
+/// Creates `dir` for new output (prepared data): it must not exist or be empty (but for keel's
+/// scratch files), and be writable.
+pub fn new_output_dir(dir: &Path) -> Result<(), InputError> {
+    if dir.exists() {
+        check_empty(dir)?;
+    }
+    create_output_dir(dir)?;
     check_writable(dir)
 }
 
 /// Fails early, as bad input, when nothing can be written into `dir`.
 pub fn check_writable(dir: &Path) -> Result<(), InputError> {
-    let probe = dir.join(".keel-write-test");
+    let probe = dir.join(WRITE_PROBE);
     std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)).map_err(|e| {
         InputError(format!(
             "cannot write into {}: {e}\n  choose a writable --out or run.out_dir (or fix the folder's permissions)",

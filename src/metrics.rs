@@ -9,6 +9,7 @@
 //!   0 = bottom, empty for the embedding, final norm and head rows)
 
 use crate::run_dir::RunDir;
+use crate::InputError;
 use std::fs::File;
 use std::path::Path;
 
@@ -38,22 +39,175 @@ pub struct GradNormRow {
     pub grad_norm: f64,
 }
 
-/// Cuts a CSV back to its header and the rows of steps <= `max_step`, dropping a torn last line
-/// (one without its newline), then reopens it for appending.
-fn reopen(path: &Path, header: &[&str], max_step: usize) -> std::io::Result<csv::Writer<File>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    let mut kept = format!("{}\n", header.join(","));
-    for line in text.split_inclusive('\n').skip(1) {
-        let step = line.split(',').next().and_then(|s| s.parse::<usize>().ok());
-        match step {
-            Some(s) if s <= max_step && line.ends_with('\n') => kept.push_str(line),
-            _ => break,
+/// Which rows a run's CSVs hold up to a step: `metrics.csv` one per step from 1, `eval.csv` one
+/// per `eval_every` steps (and possibly one at the checkpoint's own step, the final step of an
+/// earlier `train.steps`), `grad_norms.csv` a block of `depth` sub-layer rows (plus embedding,
+/// final norm, head) at step 1 and every `grad_norm_every` steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub depth: usize,
+    pub eval_every: usize,
+    pub grad_norm_every: usize,
+}
+
+impl Layout {
+    pub fn of(resolved: &crate::config::Resolved) -> Self {
+        let t = resolved.train();
+        Layout { depth: resolved.model().depth, eval_every: t.eval_every, grad_norm_every: t.grad_norm_every }
+    }
+}
+
+/// A CSV of a run that does not hold what its checkpoint needs: bad input (exit 2), naming the
+/// file and line.
+fn damaged(path: &Path, line: usize, why: String, step: usize) -> InputError {
+    InputError(format!(
+        "{} line {line}: {why}\n  a run's CSVs must hold every row up to its checkpoint (step {step}), and resume never cuts valid rows; nothing was changed.\n  Restore the file from a copy and resume again, or keep the run as it is and start a new one (`keel train --config {} --out NEW_DIR`)",
+        path.display(),
+        path.parent().map(|d| d.join(crate::run_dir::CONFIG).display().to_string()).unwrap_or_default()
+    ))
+}
+
+/// One parsed row: its step and, for grad_norms.csv, its (layer, kind).
+type Row = (usize, Option<(Option<usize>, String)>);
+
+fn parse_row(line: &str, header: &[&str]) -> Result<Row, String> {
+    let fields: Vec<&str> = line.trim_end_matches(['\n', '\r']).split(',').collect();
+    let shown = || line.trim_end().chars().take(80).collect::<String>();
+    if fields.len() != header.len() {
+        return Err(format!(
+            "`{}` has {} fields, rows of this file have {} ({})",
+            shown(),
+            fields.len(),
+            header.len(),
+            header.join(",")
+        ));
+    }
+    let step = fields[0].parse::<usize>().map_err(|_| format!("`{}` does not start with a step number", shown()))?;
+    let grad_norms = header == GRAD_NORMS_HEADER;
+    for (i, f) in fields.iter().enumerate().skip(1) {
+        let ok = match (grad_norms, i) {
+            (true, 1) => f.is_empty() || f.parse::<usize>().is_ok(),
+            (true, 2) => !f.is_empty(),
+            _ => f.parse::<f64>().is_ok(),
+        };
+        if !ok {
+            return Err(format!("`{}`: field {} (`{f}`) is not a valid {}", shown(), i + 1, header[i]));
         }
     }
+    let key = grad_norms.then(|| (fields[1].parse::<usize>().ok(), fields[2].to_string()));
+    Ok((step, key))
+}
+
+/// Checks that the CSV at `path` holds exactly the rows up to `max_step` that `layout` asks for,
+/// each parseable, and returns the text to keep: the header and those rows. Rows after
+/// `max_step` (written after the checkpoint) and a torn last line (one without its newline) are
+/// dropped.
+fn verified_prefix(path: &Path, header: &[&str], max_step: usize, layout: Layout) -> Result<String, InputError> {
+    let mut kept = format!("{}\n", header.join(","));
+    if max_step == 0 {
+        return Ok(kept);
+    }
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(InputError(format!("cannot read {}: {e}", path.display()))),
+    };
+    let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+    if lines.last().is_some_and(|l| !l.ends_with('\n')) {
+        lines.pop();
+    }
+    let mut rows = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if i == 0 {
+            if line.trim_end() != header.join(",") {
+                return Err(damaged(path, 1, format!("the header is not `{}`", header.join(",")), max_step));
+            }
+            continue;
+        }
+        let row = parse_row(line, header).map_err(|why| damaged(path, i + 1, why, max_step))?;
+        if row.0 > max_step {
+            break;
+        }
+        rows.push((i + 1, row, *line));
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    // The steps that must be there, in order.
+    let (required, block): (Vec<usize>, usize) = match name {
+        crate::run_dir::METRICS => ((1..=max_step).collect(), 1),
+        crate::run_dir::EVAL => {
+            let every = layout.eval_every;
+            let mut s: Vec<usize> = if every == 0 { Vec::new() } else { (every..=max_step).step_by(every).collect() };
+            if rows.last().is_some_and(|r| r.1 .0 == max_step) && s.last() != Some(&max_step) {
+                s.push(max_step);
+            }
+            (s, 1)
+        }
+        _ => {
+            let every = layout.grad_norm_every;
+            let s =
+                if every == 0 { Vec::new() } else { (1..=max_step).filter(|&s| s == 1 || s % every == 0).collect() };
+            let first: Vec<&Option<(Option<usize>, String)>> =
+                rows.iter().take_while(|r| r.1 .0 == rows[0].1 .0).map(|r| &r.1 .1).collect();
+            (s, first.len().max(1))
+        }
+    };
+    let signature: Vec<Option<(Option<usize>, String)>> = rows.iter().take(block).map(|r| r.1 .1.clone()).collect();
+    if name == crate::run_dir::GRAD_NORMS && !rows.is_empty() {
+        let layers: Vec<usize> = signature.iter().filter_map(|k| k.as_ref().and_then(|k| k.0)).collect();
+        if layers != (0..layout.depth).collect::<Vec<_>>() {
+            return Err(damaged(
+                path,
+                rows[0].0,
+                format!("the block of step {} does not list sub-layers 0..{} once each", rows[0].1 .0, layout.depth),
+                max_step,
+            ));
+        }
+    }
+    for (k, want) in required.iter().enumerate() {
+        for j in 0..block {
+            let idx = k * block + j;
+            let Some((line_no, (step, key), _)) = rows.get(idx) else {
+                let after = rows.last().map(|r| format!(" after line {} (step {})", r.0, r.1 .0)).unwrap_or_default();
+                return Err(damaged(
+                    path,
+                    rows.last().map(|r| r.0 + 1).unwrap_or(2),
+                    format!("the file ends{after}, but the rows of step {want} are missing"),
+                    max_step,
+                ));
+            };
+            if step != want || key != &signature[j] {
+                return Err(damaged(
+                    path,
+                    *line_no,
+                    format!(
+                        "holds a row of step {step} where the {} of step {want} belongs",
+                        if block > 1 { "grad-norm block" } else { "row" }
+                    ),
+                    max_step,
+                ));
+            }
+        }
+    }
+    if let Some((line_no, (step, _), _)) = rows.get(required.len() * block) {
+        return Err(damaged(path, *line_no, format!("holds an unexpected row of step {step}"), max_step));
+    }
+    for (_, _, line) in &rows {
+        kept.push_str(line);
+    }
+    Ok(kept)
+}
+
+/// Verifies, without changing anything, that the run's CSVs hold every row up to `step`.
+pub fn verify_for_resume(dir: &RunDir, step: usize, layout: Layout) -> Result<(), InputError> {
+    verified_prefix(&dir.metrics(), &METRICS_HEADER, step, layout)?;
+    verified_prefix(&dir.eval_csv(), &EVAL_HEADER, step, layout)?;
+    verified_prefix(&dir.grad_norms(), &GRAD_NORMS_HEADER, step, layout)?;
+    Ok(())
+}
+
+/// Cuts a verified CSV back to its rows up to `max_step` and reopens it for appending.
+fn reopen(path: &Path, header: &[&str], max_step: usize, layout: Layout) -> anyhow::Result<csv::Writer<File>> {
+    let kept = verified_prefix(path, header, max_step, layout)?;
     write_atomic(path, kept.as_bytes())?;
     let file = std::fs::OpenOptions::new().append(true).open(path)?;
     Ok(csv::WriterBuilder::new().has_headers(false).from_writer(file))
@@ -68,12 +222,14 @@ impl RunWriters {
         })
     }
 
-    /// Continues a run's CSVs after step `step` (rows written after it are dropped).
-    pub fn resume(dir: &RunDir, step: usize) -> std::io::Result<Self> {
+    /// Continues a run's CSVs after step `step`: each must hold every row up to it (see
+    /// [`verify_for_resume`]); rows written after it are dropped.
+    pub fn resume(dir: &RunDir, step: usize, layout: Layout) -> anyhow::Result<Self> {
+        verify_for_resume(dir, step, layout)?;
         Ok(RunWriters {
-            metrics: reopen(&dir.metrics(), &METRICS_HEADER, step)?,
-            eval: reopen(&dir.eval_csv(), &EVAL_HEADER, step)?,
-            grad_norms: reopen(&dir.grad_norms(), &GRAD_NORMS_HEADER, step)?,
+            metrics: reopen(&dir.metrics(), &METRICS_HEADER, step, layout)?,
+            eval: reopen(&dir.eval_csv(), &EVAL_HEADER, step, layout)?,
+            grad_norms: reopen(&dir.grad_norms(), &GRAD_NORMS_HEADER, step, layout)?,
         })
     }
 

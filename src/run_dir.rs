@@ -10,6 +10,7 @@
 //!   summary.json             the run's summary
 //!   DONE                     written last: the run finished (or diverged)
 //!   eval/NAME/results.json   `keel eval` results, one folder per benchmark
+//!   .keel.lock               held (an OS file lock) by the one process training the run
 //! ```
 //!
 //! Training, resume, eval, export, sweep and plot all find these files through [`RunDir`];
@@ -39,6 +40,15 @@ pub const DONE: &str = "DONE";
 pub const EVAL_RESULTS: &str = "eval";
 /// Each benchmark's results file inside its folder.
 pub const RESULTS: &str = "results.json";
+/// The lock file: `keel train` holds an exclusive OS lock on it (released on any exit, kill -9
+/// included) and writes its PID into it, so two processes never train one run directory.
+pub const LOCK: &str = ".keel.lock";
+
+/// Ownership of a run directory by this process, for as long as the value lives.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
 
 /// A run directory (which need not exist yet): its files' paths and the operations on them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,11 +61,68 @@ impl RunDir {
         RunDir { root: root.into() }
     }
 
-    /// Creates a new run directory: `root` must not exist or be empty, and must be writable.
-    pub fn create(root: impl Into<PathBuf>) -> Result<Self, InputError> {
+    /// Creates a new run directory and takes its lock: `root` must not exist or be empty (but for
+    /// keel's scratch files), and must be writable.
+    pub fn create(root: impl Into<PathBuf>) -> Result<(Self, RunLock), InputError> {
         let dir = RunDir::at(root);
-        crate::files::new_output_dir(&dir.root)?;
-        Ok(dir)
+        crate::files::create_output_dir(&dir.root)?;
+        let lock = dir.lock()?;
+        // Checked under the lock, so that of two processes started together exactly one sees
+        // the folder empty.
+        crate::files::check_empty(&dir.root)?;
+        dir.check_writable()?;
+        Ok((dir, lock))
+    }
+
+    /// Takes the run directory's lock, or fails (bad input) naming the process that holds it.
+    pub fn lock(&self) -> Result<RunLock, InputError> {
+        use std::io::{Read, Seek, Write};
+        let path = self.root.join(LOCK);
+        let mut file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(
+                |e| {
+                    InputError(format!(
+                "cannot create {}: {e}\n  choose a writable --out or run.out_dir (or fix the folder's permissions)",
+                path.display()
+            ))
+                },
+            )?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // The holder writes its PID right after locking; give it a moment.
+                let mut holder = String::new();
+                for _ in 0..20 {
+                    holder.clear();
+                    let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
+                    if holder.trim().parse::<u32>().is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                let who = match holder.trim().parse::<u32>() {
+                    Ok(pid) => format!("PID {pid}"),
+                    Err(_) => "another process".to_string(),
+                };
+                return Err(InputError(format!(
+                    "run directory {} is in use by another keel process ({who})\n  a run directory belongs to one process at a time: wait for it to end (or stop it), or choose another --out",
+                    self.root.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(InputError(format!(
+                    "cannot lock {}: {e}\n  keel needs a file system with file locks for its run directories; choose another --out",
+                    path.display()
+                )))
+            }
+        }
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .and_then(|()| file.flush())
+            .map_err(|e| InputError(format!("cannot write {}: {e}\n  choose a writable --out", path.display())))?;
+        Ok(RunLock { _file: file })
     }
 
     pub fn path(&self) -> &Path {
@@ -141,11 +208,36 @@ impl RunDir {
         std::fs::read(self.summary()).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 
-    /// Writes the final weights through a temporary name and a rename.
-    pub fn save_weights(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    /// Writes the final weights through a temporary name and a rename; returns their sha256
+    /// (recorded in `summary.json`, checked by [`load_run`]).
+    pub fn save_weights(&self, tensors: &HashMap<String, Tensor>) -> Result<String> {
         let tmp = self.root.join(".model.safetensors.tmp");
         candle_core::safetensors::save(tensors, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        let sha = crate::files::sha256_file(&tmp)?;
         std::fs::rename(&tmp, self.weights())?;
+        Ok(sha)
+    }
+
+    /// Checks `model.safetensors` against the sha256 in `summary.json`.
+    pub fn verify_weights(&self) -> Result<(), InputError> {
+        let path = self.weights();
+        let Some(want) = self.read_summary().and_then(|s| s.weights_sha256) else {
+            eprintln!(
+                "warning: {} records no checksum of {WEIGHTS} (written by an older keel, or missing); its weights are not verified",
+                self.summary().display()
+            );
+            return Ok(());
+        };
+        let got =
+            crate::files::sha256_file(&path).map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+        if got != want {
+            return Err(InputError(format!(
+                "{} fails the checksum recorded in {} (sha256 {got}, expected {want}): the file is damaged or was replaced\n  restore the run's own {WEIGHTS} from a copy, or re-train the run",
+                path.display(),
+                self.summary().display()
+            )));
+        }
         Ok(())
     }
 
@@ -182,6 +274,9 @@ pub struct Summary {
     /// Peak resident memory of the process (Linux; absent elsewhere).
     #[serde(default)]
     pub peak_rss_mb: Option<f64>,
+    /// sha256 of the final `model.safetensors` (absent after a divergence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
 }
 
 /// A trained keel run: its resolved config, model and tokenizer.
@@ -235,6 +330,7 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
         .into());
     }
     let config = run.read_config()?;
+    run.verify_weights()?;
     let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
         InputError(format!(
             "{} cannot be read as safetensors: {e}\n  the file is damaged; re-run training or restore it",

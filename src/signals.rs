@@ -1,13 +1,39 @@
-//! SIGINT / SIGTERM: the first asks the run to stop after the current step with a checkpoint; a
-//! second one exits at once.
+//! SIGINT / SIGTERM. During start-up (reading data, laying out the run directory, loading a
+//! checkpoint) keel stops at once: nothing has been trained, and every file it writes is written
+//! atomically. Once training runs, the first signal asks the run to stop after the current step
+//! with a checkpoint; a second one exits at once. Either way the exit status is 130.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static TRAINING: AtomicBool = AtomicBool::new(false);
+/// The run directory once it is known, for the start-up message.
+static RUN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// Installs the handler (once per process) and returns the flag the training loop watches.
+/// How to go on after a stop during start-up.
+fn start_up_advice() -> String {
+    let dir = RUN_DIR.lock().ok().and_then(|d| d.clone());
+    match dir {
+        Some(d) if d.join(crate::run_dir::CONFIG).exists() => {
+            format!("continue with: keel train --resume {}", d.display())
+        }
+        _ => "nothing was written; run the same command again".to_string(),
+    }
+}
+
+/// Installs the handler (once per process, as early as possible) and returns the flag the
+/// training loop watches.
 pub fn install() -> &'static AtomicBool {
     let _ = ctrlc::set_handler(|| {
+        if !TRAINING.load(Ordering::SeqCst) {
+            eprintln!(
+                "\nsignal received during start-up, before the first step: stopping now\n  {}",
+                start_up_advice()
+            );
+            std::process::exit(crate::EXIT_INTERRUPTED);
+        }
         if STOP.swap(true, Ordering::SeqCst) {
             eprintln!("\nsecond signal: stopping now, without a checkpoint");
             std::process::exit(crate::EXIT_INTERRUPTED);
@@ -17,4 +43,16 @@ pub fn install() -> &'static AtomicBool {
         );
     });
     &STOP
+}
+
+/// The run directory a start-up stop should point to.
+pub fn set_run_dir(dir: &std::path::Path) {
+    if let Ok(mut d) = RUN_DIR.lock() {
+        *d = Some(dir.to_path_buf());
+    }
+}
+
+/// Start-up is over: from now on a signal stops the run after a step, with a checkpoint.
+pub fn training_started() {
+    TRAINING.store(true, Ordering::SeqCst);
 }

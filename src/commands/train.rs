@@ -45,11 +45,14 @@ fn report(o: &Outcome, out: &Path, quiet: bool) -> ExitStatus {
 }
 
 pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
+    // First, so that a signal during start-up (a large file being read) exits 130 with a message.
+    let stop = crate::signals::install();
     let launch = match &args.resume {
         None => start::fresh(&super::load_config(&args.config)?, args.out.clone())?,
         Some(dir) => {
             let c = &args.config;
-            match start::resume(dir, c.config.as_deref(), &c.set, c.device.as_deref(), args.force)? {
+            let how = start::ResumeOptions { force: args.force, accept_data_change: args.accept_data_change };
+            match start::resume(dir, c.config.as_deref(), &c.set, c.device.as_deref(), how)? {
                 Resumed::Ready(launch) => *launch,
                 Resumed::AlreadyFinished => {
                     println!(
@@ -62,8 +65,8 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
             }
         }
     };
-    let Launch { resolved, corpus, device, run, start } = launch;
-    let stop = crate::signals::install();
+    // `_lock` keeps the run directory this process's until the end.
+    let Launch { resolved, corpus, device, run, start, lock: _lock } = launch;
     let outcome = train(&resolved, &corpus, &device, run.path(), progress_mode(args.quiet), start, stop)?;
     Ok(report(&outcome, run.path(), args.quiet))
 }

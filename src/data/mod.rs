@@ -4,6 +4,7 @@
 
 pub mod documents;
 pub mod hub;
+pub mod identity;
 pub mod prepare;
 pub mod shard;
 pub mod synthetic;

@@ -239,10 +239,11 @@ pub fn train(
         keel_version: env!("CARGO_PKG_VERSION").into(),
         files: Default::default(),
     };
+    let layout = crate::metrics::Layout::of(resolved);
     let mut writers = match &start {
-        Start::Fresh => RunWriters::create(&run),
-        Start::Over => RunWriters::resume(&run, 0),
-        Start::Checkpoint(c) => RunWriters::resume(&run, c.state.step),
+        Start::Fresh => RunWriters::create(&run).map_err(anyhow::Error::from),
+        Start::Over => RunWriters::resume(&run, 0, layout),
+        Start::Checkpoint(c) => RunWriters::resume(&run, c.state.step, layout),
     }
     .with_context(|| format!("preparing output files in {}", out.display()))?;
     if let Start::Checkpoint(c) = &start {
@@ -283,9 +284,16 @@ pub fn train(
     let save = |trainer: &Trainer, state: &TrainState| -> Result<()> {
         checkpoint::save(&run, &trainer.model.params, &trainer.opt, state.clone())
             .with_context(|| format!("writing the checkpoint of step {}", state.step))?;
-        checkpoint::prune(&run, t.keep_checkpoints, (state.step == t.steps).then_some(t.steps))?;
+        checkpoint::prune(
+            &run,
+            t.keep_checkpoints,
+            (state.step == t.steps).then_some(t.steps),
+            &state.config_fingerprint,
+        )?;
         Ok(())
     };
+    // From here a signal stops the run after a step, with a checkpoint (before, it exits at once).
+    crate::signals::training_started();
     for step in first..=t.steps {
         let lr = lr_at(&t, step);
         let step_start = Instant::now();
@@ -358,7 +366,7 @@ pub fn train(
     }
     let recent = &state.recent_losses;
     let final_train_loss = (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
-    let summary = Summary {
+    let mut summary = Summary {
         run_name: resolved.config.run.name.clone(),
         placement: m.placement.to_string(),
         depth: m.depth,
@@ -378,6 +386,7 @@ pub fn train(
         wall_time_s: elapsed_before + run_start.elapsed().as_secs_f64(),
         device: format!("{device:?}"),
         peak_rss_mb: crate::metrics::peak_rss_mb(),
+        weights_sha256: None,
     };
     if interrupted {
         // Always shown, --quiet or not: the user has to know how to continue.
@@ -392,7 +401,7 @@ pub fn train(
     if diverged_at.is_none() {
         let tensors: std::collections::HashMap<String, Tensor> =
             trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-        run.save_weights(&tensors)?;
+        summary.weights_sha256 = Some(run.save_weights(&tensors)?);
     }
     run.write_summary(&summary)?;
     run.mark_done()?;

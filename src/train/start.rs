@@ -4,7 +4,7 @@
 use crate::checkpoint::{self, Unusable};
 use crate::config::{Config, Resolved, SAFE_TO_CHANGE_ON_RESUME};
 use crate::data::Corpus;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, RunLock};
 use crate::InputError;
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -27,7 +27,21 @@ pub struct Launch {
     pub device: Device,
     pub run: RunDir,
     pub start: Start,
+    /// This process owns the run directory while this lives.
+    pub lock: RunLock,
 }
+
+/// What `--resume` may accept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResumeOptions {
+    /// `--force`: changes of keys that are safe to change.
+    pub force: bool,
+    /// `--accept-data-change`: data other than the run was started on.
+    pub accept_data_change: bool,
+}
+
+/// The `[meta]` key holding the data's identity (see [`crate::data::identity`]).
+const DATA_IDENTITY: &str = "data_identity";
 
 /// What `--resume` found.
 pub enum Resumed {
@@ -37,7 +51,7 @@ pub enum Resumed {
 }
 
 /// The `[meta]` table of a run's `config.toml`: where and with what it was computed.
-pub fn provenance(resolved: &Resolved, device: &Device, corpus: &Corpus) -> toml::Table {
+pub fn provenance(resolved: &Resolved, device: &Device, corpus: &Corpus, data_identity: &str) -> toml::Table {
     let mut meta = toml::Table::new();
     meta.insert("keel_version".into(), env!("CARGO_PKG_VERSION").into());
     meta.insert("git_revision".into(), env!("KEEL_GIT_REV").into());
@@ -46,6 +60,7 @@ pub fn provenance(resolved: &Resolved, device: &Device, corpus: &Corpus) -> toml
     meta.insert("seed".into(), (resolved.train().seed as i64).into());
     meta.insert("alpha".into(), resolved.alpha.into());
     meta.insert("data".into(), corpus.description.clone().into());
+    meta.insert(DATA_IDENTITY.into(), data_identity.into());
     meta
 }
 
@@ -71,12 +86,16 @@ pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
     let device = crate::device::parse(&config.run.device)?;
     let corpus = Corpus::load(&config.data, seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
+    let identity = crate::data::identity::of(&config.data)?;
     let out = out.unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
-    let run = RunDir::create(out)?;
-    run.write_config(&resolved, provenance(&resolved, &device, &corpus))
+    let (run, lock) = RunDir::create(out)?;
+    crate::signals::set_run_dir(run.path());
+    // The config first: with it the folder is a started run, which `--resume` completes (it
+    // writes a tokenizer.json that a stop right after the config left missing).
+    run.write_config(&resolved, provenance(&resolved, &device, &corpus, &identity))
         .with_context(|| format!("writing {}", run.config().display()))?;
     save_tokenizer(config, &run)?;
-    Ok(Launch { resolved, corpus, device, run, start: Start::Fresh })
+    Ok(Launch { resolved, corpus, device, run, start: Start::Fresh, lock })
 }
 
 /// `keel train --resume DIR`: the run's own config, with `overrides` (`--set`, on `config_file`
@@ -87,17 +106,31 @@ pub fn resume(
     config_file: Option<&Path>,
     overrides: &[String],
     device: Option<&str>,
-    force: bool,
+    how: ResumeOptions,
 ) -> Result<Resumed> {
+    let force = how.force;
     let run = RunDir::at(dir);
     let saved_path = run.config();
     if !run.is_started() {
+        let only_scratch = crate::files::real_entries(dir).is_ok_and(|e| e.is_empty());
+        if only_scratch {
+            return Err(InputError(format!(
+                "{} holds no config.toml, only keel's temporary files from a start that was stopped before it wrote one: nothing was trained\n  start the run again into the same folder: keel train --config CONFIG --out {}",
+                dir.display(),
+                dir.display()
+            ))
+            .into());
+        }
         return Err(InputError(format!("{} is not a keel run directory (it has no config.toml)\n  pass the folder a `keel train` run wrote, e.g. runs/NAME", dir.display())).into());
     }
+    let lock = run.lock()?;
+    crate::signals::set_run_dir(run.path());
     if run.is_done() {
         return Ok(Resumed::AlreadyFinished);
     }
     let saved = run.read_config()?;
+    let saved_identity =
+        saved.meta.as_ref().and_then(|m| m.get(DATA_IDENTITY)).and_then(|v| v.as_str()).map(String::from);
     // Without --config the run's own config.toml is the base for --set and --device.
     let base = config_file.map(Path::to_path_buf).unwrap_or_else(|| saved_path.clone());
     let mut requested = Config::load(Some(&base), overrides)?;
@@ -108,6 +141,16 @@ pub fn resume(
     let corpus = Corpus::load(&requested.data, requested.train.seq_len.max(1))?;
     let saved = saved.resolve(corpus.vocab_size)?;
     let resolved = requested.resolve(corpus.vocab_size)?;
+    let identity = crate::data::identity::of(&requested.data)?;
+    let data_changed = saved_identity.as_deref().is_some_and(|s| s != identity);
+    if data_changed && !how.accept_data_change {
+        return Err(InputError(format!(
+            "the data differs from what {} was started on:\n  then: {}\n  now:  {identity}\n  resume it on its own data; or, knowingly, add --accept-data-change to continue on the new data (recorded in config.toml)",
+            dir.display(),
+            saved_identity.unwrap_or_default()
+        ))
+        .into());
+    }
     let diff = saved.config.diff(&resolved.config);
     if !diff.is_empty() {
         let forbidden: Vec<&String> =
@@ -141,7 +184,6 @@ pub fn resume(
             ))
             .into());
         }
-        run.write_config(&resolved, provenance(&resolved, &device, &corpus))?;
     }
     run.check_writable()?;
     let fingerprint = resolved.fingerprint();
@@ -162,11 +204,30 @@ pub fn resume(
             }
         }
     }
+    let from = match &start {
+        Start::Checkpoint(c) => c.state.step,
+        _ => 0,
+    };
+    let steps = resolved.train().steps;
+    if steps < from {
+        return Err(InputError(format!(
+            "train.steps = {steps} is below the step of the run's checkpoint ({from}): a run cannot be cut back\n  resume with train.steps >= {from}, or start a new run for {steps} steps"
+        ))
+        .into());
+    }
+    // Every check passed: only now is anything in the run directory changed.
+    crate::metrics::verify_for_resume(&run, from, crate::metrics::Layout::of(&resolved))?;
+    if !diff.is_empty() || data_changed {
+        run.write_config(&resolved, provenance(&resolved, &device, &corpus, &identity))?;
+    }
+    if !run.tokenizer().exists() {
+        save_tokenizer(&requested, &run)?;
+    }
     match &start {
         Start::Checkpoint(c) => {
             eprintln!("resuming {} from {} (step {})", dir.display(), c.path.display(), c.state.step)
         }
         _ => eprintln!("no usable checkpoint in {}: starting it over from step 0", dir.display()),
     }
-    Ok(Resumed::Ready(Box::new(Launch { resolved, corpus, device, run, start })))
+    Ok(Resumed::Ready(Box::new(Launch { resolved, corpus, device, run, start, lock })))
 }
