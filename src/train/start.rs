@@ -69,6 +69,7 @@ pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
     // Validate what needs no data first, so a bad config fails before a large file is read.
     config.resolve(crate::data::BYTE_VOCAB)?;
     let device = crate::device::parse(&config.run.device)?;
+    crate::memory::check(&config.resolve(crate::data::BYTE_VOCAB)?, &device)?;
     let corpus = Corpus::load(&config.data, seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
     let out = out.unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
@@ -108,6 +109,7 @@ pub fn resume(
     let corpus = Corpus::load(&requested.data, requested.train.seq_len.max(1))?;
     let saved = saved.resolve(corpus.vocab_size)?;
     let resolved = requested.resolve(corpus.vocab_size)?;
+    crate::memory::check(&resolved, &device)?;
     let diff = saved.config.diff(&resolved.config);
     if !diff.is_empty() {
         let forbidden: Vec<&String> =
