@@ -69,10 +69,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Sequences per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
     /// Perplexity windows advance by this many tokens (default: half the context).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub stride: Option<usize>,
     /// Results folder (default: RUN/eval/BENCH..., or runs/hf/NAME/eval/... for --hf-model).
     #[arg(long)]
@@ -137,8 +137,8 @@ pub struct SweepArgs {
     /// Any other axis: --grid section.key=v1,v2 (repeatable).
     #[arg(long, value_name = "SECTION.KEY=V1,V2")]
     pub grid: Vec<String>,
-    /// Runs at once.
-    #[arg(long, default_value_t = 1)]
+    /// Runs at once (with --devices: one per device instead).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), conflicts_with = "devices")]
     pub jobs: usize,
     /// One run per device at a time, e.g. --devices 0,1,2,3 (CUDA ordinals) or cpu,cuda:1.
     #[arg(long, value_delimiter = ',')]
@@ -187,7 +187,7 @@ pub struct StressArgs {
     #[arg(long, default_value_t = 500)]
     pub warmup_steps: usize,
     /// Runs at once.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub jobs: usize,
     /// Output folder (re-running skips finished runs and resumes started ones).
     #[arg(long, default_value = "runs/stress")]

@@ -9,7 +9,7 @@ use crate::run_dir::RunDir;
 use crate::InputError;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -31,21 +31,36 @@ pub fn depth_by_placement(
     out
 }
 
+/// The deepest `--depths` accepts, in sub-layers (2^20: a 28-billion-parameter model at
+/// d_model 64, far past any machine keel runs on; the paper's deepest has 1,024).
+pub const MAX_DEPTH: usize = 1 << 20;
+
 /// `A..B` doubles from A to B (64..1024: 64, 128, 256, 512, 1024); a comma list is taken as given.
 pub fn parse_depths(spec: &str) -> Result<Vec<usize>, InputError> {
     let bad = |why: &str| InputError(format!("--depths `{spec}`: {why}; write e.g. 64..1024 (doubling) or 64,128,512"));
+    let num = |x: &str| {
+        let x = x.trim();
+        x.parse::<usize>().map_err(|_| match !x.is_empty() && x.bytes().all(|c| c.is_ascii_digit()) {
+            true => bad(&format!("{x} is deeper than keel's limit of {MAX_DEPTH} sub-layers")),
+            false => bad("not a number"),
+        })
+    };
     let depths: Vec<usize> = if let Some((a, b)) = spec.split_once("..") {
-        let (a, b) = (
-            a.trim().parse::<usize>().map_err(|_| bad("not a number"))?,
-            b.trim().parse::<usize>().map_err(|_| bad("not a number"))?,
-        );
+        let (a, b) = (num(a)?, num(b)?);
         if a == 0 || a > b {
             return Err(bad("the range must go from a positive depth up to a larger one"));
         }
-        std::iter::successors(Some(a), |&d| Some(d * 2)).take_while(|&d| d <= b).collect()
+        if b > MAX_DEPTH {
+            return Err(bad(&format!("{b} is deeper than keel's limit of {MAX_DEPTH} sub-layers")));
+        }
+        // Checked: doubling past usize::MAX ends the range (at most 64 depths).
+        std::iter::successors(Some(a), |&d| d.checked_mul(2)).take_while(|&d| d <= b).collect()
     } else {
-        spec.split(',').map(|d| d.trim().parse::<usize>().map_err(|_| bad("not a number"))).collect::<Result<_, _>>()?
+        spec.split(',').map(num).collect::<Result<_, _>>()?
     };
+    if let Some(d) = depths.iter().find(|&&d| d > MAX_DEPTH) {
+        return Err(bad(&format!("{d} is deeper than keel's limit of {MAX_DEPTH} sub-layers")));
+    }
     if let Some(d) = depths.iter().find(|&&d| d < 2 || d % 2 == 1) {
         return Err(bad(&format!("{d} is not an even number of sub-layers (>= 2)")));
     }
@@ -113,8 +128,7 @@ fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&st
     if run.is_done() {
         return Ok(Status::Skipped);
     }
-    let exe = std::env::current_exe().context("locating the keel executable")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = crate::child::keel().context("locating the keel executable")?;
     if let Some(n) = threads {
         cmd.env("RAYON_NUM_THREADS", n.to_string());
     }
@@ -186,6 +200,12 @@ mod tests {
             assert!(parse_depths(bad).is_err(), "{bad}");
         }
         assert!(parse_depths("1024..64").unwrap_err().0.contains("64..1024"));
+        // Absurd ends are refused at once (the doubling is checked as well).
+        for huge in ["64..10000000000000000000", "2..18446744073709551615", "64,2097152", "2..99999999999999999999999"]
+        {
+            assert!(parse_depths(huge).unwrap_err().0.contains("limit of 1048576"), "{huge}");
+        }
+        assert_eq!(parse_depths("2..1048576").unwrap().len(), 20);
     }
 
     #[test]

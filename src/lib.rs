@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod child;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod eval;
 pub mod export;
 pub mod files;
 pub mod grid;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -19,7 +19,7 @@
 use crate::placement::Placement;
 use crate::run_dir::RunDir;
 use crate::InputError;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -206,12 +206,48 @@ pub fn write(fig: &Figure, out: &Path) -> Result<Vec<PathBuf>> {
     Ok(vec![png, svg])
 }
 
+/// The header and rows of a CSV file; a malformed one is bad input naming the file and line.
 fn records(path: &Path) -> Result<(csv::StringRecord, Vec<csv::StringRecord>)> {
     let mut rd =
         csv::Reader::from_path(path).map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
-    let header = rd.headers()?.clone();
-    let rows = rd.records().collect::<Result<Vec<_>, _>>().with_context(|| format!("reading {}", path.display()))?;
+    let header = rd.headers().map_err(|e| malformed(path, &e))?.clone();
+    let rows = rd.records().collect::<Result<Vec<_>, _>>().map_err(|e| malformed(path, &e))?;
     Ok((header, rows))
+}
+
+fn malformed(path: &Path, e: &csv::Error) -> InputError {
+    let line = e.position().map(|p| format!(", line {}", p.line())).unwrap_or_default();
+    let what = match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            format!("{len} fields where the header has {expected_len}")
+        }
+        csv::ErrorKind::Utf8 { .. } => "not UTF-8".into(),
+        _ => e.to_string(),
+    };
+    InputError(format!(
+        "{}{line}: {what}\n  the file is damaged: fix or delete that line, or regenerate the file",
+        path.display()
+    ))
+}
+
+/// Every cell of columns `cols` is empty (no value) or a number; else bad input naming the file,
+/// line and column.
+fn numbers(file: &Path, header: &csv::StringRecord, rows: &[csv::StringRecord], cols: &[usize]) -> Result<()> {
+    for r in rows {
+        for &i in cols {
+            let v = r.get(i).unwrap_or("").trim();
+            if !v.is_empty() && v.parse::<f64>().is_err() {
+                let line = r.position().map(|p| format!(", line {}", p.line())).unwrap_or_default();
+                return Err(InputError(format!(
+                    "{}{line}: `{v}` in column {} is not a number\n  the file is damaged: fix or delete that line, or regenerate the file",
+                    file.display(),
+                    header.get(i).unwrap_or("?")
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn col(header: &csv::StringRecord, name: &str, file: &Path) -> Result<usize> {
@@ -240,6 +276,7 @@ pub fn loss_figure(runs: &[PathBuf], log_x: bool) -> Result<Figure> {
         let file = RunDir::at(run).metrics();
         let (h, rows) = records(&file)?;
         let (s, l) = (col(&h, "step", &file)?, col(&h, "loss", &file)?);
+        numbers(&file, &h, &rows, &[s, l])?;
         let points: Vec<(f64, f64)> = rows.iter().map(|r| (num(r, s), num(r, l))).filter(|p| p.1.is_finite()).collect();
         let marker = RunDir::at(run)
             .read_summary()
@@ -273,6 +310,7 @@ pub fn grad_norm_figure(run: &Path, steps: &[usize]) -> Result<Figure> {
     let file = RunDir::at(run).grad_norms();
     let (h, rows) = records(&file)?;
     let (s, l, g) = (col(&h, "step", &file)?, col(&h, "layer", &file)?, col(&h, "grad_norm", &file)?);
+    numbers(&file, &h, &rows, &[s, l, g])?;
     let mut available: Vec<usize> = rows.iter().filter_map(|r| r.get(s)?.parse().ok()).collect();
     available.dedup();
     let chosen: Vec<usize> = if steps.is_empty() {
@@ -331,7 +369,9 @@ fn by_placement(rows: &[csv::StringRecord], p: usize, x: usize, y: usize) -> Vec
 pub fn depth_figure(sweep: &Path, column: &str) -> Result<Figure> {
     let file = sweep.join("summary.csv");
     let (h, rows) = records(&file)?;
-    let series = by_placement(&rows, col(&h, "placement", &file)?, col(&h, "depth", &file)?, col(&h, column, &file)?);
+    let (p, d, y) = (col(&h, "placement", &file)?, col(&h, "depth", &file)?, col(&h, column, &file)?);
+    numbers(&file, &h, &rows, &[d, y])?;
+    let series = by_placement(&rows, p, d, y);
     Ok(Figure {
         name: format!("depth_{column}"),
         title: format!("{column} against depth"),
@@ -347,7 +387,9 @@ pub fn depth_figure(sweep: &Path, column: &str) -> Result<Figure> {
 pub fn max_lr_figure(stress: &Path) -> Result<Figure> {
     let file = stress.join("stress.csv");
     let (h, rows) = records(&file)?;
-    let series = by_placement(&rows, col(&h, "placement", &file)?, col(&h, "depth", &file)?, col(&h, "max_lr", &file)?);
+    let (p, d, y) = (col(&h, "placement", &file)?, col(&h, "depth", &file)?, col(&h, "max_lr", &file)?);
+    numbers(&file, &h, &rows, &[d, y])?;
+    let series = by_placement(&rows, p, d, y);
     Ok(Figure {
         name: "max_lr".into(),
         title: "maximum tolerable learning rate".into(),
@@ -368,6 +410,7 @@ pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
         col(&h, "layer", csv_path)?,
         col(&h, "input_grad_ratio", csv_path)?,
     );
+    numbers(csv_path, &h, &rows, &[l, g])?;
     let mut keys: Vec<(String, String)> = Vec::new();
     for r in &rows {
         let k = (r.get(p).unwrap_or("").to_string(), r.get(d).unwrap_or("").to_string());
@@ -411,6 +454,7 @@ pub fn layer_removal_figure(inputs: &[PathBuf]) -> Result<Figure> {
         };
         let (h, rows) = records(&file)?;
         let (l, d) = (col(&h, "sublayer", &file)?, col(&h, "delta_perplexity", &file)?);
+        numbers(&file, &h, &rows, &[l, d])?;
         let placement = std::fs::read_to_string(dir.join(crate::run_dir::RESULTS))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

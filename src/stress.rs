@@ -102,7 +102,8 @@ impl Ramp {
     }
 }
 
-/// One run per (depth, placement), depth-major, named `PLACEMENT-dDEPTH` inside `out`.
+/// One run per (depth, placement), depth-major, named `PLACEMENT-dDEPTH` inside `out`; a run that
+/// cannot fit in memory on its device is refused (`memory::check_in`).
 pub fn jobs(
     base: &Config,
     depths: &[usize],
@@ -117,6 +118,8 @@ pub fn jobs(
         let name = format!("{}-d{depth}", placement.as_str());
         c.run.name = name.clone();
         let resolved = c.resolve(vocab)?;
+        crate::memory::check_in(&resolved, &crate::memory::Room::of_spec(&c.run.device))
+            .map_err(|e| crate::InputError(format!("run {name}: {}", e.0)))?;
         jobs.push(Job { dir: out.join(&name), name, config: resolved });
     }
     Ok(jobs)

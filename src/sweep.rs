@@ -7,6 +7,7 @@ use crate::config::{Config, Placement};
 use crate::eval::registry::Bench;
 use crate::files::write_atomic;
 use crate::grid::{self, parse_depths, Axis, Job};
+use crate::memory::{self, Room};
 use crate::run_dir::{RunDir, Summary};
 use crate::InputError;
 use anyhow::{Context, Result};
@@ -77,7 +78,12 @@ pub fn jobs(
             c.run.device = d.to_string();
         }
         let key = format!("{:?}", c.data);
+        // A run too big for any device is refused later; its data (synthetic text grows with
+        // train.seq_len) is not generated for it.
+        let early = c.resolve(crate::data::BYTE_VOCAB).with_context(|| format!("run {name}"))?;
+        let hopeless = memory::estimate(&early).total() > memory::ACCELERATOR_LIMIT.max(Room::of_spec("cpu").limit());
         let vocab = match vocab_by_data.iter().find(|(k, _)| *k == key) {
+            _ if hopeless => crate::data::BYTE_VOCAB,
             Some(&(_, v)) => v,
             None => {
                 let v = crate::data::Corpus::load(&c.data, c.train.seq_len)?.vocab_size;
@@ -91,20 +97,34 @@ pub fn jobs(
     Ok(jobs)
 }
 
-/// A run's size and rough training time, for `--dry-run`.
+/// A run's size, memory and rough training time, for `--dry-run`; nothing is built.
 pub struct Estimate {
-    pub params: usize,
-    pub tokens: usize,
+    pub params: f64,
+    pub tokens: f64,
     pub minutes: f64,
+    pub memory: memory::Estimate,
 }
 
 /// Rough time: 6 x parameters x tokens at 50 GFLOP/s, about what keel sustains on 2 CPU cores
-/// (README, Speed); attention and per-op overhead come on top for deep-narrow models.
-pub fn estimate(job: &Job) -> Result<Estimate> {
+/// (README, Speed); attention and per-op overhead come on top for deep-narrow models. Parameters
+/// and memory are counted from the config (`memory`), so a dry run of a huge grid allocates nothing.
+pub fn estimate(job: &Job) -> Estimate {
     let t = job.config.train();
-    let params = crate::model::Model::new(&job.config, &candle_core::Device::Cpu)?.n_params();
-    let tokens = t.steps * t.batch_size * t.seq_len * t.grad_accum;
-    Ok(Estimate { params, tokens, minutes: 6.0 * params as f64 * tokens as f64 / 5e10 / 60.0 })
+    let memory = memory::estimate(&job.config);
+    let tokens = t.steps as f64 * t.batch_size as f64 * t.seq_len as f64 * t.grad_accum as f64;
+    Estimate { params: memory.params, tokens, minutes: 6.0 * memory.params * tokens / 5e10 / 60.0, memory }
+}
+
+/// `Err` naming the run when `job` cannot fit in memory on its device, or on any of `devices`
+/// (the `--devices` it may be given to).
+pub fn check_memory(job: &Job, devices: &[String]) -> Result<(), InputError> {
+    let own = [job.config.config.run.device.clone()];
+    let specs = if devices.is_empty() { &own[..] } else { devices };
+    for spec in specs {
+        memory::check_in(&job.config, &Room::of_spec(spec))
+            .map_err(|e| InputError(format!("run {} (on {spec}): {}", job.name, e.0)))?;
+    }
+    Ok(())
 }
 
 /// Writes `out/sweep.slurm` (a job array) and `out/runs.txt` (one `keel train` per line), with
@@ -217,10 +237,9 @@ pub fn evaluate_run(dir: &Path, evals: &Evals) -> Result<(), String> {
     if !RunDir::at(dir).has_weights() {
         return Ok(()); // diverged: nothing to score
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     for bench in &evals.benches {
         let name = bench.name();
-        let mut cmd = std::process::Command::new(&exe);
+        let mut cmd = crate::child::keel().map_err(|e| e.to_string())?;
         cmd.args(bench.sweep_args(dir, evals.data.as_deref(), evals.shots, evals.limit));
         let out = cmd.output().map_err(|e| e.to_string())?;
         let err = String::from_utf8_lossy(&out.stderr);

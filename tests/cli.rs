@@ -244,3 +244,38 @@ fn full_and_read_only_disks_exit_2_and_keep_finished_files() {
         &["cannot create run directory", "Read-only file system"],
     );
 }
+
+#[test]
+fn flags_that_would_have_no_effect_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = keel(&with_tiny(&["train", "--quiet", "--out", "run"]), d);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stress_tiny = ["--depths", "2", "--placements", "keel", "--warmup-steps", "2", "--out", "st"];
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["train", "--force"], &["--resume"]),
+        (&["sweep", "--jobs", "0", "--depths", "2", "--dry-run"], &["--jobs", "0 is not in 1.."]),
+        (&["sweep", "--jobs", "2", "--devices", "cpu,cpu", "--depths", "2", "--dry-run"], &["--jobs", "--devices"]),
+        (&["stress", "--jobs", "0"], &["--jobs", "0 is not in 1.."]),
+        (
+            &["eval", "--bench", "ppl", "--run", "run", "--stride", "0", "--limit", "2"],
+            &["--stride", "0 is not in 1.."],
+        ),
+        (&["eval", "--bench", "ppl", "--run", "run", "--batch-size", "0", "--limit", "2"], &["--batch-size"]),
+        (
+            &["train", "--out", "nl", "--set", "train.lr=1e-3\n[model]\ndepth=2"],
+            &["line break", "one section.key=value per --set"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut args = args.to_vec();
+        match args[0] {
+            "stress" => args.extend_from_slice(&stress_tiny),
+            "eval" => {}
+            _ => args.extend_from_slice(&TINY),
+        }
+        expect_input_error(&args, d, needles);
+    }
+    assert!(!d.join("nl").exists() && !d.join("st").exists(), "nothing was started");
+    assert!(!d.join("run/eval").exists(), "no evaluation was written");
+}

@@ -109,3 +109,39 @@ fn figures_from_fixture_csvs() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("neither a run directory"));
 }
+
+#[test]
+fn damaged_csvs_exit_2_naming_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let header = "step,tokens,lr,loss,grad_norm,tokens_per_s,elapsed_s\n";
+    let cases = [
+        (format!("{header}garbage,line\n"), "line 2", "2 fields where the header has 7"),
+        (format!("{header}1,64,0.001,5.5,1,1000,0.1\n2,128,0.001,abc,1,1000,0.1\n"), "line 3", "`abc` in column loss"),
+        (format!("{header}x,64,0.001,5.5,1,1000,0.1\n"), "line 2", "`x` in column step"),
+    ];
+    for (i, (text, line, what)) in cases.iter().enumerate() {
+        let run = d.join(format!("run{i}"));
+        write(&run.join("metrics.csv"), text);
+        let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["plot", &format!("run{i}"), "--out", "figs"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        for needle in [&format!("run{i}/metrics.csv"), *line, *what] {
+            assert!(err.contains(needle), "{text}: stderr lacks {needle:?}:\n{err}");
+        }
+        assert!(!d.join("figs").exists(), "nothing is written for a damaged input");
+    }
+    // The same for a sweep's summary.csv.
+    let mut summary = String::from(keel::sweep::SUMMARY_HEADER);
+    summary.push_str("\nr,keel,deep,4,32,0.003,0,1000,1000,2.5,2.4,10,,100,1,50\n");
+    write(&d.join("sw/summary.csv"), &summary);
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_keel")).args(["plot", "sw", "--out", "figs"]).current_dir(d).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("sw/summary.csv, line 2: `deep` in column depth"), "{err}");
+}

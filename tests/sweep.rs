@@ -1,9 +1,10 @@
 //! `keel sweep` end to end on tiny models: grid expansion and run names, summary.csv after a
 //! diverged run, skipping finished runs, resuming an interrupted one, the Slurm emission, and
-//! `--collect`.
+//! `--collect`; a killed sweep taking its runs with it, and a sweep surviving a rebuild of keel.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const TINY: [&str; 12] = [
     "--set",
@@ -129,4 +130,97 @@ fn eval_scores_become_summary_columns() {
     let o = sweep(d, &["--depths", "2", "--eval", "mmlu", "--out", "x"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--eval-data"));
+}
+
+/// Processes whose command line mentions `needle` (a sweep's folder).
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let needle = needle.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&needle))
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn killing_a_sweep_ends_its_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("killed");
+    // A run long enough to be caught in flight (minutes, unless it is stopped).
+    let mut sweep = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("sweep")
+        .args(TINY)
+        .args(["--set", "train.steps=1000000", "--set", "train.checkpoint_every=0", "--depths", "2", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the run to start", Duration::from_secs(60), || out.join("d2/metrics.csv").exists());
+    assert!(!processes_mentioning(&out).is_empty());
+    sweep.kill().unwrap(); // SIGKILL: the sweep gets no chance to clean up
+    sweep.wait().unwrap();
+    let start = Instant::now();
+    loop {
+        let left = processes_mentioning(&out);
+        if left.is_empty() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            for pid in &left {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            panic!("keel train {left:?} outlived its killed sweep");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The run stopped cleanly (SIGTERM: checkpoint, exit 130) and resumes from its checkpoint.
+    assert!(std::fs::read_dir(out.join("d2/checkpoints")).unwrap().count() > 0, "no checkpoint was written");
+}
+
+#[test]
+fn a_sweep_keeps_the_binary_it_started_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("bin")).unwrap();
+    let exe = d.join("bin/keel");
+    std::fs::copy(env!("CARGO_BIN_EXE_keel"), &exe).unwrap();
+    let args =
+        ["--depths", "2,4,6", "--set", "train.steps=1500", "--eval", "synthetic", "--eval-limit", "4", "--out", "sw"];
+    let mut cmd = Command::new(&exe);
+    cmd.arg("sweep").args(TINY).args(args).current_dir(d).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // A freshly written executable can be briefly busy while another test thread forks.
+    let mut tries = 0;
+    let sweep = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 50 => tries += 1,
+            other => break other.unwrap(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait_for("the first run", Duration::from_secs(120), || d.join("sw/d2/DONE").exists());
+    // "Rebuild" keel while runs remain (each takes about a second): the file the sweep started
+    // from is removed and replaced.
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(&exe, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = sweep.wait_with_output().unwrap();
+    let stdout = ok(&out);
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+    for run in ["d2", "d4", "d6"] {
+        assert!(d.join("sw").join(run).join("DONE").exists(), "{run}: {stdout}");
+        assert!(d.join("sw").join(run).join("eval/synthetic/results.json").exists(), "{run}: {stdout}");
+    }
 }

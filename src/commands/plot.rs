@@ -6,9 +6,11 @@ use crate::{ExitStatus, InputError};
 use anyhow::Result;
 
 pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
-    std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
     let opts = Options { log_x: args.log_x, column: args.column.clone(), steps: args.steps.clone() };
-    for f in &plot::figures(&args.paths, &opts)? {
+    // Every input is read (and a damaged one refused) before the output folder is made.
+    let figures = plot::figures(&args.paths, &opts)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
+    for f in &figures {
         for written in plot::write(f, &args.out)? {
             println!("{}", written.display());
         }

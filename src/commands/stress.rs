@@ -30,6 +30,8 @@ pub fn run(args: &StressArgs) -> Result<ExitStatus> {
         min_improvement: args.min_improvement,
     };
     let ramp = Ramp { peak_lr: args.peak_lr, warmup_steps: args.warmup_steps, detector };
+    // Every run is checked (its memory too) before the data is made or anything is written.
+    stress::jobs(&base, &args.depths, &placements, &ramp, crate::data::BYTE_VOCAB, &args.out)?;
     let corpus = Corpus::load(&base.data, base.train.seq_len)?;
     let jobs = stress::jobs(&base, &args.depths, &placements, &ramp, corpus.vocab_size, &args.out)?;
     std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;

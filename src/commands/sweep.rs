@@ -2,6 +2,7 @@
 
 use crate::cli::SweepArgs;
 use crate::grid::{self, Status};
+use crate::memory;
 use crate::sweep::{self, Axes, Evals};
 use crate::{ExitStatus, InputError};
 use anyhow::Result;
@@ -22,19 +23,46 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
     .axes()?;
     let c = &args.config;
     let jobs = sweep::jobs(&axes, c.config.as_deref(), &c.set, c.device.as_deref(), &args.out)?;
+    let devices = sweep::devices(&args.devices);
     if args.dry_run {
-        println!("{:<40} {:>12} {:>12} {:>10}", "run", "parameters", "tokens", "~minutes");
-        let mut total = 0.0;
+        println!("{:<40} {:>12} {:>12} {:>10} {:>12}", "run", "parameters", "tokens", "~minutes", "~memory");
+        let (mut total, mut too_big) = (0.0, Vec::new());
         for j in &jobs {
-            let e = sweep::estimate(j)?;
+            let e = sweep::estimate(j);
             total += e.minutes;
-            println!("{:<40} {:>12} {:>12} {:>10.1}", j.name, e.params, e.tokens, e.minutes);
+            let fits = sweep::check_memory(j, &devices);
+            println!(
+                "{:<40} {:>12} {:>12} {:>10.1} {:>12}{}",
+                j.name,
+                memory::count(e.params),
+                memory::count(e.tokens),
+                e.minutes,
+                memory::bytes(e.memory.total()),
+                if fits.is_ok() { "" } else { "  TOO BIG" }
+            );
+            too_big.extend(fits.err());
         }
         println!(
             "{} runs, ~{total:.0} minutes in all at one run at a time; nothing was trained (--dry-run)",
             jobs.len()
         );
+        if let Some(first) = too_big.first() {
+            return Err(InputError(format!(
+                "{} of {} runs cannot fit in memory (marked TOO BIG); the first, {}",
+                too_big.len(),
+                jobs.len(),
+                first.0
+            ))
+            .into());
+        }
         return Ok(ExitStatus::Success);
+    }
+    // Refused before anything is written (a Slurm job's nodes are not this machine): no run of
+    // the grid starts when one cannot fit.
+    if args.emit.is_none() {
+        for j in &jobs {
+            sweep::check_memory(j, &devices)?;
+        }
     }
     std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
     if args.emit.as_deref() == Some("slurm") {
@@ -49,7 +77,6 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
         return Err(InputError(format!("--emit {other}: the only target is slurm")).into());
     }
     println!("keel sweep: {} runs, {} at once, in {}", jobs.len(), args.jobs, args.out.display());
-    let devices = sweep::devices(&args.devices);
     crate::eval::registry::check_sweep(&args.eval, args.eval_data.is_some())?;
     let evals = Evals {
         benches: args.eval.clone(),

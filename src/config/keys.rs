@@ -84,6 +84,12 @@ fn parse_override_value(raw: &str) -> toml::Value {
 /// Applies `section.key=value` overrides to a raw table.
 pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<(), ConfigError> {
     for item in overrides {
+        // One TOML value per --set: a newline would let a second table in, and it was dropped.
+        if item.contains(['\n', '\r']) {
+            return err(format!(
+                "--set {item:?} holds a line break: give one section.key=value per --set, e.g. --set train.lr=1e-3 --set model.depth=2, or put the rest in a --config file"
+            ));
+        }
         let Some((path, raw)) = item.split_once('=') else {
             return err(format!("--set `{item}` has no `=`: write it as section.key=value, e.g. --set train.lr=1e-3"));
         };

@@ -84,6 +84,7 @@ pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
     // Validate what needs no data first, so a bad config fails before a large file is read.
     config.resolve(crate::data::BYTE_VOCAB)?;
     let device = crate::device::parse(&config.run.device)?;
+    crate::memory::check(&config.resolve(crate::data::BYTE_VOCAB)?, &device)?;
     let corpus = Corpus::load(&config.data, seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
     let identity = crate::data::identity::of(&config.data)?;
@@ -138,9 +139,12 @@ pub fn resume(
         requested.run.device = d.to_string();
     }
     let device = crate::device::parse(&requested.run.device)?;
+    // Before the data is read: an absurd --set must not allocate it.
+    crate::memory::check(&requested.resolve(crate::data::BYTE_VOCAB)?, &device)?;
     let corpus = Corpus::load(&requested.data, requested.train.seq_len.max(1))?;
     let saved = saved.resolve(corpus.vocab_size)?;
     let resolved = requested.resolve(corpus.vocab_size)?;
+    crate::memory::check(&resolved, &device)?;
     let identity = crate::data::identity::of(&requested.data)?;
     let data_changed = saved_identity.as_deref().is_some_and(|s| s != identity);
     if data_changed && !how.accept_data_change {
