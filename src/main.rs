@@ -52,7 +52,7 @@ fn fail(err: anyhow::Error) -> ! {
         eprintln!("  caused by: {cause}");
     }
     if keel::is_disk_full(&err) {
-        eprintln!("  the disk is full: free space or choose another output folder; files keel finished earlier (completed checkpoints, shards) are intact, and a run continues with `keel train --resume RUN_DIR`");
+        eprintln!("  the disk is full: free space or choose another output folder; files keel finished earlier (completed checkpoints, shards) are intact; then a run that has its config.toml continues with `keel train --resume RUN_DIR`, and one stopped before writing it starts again with the same command into the same folder");
     }
     std::process::exit(if input { 2 } else { 1 });
 }

@@ -9,7 +9,7 @@ fn every_path_the_build_script_watches_exists() {
     let output = std::fs::read_to_string(out_dir.parent().unwrap().join("output")).expect("the build script's output");
     let watched: Vec<&str> = output.lines().filter_map(|l| l.strip_prefix("cargo:rerun-if-changed=")).collect();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for p in watched {
+    for p in &watched {
         assert!(
             root.join(p).exists(),
             "the build script watches {p}, which does not exist: every build would recompile keel"

@@ -322,3 +322,278 @@ fn a_torn_last_csv_line_is_repaired() {
     run_ok(resume(&dir, &[]));
     assert_same_results(&reference, &dir);
 }
+
+// ---- Nothing lost, ever (issue 14): each test below failed before its fix. ----
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A run killed by an abort inside the checkpoint write of `step` (its previous checkpoints
+/// complete, its CSVs one step past the last).
+fn aborted_at(dir: &Path, step: usize, extra: &[&str]) {
+    let step = step.to_string();
+    let out = start_run(dir, extra).env("KEEL_FAULT_ABORT_IN_CHECKPOINT", &step).output().unwrap();
+    assert!(!out.status.success(), "the run should have been aborted at step {step}");
+}
+
+#[test]
+fn two_trains_into_one_out_dir_exactly_one_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = straight(tmp.path());
+    for round in 0..6 {
+        let dir = tmp.path().join(format!("race{round}"));
+        let a = start_run(&dir, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let b = start_run(&dir, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let codes = [a.status.code(), b.status.code()];
+        assert!(codes.contains(&Some(0)) && codes.contains(&Some(2)), "round {round}: exits {codes:?}");
+        let loser = if a.status.code() == Some(2) { &a } else { &b };
+        let err = stderr_of(loser);
+        assert!(err.contains("in use by another keel process (PID") || err.contains("already holds files"), "{err}");
+        assert_same_results(&reference, &dir);
+    }
+    // Two resumes of one run at once: one resumes, the other is refused.
+    let dir = tmp.path().join("resumes");
+    aborted_at(&dir, 21, &[]);
+    for _ in 0..3 {
+        let a = resume(&dir, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let b = resume(&dir, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        assert!(a.status.code().is_some_and(|c| c == 0 || c == 2), "{}", stderr_of(&a));
+        assert!(b.status.code().is_some_and(|c| c == 0 || c == 2), "{}", stderr_of(&b));
+        assert!(a.status.code() == Some(0) || b.status.code() == Some(0));
+    }
+    assert_same_results(&reference, &dir);
+}
+
+#[test]
+fn a_held_run_directory_names_the_pid_holding_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("held");
+    let mut holder = start_run(&dir, &[]).env("KEEL_FAULT_PAUSE_IN_CHECKPOINT", "7").spawn().unwrap();
+    assert!(wait_until(|| dir.join("checkpoints/.step_0000007.tmp/model.safetensors").exists()));
+    let pid = holder.id().to_string();
+    expect_exit_2(resume(&dir, &[]), &["in use by another keel process", &format!("PID {pid}")]);
+    expect_exit_2(start_run(&dir, &[]), &[&format!("PID {pid}")]);
+    // The lock dies with its holder, kill -9 included.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    run_ok(resume(&dir, &[]));
+}
+
+#[test]
+fn an_edited_state_json_is_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = straight(tmp.path());
+    let dir = tmp.path().join("edited");
+    aborted_at(&dir, 35, &[]);
+    let state = dir.join("checkpoints/step_0000028/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, text.replace("\"step\": 28", "\"step\": 100000")).unwrap();
+    let out = run_ok(resume(&dir, &[]));
+    let err = stderr_of(&out);
+    assert!(err.contains("step_0000028 is unusable") && err.contains("state.json fails its checksum"), "{err}");
+    assert!(err.contains("step_0000021"), "{err}");
+    assert_same_results(&reference, &dir);
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    assert!(summary.contains("\"steps_completed\": 60"), "{summary}");
+}
+
+#[test]
+fn damaged_csvs_stop_a_resume_and_are_left_as_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("csv");
+    aborted_at(&dir, 35, &[]);
+    let metrics = dir.join("metrics.csv");
+    let good = std::fs::read_to_string(&metrics).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines[9] = "garbage,line";
+    let bad = lines.join("\n") + "\n";
+    std::fs::write(&metrics, &bad).unwrap();
+    expect_exit_2(resume(&dir, &[]), &["metrics.csv line 10", "garbage,line", "Restore the file"]);
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), bad, "resume must not change a damaged file");
+    // A deleted row in the middle, and a deleted grad_norms.csv.
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.remove(5);
+    std::fs::write(&metrics, lines.join("\n") + "\n").unwrap();
+    expect_exit_2(resume(&dir, &[]), &["metrics.csv line 6", "step 6", "step 5"]);
+    std::fs::write(&metrics, &good).unwrap();
+    let grad_norms = dir.join("grad_norms.csv");
+    let norms = std::fs::read(&grad_norms).unwrap();
+    std::fs::remove_file(&grad_norms).unwrap();
+    expect_exit_2(resume(&dir, &[]), &["grad_norms.csv line 2", "rows of step 1 are missing"]);
+    assert!(!grad_norms.exists());
+    // Restored, the run resumes and finishes like an uninterrupted one.
+    std::fs::write(&grad_norms, norms).unwrap();
+    let reference = straight(tmp.path());
+    run_ok(resume(&dir, &[]));
+    assert_same_results(&reference, &dir);
+}
+
+#[test]
+fn a_resume_on_other_data_is_refused_unless_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("corpus.txt");
+    let sentence = |i: usize| format!("sentence number {i} of a small corpus for keel.\n");
+    std::fs::write(&text, (0..800).map(sentence).collect::<String>()).unwrap();
+    let source = format!("data.source={}", text.display());
+    let dir = tmp.path().join("data");
+    aborted_at(&dir, 14, &["--set", &source]);
+    std::fs::write(&text, (0..800).map(|i| sentence(i + 1)).collect::<String>()).unwrap();
+    expect_exit_2(resume(&dir, &[]), &["the data differs", "sha256", "--accept-data-change"]);
+    let out = run_ok(resume(&dir, &["--accept-data-change"]));
+    assert!(dir.join("DONE").exists(), "{}", stderr_of(&out));
+}
+
+#[test]
+fn steps_below_the_checkpoint_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cut");
+    aborted_at(&dir, 56, &[]);
+    expect_exit_2(
+        resume(&dir, &["--set", "train.steps=30", "--force"]),
+        &["train.steps = 30 is below the step of the run's checkpoint (49)"],
+    );
+    assert!(!dir.join("DONE").exists());
+    assert!(std::fs::read_to_string(dir.join("config.toml")).unwrap().contains("steps = 60"));
+}
+
+#[test]
+fn a_folder_of_temporary_files_only_counts_as_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tmp-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    // What a kill -9 or a full disk during the first config write leaves.
+    std::fs::write(dir.join(".config.toml.4242.0.tmp"), "[model]\ndep").unwrap();
+    expect_exit_2(resume(&dir, &[]), &["only keel's temporary files", "--out"]);
+    run_ok(start_run(&dir, &[]));
+    assert!(dir.join("DONE").exists());
+    assert!(!dir.join(".config.toml.4242.0.tmp").exists());
+    // A folder with anything else still is not.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    expect_exit_2(start_run(&other, &[]), &["already holds files"]);
+}
+
+#[test]
+fn resume_restores_a_missing_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tok");
+    aborted_at(&dir, 14, &[]);
+    let tokenizer = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    run_ok(resume(&dir, &[]));
+    assert_eq!(std::fs::read(dir.join("tokenizer.json")).unwrap(), tokenizer);
+}
+
+#[test]
+fn damaged_final_weights_are_refused_by_eval_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = straight(tmp.path());
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let sha = keel::files::sha256_file(&dir.join("model.safetensors")).unwrap();
+    assert!(summary.contains(&format!("\"weights_sha256\": \"{sha}\"")), "{summary}");
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&weights, &bytes).unwrap();
+    let mut eval = keel();
+    eval.args(["eval", "--quiet", "--bench", "ppl", "--run"]).arg(&dir);
+    expect_exit_2(eval, &["model.safetensors fails the checksum recorded in", "summary.json"]);
+    let mut export = keel();
+    export.args(["export", "--run"]).arg(&dir).arg("--hf").arg(tmp.path().join("hf"));
+    expect_exit_2(export, &["fails the checksum"]);
+    assert!(!tmp.path().join("hf").join("model.safetensors").exists());
+}
+
+#[test]
+fn sigterm_during_start_up_exits_130_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("startup");
+    // A large synthetic corpus keeps the run in start-up for a few seconds.
+    let child = start_run(&dir, &["--set", "data.synthetic_bytes=400000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let out = child.wait_with_output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("during start-up") && err.contains("run the same command again"), "{err}");
+    assert_eq!(metric_rows(&dir), 0);
+}
+
+#[test]
+fn pruning_touches_only_keels_own_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("prune");
+    aborted_at(&dir, 35, &[]);
+    let foreign = dir.join("checkpoints/step_0000098");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "not keel's").unwrap();
+    let out = run_ok(resume(&dir, &[]));
+    assert!(stderr_of(&out).contains("step_0000098 is unusable"), "{}", stderr_of(&out));
+    assert!(foreign.join("notes.txt").exists(), "pruning deleted a folder keel did not write");
+    for kept in ["step_0000056", "step_0000060"] {
+        assert!(dir.join("checkpoints").join(kept).join("SHA256SUMS").exists(), "{kept} was pruned");
+    }
+}
+
+/// A small deterministic generator for the kill times.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+#[test]
+fn sigkill_at_random_moments_resumes_or_restarts_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = straight(tmp.path());
+    let started = Instant::now();
+    run_ok(start_run(&tmp.path().join("timing"), &[]));
+    // Kill anywhere from process start (start-up, the first config write) to the end of the run.
+    let span = started.elapsed().as_millis().max(50) as u64;
+    let mut rng = 0x5eed_u64;
+    let (mut resumed, mut restarted) = (0, 0);
+    for round in 0..12 {
+        let dir = tmp.path().join(format!("random{round}"));
+        let mut kills = Vec::new();
+        let mut fresh = true;
+        // Up to three kills per round, the later ones during resumes.
+        for _ in 0..3 {
+            // A third of the kills in the first 30 ms: process start-up and the first writes.
+            let r = next_random(&mut rng);
+            let delay = if r % 3 == 0 { (r / 3) % 30 } else { r % span };
+            let mut c =
+                if fresh || !dir.join("config.toml").exists() { start_run(&dir, &[]) } else { resume(&dir, &[]) };
+            fresh = false;
+            let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(delay));
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            kills.push(delay);
+            if out.status.success() {
+                break;
+            }
+            assert!(out.status.code().is_none(), "round {round}: exit {:?} {}", out.status, stderr_of(&out));
+            if !dir.join("config.toml").exists() {
+                // Killed before the config was written: the next try restarts into the same --out.
+                restarted += 1;
+            }
+        }
+        if dir.join("config.toml").exists() {
+            resumed += 1;
+            run_ok(resume(&dir, &[]));
+        } else {
+            run_ok(start_run(&dir, &[]));
+        }
+        assert_same_results(&reference, &dir);
+        eprintln!("round {round}: killed at {kills:?} ms");
+    }
+    eprintln!("{resumed} rounds resumed; {restarted} kills came before the config was written (then restarted into the same --out); kill times over {span} ms");
+}
