@@ -20,7 +20,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use super::bench::ShotSource;
+pub use super::bench::{Overflow, ShotSource};
 
 pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 pub const PROMPT_VARIANT: &str = "lm-evaluation-harness mmlu (default, v0.4): subject header, 'Answer:' + ' A'..' D' log-likelihood, shots from dev in file order";
@@ -227,6 +227,8 @@ pub fn prompt(subject: &str, shots: &[Question], q: &Question) -> String {
 pub struct Options {
     pub shots: usize,
     pub shots_from: ShotSource,
+    /// What a prompt that does not fit the context gives up.
+    pub overflow: Overflow,
     /// Questions scored per subject at most.
     pub limit: Option<usize>,
 }
@@ -238,14 +240,16 @@ pub struct Item {
     pub context: String,
     pub shots_used: usize,
     pub shots_dropped: usize,
-    /// Tokens cut from the front after all shots were dropped.
+    /// Tokens cut from the front (of the longest of the four requests).
     pub truncated_tokens: usize,
     /// Where the exemplars came from: "dev", "test" or "none".
     pub shots_source: &'static str,
 }
 
-/// Builds each question's prompt and its four requests (` A`..` D`), dropping shots from the front
-/// while the longest continuation does not fit `max_len`, then left-truncating.
+/// Builds each question's prompt and its four requests (` A`..` D`). A request longer than
+/// `max_len + 1` tokens is left-truncated as the harness does ([`fit`]); with
+/// [`Overflow::DropShots`], shots are first dropped from the front while the longest request does
+/// not fit.
 pub fn build(
     tok: &KeelTokenizer,
     max_len: usize,
@@ -283,14 +287,14 @@ pub fn build(
                 let pairs: Vec<(Vec<u32>, usize)> =
                     LETTERS.iter().map(|l| encode_pair(tok, &context, &format!(" {l}"))).collect::<Result<_>>()?;
                 let longest = pairs.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
-                if longest <= max_len + 1 || dropped == shots_wanted {
+                if opts.overflow == Overflow::TruncateLeft || longest <= max_len + 1 || dropped == shots_wanted {
                     break (context, pairs);
                 }
                 dropped += 1;
             };
             let mut truncated = 0;
             for (tokens, start) in pairs {
-                let (req, cut) = fit(tokens, start, max_len);
+                let (req, cut) = fit(tokens, start, max_len)?;
                 truncated = truncated.max(cut);
                 requests.push(req);
             }
@@ -398,6 +402,9 @@ pub struct Results {
     pub data: String,
     pub prompt_variant: &'static str,
     pub shots: usize,
+    /// What a prompt longer than the context gave up: "truncate-left" (the harness's rule) or
+    /// "drop-shots".
+    pub overflow: &'static str,
     /// Where exemplars came from per subject: "dev", "test" (excluded from scoring) or "none".
     pub shots_source: BTreeMap<String, String>,
     pub questions: usize,
@@ -430,6 +437,7 @@ pub fn evaluate(
         data: data.display().to_string(),
         prompt_variant: PROMPT_VARIANT,
         shots: opts.shots,
+        overflow: opts.overflow.as_str(),
         shots_source,
         questions: items.len(),
         questions_with_dropped_shots: items.iter().filter(|i| i.shots_dropped > 0).count(),
@@ -517,7 +525,12 @@ impl Benchmark for Mmlu {
     fn run(&self, s: &mut Session) -> Result<Outcome> {
         let data = resolve_data(s.data())?;
         let subjects = load_dir(&data, &s.settings.subjects)?;
-        let opts = Options { shots: s.settings.shots, shots_from: s.settings.shots_from, limit: s.settings.limit };
+        let opts = Options {
+            shots: s.settings.shots,
+            shots_from: s.settings.shots_from,
+            overflow: s.settings.overflow,
+            limit: s.settings.limit,
+        };
         s.start()?;
         let (results, answered) = evaluate(s.scorer.lm(), &subjects, &opts, &data, s.progress)?;
         let summary = format!(
