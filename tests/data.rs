@@ -426,3 +426,21 @@ fn a_text_file_without_blank_lines_still_gets_a_validation_split() {
     // Training on a folder prepared without validation says so and how to fix it.
     expect_exit_2(&tiny_train(d, "q", "r"), &["empty validation split", "--val-fraction 0", "--val-fraction above 0"]);
 }
+
+#[test]
+fn hub_offline_mode_never_tries_the_network_for_a_tokenizer_or_dataset_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_corpus(d);
+    let empty = d.join("empty_home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let offline = [("HF_HOME", empty.as_path()), ("HF_HUB_OFFLINE", Path::new("1"))];
+    let out = keel(&["data", "prepare", "--input", "corpus.txt", "--tokenizer", "hf:test-org/other", "--out", "x"], d, &offline);
+    expect_exit_2(&out, &["test-org/other/tokenizer.json", "not in the Hugging Face hub cache", "HF_HUB_OFFLINE", "offline"]);
+    let out = keel(
+        &["data", "prepare", "--input", "hf-dataset:test-org/ds:train.jsonl", "--tokenizer", "byte", "--out", "y"],
+        d,
+        &[("HF_HOME", empty.as_path()), ("TRANSFORMERS_OFFLINE", Path::new("1"))],
+    );
+    expect_exit_2(&out, &["dataset test-org/ds/train.jsonl", "TRANSFORMERS_OFFLINE"]);
+}

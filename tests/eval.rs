@@ -659,3 +659,102 @@ fn fit_is_the_harness_rule_and_refuses_an_answer_longer_than_the_context() {
     assert!(e.downcast_ref::<keel::InputError>().is_some());
     assert!(e.to_string().contains("15 tokens does not fit the model's context of 10"), "{e}");
 }
+
+/// A loopback "hub" that accepts connections and never answers, and counts them: a keel that
+/// tries the network either hangs on it (killed after `limit`) or is seen connecting.
+struct SilentHub {
+    listener: std::net::TcpListener,
+}
+
+impl SilentHub {
+    fn new() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        SilentHub { listener }
+    }
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.listener.local_addr().unwrap())
+    }
+    fn connections(&self) -> usize {
+        std::iter::from_fn(|| self.listener.accept().ok()).count()
+    }
+}
+
+/// Runs `cmd`, killing it after 20 s; returns its output and how long it took.
+fn run_bounded(mut cmd: Command) -> (std::process::Output, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    (child.wait_with_output().unwrap(), start.elapsed())
+}
+
+/// `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE`, as huggingface_hub reads them): the cache only.
+/// A miss is exit 2 saying offline and not cached, at once and without a connection; a parquet
+/// MMLU (the hub's cais/mmlu layout) is refused with the conversion command.
+#[test]
+fn hub_offline_mode_uses_the_cache_only_and_parquet_mmlu_gets_the_conversion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(&tmp.path().join("run"), "pre_ln", 64);
+    let empty = tmp.path().join("empty_home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let hub = SilentHub::new();
+    let offline_cases: [(&str, &str); 3] = [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "yes"), ("HF_HUB_OFFLINE", "TRUE")];
+    for (var, value) in offline_cases {
+        let mut cmd = keel();
+        cmd.args(["eval", "--bench", "mmlu", "--quiet", "--data", "hf:test-org/absent", "--run"])
+            .arg(&run)
+            .env("HF_HOME", &empty)
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("TRANSFORMERS_OFFLINE")
+            .env(var, value);
+        let (out, took) = run_bounded(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
+        for needle in ["dataset test-org/absent", "not in the Hugging Face hub cache", var, "offline", "HF_HOME"] {
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        }
+        assert!(took < std::time::Duration::from_secs(10), "{var}: took {took:?}");
+        assert_eq!(hub.connections(), 0, "{var}={value}: keel connected to the hub");
+    }
+    // The same for a model (--hf-model ORG/NAME).
+    let mut cmd = keel();
+    cmd.args(["eval", "--bench", "synthetic", "--quiet", "--hf-model", "test-org/tiny"])
+        .env("HF_HOME", &empty)
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env_remove("TRANSFORMERS_OFFLINE")
+        .env("HF_HUB_OFFLINE", "1");
+    let (out, _) = run_bounded(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("test-org/tiny/config.json") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert_eq!(hub.connections(), 0);
+
+    // cais/mmlu's own layout in the cache: parquet, refused with the conversion command.
+    let hf = tmp.path().join("hf_home");
+    let snap = hf.join("hub/datasets--cais--mmlu/snapshots/0123abcd");
+    std::fs::create_dir_all(hf.join("hub/datasets--cais--mmlu/refs")).unwrap();
+    std::fs::write(hf.join("hub/datasets--cais--mmlu/refs/main"), "0123abcd").unwrap();
+    for split in ["dev", "validation", "test"] {
+        std::fs::create_dir_all(snap.join("abstract_algebra")).unwrap();
+        std::fs::write(snap.join(format!("abstract_algebra/{split}-00000-of-00001.parquet")), b"PAR1").unwrap();
+    }
+    let mut cmd = keel();
+    cmd.args(["eval", "--bench", "mmlu", "--quiet", "--data", "hf:cais/mmlu", "--run"])
+        .arg(&run)
+        .env("HF_HOME", &hf)
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env_remove("TRANSFORMERS_OFFLINE")
+        .env("HF_HUB_OFFLINE", "1");
+    let (out, _) = run_bounded(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in ["cais/mmlu stores MMLU as parquet", "scripts/mmlu_parquet_to_csv.py", "--data data/mmlu"] {
+        assert!(err.contains(needle), "{err} lacks {needle}");
+    }
+    assert!(err.contains(&snap.display().to_string()), "the cached snapshot is the source: {err}");
+    assert_eq!(hub.connections(), 0);
+}

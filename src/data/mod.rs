@@ -12,7 +12,7 @@ pub mod tokenizer;
 use crate::config::DataConfig;
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A problem with the user's data. Always exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,10 @@ pub enum DataError {
     Tokenizer { spec: String, why: String },
     #[error("could not get {what} from the Hugging Face hub: it is not in the cache ({cache}) and the hub could not be reached: {why}\n  use a local path instead, or fill the cache (HF_HOME) on a machine with network access and copy it here")]
     Hub { what: String, cache: String, why: String },
+    #[error("{what} is not in the Hugging Face hub cache ({cache}), and {var} asks for offline mode, so keel does not try the network\n  fill the cache (HF_HOME) on a machine with network access and copy it here, use a local path instead, or unset {var} to download")]
+    HubOffline { what: String, cache: String, var: &'static str },
+    #[error("dataset {repo} holds none of the files keel reads here ({} files: {})\n  point keel at a repo (or a local folder) in the layout it reads", files.len(), hub::sample(files))]
+    HubNoFiles { repo: String, files: Vec<String>, root: Option<PathBuf> },
     #[error("{path} is not a valid keel token shard: {why}\n  prepare the data again with `keel data prepare`")]
     BadShard { path: String, why: String },
     #[error("{path} holds token id {id} at token {index}, outside the vocabulary of {vocab} (vocab_size in {meta})\n  the shard is damaged or meta.json was edited: prepare the data again with `keel data prepare` (or restore meta.json's vocab_size)")]

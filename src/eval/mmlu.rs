@@ -476,6 +476,14 @@ pub fn resolve_data(spec: &str) -> Result<PathBuf> {
             let root = crate::data::hub::snapshot(repo, |f| {
                 let f = f.strip_prefix("data/").unwrap_or(f);
                 f.ends_with(".csv") && (f.starts_with("dev/") || f.starts_with("val/") || f.starts_with("test/"))
+            })
+            .map_err(|e| match e {
+                crate::data::DataError::HubNoFiles { ref files, ref root, .. }
+                    if files.iter().any(|f| f.ends_with(".parquet")) =>
+                {
+                    parquet_refusal(repo, files, root.as_deref())
+                }
+                e => e.into(),
             })?;
             Ok(if root.join("test").is_dir() { root } else { root.join("data") })
         }
@@ -489,6 +497,26 @@ pub fn resolve_data(spec: &str) -> Result<PathBuf> {
             Ok(p)
         }
     }
+}
+
+/// The hub's own MMLU (`cais/mmlu`: `SUBJECT/{dev,validation,test}-00000-of-00001.parquet`) is
+/// parquet. keel has no parquet reader (the `parquet` crate brings arrow-rs and its compression
+/// codecs into every build, for one dataset's format), so the answer is a one-time conversion to
+/// the original layout by `scripts/mmlu_parquet_to_csv.py`.
+fn parquet_refusal(repo: &str, files: &[String], root: Option<&Path>) -> anyhow::Error {
+    let parquet: Vec<String> = files.iter().filter(|f| f.ends_with(".parquet")).cloned().collect();
+    let (fetch, src) = match root {
+        Some(r) => (String::new(), r.display().to_string()),
+        None => (
+            format!("hf download {repo} --repo-type dataset --local-dir data/mmlu-parquet && "),
+            "data/mmlu-parquet".to_string(),
+        ),
+    };
+    bad(format!(
+        "dataset {repo} stores MMLU as parquet ({} files, e.g. {}); keel reads MMLU's original CSV layout and has no parquet reader\n  convert it once (needs pandas and pyarrow): {fetch}python3 scripts/mmlu_parquet_to_csv.py {src} data/mmlu\n  then pass --data data/mmlu",
+        parquet.len(),
+        parquet.first().map(String::as_str).unwrap_or_default()
+    ))
 }
 
 /// `--bench mmlu`.
