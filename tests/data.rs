@@ -420,8 +420,11 @@ fn a_text_file_without_blank_lines_still_gets_a_validation_split() {
     let one = keel(&["data", "prepare", "--input", "one.txt", "--tokenizer", "byte", "--out", "q"], d, &[]);
     expect_exit_2(&one, &["1 document(s)", "--val-fraction 0.05", "blank lines", "--val-fraction 0"]);
     assert_eq!(std::fs::read_dir(d.join("q")).unwrap().count(), 0, "no partial shards are left behind");
-    let zero =
-        keel(&["data", "prepare", "-q", "--input", "one.txt", "--tokenizer", "byte", "--out", "q", "--val-fraction", "0"], d, &[]);
+    let zero = keel(
+        &["data", "prepare", "-q", "--input", "one.txt", "--tokenizer", "byte", "--out", "q", "--val-fraction", "0"],
+        d,
+        &[],
+    );
     assert!(zero.status.success(), "{}", String::from_utf8_lossy(&zero.stderr));
     // Training on a folder prepared without validation says so and how to fix it.
     expect_exit_2(&tiny_train(d, "q", "r"), &["empty validation split", "--val-fraction 0", "--val-fraction above 0"]);
@@ -435,8 +438,15 @@ fn hub_offline_mode_never_tries_the_network_for_a_tokenizer_or_dataset_file() {
     let empty = d.join("empty_home");
     std::fs::create_dir_all(&empty).unwrap();
     let offline = [("HF_HOME", empty.as_path()), ("HF_HUB_OFFLINE", Path::new("1"))];
-    let out = keel(&["data", "prepare", "--input", "corpus.txt", "--tokenizer", "hf:test-org/other", "--out", "x"], d, &offline);
-    expect_exit_2(&out, &["test-org/other/tokenizer.json", "not in the Hugging Face hub cache", "HF_HUB_OFFLINE", "offline"]);
+    let out = keel(
+        &["data", "prepare", "--input", "corpus.txt", "--tokenizer", "hf:test-org/other", "--out", "x"],
+        d,
+        &offline,
+    );
+    expect_exit_2(
+        &out,
+        &["test-org/other/tokenizer.json", "not in the Hugging Face hub cache", "HF_HUB_OFFLINE", "offline"],
+    );
     let out = keel(
         &["data", "prepare", "--input", "hf-dataset:test-org/ds:train.jsonl", "--tokenizer", "byte", "--out", "y"],
         d,

@@ -101,7 +101,8 @@ fn prompts_match_the_harness_format_byte_for_byte() {
     assert_eq!(two, expected);
     // 5 shots requested from a dev split of 2: all of dev, in file order.
     let mut lm = FakeLm::new(100_000);
-    let opts = mmlu::Options { shots: 5, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::TruncateLeft, limit: None };
+    let opts =
+        mmlu::Options { shots: 5, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let err = mmlu::build(lm.tokenizer(), lm.max_len(), &s, &opts).unwrap_err().to_string();
     assert!(err.contains("virology has no dev split") && err.contains("--shots-from"), "{err}");
     let only_aa = vec![aa.clone()];
@@ -116,7 +117,8 @@ fn prompts_match_the_harness_format_byte_for_byte() {
 fn five_shot_prompt_matches_the_harness_byte_for_byte() {
     let s = subjects();
     let geo = vec![s[1].clone()];
-    let opts = mmlu::Options { shots: 5, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::TruncateLeft, limit: None };
+    let opts =
+        mmlu::Options { shots: 5, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let (items, reqs) = mmlu::build(&KeelTokenizer::byte(), 100_000, &geo, &opts).unwrap();
     let expected = "The following are multiple choice questions (with answers) about high school geography.\n\n\
         Which river is the longest?\nA. Nile\nB. Thames\nC. Seine\nD. Rhine\nAnswer: A\n\n\
@@ -162,7 +164,8 @@ fn continuation_split_follows_the_harness() {
 fn with_drop_shots_shots_are_dropped_from_the_front_then_the_prompt_is_left_truncated() {
     let s = subjects();
     let aa = vec![s[0].clone()];
-    let opts = mmlu::Options { shots: 2, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::DropShots, limit: Some(1) };
+    let opts =
+        mmlu::Options { shots: 2, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::DropShots, limit: Some(1) };
     let lens: Vec<usize> = (0..=2)
         .map(|k| mmlu::prompt("abstract_algebra", &aa[0].dev.as_ref().unwrap()[2 - k..], &aa[0].test[0]).len() + 2)
         .collect();
@@ -189,7 +192,8 @@ fn with_drop_shots_shots_are_dropped_from_the_front_then_the_prompt_is_left_trun
 fn test_split_exemplars_are_excluded_from_scoring() {
     let s = subjects();
     let wr = vec![mmlu::Subject { dev: None, ..s[3].clone() }];
-    let opts = mmlu::Options { shots: 1, shots_from: ShotSource::Test, overflow: mmlu::Overflow::TruncateLeft, limit: None };
+    let opts =
+        mmlu::Options { shots: 1, shots_from: ShotSource::Test, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let (items, _) = mmlu::build(&KeelTokenizer::byte(), 10_000, &wr, &opts).unwrap();
     assert_eq!(items.len(), 1, "the exemplar is not scored");
     assert_eq!(items[0].question.row, 1);
@@ -197,7 +201,8 @@ fn test_split_exemplars_are_excluded_from_scoring() {
     assert!(items[0]
         .context
         .contains("In which city is the Kaaba?\nA. Medina\nB. Mecca\nC. Jerusalem\nD. Cairo\nAnswer: B\n\n"));
-    let none = mmlu::Options { shots: 1, shots_from: ShotSource::None, overflow: mmlu::Overflow::TruncateLeft, limit: None };
+    let none =
+        mmlu::Options { shots: 1, shots_from: ShotSource::None, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let (items, _) = mmlu::build(&KeelTokenizer::byte(), 10_000, &wr, &none).unwrap();
     assert_eq!((items.len(), items[0].shots_used, items[0].shots_source), (2, 0, "none"));
 }
@@ -278,7 +283,8 @@ fn a_real_model_scores_as_an_independent_computation_and_mmlu_predicts_its_argma
     let run = eval::load_run(&dir, &Device::Cpu).unwrap();
     let mut lm = KeelLm::new(run, 3);
     let s = subjects();
-    let opts = mmlu::Options { shots: 1, shots_from: ShotSource::Test, overflow: mmlu::Overflow::TruncateLeft, limit: None };
+    let opts =
+        mmlu::Options { shots: 1, shots_from: ShotSource::Test, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let (items, reqs) = mmlu::build(lm.tokenizer(), lm.max_len(), &s, &opts).unwrap();
     assert!(reqs.iter().map(|r| r.tokens.len()).collect::<std::collections::BTreeSet<_>>().len() > 3, "mixed lengths");
     let scores = lm.score(&reqs, &mut |_| {}).unwrap();
@@ -701,7 +707,8 @@ fn hub_offline_mode_uses_the_cache_only_and_parquet_mmlu_gets_the_conversion() {
     let empty = tmp.path().join("empty_home");
     std::fs::create_dir_all(&empty).unwrap();
     let hub = SilentHub::new();
-    let offline_cases: [(&str, &str); 3] = [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "yes"), ("HF_HUB_OFFLINE", "TRUE")];
+    let offline_cases: [(&str, &str); 3] =
+        [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "yes"), ("HF_HUB_OFFLINE", "TRUE")];
     for (var, value) in offline_cases {
         let mut cmd = keel();
         cmd.args(["eval", "--bench", "mmlu", "--quiet", "--data", "hf:test-org/absent", "--run"])

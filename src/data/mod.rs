@@ -120,6 +120,8 @@ pub struct Corpus {
     pub description: String,
 }
 
+/// Byte-level ids are below [`BYTE_VOCAB`] by construction (the synthetic corpus and text files),
+/// so only prepared shards need the vocabulary check of `prepare::open_split`.
 fn bytes_to_tokens(s: &[u8]) -> Vec<u32> {
     s.iter().map(|&b| b as u32).collect()
 }
