@@ -62,6 +62,10 @@ pub struct EvalArgs {
     /// Where MMLU exemplars come from when a subject has no dev split.
     #[arg(long, value_enum, default_value = "dev")]
     pub shots_from: ShotSource,
+    /// MMLU prompts longer than the context: truncate-left (lm-evaluation-harness's rule: cut
+    /// tokens from the left) or drop-shots (drop whole exemplars from the front first).
+    #[arg(long, value_enum, default_value = "truncate-left")]
+    pub overflow: crate::eval::bench::Overflow,
     /// MMLU subjects to score, comma-separated (default: all found).
     #[arg(long, value_delimiter = ',')]
     pub subjects: Vec<String>,

@@ -323,3 +323,134 @@ fn bad_data_inputs_exit_2_with_the_reason() {
     std::fs::remove_file(d.join("good/meta.json")).unwrap();
     expect_exit_2(&train(&["--out", "r5"]), &["not a prepared data folder", "keel data prepare"]);
 }
+
+/// A prepared folder for the tests of bad prepared data, and a tiny `keel train` on it.
+fn tiny_train(d: &Path, data: &str, out: &str) -> std::process::Output {
+    let data = format!("data.path={data}");
+    let args = [
+        "train",
+        "--quiet",
+        "--set",
+        &data,
+        "--set",
+        "model.depth=2",
+        "--set",
+        "model.d_model=16",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.seq_len=8",
+        "--out",
+        out,
+    ];
+    keel(&args, d, &[])
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary_are_refused_naming_the_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_corpus(d);
+    let out = keel(&["data", "prepare", "-q", "--input", "corpus.txt", "--tokenizer", "byte", "--out", "p"], d, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ok = tiny_train(d, "p", "run_ok");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // Body bytes overwritten with 0xFF: token 5 of the first training shard becomes 65535.
+    let shard = d.join("p/train_000.bin");
+    let good = std::fs::read(&shard).unwrap();
+    let mut bad = good.clone();
+    bad[32 + 10..32 + 12].copy_from_slice(&[0xFF, 0xFF]);
+    std::fs::write(&shard, &bad).unwrap();
+    expect_exit_2(
+        &tiny_train(d, "p", "r1"),
+        &["train_000.bin", "token id 65535 at token 5", "vocabulary of 256", "keel data prepare"],
+    );
+    // The same through `keel eval --bench ppl` on the folder (its validation split).
+    let val = d.join("p/val_000.bin");
+    let val_good = std::fs::read(&val).unwrap();
+    std::fs::write(&shard, &good).unwrap();
+    let mut val_bad = val_good.clone();
+    let at = val_bad.len() - 2;
+    val_bad[at..].copy_from_slice(&[0x00, 0x01]);
+    std::fs::write(&val, &val_bad).unwrap();
+    let ppl = keel(&["eval", "--bench", "ppl", "--quiet", "--run", "run_ok", "--data", "p"], d, &[]);
+    expect_exit_2(&ppl, &["val_000.bin", "token id 256", "vocabulary of 256"]);
+    std::fs::write(&val, &val_good).unwrap();
+    // vocab_size lowered in meta.json: the first byte above it is named.
+    let meta_path = d.join("p/meta.json");
+    let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["vocab_size"] = serde_json::json!(100);
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let first_high = good[32..].chunks(2).position(|b| u16::from_le_bytes([b[0], b[1]]) >= 100).unwrap();
+    let id = u16::from_le_bytes([good[32 + 2 * first_high], good[33 + 2 * first_high]]);
+    expect_exit_2(
+        &tiny_train(d, "p", "r2"),
+        &["train_000.bin", &format!("token id {id} at token {first_high}"), "vocabulary of 100", "meta.json"],
+    );
+}
+
+#[test]
+fn a_text_file_without_blank_lines_still_gets_a_validation_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // 4,000 one-line sentences, 0.24 MB: four documents of at most 64 KiB, none drawing validation.
+    let text: String =
+        (0..4000).map(|i| format!("Sentence number {i} says the fox is quick and the dog lazy.\n")).collect();
+    std::fs::write(d.join("lines.txt"), &text).unwrap();
+    let out = keel(&["data", "prepare", "--input", "lines.txt", "--tokenizer", "byte", "--out", "p"], d, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("the last one is the validation split"), "{said}");
+    let meta = read_meta(&d.join("p")).unwrap();
+    assert_eq!((meta.train.documents, meta.val.documents), (3, 1), "{meta:?}");
+    assert!(meta.val_is_last_document);
+    // The validation split is the end of the file; train + val is the whole file.
+    let corpus = load_prepared(&d.join("p"), None, 32).unwrap();
+    let bytes: Vec<u8> = corpus.train.to_vec().iter().chain(&corpus.val.to_vec()).map(|&t| t as u8).collect();
+    assert_eq!(String::from_utf8(bytes).unwrap(), text);
+    let ok = tiny_train(d, "p", "run");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The same seed gives the same split.
+    let again = keel(&["data", "prepare", "-q", "--input", "lines.txt", "--tokenizer", "byte", "--out", "p2"], d, &[]);
+    assert!(again.status.success());
+    assert_eq!(std::fs::read(d.join("p/val_000.bin")).unwrap(), std::fs::read(d.join("p2/val_000.bin")).unwrap());
+
+    // One document cannot be split: refused with the fix, and the folder is left empty for a rerun.
+    std::fs::write(d.join("one.txt"), &text[..20_000]).unwrap();
+    let one = keel(&["data", "prepare", "--input", "one.txt", "--tokenizer", "byte", "--out", "q"], d, &[]);
+    expect_exit_2(&one, &["1 document(s)", "--val-fraction 0.05", "blank lines", "--val-fraction 0"]);
+    assert_eq!(std::fs::read_dir(d.join("q")).unwrap().count(), 0, "no partial shards are left behind");
+    let zero = keel(
+        &["data", "prepare", "-q", "--input", "one.txt", "--tokenizer", "byte", "--out", "q", "--val-fraction", "0"],
+        d,
+        &[],
+    );
+    assert!(zero.status.success(), "{}", String::from_utf8_lossy(&zero.stderr));
+    // Training on a folder prepared without validation says so and how to fix it.
+    expect_exit_2(&tiny_train(d, "q", "r"), &["empty validation split", "--val-fraction 0", "--val-fraction above 0"]);
+}
+
+#[test]
+fn hub_offline_mode_never_tries_the_network_for_a_tokenizer_or_dataset_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_corpus(d);
+    let empty = d.join("empty_home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let offline = [("HF_HOME", empty.as_path()), ("HF_HUB_OFFLINE", Path::new("1"))];
+    let out = keel(
+        &["data", "prepare", "--input", "corpus.txt", "--tokenizer", "hf:test-org/other", "--out", "x"],
+        d,
+        &offline,
+    );
+    expect_exit_2(
+        &out,
+        &["test-org/other/tokenizer.json", "not in the Hugging Face hub cache", "HF_HUB_OFFLINE", "offline"],
+    );
+    let out = keel(
+        &["data", "prepare", "--input", "hf-dataset:test-org/ds:train.jsonl", "--tokenizer", "byte", "--out", "y"],
+        d,
+        &[("HF_HOME", empty.as_path()), ("TRANSFORMERS_OFFLINE", Path::new("1"))],
+    );
+    expect_exit_2(&out, &["dataset test-org/ds/train.jsonl", "TRANSFORMERS_OFFLINE"]);
+}

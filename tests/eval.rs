@@ -101,7 +101,8 @@ fn prompts_match_the_harness_format_byte_for_byte() {
     assert_eq!(two, expected);
     // 5 shots requested from a dev split of 2: all of dev, in file order.
     let mut lm = FakeLm::new(100_000);
-    let opts = mmlu::Options { shots: 5, shots_from: ShotSource::Dev, limit: None };
+    let opts =
+        mmlu::Options { shots: 5, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let err = mmlu::build(lm.tokenizer(), lm.max_len(), &s, &opts).unwrap_err().to_string();
     assert!(err.contains("virology has no dev split") && err.contains("--shots-from"), "{err}");
     let only_aa = vec![aa.clone()];
@@ -116,7 +117,8 @@ fn prompts_match_the_harness_format_byte_for_byte() {
 fn five_shot_prompt_matches_the_harness_byte_for_byte() {
     let s = subjects();
     let geo = vec![s[1].clone()];
-    let opts = mmlu::Options { shots: 5, shots_from: ShotSource::Dev, limit: None };
+    let opts =
+        mmlu::Options { shots: 5, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let (items, reqs) = mmlu::build(&KeelTokenizer::byte(), 100_000, &geo, &opts).unwrap();
     let expected = "The following are multiple choice questions (with answers) about high school geography.\n\n\
         Which river is the longest?\nA. Nile\nB. Thames\nC. Seine\nD. Rhine\nAnswer: A\n\n\
@@ -159,10 +161,11 @@ fn continuation_split_follows_the_harness() {
 }
 
 #[test]
-fn shots_are_dropped_from_the_front_then_the_prompt_is_left_truncated() {
+fn with_drop_shots_shots_are_dropped_from_the_front_then_the_prompt_is_left_truncated() {
     let s = subjects();
     let aa = vec![s[0].clone()];
-    let opts = mmlu::Options { shots: 2, shots_from: ShotSource::Dev, limit: Some(1) };
+    let opts =
+        mmlu::Options { shots: 2, shots_from: ShotSource::Dev, overflow: mmlu::Overflow::DropShots, limit: Some(1) };
     let lens: Vec<usize> = (0..=2)
         .map(|k| mmlu::prompt("abstract_algebra", &aa[0].dev.as_ref().unwrap()[2 - k..], &aa[0].test[0]).len() + 2)
         .collect();
@@ -189,7 +192,8 @@ fn shots_are_dropped_from_the_front_then_the_prompt_is_left_truncated() {
 fn test_split_exemplars_are_excluded_from_scoring() {
     let s = subjects();
     let wr = vec![mmlu::Subject { dev: None, ..s[3].clone() }];
-    let opts = mmlu::Options { shots: 1, shots_from: ShotSource::Test, limit: None };
+    let opts =
+        mmlu::Options { shots: 1, shots_from: ShotSource::Test, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let (items, _) = mmlu::build(&KeelTokenizer::byte(), 10_000, &wr, &opts).unwrap();
     assert_eq!(items.len(), 1, "the exemplar is not scored");
     assert_eq!(items[0].question.row, 1);
@@ -197,7 +201,8 @@ fn test_split_exemplars_are_excluded_from_scoring() {
     assert!(items[0]
         .context
         .contains("In which city is the Kaaba?\nA. Medina\nB. Mecca\nC. Jerusalem\nD. Cairo\nAnswer: B\n\n"));
-    let none = mmlu::Options { shots: 1, shots_from: ShotSource::None, limit: None };
+    let none =
+        mmlu::Options { shots: 1, shots_from: ShotSource::None, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let (items, _) = mmlu::build(&KeelTokenizer::byte(), 10_000, &wr, &none).unwrap();
     assert_eq!((items.len(), items[0].shots_used, items[0].shots_source), (2, 0, "none"));
 }
@@ -278,7 +283,8 @@ fn a_real_model_scores_as_an_independent_computation_and_mmlu_predicts_its_argma
     let run = eval::load_run(&dir, &Device::Cpu).unwrap();
     let mut lm = KeelLm::new(run, 3);
     let s = subjects();
-    let opts = mmlu::Options { shots: 1, shots_from: ShotSource::Test, limit: None };
+    let opts =
+        mmlu::Options { shots: 1, shots_from: ShotSource::Test, overflow: mmlu::Overflow::TruncateLeft, limit: None };
     let (items, reqs) = mmlu::build(lm.tokenizer(), lm.max_len(), &s, &opts).unwrap();
     assert!(reqs.iter().map(|r| r.tokens.len()).collect::<std::collections::BTreeSet<_>>().len() > 3, "mixed lengths");
     let scores = lm.score(&reqs, &mut |_| {}).unwrap();
@@ -574,4 +580,188 @@ fn mmlu_from_the_hub_cache_and_offline() {
     for needle in ["dataset test-org/absent", "Hugging Face hub", "not in the cache", "HF_HOME"] {
         assert!(err.contains(needle), "{err} lacks {needle}");
     }
+}
+
+/// The harness's rule for a request longer than the context (lm-eval 0.4.13, HFLM
+/// `_loglikelihood_tokens`): input `(context_enc + continuation_enc)[-(max_length + 1):][:-1]`,
+/// the last `len(continuation_enc)` positions scored. Computed here from the prompt text alone.
+fn harness_truncation(context: &str, answer: &str, max_len: usize) -> Request {
+    let whole: Vec<u32> = format!("{context}{answer}").bytes().map(u32::from).collect();
+    let keep = whole.len().min(max_len + 1);
+    let tokens = whole[whole.len() - keep..].to_vec();
+    Request { cont_start: tokens.len() - answer.len(), tokens }
+}
+
+/// `keel eval --bench mmlu --shots 5` on a model with a 64-token context: every 5-shot prompt
+/// overflows, and by default each of the four answers is scored on the harness's left-truncated
+/// sequence (checked through the binary against the model scoring that sequence directly);
+/// `--overflow drop-shots` drops exemplars instead and says so in results.json.
+#[test]
+fn overflowing_five_shot_prompts_are_left_truncated_as_the_harness_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let max_len = 64;
+    let run = tiny_run(&tmp.path().join("run"), "pre_ln", max_len);
+    let eval = |extra: &[&str], out: &str| {
+        let args = ["eval", "--bench", "mmlu", "--quiet", "--shots", "5", "--subjects", "high_school_geography"];
+        let o = keel()
+            .args(args)
+            .args(extra)
+            .arg("--data")
+            .arg(FIXTURE)
+            .arg("--out")
+            .arg(tmp.path().join(out))
+            .arg("--run")
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let res: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join(out).join("results.json")).unwrap()).unwrap();
+        let csv = std::fs::read_to_string(tmp.path().join(out).join("questions.csv")).unwrap();
+        let row: Vec<String> = csv.lines().nth(1).unwrap().split(',').map(String::from).collect();
+        (res, row)
+    };
+    let model = eval::load_run(&run, &Device::Cpu).unwrap().model;
+    let geo = &subjects()[1];
+    let dev = geo.dev.as_ref().unwrap();
+    let context = mmlu::prompt(&geo.name, &dev[..5], &geo.test[0]);
+    assert!(context.len() + 2 > max_len + 1, "the 5-shot prompt overflows");
+
+    let (res, row) = eval(&[], "default");
+    assert_eq!(res["overflow"], "truncate-left");
+    assert_eq!((res["questions_truncated"].as_u64(), res["questions_with_dropped_shots"].as_u64()), (Some(1), Some(0)));
+    for (i, letter) in ["A", "B", "C", "D"].iter().enumerate() {
+        let r = harness_truncation(&context, &format!(" {letter}"), max_len);
+        assert_eq!((r.tokens.len(), r.cont_start), (max_len + 1, max_len - 1));
+        let (want, _) = independent_logprob(&model, &r);
+        let got: f64 = row[4 + i].parse().unwrap();
+        assert!((got - want).abs() < 1e-4, "{letter}: keel {got}, harness rule {want}");
+    }
+    assert_eq!((row[8].as_str(), row[9].as_str()), ("5", "0"), "all five shots are kept");
+
+    let (res, row) = eval(&["--overflow", "drop-shots"], "drop");
+    assert_eq!(res["overflow"], "drop-shots");
+    assert_eq!(res["questions_with_dropped_shots"], 1);
+    assert_eq!((row[8].as_str(), row[9].as_str()), ("0", "5"), "a 64-token context holds no exemplar");
+    let zero_shot = mmlu::prompt(&geo.name, &[], &geo.test[0]);
+    let r = harness_truncation(&zero_shot, " A", max_len);
+    let got: f64 = row[4].parse().unwrap();
+    assert!((got - independent_logprob(&model, &r).0).abs() < 1e-4);
+}
+
+#[test]
+fn fit_is_the_harness_rule_and_refuses_an_answer_longer_than_the_context() {
+    let tokens: Vec<u32> = (0..20).collect();
+    // Fits: untouched.
+    assert_eq!(eval::fit(tokens.clone(), 15, 19).unwrap(), (Request { tokens: tokens.clone(), cont_start: 15 }, 0));
+    // Overflows: the last max_len + 1 tokens, the continuation's 5 at the end.
+    let (r, cut) = eval::fit(tokens.clone(), 15, 10).unwrap();
+    assert_eq!((r.tokens, r.cont_start, cut), ((9..20).collect::<Vec<u32>>(), 6, 9));
+    // A continuation of exactly max_len tokens keeps one context token.
+    let (r, _) = eval::fit(tokens.clone(), 10, 10).unwrap();
+    assert_eq!((r.tokens.len(), r.cont_start), (11, 1));
+    // Longer than the context: refused, as the harness's assertion refuses it.
+    let e = eval::fit(tokens, 5, 10).unwrap_err();
+    assert!(e.downcast_ref::<keel::InputError>().is_some());
+    assert!(e.to_string().contains("15 tokens does not fit the model's context of 10"), "{e}");
+}
+
+/// A loopback "hub" that accepts connections and never answers, and counts them: a keel that
+/// tries the network either hangs on it (killed after `limit`) or is seen connecting.
+struct SilentHub {
+    listener: std::net::TcpListener,
+}
+
+impl SilentHub {
+    fn new() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        SilentHub { listener }
+    }
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.listener.local_addr().unwrap())
+    }
+    fn connections(&self) -> usize {
+        std::iter::from_fn(|| self.listener.accept().ok()).count()
+    }
+}
+
+/// Runs `cmd`, killing it after 20 s; returns its output and how long it took.
+fn run_bounded(mut cmd: Command) -> (std::process::Output, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    (child.wait_with_output().unwrap(), start.elapsed())
+}
+
+/// `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE`, as huggingface_hub reads them): the cache only.
+/// A miss is exit 2 saying offline and not cached, at once and without a connection; a parquet
+/// MMLU (the hub's cais/mmlu layout) is refused with the conversion command.
+#[test]
+fn hub_offline_mode_uses_the_cache_only_and_parquet_mmlu_gets_the_conversion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(&tmp.path().join("run"), "pre_ln", 64);
+    let empty = tmp.path().join("empty_home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let hub = SilentHub::new();
+    let offline_cases: [(&str, &str); 3] =
+        [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "yes"), ("HF_HUB_OFFLINE", "TRUE")];
+    for (var, value) in offline_cases {
+        let mut cmd = keel();
+        cmd.args(["eval", "--bench", "mmlu", "--quiet", "--data", "hf:test-org/absent", "--run"])
+            .arg(&run)
+            .env("HF_HOME", &empty)
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("TRANSFORMERS_OFFLINE")
+            .env(var, value);
+        let (out, took) = run_bounded(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
+        for needle in ["dataset test-org/absent", "not in the Hugging Face hub cache", var, "offline", "HF_HOME"] {
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        }
+        assert!(took < std::time::Duration::from_secs(10), "{var}: took {took:?}");
+        assert_eq!(hub.connections(), 0, "{var}={value}: keel connected to the hub");
+    }
+    // The same for a model (--hf-model ORG/NAME).
+    let mut cmd = keel();
+    cmd.args(["eval", "--bench", "synthetic", "--quiet", "--hf-model", "test-org/tiny"])
+        .env("HF_HOME", &empty)
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env_remove("TRANSFORMERS_OFFLINE")
+        .env("HF_HUB_OFFLINE", "1");
+    let (out, _) = run_bounded(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("test-org/tiny/config.json") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert_eq!(hub.connections(), 0);
+
+    // cais/mmlu's own layout in the cache: parquet, refused with the conversion command.
+    let hf = tmp.path().join("hf_home");
+    let snap = hf.join("hub/datasets--cais--mmlu/snapshots/0123abcd");
+    std::fs::create_dir_all(hf.join("hub/datasets--cais--mmlu/refs")).unwrap();
+    std::fs::write(hf.join("hub/datasets--cais--mmlu/refs/main"), "0123abcd").unwrap();
+    for split in ["dev", "validation", "test"] {
+        std::fs::create_dir_all(snap.join("abstract_algebra")).unwrap();
+        std::fs::write(snap.join(format!("abstract_algebra/{split}-00000-of-00001.parquet")), b"PAR1").unwrap();
+    }
+    let mut cmd = keel();
+    cmd.args(["eval", "--bench", "mmlu", "--quiet", "--data", "hf:cais/mmlu", "--run"])
+        .arg(&run)
+        .env("HF_HOME", &hf)
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env_remove("TRANSFORMERS_OFFLINE")
+        .env("HF_HUB_OFFLINE", "1");
+    let (out, _) = run_bounded(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in ["cais/mmlu stores MMLU as parquet", "scripts/mmlu_parquet_to_csv.py", "--data data/mmlu"] {
+        assert!(err.contains(needle), "{err} lacks {needle}");
+    }
+    assert!(err.contains(&snap.display().to_string()), "the cached snapshot is the source: {err}");
+    assert_eq!(hub.connections(), 0);
 }

@@ -29,7 +29,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<ExitStatus> {
     if !args.quiet {
         let bytes: u64 = meta.inputs.iter().map(|i| i.bytes).sum();
         println!(
-            "prepared {} input file(s), {:.1} MB in {:.1}s ({:.1} MB/s): {} train tokens in {} docs, {} val tokens in {} docs, vocab {} ({}){}; outputs in {}",
+            "prepared {} input file(s), {:.1} MB in {:.1}s ({:.1} MB/s): {} train tokens in {} docs, {} val tokens in {} docs, vocab {} ({}){}{}; outputs in {}",
             meta.inputs.len(),
             bytes as f64 / 1e6,
             meta.seconds,
@@ -41,6 +41,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<ExitStatus> {
             meta.vocab_size,
             meta.tokenizer,
             if meta.skipped_invalid_utf8_lines > 0 { format!(", {} non-UTF-8 lines skipped", meta.skipped_invalid_utf8_lines) } else { String::new() },
+            if meta.val_is_last_document { " (no document drew validation, so the last one is the validation split)" } else { "" },
             args.out.display()
         );
     }

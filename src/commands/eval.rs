@@ -38,6 +38,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitStatus> {
             data: args.data.clone(),
             shots: args.shots,
             shots_from: args.shots_from,
+            overflow: args.overflow,
             subjects: args.subjects.clone(),
             limit: args.limit,
             stride: args.stride,

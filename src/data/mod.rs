@@ -13,7 +13,7 @@ pub mod tokenizer;
 use crate::config::DataConfig;
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A problem with the user's data. Always exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -36,14 +36,24 @@ pub enum DataError {
     Tokenizer { spec: String, why: String },
     #[error("could not get {what} from the Hugging Face hub: it is not in the cache ({cache}) and the hub could not be reached: {why}\n  use a local path instead, or fill the cache (HF_HOME) on a machine with network access and copy it here")]
     Hub { what: String, cache: String, why: String },
+    #[error("{what} is not in the Hugging Face hub cache ({cache}), and {var} asks for offline mode, so keel does not try the network\n  fill the cache (HF_HOME) on a machine with network access and copy it here, use a local path instead, or unset {var} to download")]
+    HubOffline { what: String, cache: String, var: &'static str },
+    #[error("dataset {repo} holds none of the files keel reads here ({} files: {})\n  point keel at a repo (or a local folder) in the layout it reads", files.len(), hub::sample(files))]
+    HubNoFiles { repo: String, files: Vec<String>, root: Option<PathBuf> },
     #[error("{path} is not a valid keel token shard: {why}\n  prepare the data again with `keel data prepare`")]
     BadShard { path: String, why: String },
+    #[error("{path} holds token id {id} at token {index}, outside the vocabulary of {vocab} (vocab_size in {meta})\n  the shard is damaged or meta.json was edited: prepare the data again with `keel data prepare` (or restore meta.json's vocab_size)")]
+    TokenOutOfRange { path: String, index: usize, id: u32, vocab: usize, meta: String },
     #[error("{path} is not a prepared data folder: {why}\n  create it with `keel data prepare --input ... --tokenizer ... --out {path}`")]
     BadPrepared { path: String, why: String },
     #[error("data in {path} was prepared with tokenizer `{found}`, but the config expects `{expected}` (data.tokenizer)\n  point data.path at data prepared with `{expected}`, or change data.tokenizer")]
     TokenizerMismatch { path: String, found: String, expected: String },
     #[error("prepared data {path} has no {which} shard with at least train.seq_len + 1 = {need} tokens (the longest has {longest})\n  prepare more data (or use a larger --val-fraction), or use a smaller train.seq_len")]
     TooFewTokens { path: String, which: &'static str, longest: usize, need: usize },
+    #[error("the inputs hold {documents} document(s), too few for --val-fraction {val_fraction} to hold one out for validation (documents are JSONL records, or runs of text lines ending at a blank line or after 64 KiB)\n  add inputs or blank lines between documents, or pass --val-fraction 0 to prepare all of it for training and validate on another folder")]
+    NoValidation { documents: u64, val_fraction: f64 },
+    #[error("prepared data {path} has an empty validation split (0 tokens; prepared with --val-fraction {val_fraction}, {documents} documents in all)\n  prepare it again with a --val-fraction above 0 (e.g. the default 0.05), or prepare a folder with more documents")]
+    EmptyValidation { path: String, val_fraction: f64, documents: u64 },
     #[error("cannot write {path}: {source}\n  check that the output folder is writable and has space")]
     Write { path: String, source: std::io::Error },
 }
@@ -111,6 +121,8 @@ pub struct Corpus {
     pub description: String,
 }
 
+/// Byte-level ids are below [`BYTE_VOCAB`] by construction (the synthetic corpus and text files),
+/// so only prepared shards need the vocabulary check of `prepare::open_split`.
 fn bytes_to_tokens(s: &[u8]) -> Vec<u32> {
     s.iter().map(|&b| b as u32).collect()
 }

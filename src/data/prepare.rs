@@ -53,6 +53,9 @@ pub struct Meta {
     pub train: SplitMeta,
     pub val: SplitMeta,
     pub skipped_invalid_utf8_lines: u64,
+    /// No document drew validation, so the last document was held out (see `prepare`).
+    #[serde(default)]
+    pub val_is_last_document: bool,
     pub seconds: f64,
 }
 
@@ -170,6 +173,7 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
     let mut docs = Documents::new(inputs, opts.on_invalid_utf8);
     let pb = progress_bar(total, opts.progress);
     pb.set_message("tokenizing");
+    let mut held: Option<(Vec<u32>, bool)> = None;
     loop {
         // A batch of documents, encoded in parallel, written in order.
         let mut batch = Vec::new();
@@ -192,13 +196,32 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
                 ids.push(eot);
             }
             let to_val = split_rng.uniform() < opts.val_fraction;
-            if to_val { &mut val } else { &mut train }.push_doc(&ids)?;
+            // The previous document is written once the next one exists: the last one is held
+            // back until the end, where it may be needed for an otherwise empty split.
+            if let Some((prev, prev_to_val)) = held.replace((ids, to_val)) {
+                if prev_to_val { &mut val } else { &mut train }.push_doc(&prev)?;
+            }
         }
         pb.set_position(docs.bytes_read);
     }
     pb.finish_and_clear();
+    // The last document goes where it drew, except that it goes to validation when no earlier
+    // document did (and training keeps at least one), and to training when training is empty.
+    let mut val_is_last_document = false;
+    if let Some((ids, drew_val)) = held {
+        let forced_val = !drew_val && opts.val_fraction > 0.0 && val.meta.documents == 0 && train.meta.documents > 0;
+        let to_val = (drew_val && train.meta.documents > 0) || forced_val;
+        val_is_last_document = forced_val;
+        if to_val { &mut val } else { &mut train }.push_doc(&ids)?;
+    }
     train.close()?;
     val.close()?;
+    if opts.val_fraction > 0.0 && val.meta.documents == 0 {
+        for f in train.meta.shards.iter().chain(&val.meta.shards) {
+            let _ = std::fs::remove_file(out.join(f));
+        }
+        return Err(DataError::NoValidation { documents: train.meta.documents, val_fraction: opts.val_fraction });
+    }
     // A second, sequential read of the inputs: cheap next to tokenization.
     let mut input_meta = Vec::new();
     for input in inputs {
@@ -225,6 +248,7 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
         train: train.meta,
         val: val.meta,
         skipped_invalid_utf8_lines: docs.skipped_lines,
+        val_is_last_document,
         seconds: start.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_string_pretty(&meta).expect("meta serializes");
@@ -245,7 +269,10 @@ pub fn read_meta(dir: &Path) -> Result<Meta, DataError> {
         .map_err(|e| DataError::BadPrepared { path: shown, why: format!("{} does not parse: {e}", path.display()) })
 }
 
-fn open_split(dir: &Path, split: &SplitMeta, which: &str) -> Result<Vec<Arc<Shard>>, DataError> {
+/// Opens a split's shards and checks them against meta.json: the token count, and every id below
+/// the vocabulary (one pass over the mapped tokens; a damaged shard or an edited vocab_size would
+/// otherwise surface as an index error deep inside the embedding).
+fn open_split(dir: &Path, split: &SplitMeta, which: &str, vocab: usize) -> Result<Vec<Arc<Shard>>, DataError> {
     let shards: Vec<Arc<Shard>> =
         split.shards.iter().map(|f| Shard::open(&dir.join(f)).map(Arc::new)).collect::<Result<_, _>>()?;
     let found: u64 = shards.iter().map(|s| s.len() as u64).sum();
@@ -254,6 +281,18 @@ fn open_split(dir: &Path, split: &SplitMeta, which: &str) -> Result<Vec<Arc<Shar
             path: dir.display().to_string(),
             why: format!("meta.json promises {} {which} tokens but the shards hold {found}", split.tokens),
         });
+    }
+    let limit = u32::try_from(vocab).unwrap_or(u32::MAX);
+    for s in &shards {
+        if let Some((index, id)) = s.first_at_or_above(limit) {
+            return Err(DataError::TokenOutOfRange {
+                path: s.path.display().to_string(),
+                index,
+                id,
+                vocab,
+                meta: dir.join(META_FILE).display().to_string(),
+            });
+        }
     }
     Ok(shards)
 }
@@ -267,8 +306,8 @@ pub struct Prepared {
 
 pub fn open_prepared(dir: &Path) -> Result<Prepared, DataError> {
     let meta = read_meta(dir)?;
-    let train = open_split(dir, &meta.train, "training")?;
-    let val = open_split(dir, &meta.val, "validation")?;
+    let train = open_split(dir, &meta.train, "training", meta.vocab_size)?;
+    let val = open_split(dir, &meta.val, "validation", meta.vocab_size)?;
     Ok(Prepared { meta, train, val })
 }
 
@@ -282,6 +321,13 @@ pub fn load_prepared(dir: &Path, expected_tokenizer: Option<&str>, seq_len: usiz
         }
     }
     for (shards, which) in [(&train, "training"), (&val, "validation")] {
+        if which == "validation" && shards.iter().all(|s| s.is_empty()) {
+            return Err(DataError::EmptyValidation {
+                path: dir.display().to_string(),
+                val_fraction: meta.val_fraction,
+                documents: meta.train.documents + meta.val.documents,
+            });
+        }
         let longest = shards.iter().map(|s| s.len()).max().unwrap_or(0);
         if longest < seq_len + 1 {
             return Err(DataError::TooFewTokens { path: dir.display().to_string(), which, longest, need: seq_len + 1 });

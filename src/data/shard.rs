@@ -156,6 +156,27 @@ impl Shard {
         }
     }
 
+    /// The first token whose id is `limit` or more, as (index, id): one parallel pass over the
+    /// mapping, a max per 1 MiB chunk (vectorized), then a scan of the first offending chunk.
+    pub fn first_at_or_above(&self, limit: u32) -> Option<(usize, u32)> {
+        use rayon::prelude::*;
+        let body = &self.map[HEADER_BYTES..];
+        let w = self.width;
+        let max_of = |chunk: &[u8]| -> u32 {
+            if w == 2 {
+                chunk.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).max().unwrap_or(0)
+            } else {
+                chunk.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).max().unwrap_or(0)
+            }
+        };
+        let chunk_bytes = (1 << 20) / w * w;
+        let bad = body.par_chunks(chunk_bytes).position_first(|c| max_of(c) >= limit)?;
+        let start = bad * chunk_bytes / w;
+        let mut tokens = vec![0u32; (chunk_bytes / w).min(self.len - start)];
+        self.read(start, &mut tokens);
+        tokens.iter().position(|&t| t >= limit).map(|i| (start + i, tokens[i]))
+    }
+
     pub fn to_vec(&self) -> Vec<u32> {
         let mut v = vec![0; self.len];
         self.read(0, &mut v);
@@ -192,6 +213,18 @@ mod tests {
             std::fs::write(&bad, &bytes[..10]).unwrap();
             assert!(Shard::open(&bad).unwrap_err().to_string().contains("header"));
         }
+        let p = dir.path().join("range.bin");
+        let mut w = ShardWriter::create(&p, 2).unwrap();
+        let mut tokens = vec![3u32; 1_500_000];
+        tokens[1_200_007] = 300;
+        tokens[1_300_000] = 65535;
+        w.push(&tokens).unwrap();
+        w.finish().unwrap();
+        let s = Shard::open(&p).unwrap();
+        assert_eq!(s.first_at_or_above(256), Some((1_200_007, 300)));
+        assert_eq!(s.first_at_or_above(301), Some((1_300_000, 65535)));
+        assert_eq!(s.first_at_or_above(65535), Some((1_300_000, 65535)));
+        assert_eq!(s.first_at_or_above(1 << 16), None);
         assert_eq!(token_width(256), 2);
         assert_eq!(token_width(65536), 2);
         assert_eq!(token_width(65537), 4);

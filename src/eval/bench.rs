@@ -63,6 +63,25 @@ pub enum ShotSource {
     None,
 }
 
+/// What MMLU does with a few-shot prompt that does not fit the model's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Overflow {
+    /// Keep every shot and cut tokens from the left of context + answer, scoring the answer's
+    /// tokens at the end (lm-evaluation-harness's rule).
+    TruncateLeft,
+    /// Drop whole exemplars from the front until the prompt fits, then cut from the left.
+    DropShots,
+}
+
+impl Overflow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::TruncateLeft => "truncate-left",
+            Overflow::DropShots => "drop-shots",
+        }
+    }
+}
+
 /// The `keel eval` flags a benchmark may read.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -72,6 +91,8 @@ pub struct Settings {
     pub shots: usize,
     /// `--shots-from`.
     pub shots_from: ShotSource,
+    /// `--overflow` (MMLU).
+    pub overflow: Overflow,
     /// `--subjects` (MMLU).
     pub subjects: Vec<String>,
     /// `--limit`: items per subject or task (windows for perplexity).

@@ -193,7 +193,7 @@ pub fn evaluate(
         let mut cut_any = false;
         for c in &item.choices {
             let (tokens, start) = encode_pair(lm.tokenizer(), &context, &continuation(&item.context, c))?;
-            let (req, cut) = fit(tokens, start, lm.max_len());
+            let (req, cut) = fit(tokens, start, lm.max_len())?;
             cut_any |= cut > 0;
             requests.push(req);
         }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use super::bench::ShotSource;
+pub use super::bench::{Overflow, ShotSource};
 
 pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 pub const PROMPT_VARIANT: &str = "lm-evaluation-harness mmlu (default, v0.4): subject header, 'Answer:' + ' A'..' D' log-likelihood, shots from dev in file order";
@@ -227,6 +227,8 @@ pub fn prompt(subject: &str, shots: &[Question], q: &Question) -> String {
 pub struct Options {
     pub shots: usize,
     pub shots_from: ShotSource,
+    /// What a prompt that does not fit the context gives up.
+    pub overflow: Overflow,
     /// Questions scored per subject at most.
     pub limit: Option<usize>,
 }
@@ -238,14 +240,16 @@ pub struct Item {
     pub context: String,
     pub shots_used: usize,
     pub shots_dropped: usize,
-    /// Tokens cut from the front after all shots were dropped.
+    /// Tokens cut from the front (of the longest of the four requests).
     pub truncated_tokens: usize,
     /// Where the exemplars came from: "dev", "test" or "none".
     pub shots_source: &'static str,
 }
 
-/// Builds each question's prompt and its four requests (` A`..` D`), dropping shots from the front
-/// while the longest continuation does not fit `max_len`, then left-truncating.
+/// Builds each question's prompt and its four requests (` A`..` D`). A request longer than
+/// `max_len + 1` tokens is left-truncated as the harness does ([`fit`]); with
+/// [`Overflow::DropShots`], shots are first dropped from the front while the longest request does
+/// not fit.
 pub fn build(
     tok: &KeelTokenizer,
     max_len: usize,
@@ -283,14 +287,14 @@ pub fn build(
                 let pairs: Vec<(Vec<u32>, usize)> =
                     LETTERS.iter().map(|l| encode_pair(tok, &context, &format!(" {l}"))).collect::<Result<_>>()?;
                 let longest = pairs.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
-                if longest <= max_len + 1 || dropped == shots_wanted {
+                if opts.overflow == Overflow::TruncateLeft || longest <= max_len + 1 || dropped == shots_wanted {
                     break (context, pairs);
                 }
                 dropped += 1;
             };
             let mut truncated = 0;
             for (tokens, start) in pairs {
-                let (req, cut) = fit(tokens, start, max_len);
+                let (req, cut) = fit(tokens, start, max_len)?;
                 truncated = truncated.max(cut);
                 requests.push(req);
             }
@@ -398,6 +402,9 @@ pub struct Results {
     pub data: String,
     pub prompt_variant: &'static str,
     pub shots: usize,
+    /// What a prompt longer than the context gave up: "truncate-left" (the harness's rule) or
+    /// "drop-shots".
+    pub overflow: &'static str,
     /// Where exemplars came from per subject: "dev", "test" (excluded from scoring) or "none".
     pub shots_source: BTreeMap<String, String>,
     pub questions: usize,
@@ -430,6 +437,7 @@ pub fn evaluate(
         data: data.display().to_string(),
         prompt_variant: PROMPT_VARIANT,
         shots: opts.shots,
+        overflow: opts.overflow.as_str(),
         shots_source,
         questions: items.len(),
         questions_with_dropped_shots: items.iter().filter(|i| i.shots_dropped > 0).count(),
@@ -468,6 +476,14 @@ pub fn resolve_data(spec: &str) -> Result<PathBuf> {
             let root = crate::data::hub::snapshot(repo, |f| {
                 let f = f.strip_prefix("data/").unwrap_or(f);
                 f.ends_with(".csv") && (f.starts_with("dev/") || f.starts_with("val/") || f.starts_with("test/"))
+            })
+            .map_err(|e| match e {
+                crate::data::DataError::HubNoFiles { ref files, ref root, .. }
+                    if files.iter().any(|f| f.ends_with(".parquet")) =>
+                {
+                    parquet_refusal(repo, files, root.as_deref())
+                }
+                e => e.into(),
             })?;
             Ok(if root.join("test").is_dir() { root } else { root.join("data") })
         }
@@ -481,6 +497,26 @@ pub fn resolve_data(spec: &str) -> Result<PathBuf> {
             Ok(p)
         }
     }
+}
+
+/// The hub's own MMLU (`cais/mmlu`: `SUBJECT/{dev,validation,test}-00000-of-00001.parquet`) is
+/// parquet. keel has no parquet reader (the `parquet` crate brings arrow-rs and its compression
+/// codecs into every build, for one dataset's format), so the answer is a one-time conversion to
+/// the original layout by `scripts/mmlu_parquet_to_csv.py`.
+fn parquet_refusal(repo: &str, files: &[String], root: Option<&Path>) -> anyhow::Error {
+    let parquet: Vec<String> = files.iter().filter(|f| f.ends_with(".parquet")).cloned().collect();
+    let (fetch, src) = match root {
+        Some(r) => (String::new(), r.display().to_string()),
+        None => (
+            format!("hf download {repo} --repo-type dataset --local-dir data/mmlu-parquet && "),
+            "data/mmlu-parquet".to_string(),
+        ),
+    };
+    bad(format!(
+        "dataset {repo} stores MMLU as parquet ({} files, e.g. {}); keel reads MMLU's original CSV layout and has no parquet reader\n  convert it once (needs pandas and pyarrow): {fetch}python3 scripts/mmlu_parquet_to_csv.py {src} data/mmlu\n  then pass --data data/mmlu",
+        parquet.len(),
+        parquet.first().map(String::as_str).unwrap_or_default()
+    ))
 }
 
 /// `--bench mmlu`.
@@ -517,7 +553,12 @@ impl Benchmark for Mmlu {
     fn run(&self, s: &mut Session) -> Result<Outcome> {
         let data = resolve_data(s.data())?;
         let subjects = load_dir(&data, &s.settings.subjects)?;
-        let opts = Options { shots: s.settings.shots, shots_from: s.settings.shots_from, limit: s.settings.limit };
+        let opts = Options {
+            shots: s.settings.shots,
+            shots_from: s.settings.shots_from,
+            overflow: s.settings.overflow,
+            limit: s.settings.limit,
+        };
         s.start()?;
         let (results, answered) = evaluate(s.scorer.lm(), &subjects, &opts, &data, s.progress)?;
         let summary = format!(

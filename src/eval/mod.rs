@@ -108,14 +108,25 @@ pub fn score_all(
     })
 }
 
-/// Keeps the last `max_len + 1` tokens, as the harness does when a request exceeds the model's
-/// context. Returns the request and how many tokens were cut from the front.
-pub fn fit(mut tokens: Vec<u32>, cont_start: usize, max_len: usize) -> (Request, usize) {
+/// Keeps the last `max_len + 1` tokens, as lm-evaluation-harness does when a request exceeds the
+/// model's context (HFLM `_loglikelihood_tokens`: the input is
+/// `(context_enc + continuation_enc)[-(max_length + 1):][:-1]` and the last `len(continuation_enc)`
+/// positions are scored). Returns the request and how many tokens were cut from the front. A
+/// continuation longer than `max_len` cannot be scored whole (the harness stops on
+/// `assert len(continuation_enc) <= self.max_length`): that is bad input, named here.
+pub fn fit(mut tokens: Vec<u32>, cont_start: usize, max_len: usize) -> Result<(Request, usize)> {
+    let cont = tokens.len() - cont_start;
+    if cont > max_len {
+        return Err(InputError(format!(
+            "an answer (continuation) of {cont} tokens does not fit the model's context of {max_len} tokens, so it cannot be scored whole (lm-evaluation-harness refuses it too)\n  shorten that item's answer, or score a model with a longer context"
+        ))
+        .into());
+    }
     let cut = tokens.len().saturating_sub(max_len + 1);
     if cut > 0 {
         tokens.drain(..cut);
     }
-    (Request { cont_start: cont_start.saturating_sub(cut).max(1), tokens }, cut)
+    Ok((Request { cont_start: cont_start - cut, tokens }, cut))
 }
 
 // A finished run is loaded through the run directory's own module.

@@ -63,7 +63,7 @@ pub fn evaluate(
     for e in examples {
         let (tokens, start) =
             encode_pair(lm.tokenizer(), &format!("{} {}=", e.task, e.prompt), &format!("{}\n", e.answer))?;
-        requests.push(fit(tokens, start, lm.max_len()).0);
+        requests.push(fit(tokens, start, lm.max_len())?.0);
     }
     let scores = super::score_all(lm, &requests, progress)?;
     let outcomes: Vec<Outcome> = examples
