@@ -14,7 +14,7 @@
 //!   FFN sub-layer        N (C (norms + 2) + W_in + d_ff)
 //!   head                 N C (embedding) + N C (final norm) + 2 N V (logits, softmax)
 //!   train.recompute = "blocks": one (N, C) input per block + one block's intermediates + head
-//!   but at least the validation pass's, which keeps every sub-layer's (see `estimate`)
+//!   (the validation pass keeps one sub-layer's at a time, never more than a step)
 //! ```
 //!
 //! It is an estimate (allocator slack, transient copies and the data are not counted); it is
@@ -159,11 +159,9 @@ pub fn estimate(r: &Resolved) -> Estimate {
         Recompute::None => every_sublayer,
         Recompute::Blocks => z.blocks * rows * z.c + attn + ffn + n.block_max * rows * z.c + head,
     };
-    // The validation pass (`Trainer::evaluate`) runs the ordinary forward on parameters that are
-    // variables, so its graph keeps every sub-layer's intermediates until its loss is dropped:
-    // whatever train.recompute, a run peaks at least there (measured: d_model 128, 64 sub-layers,
-    // 8 x 128 tokens peaks at 232 MB in `keel bench` with recompute, 585 MB in `keel train`).
-    let elements = step.max(every_sublayer);
+    // The validation pass (`Model::loss_without_graph`) keeps one sub-layer's intermediates and
+    // the logits at a time, never more than a training step's.
+    let elements = step;
     let accum = if t.grad_accum > 1 { 2.0 } else { 1.0 };
     let bf16_copies = if t.precision == Precision::Bf16 { 2.0 * p } else { 0.0 };
     Estimate {
@@ -303,7 +301,7 @@ pub fn check_in(r: &Resolved, room: &Room) -> Result<Estimate, InputError> {
         t.seq_len,
         match t.recompute {
             Recompute::None => "none\"",
-            Recompute::Blocks => "blocks\"; the validation pass still keeps every sub-layer's",
+            Recompute::Blocks => "blocks\"",
         },
         fixes.join("\n    - ")
     )))
@@ -328,13 +326,20 @@ mod tests {
     }
 
     #[test]
-    fn recompute_keeps_less_in_the_step_but_validation_bounds_the_peak() {
+    fn recompute_keeps_less() {
         let mut c = crate::config::Config::default();
         c.model.depth = 64;
         let none = estimate(&c.resolve(256).unwrap());
         c.train.recompute = Recompute::Blocks;
         let blocks = estimate(&c.resolve(256).unwrap());
-        assert_eq!(blocks, none, "the validation pass keeps the whole forward either way");
+        assert!(blocks.activation_bytes * 4.0 < none.activation_bytes, "{blocks:?} {none:?}");
+        assert_eq!(blocks.param_bytes, none.param_bytes);
+        // Where only recomputation fits, the refusal says so.
+        let between = (blocks.total() + none.total()) / 2.0;
+        let room = Room::Host { available: between, total: between };
+        c.train.recompute = Recompute::None;
+        let err = check_in(&c.resolve(256).unwrap(), &room).unwrap_err().0;
+        assert!(err.contains("--set train.recompute=blocks"), "{err}");
         assert!(none.activation_bytes > 10.0 * none.param_bytes, "{none:?}");
     }
 

@@ -512,4 +512,20 @@ impl Model {
         let logits = self.forward(tokens)?;
         ops::cross_entropy(&logits, &targets.flatten_all()?, self.kernels)
     }
+
+    /// [`Model::loss`] for validation: the same ops on the same values, but each sub-layer's
+    /// output is detached, so no graph (and none of its intermediates) outlives the sub-layer
+    /// that made it: the pass peaks at one sub-layer's activations plus the logits.
+    pub fn loss_without_graph(&self, tokens: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = tokens.dims2()?;
+        let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?.detach();
+        for sl in &self.sublayers {
+            x = sl.forward(&x, batch, seq, &self.rope, self.kernels)?.detach();
+        }
+        let x = match &self.final_norm {
+            Some(n) => n.forward(&x, self.kernels)?.detach(),
+            None => x,
+        };
+        Ok(ops::cross_entropy(&self.logits(&x)?, &targets.flatten_all()?, self.kernels)?.detach())
+    }
 }

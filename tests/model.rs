@@ -387,3 +387,20 @@ fn bench_flop_count_matches_the_closed_form() {
         assert!((got - expect).abs() < 1e-6, "tied={tied}: {got} vs {expect}");
     }
 }
+
+#[test]
+fn validation_loss_without_a_graph_equals_the_training_loss_bit_for_bit() {
+    let mut sets: Vec<Vec<String>> =
+        keel::placement::Placement::ALL.iter().map(|p| vec![format!("model.placement={p}")]).collect();
+    sets.push(vec!["model.placement=keel".into(), "model.norm=layer_norm".into(), "model.tie_embeddings=true".into()]);
+    for s in &sets {
+        let mut all: Vec<&str> = s.iter().map(|s| s.as_str()).collect();
+        all.push("train.precision=f32");
+        let r = tiny(&all);
+        let model = Model::new(&r, &Device::Cpu).unwrap();
+        let (x, y) = tokens(9, 2, 8, r.vocab_size());
+        let with_graph = model.loss(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+        let without = model.loss_without_graph(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(with_graph.to_bits(), without.to_bits(), "{s:?}");
+    }
+}

@@ -444,6 +444,34 @@ fn a_resume_on_other_data_is_refused_unless_accepted() {
     expect_exit_2(resume(&dir, &[]), &["the data differs", "sha256", "--accept-data-change"]);
     let out = run_ok(resume(&dir, &["--accept-data-change"]));
     assert!(dir.join("DONE").exists(), "{}", stderr_of(&out));
+    assert!(std::fs::read_to_string(dir.join("config.toml")).unwrap().contains("data_identity"));
+
+    // A prepared folder prepared again from other text.
+    let prepared = tmp.path().join("prepared");
+    let prepare = |text: &str| {
+        let _ = std::fs::remove_dir_all(&prepared);
+        let input = tmp.path().join("docs.txt");
+        std::fs::write(&input, text).unwrap();
+        let mut c = keel();
+        c.args(["data", "prepare", "-q", "--tokenizer", "byte", "--val-fraction", "0.2", "--input"])
+            .arg(&input)
+            .arg("--out")
+            .arg(&prepared);
+        run_ok(c);
+    };
+    let docs = |shift: usize| (0..200).map(|i| sentence(i + shift) + "\n").collect::<String>();
+    prepare(&docs(0));
+    let path = format!("data.path={}", prepared.display());
+    let dir = tmp.path().join("on-prepared");
+    aborted_at(&dir, 14, &["--set", &path]);
+    // The same inputs prepared again are the same data.
+    prepare(&docs(0));
+    let mut c = resume(&dir, &[]);
+    c.env("KEEL_FAULT_ABORT_IN_CHECKPOINT", "21");
+    let out = c.output().unwrap();
+    assert!(!stderr_of(&out).contains("the data differs"), "{}", stderr_of(&out));
+    prepare(&docs(7));
+    expect_exit_2(resume(&dir, &[]), &["the data differs", "prepared meta sha256"]);
 }
 
 #[test]
@@ -565,18 +593,20 @@ fn sigkill_at_random_moments_resumes_or_restarts_identically() {
         let mut kills = Vec::new();
         let mut fresh = true;
         // Up to three kills per round, the later ones during resumes.
-        for _ in 0..3 {
-            // A third of the kills in the first 30 ms: process start-up and the first writes.
+        for attempt in 0..3 {
+            // Half the rounds start with a kill in the first 8 ms (process start-up and the first
+            // writes), and a quarter of the other kills fall there too.
             let r = next_random(&mut rng);
-            let delay = if r % 3 == 0 { (r / 3) % 30 } else { r % span };
+            let early = (attempt == 0 && round % 2 == 0) || r % 4 == 0;
+            let delay_us = if early { (r / 4) % 8_000 } else { r % (span * 1000) };
             let mut c =
                 if fresh || !dir.join("config.toml").exists() { start_run(&dir, &[]) } else { resume(&dir, &[]) };
             fresh = false;
             let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-            std::thread::sleep(Duration::from_millis(delay));
+            std::thread::sleep(Duration::from_micros(delay_us));
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            kills.push(delay);
+            kills.push(delay_us / 1000);
             if out.status.success() {
                 break;
             }

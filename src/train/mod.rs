@@ -144,7 +144,7 @@ impl Trainer {
         let mut sum = 0.0;
         for _ in 0..t.eval_batches {
             let (x, y) = sampler.next(&corpus.val, device)?;
-            sum += scalar(&self.model.loss(&x.detach(), &y)?.detach())?;
+            sum += scalar(&self.model.loss_without_graph(&x, &y)?)?;
         }
         Ok(sum / t.eval_batches as f64)
     }
