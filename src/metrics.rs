@@ -165,8 +165,7 @@ fn verified_prefix(path: &Path, header: &[&str], max_step: usize, layout: Layout
     }
     for (k, want) in required.iter().enumerate() {
         for j in 0..block {
-            let idx = k * block + j;
-            let Some((line_no, (step, key), _)) = rows.get(idx) else {
+            let Some((line_no, (step, key), _)) = rows.get(k * block + j) else {
                 let after = rows.last().map(|r| format!(" after line {} (step {})", r.0, r.1 .0)).unwrap_or_default();
                 return Err(damaged(
                     path,
@@ -175,7 +174,7 @@ fn verified_prefix(path: &Path, header: &[&str], max_step: usize, layout: Layout
                     max_step,
                 ));
             };
-            if step != want || key != &signature[j] {
+            if step != want || Some(key) != signature.get(j) {
                 return Err(damaged(
                     path,
                     *line_no,

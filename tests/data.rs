@@ -287,24 +287,7 @@ fn bad_data_inputs_exit_2_with_the_reason() {
     // Training on prepared data: a wrong tokenizer expectation, and corrupt or truncated shards.
     let out = keel(&["data", "prepare", "-q", "--input", "corpus.txt", "--tokenizer", "byte", "--out", "good"], d, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--quiet",
-            "--set",
-            "data.path=good",
-            "--set",
-            "model.depth=2",
-            "--set",
-            "model.d_model=16",
-            "--set",
-            "train.steps=2",
-            "--set",
-            "train.seq_len=8",
-        ];
-        args.extend_from_slice(extra);
-        keel(&args, d, &[])
-    };
+    let train = |extra: &[&str]| tiny_train(d, "good", extra);
     let ok = train(&["--out", "run_ok"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     expect_exit_2(
@@ -324,10 +307,10 @@ fn bad_data_inputs_exit_2_with_the_reason() {
     expect_exit_2(&train(&["--out", "r5"]), &["not a prepared data folder", "keel data prepare"]);
 }
 
-/// A prepared folder for the tests of bad prepared data, and a tiny `keel train` on it.
-fn tiny_train(d: &Path, data: &str, out: &str) -> std::process::Output {
+/// A tiny `keel train` on the prepared folder `data`, with `extra` flags.
+fn tiny_train(d: &Path, data: &str, extra: &[&str]) -> std::process::Output {
     let data = format!("data.path={data}");
-    let args = [
+    let mut args = vec![
         "train",
         "--quiet",
         "--set",
@@ -340,9 +323,8 @@ fn tiny_train(d: &Path, data: &str, out: &str) -> std::process::Output {
         "train.steps=2",
         "--set",
         "train.seq_len=8",
-        "--out",
-        out,
     ];
+    args.extend_from_slice(extra);
     keel(&args, d, &[])
 }
 
@@ -353,7 +335,7 @@ fn token_ids_outside_the_vocabulary_are_refused_naming_the_shard() {
     write_corpus(d);
     let out = keel(&["data", "prepare", "-q", "--input", "corpus.txt", "--tokenizer", "byte", "--out", "p"], d, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ok = tiny_train(d, "p", "run_ok");
+    let ok = tiny_train(d, "p", &["--out", "run_ok"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     // Body bytes overwritten with 0xFF: token 5 of the first training shard becomes 65535.
     let shard = d.join("p/train_000.bin");
@@ -362,7 +344,7 @@ fn token_ids_outside_the_vocabulary_are_refused_naming_the_shard() {
     bad[32 + 10..32 + 12].copy_from_slice(&[0xFF, 0xFF]);
     std::fs::write(&shard, &bad).unwrap();
     expect_exit_2(
-        &tiny_train(d, "p", "r1"),
+        &tiny_train(d, "p", &["--out", "r1"]),
         &["train_000.bin", "token id 65535 at token 5", "vocabulary of 256", "keel data prepare"],
     );
     // The same through `keel eval --bench ppl` on the folder (its validation split).
@@ -384,7 +366,7 @@ fn token_ids_outside_the_vocabulary_are_refused_naming_the_shard() {
     let first_high = good[32..].chunks(2).position(|b| u16::from_le_bytes([b[0], b[1]]) >= 100).unwrap();
     let id = u16::from_le_bytes([good[32 + 2 * first_high], good[33 + 2 * first_high]]);
     expect_exit_2(
-        &tiny_train(d, "p", "r2"),
+        &tiny_train(d, "p", &["--out", "r2"]),
         &["train_000.bin", &format!("token id {id} at token {first_high}"), "vocabulary of 100", "meta.json"],
     );
 }
@@ -408,7 +390,7 @@ fn a_text_file_without_blank_lines_still_gets_a_validation_split() {
     let corpus = load_prepared(&d.join("p"), None, 32).unwrap();
     let bytes: Vec<u8> = corpus.train.to_vec().iter().chain(&corpus.val.to_vec()).map(|&t| t as u8).collect();
     assert_eq!(String::from_utf8(bytes).unwrap(), text);
-    let ok = tiny_train(d, "p", "run");
+    let ok = tiny_train(d, "p", &["--out", "run"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     // The same seed gives the same split.
     let again = keel(&["data", "prepare", "-q", "--input", "lines.txt", "--tokenizer", "byte", "--out", "p2"], d, &[]);
@@ -427,7 +409,10 @@ fn a_text_file_without_blank_lines_still_gets_a_validation_split() {
     );
     assert!(zero.status.success(), "{}", String::from_utf8_lossy(&zero.stderr));
     // Training on a folder prepared without validation says so and how to fix it.
-    expect_exit_2(&tiny_train(d, "q", "r"), &["empty validation split", "--val-fraction 0", "--val-fraction above 0"]);
+    expect_exit_2(
+        &tiny_train(d, "q", &["--out", "r"]),
+        &["empty validation split", "--val-fraction 0", "--val-fraction above 0"],
+    );
 }
 
 #[test]

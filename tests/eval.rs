@@ -727,16 +727,21 @@ fn hub_offline_mode_uses_the_cache_only_and_parquet_mmlu_gets_the_conversion() {
         assert!(took < std::time::Duration::from_secs(10), "{var}: took {took:?}");
         assert_eq!(hub.connections(), 0, "{var}={value}: keel connected to the hub");
     }
+    // `keel eval ARGS` offline with `home` as HF_HOME: exit 2, and its stderr.
+    let offline_refusal = |args: &[&str], home: &Path| -> String {
+        let mut cmd = keel();
+        cmd.args(args)
+            .env("HF_HOME", home)
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env_remove("TRANSFORMERS_OFFLINE")
+            .env("HF_HUB_OFFLINE", "1");
+        let (out, _) = run_bounded(cmd);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        err
+    };
     // The same for a model (--hf-model ORG/NAME).
-    let mut cmd = keel();
-    cmd.args(["eval", "--bench", "synthetic", "--quiet", "--hf-model", "test-org/tiny"])
-        .env("HF_HOME", &empty)
-        .env("HF_ENDPOINT", hub.endpoint())
-        .env_remove("TRANSFORMERS_OFFLINE")
-        .env("HF_HUB_OFFLINE", "1");
-    let (out, _) = run_bounded(cmd);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = offline_refusal(&["eval", "--bench", "synthetic", "--quiet", "--hf-model", "test-org/tiny"], &empty);
     assert!(err.contains("test-org/tiny/config.json") && err.contains("HF_HUB_OFFLINE"), "{err}");
     assert_eq!(hub.connections(), 0);
 
@@ -749,16 +754,9 @@ fn hub_offline_mode_uses_the_cache_only_and_parquet_mmlu_gets_the_conversion() {
         std::fs::create_dir_all(snap.join("abstract_algebra")).unwrap();
         std::fs::write(snap.join(format!("abstract_algebra/{split}-00000-of-00001.parquet")), b"PAR1").unwrap();
     }
-    let mut cmd = keel();
-    cmd.args(["eval", "--bench", "mmlu", "--quiet", "--data", "hf:cais/mmlu", "--run"])
-        .arg(&run)
-        .env("HF_HOME", &hf)
-        .env("HF_ENDPOINT", hub.endpoint())
-        .env_remove("TRANSFORMERS_OFFLINE")
-        .env("HF_HUB_OFFLINE", "1");
-    let (out, _) = run_bounded(cmd);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let run_arg = run.display().to_string();
+    let err =
+        offline_refusal(&["eval", "--bench", "mmlu", "--quiet", "--data", "hf:cais/mmlu", "--run", &run_arg], &hf);
     for needle in ["cais/mmlu stores MMLU as parquet", "scripts/mmlu_parquet_to_csv.py", "--data data/mmlu"] {
         assert!(err.contains(needle), "{err} lacks {needle}");
     }

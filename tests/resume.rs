@@ -597,7 +597,7 @@ fn sigkill_at_random_moments_resumes_or_restarts_identically() {
             // Half the rounds start with a kill in the first 8 ms (process start-up and the first
             // writes), and a quarter of the other kills fall there too.
             let r = next_random(&mut rng);
-            let early = (attempt == 0 && round % 2 == 0) || r % 4 == 0;
+            let early = (attempt == 0 && round % 2 == 0) || r.is_multiple_of(4);
             let delay_us = if early { (r / 4) % 8_000 } else { r % (span * 1000) };
             let mut c =
                 if fresh || !dir.join("config.toml").exists() { start_run(&dir, &[]) } else { resume(&dir, &[]) };
