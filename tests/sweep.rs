@@ -168,7 +168,9 @@ fn killing_a_sweep_ends_its_runs() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the run to start", Duration::from_secs(60), || out.join("d2/metrics.csv").exists());
+    // A step done: training has begun (a signal during start-up exits at once, without a checkpoint).
+    let rows = || std::fs::read_to_string(out.join("d2/metrics.csv")).map(|t| t.lines().count()).unwrap_or(0);
+    wait_for("the run's first step", Duration::from_secs(60), || rows() >= 2);
     assert!(!processes_mentioning(&out).is_empty());
     sweep.kill().unwrap(); // SIGKILL: the sweep gets no chance to clean up
     sweep.wait().unwrap();
