@@ -28,7 +28,7 @@ pub fn reference_overrides() -> Vec<String> {
     .collect()
 }
 
-pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak";
+pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak,cpu,matmul_simd,kernel_simd";
 
 pub struct BenchResult {
     pub placement: Placement,
@@ -95,6 +95,37 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The CPU this runs on, as `/proc/cpuinfo` names it (commas dropped, for the CSV).
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().replace(',', " "))
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The SIMD level of gemm's matrix-product kernels here, as gemm chooses it at run time:
+/// AVX-512 only in a build with the `avx512` feature (the default).
+pub fn matmul_simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if cfg!(feature = "avx512") && has!("avx512f") {
+            return "avx512";
+        }
+        if has!("fma") {
+            return "avx2+fma";
+        }
+        return "baseline";
+    }
+    #[allow(unreachable_code)]
+    std::env::consts::ARCH
+}
+
 /// The best f32 matmul throughput, GFLOP/s, of keel's linear layer on `n x n x n` products.
 pub fn matmul_peak(device: &candle_core::Device, n: usize) -> Result<f64> {
     let a = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?;
@@ -157,7 +188,7 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
     for r in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.4}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{},{},{}",
             device_name,
             format!("{:?}", config.train.precision).to_lowercase(),
             m.d_model,
@@ -168,7 +199,10 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
             r.columns_with(4).join(","),
             r.flops_per_step / 1e9,
             peak,
-            r.gflops_per_s() / peak
+            r.gflops_per_s() / peak,
+            cpu_name(),
+            matmul_simd(),
+            crate::ops::simd_level().name()
         )?;
     }
     Ok(())

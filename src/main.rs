@@ -20,6 +20,9 @@ fn main() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let cli = Cli::parse();
+    if let Err(why) = keel::ops::simd_limit_from_env() {
+        fail(keel::InputError(why).into());
+    }
     // The command runs on a rayon worker, so the fused kernels' and gemm's parallel loops start
     // from inside the pool instead of waking it from outside on every op (on 2 cores: a third off
     // the deep-narrow bench's step, where ops are small; within noise at R). Workers get a larger

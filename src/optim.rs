@@ -282,25 +282,31 @@ mod tests {
         assert_eq!(lr_at(&t, 90), 1.0);
     }
 
-    /// The update loop runs compiled for AVX2 where the CPU has it: bit-identical to the baseline.
+    /// The update loop runs compiled for AVX2 or AVX-512 where the CPU has it: bit-identical to
+    /// the baseline.
     #[test]
     fn adamw_simd_is_bit_identical() {
         let h =
             Hyper { lr: 3e-3, wd: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, bc1: 0.19, bc2: 0.0975, grad_scale: 0.7 };
         let n = 3 * ADAMW_CHUNK + 37;
         let wave = |k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
-        let run = |simd: bool| {
-            crate::ops::set_simd(simd);
+        use crate::ops::SimdLevel;
+        let run = |level: SimdLevel| {
+            crate::ops::set_simd_limit(level);
             let (mut p, g, mut m, mut v) =
                 (wave(0.37), wave(1.3), wave(0.11), wave(0.07).iter().map(|x| x * x).collect::<Vec<f32>>());
             adamw_update(h, &mut p, &g, &mut m, &mut v);
             crate::ops::set_simd(true);
             (p, m, v)
         };
-        let (a, b) = (run(false), run(true));
-        assert!(a.0.iter().zip(&b.0).all(|(x, y)| x.to_bits() == y.to_bits()));
-        assert!(a.1.iter().zip(&b.1).all(|(x, y)| x.to_bits() == y.to_bits()));
-        assert!(a.2.iter().zip(&b.2).all(|(x, y)| x.to_bits() == y.to_bits()));
+        let a = run(SimdLevel::Baseline);
+        // Every level this CPU has (AVX2, AVX-512) against the baseline.
+        for level in SimdLevel::ALL.into_iter().filter(|&l| l <= SimdLevel::detected()).skip(1) {
+            let b = run(level);
+            assert!(a.0.iter().zip(&b.0).all(|(x, y)| x.to_bits() == y.to_bits()), "{level:?}");
+            assert!(a.1.iter().zip(&b.1).all(|(x, y)| x.to_bits() == y.to_bits()), "{level:?}");
+            assert!(a.2.iter().zip(&b.2).all(|(x, y)| x.to_bits() == y.to_bits()), "{level:?}");
+        }
     }
 
     /// Two AdamW steps against values worked out by hand from the update equations.

@@ -131,14 +131,19 @@ fn simd_paths_are_bit_identical() {
             ),
         ];
         for (name, inputs, f) in cases {
-            ops::set_simd(false);
+            ops::set_simd_limit(ops::SimdLevel::Baseline);
             let (a, ga) = run(&inputs, &*f, 5);
-            ops::set_simd(true);
-            let (b, gb) = run(&inputs, &*f, 5);
-            assert_eq!(to_vec(&a), to_vec(&b), "{name} {dtype:?} forward");
-            for (x, y) in ga.iter().zip(&gb) {
-                assert_eq!(to_vec(x), to_vec(y), "{name} {dtype:?} gradient");
+            // Every level this CPU has (AVX2, AVX-512) against the baseline SSE2 path.
+            for level in ops::SimdLevel::ALL.into_iter().filter(|&l| l <= ops::SimdLevel::detected()).skip(1) {
+                ops::set_simd_limit(level);
+                assert_eq!(ops::simd_level(), level);
+                let (b, gb) = run(&inputs, &*f, 5);
+                assert_eq!(to_vec(&a), to_vec(&b), "{name} {dtype:?} forward at {level:?}");
+                for (x, y) in ga.iter().zip(&gb) {
+                    assert_eq!(to_vec(x), to_vec(y), "{name} {dtype:?} gradient at {level:?}");
+                }
             }
+            ops::set_simd(true);
         }
     }
 }
@@ -340,4 +345,27 @@ fn cross_entropy_matches_candle_nn() {
     let z = randn(15, &[2, 3], DType::F32);
     let bad = Tensor::new(&[0u32, 3], &candle_core::Device::Cpu).unwrap();
     assert!(ops::cross_entropy(&z, &bad, Kernels::Fused).unwrap_err().to_string().contains("outside the vocabulary"));
+}
+
+/// gemm sums in another order at each SIMD level (AVX-512, AVX2+FMA, baseline), so f32 products
+/// are not bit-identical across CPUs; whichever level this CPU uses, they must agree with f64
+/// products of the same inputs within f32 rounding (2e-6 x sqrt(length of the sums), about 30
+/// times f32's epsilon per sqrt-term), at the model's own shapes, forward and backward.
+#[test]
+fn f32_matrix_products_agree_with_f64_at_the_models_shapes() {
+    for (n, k, m) in [(1024, 128, 384), (1024, 128, 768), (1024, 384, 128), (1024, 128, 256), (333, 77, 129)] {
+        let x = var(21, &[n, k], DType::F32);
+        let w = var(22, &[k, m], DType::F32);
+        let (y, g) = run(&[x.clone(), w.clone()], &|t| ops::linear(&t[0], &t[1], Kernels::Fused).unwrap(), 23);
+        let to64 = |v: &Var| Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let (y64, g64) = run(&[to64(&x), to64(&w)], &|t| ops::linear(&t[0], &t[1], Kernels::Fused).unwrap(), 23);
+        let tol = |len: usize| 2e-6 * (len as f64).sqrt();
+        let d = max_rel_diff(&y.to_dtype(DType::F64).unwrap(), &y64);
+        assert!(d < tol(k), "{n}x{k}x{m} forward: {d} at matmul SIMD {}", keel::bench::matmul_simd());
+        // dL/dx sums over m, dL/dw over n.
+        for ((a, b), len) in g.iter().zip(&g64).zip([m, n]) {
+            let d = max_rel_diff(&a.to_dtype(DType::F64).unwrap(), b);
+            assert!(d < tol(len), "{n}x{k}x{m} backward: {d} (sums of {len})");
+        }
+    }
 }

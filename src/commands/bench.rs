@@ -34,6 +34,13 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
         rayon::current_num_threads()
     );
     println!(
+        "cpu: {}; SIMD: matmul {}, fused kernels {} ({} caps them: baseline, avx2, avx512)",
+        bench::cpu_name(),
+        bench::matmul_simd(),
+        crate::ops::simd_level().name(),
+        crate::ops::SIMD_ENV
+    );
+    println!(
         "{:<10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9}",
         "placement",
         "params",

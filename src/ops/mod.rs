@@ -10,8 +10,8 @@
 //!
 //! One file per op holds its public entry point, its composite twin, its fused CPU kernels and
 //! the CustomOps that carry them. The op files share four small files and nothing else:
-//! `kernels` (the [`Kernels`] switch), `real` (the float types, vectorizable math and the AVX2
-//! switch), `custom` (the CustomOp plumbing) and `rope` (the RoPE tables); those never use an op
+//! `kernels` (the [`Kernels`] switch), `real` (the float types, vectorizable math and the SIMD
+//! level switch), `custom` (the CustomOp plumbing) and `rope` (the RoPE tables); those never use an op
 //! file, and no op file uses this one.
 
 mod attention;
@@ -33,7 +33,10 @@ pub use kernels::Kernels;
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_in};
 pub(crate) use real::vectorized;
-pub use real::{dot, exp_f32, normal_cdf_f32, set_simd, sum, Real};
+pub use real::{
+    dot, exp_f32, normal_cdf_f32, set_simd, set_simd_limit, simd_level, simd_limit_from_env, sum, Real, SimdLevel,
+    SIMD_ENV,
+};
 pub use rms_norm::{residual, residual_rms_norm, rms_norm};
 pub use rope::Rope;
 pub use swiglu::swiglu;

@@ -153,18 +153,98 @@ pub(super) fn unfilled<T: Real>(n: usize) -> Vec<T> {
     v
 }
 
-static SIMD_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Switches the AVX2 paths of the fused kernels on or off (process-wide). The results do not
-/// depend on it (a test asserts bit equality); it exists so that claim can be tested.
-#[doc(hidden)]
-pub fn set_simd(enabled: bool) {
-    SIMD_ENABLED.store(enabled, std::sync::atomic::Ordering::Relaxed);
+/// The instruction sets the fused kernels' loops can be compiled for, widest last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    /// x86-64's baseline SSE2 (and every other architecture: the loops as compiled).
+    Baseline,
+    Avx2,
+    /// AVX-512 F, BW, DQ and VL.
+    Avx512,
 }
 
-/// Runs `f` compiled for AVX2 when the CPU has it (keel is built for baseline x86-64, whose SSE2
-/// vectors are half as wide). Only the width changes: no FMA contraction, no reordering, so the
-/// results are bit-identical to the fallback's. `f` must be a loop whose helpers inline into it.
+impl SimdLevel {
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Baseline => "baseline",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SimdLevel> {
+        SimdLevel::ALL.into_iter().find(|l| l.name() == s.trim().to_ascii_lowercase())
+    }
+
+    /// The widest level this CPU has.
+    pub fn detected() -> SimdLevel {
+        static DETECTED: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(SimdLevel::detect)
+    }
+
+    fn detect() -> SimdLevel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+                return SimdLevel::Avx512;
+            }
+            if has!("avx2") {
+                return SimdLevel::Avx2;
+            }
+        }
+        SimdLevel::Baseline
+    }
+}
+
+/// The widest level the kernels may use (`KEEL_SIMD`, or tests); 255: not set, no limit.
+static SIMD_LIMIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Caps the fused kernels' SIMD level (process-wide). The results do not depend on it (a test
+/// asserts bit equality at every level); it exists so that claim can be tested and measured.
+pub fn set_simd_limit(limit: SimdLevel) {
+    SIMD_LIMIT.store(limit as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The level the fused kernels run at: the CPU's widest, capped by [`set_simd_limit`].
+pub fn simd_level() -> SimdLevel {
+    let detected = SimdLevel::detected();
+    match SIMD_LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        u8::MAX => detected,
+        limit => detected.min(SimdLevel::ALL[(limit as usize).min(2)]),
+    }
+}
+
+/// The environment variable that caps the fused kernels' SIMD level.
+pub const SIMD_ENV: &str = "KEEL_SIMD";
+
+/// Applies `KEEL_SIMD` (baseline, avx2 or avx512), if set; an unknown value is an error message.
+pub fn simd_limit_from_env() -> Result<(), String> {
+    let Some(v) = std::env::var_os(SIMD_ENV) else { return Ok(()) };
+    let v = v.to_string_lossy();
+    match SimdLevel::parse(&v) {
+        Some(level) => {
+            set_simd_limit(level);
+            Ok(())
+        }
+        None => Err(format!(
+            "{SIMD_ENV}={v} is not a SIMD level\n  use one of baseline, avx2, avx512 (the widest the kernels may use), or unset it"
+        )),
+    }
+}
+
+/// Switches the fused kernels' SIMD paths on (the CPU's widest) or off (baseline).
+#[doc(hidden)]
+pub fn set_simd(enabled: bool) {
+    set_simd_limit(if enabled { SimdLevel::Avx512 } else { SimdLevel::Baseline });
+}
+
+/// Runs `f` compiled for the widest SIMD level the CPU has (keel is built for baseline x86-64,
+/// whose SSE2 vectors are a quarter as wide as AVX-512's). Only the width changes: no FMA
+/// contraction (Rust never contracts), no reordering, so the results are bit-identical to the
+/// fallback's. `f` must be a loop whose helpers inline into it.
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -173,9 +253,15 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if SIMD_ENABLED.load(std::sync::atomic::Ordering::Relaxed) && std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match simd_level() {
+            // SAFETY: the CPU supports the level, checked by `simd_level`.
+            SimdLevel::Avx512 => return unsafe { avx512(f) },
+            SimdLevel::Avx2 => return unsafe { avx2(f) },
+            SimdLevel::Baseline => {}
         }
     }
     f()
