@@ -128,17 +128,43 @@ pub fn matmul_simd() -> &'static str {
 
 /// The best f32 matmul throughput, GFLOP/s, of keel's linear layer on `n x n x n` products.
 pub fn matmul_peak(device: &candle_core::Device, n: usize) -> Result<f64> {
-    let a = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?;
-    let b = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?;
-    let k = crate::ops::Kernels::for_device(device);
+    matmul_gflops(device, (n, n, n), 6)
+}
+
+/// The best of `rounds` f32 products (n, k) x (k, m) through keel's linear layer, in GFLOP/s.
+pub fn matmul_gflops(device: &candle_core::Device, (n, k, m): (usize, usize, usize), rounds: usize) -> Result<f64> {
+    let a = candle_core::Tensor::randn(0f32, 1.0, (n, k), device)?;
+    let b = candle_core::Tensor::randn(0f32, 1.0, (k, m), device)?;
+    let kernels = crate::ops::Kernels::for_device(device);
     let mut best = f64::INFINITY;
-    for _ in 0..6 {
+    for _ in 0..rounds {
         let start = Instant::now();
-        let c = crate::ops::linear(&a, &b, k)?;
+        let c = crate::ops::linear(&a, &b, kernels)?;
         c.sum_all()?.to_scalar::<f32>()?;
         best = best.min(start.elapsed().as_secs_f64());
     }
-    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+    Ok(2.0 * (n * k * m) as f64 / best / 1e9)
+}
+
+/// The matrix products of a training step at R's shapes (B*T = 1024 rows, d_model 128): for each
+/// linear layer in -> out, its forward x w (1024, in) x (in, out), its input gradient
+/// dy w^T (1024, out) x (out, in) and its weight gradient x^T dy (in, 1024) x (1024, out); then
+/// 1024^3. `scripts/matmul_torch.py` times the same list with PyTorch.
+pub fn model_matmul_shapes() -> Vec<(&'static str, (usize, usize, usize))> {
+    let rows = 1024;
+    let mut shapes = Vec::new();
+    for (name, i, o) in [
+        ("qkv 128->384", 128, 384),
+        ("ffn in 128->768", 128, 768),
+        ("ffn out 384->128", 384, 128),
+        ("head 128->256", 128, 256),
+    ] {
+        shapes.push((name, (rows, i, o)));
+        shapes.push((name, (rows, o, i)));
+        shapes.push((name, (i, rows, o)));
+    }
+    shapes.push(("square", (1024, 1024, 1024)));
+    shapes
 }
 
 pub fn bench_one(config: &Config, steps: usize, warmup: usize) -> Result<BenchResult> {

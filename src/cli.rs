@@ -317,4 +317,8 @@ pub struct BenchArgs {
     /// Also append the results to this CSV file.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Time f32 matrix products at the model's shapes (forward and backward) and 1024^3 instead
+    /// of training steps; scripts/matmul_torch.py times the same list with PyTorch.
+    #[arg(long, conflicts_with_all = ["placements", "csv"])]
+    pub matmul: bool,
 }

@@ -182,7 +182,34 @@ fn text_file_data_and_bench_run() {
         assert!((num(15) - num(17) / (num(10) / 1e3)).abs() <= 0.06 * num(15) + 0.1, "{row}");
         assert!((num(19) - num(15) / num(18)).abs() < 0.01, "{row}");
         assert!(num(16) > 10.0, "peak RSS recorded: {row}");
+        // The CPU and the SIMD levels that ran.
+        assert!(!cells[20].is_empty(), "{row}");
+        assert!(["avx512", "avx2+fma", "baseline", "aarch64"].contains(&cells[21]), "{row}");
+        assert!(["avx512", "avx2", "baseline"].contains(&cells[22]), "{row}");
     }
+    // The fused kernels' level follows KEEL_SIMD; a bad value is refused.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
+    c.args(["bench", "--steps", "1", "--warmup", "0", "--set", "model.depth=2", "--set", "model.d_model=32"])
+        .args(["--set", "train.seq_len=16", "--csv", "capped.csv"])
+        .current_dir(d)
+        .env("KEEL_SIMD", "baseline");
+    assert!(c.output().unwrap().status.success());
+    let capped = std::fs::read_to_string(d.join("capped.csv")).unwrap();
+    assert!(capped.lines().nth(1).unwrap().ends_with(",baseline"), "{capped}");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
+    c.args(["bench", "--steps", "1"]).env("KEEL_SIMD", "avx3");
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEEL_SIMD=avx3 is not a SIMD level"));
+    // --matmul: every product shape of the model, forward and backward, and 1024^3.
+    let out = keel(&["bench", "--matmul"], d);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rates: Vec<f64> =
+        text.lines().skip(2).map(|l| l.split_whitespace().last().unwrap().parse::<f64>().unwrap()).collect();
+    assert_eq!(rates.len(), keel::bench::model_matmul_shapes().len(), "{text}");
+    assert!(rates.iter().all(|&g| g > 0.1), "{text}");
+    assert!(text.contains("(128, 1024, 384)") && text.contains("(1024, 1024, 1024)"), "{text}");
 }
 
 /// Unmounts the tmpfs of a test when dropped.

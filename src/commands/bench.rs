@@ -19,6 +19,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
     let placements: Vec<String> =
         if args.placements.is_empty() { vec![config.model.placement.to_string()] } else { args.placements.clone() };
     let device = crate::device::parse(&config.run.device)?;
+    if args.matmul {
+        return matmul_table(&device);
+    }
     let peak = bench::matmul_peak(&device, 1024)?;
     println!(
         "keel bench: d_model {} heads {} depth {} seq {} batch {}, {:?}, recompute {:?}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
@@ -66,6 +69,22 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
     }
     if let Some(path) = &args.csv {
         bench::append_csv(path, &config, &crate::device::name(&device), peak, &rows)?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// `keel bench --matmul`: GFLOP/s per product shape, best of 20.
+fn matmul_table(device: &candle_core::Device) -> Result<ExitStatus> {
+    println!(
+        "keel bench --matmul: f32, threads {}; cpu: {}; SIMD: matmul {}",
+        rayon::current_num_threads(),
+        bench::cpu_name(),
+        bench::matmul_simd()
+    );
+    println!("{:<18} {:>18} {:>9}", "layer", "(n, k, m)", "GFLOP/s");
+    for (name, (n, k, m)) in bench::model_matmul_shapes() {
+        let g = bench::matmul_gflops(device, (n, k, m), 20)?;
+        println!("{name:<18} {:>18} {g:>9.1}", format!("({n}, {k}, {m})"));
     }
     Ok(ExitStatus::Success)
 }
