@@ -11,7 +11,8 @@
 //! named `step_*` is complete unless its files were damaged afterwards, which the checksums
 //! catch: a checkpoint whose files do not match `SHA256SUMS` (or that has none) is not used, and
 //! resume falls back to an older one. Pruning deletes only folders that are keel's checkpoints of
-//! this run (a `SHA256SUMS` that `state.json` matches, of this config, at the folder's step). For fault-injection tests, halfway through writing the checkpoint of step STEP (after
+//! this run (a `SHA256SUMS` that `state.json` matches, of this config, at the folder's step).
+//! For fault-injection tests, halfway through writing the checkpoint of step STEP (after
 //! the weights, before the optimizer state), `KEEL_FAULT_ABORT_IN_CHECKPOINT=STEP` aborts the
 //! process (no cleanup, like SIGKILL) and `KEEL_FAULT_PAUSE_IN_CHECKPOINT=STEP` sleeps for a
 //! minute so a test can SIGKILL it there.
@@ -52,9 +53,6 @@ pub struct TrainState {
     /// See [`crate::config::Resolved::fingerprint`].
     pub config_fingerprint: String,
     pub keel_version: String,
-    /// sha256 of each tensor file (also in `SHA256SUMS`, which covers this file too).
-    #[serde(default)]
-    pub files: BTreeMap<String, String>,
 }
 
 /// `SHA256SUMS` as written: one `HASH  NAME` line per covered file.
@@ -88,12 +86,14 @@ fn verify(dir: &Path, name: &str, sums: &BTreeMap<String, String>) -> Result<(),
     Ok(())
 }
 
-/// The checkpoint's verified `state.json` (not its tensor files, which are large).
-fn verified_state(dir: &Path) -> Result<TrainState, String> {
+/// The checkpoint's `state.json`, verified, and its `SHA256SUMS` (the tensor files, which are
+/// large, are not checked here).
+fn verified_state(dir: &Path) -> Result<(TrainState, BTreeMap<String, String>), String> {
     let sums = read_sums(dir)?;
     verify(dir, STATE, &sums)?;
     let text = std::fs::read_to_string(dir.join(STATE)).map_err(|e| format!("cannot read {STATE}: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("{STATE} does not parse: {e}"))
+    let state = serde_json::from_str(&text).map_err(|e| format!("{STATE} does not parse: {e}"))?;
+    Ok((state, sums))
 }
 
 fn step_dir(run: &RunDir, step: usize) -> PathBuf {
@@ -109,7 +109,7 @@ fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> anyhow::Result<()>
 
 /// Writes the checkpoint of `state.step` (replacing one of the same step): the parameters, the
 /// optimizer's moments for them, and `state`.
-pub fn save(run: &RunDir, params: &[Param], opt: &AdamW, mut state: TrainState) -> anyhow::Result<PathBuf> {
+pub fn save(run: &RunDir, params: &[Param], opt: &AdamW, state: TrainState) -> anyhow::Result<PathBuf> {
     let root = run.checkpoints();
     std::fs::create_dir_all(&root)?;
     let tmp = root.join(format!(".step_{:07}.tmp", state.step));
@@ -127,12 +127,11 @@ pub fn save(run: &RunDir, params: &[Param], opt: &AdamW, mut state: TrainState) 
         std::thread::sleep(std::time::Duration::from_secs(60));
     }
     save_tensors(&opt.state_tensors(params)?, &tmp.join(OPTIMIZER))?;
-    for f in [MODEL, OPTIMIZER] {
-        state.files.insert(f.into(), sha256_file(&tmp.join(f))?);
-    }
     write_atomic(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
-    let mut sums = state.files.clone();
-    sums.insert(STATE.into(), sha256_file(&tmp.join(STATE))?);
+    let mut sums = BTreeMap::new();
+    for f in COVERED {
+        sums.insert(f.to_string(), sha256_file(&tmp.join(f))?);
+    }
     write_atomic(&tmp.join(SUMS), sums_text(&sums).as_bytes())?;
     fsync_dir(&tmp);
     let dest = step_dir(run, state.step);
@@ -165,7 +164,7 @@ pub fn list(run: &RunDir) -> Vec<(usize, PathBuf)> {
 /// True when `dir` is a checkpoint keel wrote for the experiment `fingerprint` at `step`: its
 /// `SHA256SUMS` lists the checkpoint's files and its `state.json` matches it.
 fn is_own(dir: &Path, step: usize, fingerprint: &str) -> bool {
-    verified_state(dir).is_ok_and(|s| s.step == step && s.config_fingerprint == fingerprint)
+    verified_state(dir).is_ok_and(|(s, _)| s.step == step && s.config_fingerprint == fingerprint)
 }
 
 /// Keeps the newest `keep` of this run's own checkpoints and the one of `final_step`; folders
@@ -200,7 +199,7 @@ pub enum Unusable {
 /// Reads and verifies the checkpoint in `path` (every file against `SHA256SUMS`, the step
 /// against the folder's name) for the experiment `fingerprint`.
 pub fn load(path: &Path, fingerprint: &str) -> Result<Loaded, Unusable> {
-    let state = verified_state(path).map_err(Unusable::Corrupt)?;
+    let (state, sums) = verified_state(path).map_err(Unusable::Corrupt)?;
     if state.config_fingerprint != fingerprint {
         return Err(Unusable::OtherConfig { found: state.config_fingerprint });
     }
@@ -211,7 +210,6 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Loaded, Unusable> {
             state.step
         )));
     }
-    let sums = read_sums(path).map_err(Unusable::Corrupt)?;
     let mut tensors = Vec::new();
     for f in [MODEL, OPTIMIZER] {
         verify(path, f, &sums).map_err(Unusable::Corrupt)?;

@@ -37,9 +37,7 @@ const WRITE_PROBE: &str = ".keel-write-test";
 /// weights' `.model.safetensors.tmp`, the write probe) and its run-directory lock: a folder that
 /// holds only these, left by a kill or a full disk before anything was finished, counts as empty.
 pub fn is_keel_scratch(name: &str) -> bool {
-    name == WRITE_PROBE
-        || name == crate::run_dir::LOCK
-        || (name.starts_with('.') && name.ends_with(".tmp") && !name.contains('/'))
+    name == WRITE_PROBE || name == crate::run_dir::LOCK || (name.starts_with('.') && name.ends_with(".tmp"))
 }
 
 /// The entries of `dir` that are not keel's scratch files (see [`is_keel_scratch`]).
@@ -64,6 +62,12 @@ pub fn remove_scratch(dir: &Path) {
             }
         }
     }
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// Hex sha256 of a file's contents.

@@ -57,6 +57,60 @@ impl Layout {
     }
 }
 
+/// The three training logs of a run directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Log {
+    Metrics,
+    Eval,
+    GradNorms,
+}
+
+impl Log {
+    const ALL: [Log; 3] = [Log::Metrics, Log::Eval, Log::GradNorms];
+
+    fn header(self) -> &'static [&'static str] {
+        match self {
+            Log::Metrics => &METRICS_HEADER,
+            Log::Eval => &EVAL_HEADER,
+            Log::GradNorms => &GRAD_NORMS_HEADER,
+        }
+    }
+
+    fn path(self, dir: &RunDir) -> std::path::PathBuf {
+        match self {
+            Log::Metrics => dir.metrics(),
+            Log::Eval => dir.eval_csv(),
+            Log::GradNorms => dir.grad_norms(),
+        }
+    }
+
+    /// The steps whose rows must be there up to `max_step`, in order; `last` is the step of the
+    /// file's last row at or below it (eval.csv may hold one at `max_step` itself, the final step
+    /// of an earlier `train.steps`).
+    fn required_steps(self, max_step: usize, layout: Layout, last: Option<usize>) -> Vec<usize> {
+        match self {
+            Log::Metrics => (1..=max_step).collect(),
+            Log::Eval => {
+                let every = layout.eval_every;
+                let mut s: Vec<usize> =
+                    if every == 0 { Vec::new() } else { (every..=max_step).step_by(every).collect() };
+                if last == Some(max_step) && s.last() != Some(&max_step) {
+                    s.push(max_step);
+                }
+                s
+            }
+            Log::GradNorms => {
+                let every = layout.grad_norm_every;
+                if every == 0 {
+                    Vec::new()
+                } else {
+                    (1..=max_step).filter(|&s| s == 1 || s % every == 0).collect()
+                }
+            }
+        }
+    }
+}
+
 /// A CSV of a run that does not hold what its checkpoint needs: bad input (exit 2), naming the
 /// file and line.
 fn damaged(path: &Path, line: usize, why: String, step: usize) -> InputError {
@@ -67,10 +121,12 @@ fn damaged(path: &Path, line: usize, why: String, step: usize) -> InputError {
     ))
 }
 
-/// One parsed row: its step and, for grad_norms.csv, its (layer, kind).
-type Row = (usize, Option<(Option<usize>, String)>);
+/// A grad_norms.csv row's (layer, kind); `None` for the other logs.
+type RowKey = Option<(Option<usize>, String)>;
 
-fn parse_row(line: &str, header: &[&str]) -> Result<Row, String> {
+/// One row's step and key, every field checked.
+fn parse_row(line: &str, log: Log) -> Result<(usize, RowKey), String> {
+    let header = log.header();
     let fields: Vec<&str> = line.trim_end_matches(['\n', '\r']).split(',').collect();
     let shown = || line.trim_end().chars().take(80).collect::<String>();
     if fields.len() != header.len() {
@@ -83,7 +139,7 @@ fn parse_row(line: &str, header: &[&str]) -> Result<Row, String> {
         ));
     }
     let step = fields[0].parse::<usize>().map_err(|_| format!("`{}` does not start with a step number", shown()))?;
-    let grad_norms = header == GRAD_NORMS_HEADER;
+    let grad_norms = log == Log::GradNorms;
     for (i, f) in fields.iter().enumerate().skip(1) {
         let ok = match (grad_norms, i) {
             (true, 1) => f.is_empty() || f.parse::<usize>().is_ok(),
@@ -98,16 +154,17 @@ fn parse_row(line: &str, header: &[&str]) -> Result<Row, String> {
     Ok((step, key))
 }
 
-/// Checks that the CSV at `path` holds exactly the rows up to `max_step` that `layout` asks for,
+/// Checks that `log` in `dir` holds exactly the rows up to `max_step` that `layout` asks for,
 /// each parseable, and returns the text to keep: the header and those rows. Rows after
 /// `max_step` (written after the checkpoint) and a torn last line (one without its newline) are
 /// dropped.
-fn verified_prefix(path: &Path, header: &[&str], max_step: usize, layout: Layout) -> Result<String, InputError> {
-    let mut kept = format!("{}\n", header.join(","));
+fn verified_prefix(dir: &RunDir, log: Log, max_step: usize, layout: Layout) -> Result<String, InputError> {
+    let (path, header) = (log.path(dir), log.header().join(","));
+    let mut kept = format!("{header}\n");
     if max_step == 0 {
         return Ok(kept);
     }
-    let text = match std::fs::read(path) {
+    let text = match std::fs::read(&path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(InputError(format!("cannot read {}: {e}", path.display()))),
@@ -116,97 +173,72 @@ fn verified_prefix(path: &Path, header: &[&str], max_step: usize, layout: Layout
     if lines.last().is_some_and(|l| !l.ends_with('\n')) {
         lines.pop();
     }
+    if lines.first().is_some_and(|l| l.trim_end() != header) {
+        return Err(damaged(&path, 1, format!("the header is not `{header}`"), max_step));
+    }
+    // (line number, step, key, line) of each row up to max_step.
     let mut rows = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if i == 0 {
-            if line.trim_end() != header.join(",") {
-                return Err(damaged(path, 1, format!("the header is not `{}`", header.join(",")), max_step));
-            }
-            continue;
-        }
-        let row = parse_row(line, header).map_err(|why| damaged(path, i + 1, why, max_step))?;
-        if row.0 > max_step {
+    for (i, line) in lines.iter().enumerate().skip(1) {
+        let (step, key) = parse_row(line, log).map_err(|why| damaged(&path, i + 1, why, max_step))?;
+        if step > max_step {
             break;
         }
-        rows.push((i + 1, row, *line));
+        rows.push((i + 1, step, key, *line));
     }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    // The steps that must be there, in order.
-    let (required, block): (Vec<usize>, usize) = match name {
-        crate::run_dir::METRICS => ((1..=max_step).collect(), 1),
-        crate::run_dir::EVAL => {
-            let every = layout.eval_every;
-            let mut s: Vec<usize> = if every == 0 { Vec::new() } else { (every..=max_step).step_by(every).collect() };
-            if rows.last().is_some_and(|r| r.1 .0 == max_step) && s.last() != Some(&max_step) {
-                s.push(max_step);
-            }
-            (s, 1)
-        }
-        _ => {
-            let every = layout.grad_norm_every;
-            let s =
-                if every == 0 { Vec::new() } else { (1..=max_step).filter(|&s| s == 1 || s % every == 0).collect() };
-            let first: Vec<&Option<(Option<usize>, String)>> =
-                rows.iter().take_while(|r| r.1 .0 == rows[0].1 .0).map(|r| &r.1 .1).collect();
-            (s, first.len().max(1))
-        }
+    let required = log.required_steps(max_step, layout, rows.last().map(|r| r.1));
+    // A step's rows: one, or for grad_norms.csv a block, each like the first one's.
+    let block = match log {
+        Log::GradNorms => rows.iter().take_while(|r| r.1 == rows[0].1).count().max(1),
+        Log::Metrics | Log::Eval => 1,
     };
-    let signature: Vec<Option<(Option<usize>, String)>> = rows.iter().take(block).map(|r| r.1 .1.clone()).collect();
-    if name == crate::run_dir::GRAD_NORMS && !rows.is_empty() {
+    let signature: Vec<&RowKey> = rows.iter().take(block).map(|r| &r.2).collect();
+    if log == Log::GradNorms && !rows.is_empty() {
         let layers: Vec<usize> = signature.iter().filter_map(|k| k.as_ref().and_then(|k| k.0)).collect();
         if layers != (0..layout.depth).collect::<Vec<_>>() {
-            return Err(damaged(
-                path,
-                rows[0].0,
-                format!("the block of step {} does not list sub-layers 0..{} once each", rows[0].1 .0, layout.depth),
-                max_step,
-            ));
+            let why = format!("the block of step {} does not list sub-layers 0..{} once each", rows[0].1, layout.depth);
+            return Err(damaged(&path, rows[0].0, why, max_step));
         }
     }
     for (k, want) in required.iter().enumerate() {
         for j in 0..block {
-            let Some((line_no, (step, key), _)) = rows.get(k * block + j) else {
-                let after = rows.last().map(|r| format!(" after line {} (step {})", r.0, r.1 .0)).unwrap_or_default();
+            let Some((line_no, step, key, _)) = rows.get(k * block + j) else {
+                let after = rows.last().map(|r| format!(" after line {} (step {})", r.0, r.1)).unwrap_or_default();
                 return Err(damaged(
-                    path,
+                    &path,
                     rows.last().map(|r| r.0 + 1).unwrap_or(2),
                     format!("the file ends{after}, but the rows of step {want} are missing"),
                     max_step,
                 ));
             };
-            if step != want || Some(key) != signature.get(j) {
-                return Err(damaged(
-                    path,
-                    *line_no,
-                    format!(
-                        "holds a row of step {step} where the {} of step {want} belongs",
-                        if block > 1 { "grad-norm block" } else { "row" }
-                    ),
-                    max_step,
-                ));
+            if step != want || Some(&key) != signature.get(j) {
+                let what = if block > 1 { "grad-norm block" } else { "row" };
+                let why = format!("holds a row of step {step} where the {what} of step {want} belongs");
+                return Err(damaged(&path, *line_no, why, max_step));
             }
         }
     }
-    if let Some((line_no, (step, _), _)) = rows.get(required.len() * block) {
-        return Err(damaged(path, *line_no, format!("holds an unexpected row of step {step}"), max_step));
+    if let Some((line_no, step, _, _)) = rows.get(required.len() * block) {
+        return Err(damaged(&path, *line_no, format!("holds an unexpected row of step {step}"), max_step));
     }
-    for (_, _, line) in &rows {
+    for (_, _, _, line) in &rows {
         kept.push_str(line);
     }
     Ok(kept)
 }
 
-/// Verifies, without changing anything, that the run's CSVs hold every row up to `step`.
-pub fn verify_for_resume(dir: &RunDir, step: usize, layout: Layout) -> Result<(), InputError> {
-    verified_prefix(&dir.metrics(), &METRICS_HEADER, step, layout)?;
-    verified_prefix(&dir.eval_csv(), &EVAL_HEADER, step, layout)?;
-    verified_prefix(&dir.grad_norms(), &GRAD_NORMS_HEADER, step, layout)?;
-    Ok(())
+/// Verifies, without changing anything, that the run's CSVs hold every row up to `step`; returns
+/// what each keeps (in [`Log::ALL`] order).
+pub fn verify_for_resume(dir: &RunDir, step: usize, layout: Layout) -> Result<[String; 3], InputError> {
+    let [m, e, g] = Log::ALL;
+    Ok([
+        verified_prefix(dir, m, step, layout)?,
+        verified_prefix(dir, e, step, layout)?,
+        verified_prefix(dir, g, step, layout)?,
+    ])
 }
 
-/// Cuts a verified CSV back to its rows up to `max_step` and reopens it for appending.
-fn reopen(path: &Path, header: &[&str], max_step: usize, layout: Layout) -> anyhow::Result<csv::Writer<File>> {
-    let kept = verified_prefix(path, header, max_step, layout)?;
+/// Replaces a log with its verified `kept` text and reopens it for appending.
+fn reopen(path: &Path, kept: &str) -> std::io::Result<csv::Writer<File>> {
     write_atomic(path, kept.as_bytes())?;
     let file = std::fs::OpenOptions::new().append(true).open(path)?;
     Ok(csv::WriterBuilder::new().has_headers(false).from_writer(file))
@@ -221,14 +253,14 @@ impl RunWriters {
         })
     }
 
-    /// Continues a run's CSVs after step `step`: each must hold every row up to it (see
-    /// [`verify_for_resume`]); rows written after it are dropped.
+    /// Continues a run's CSVs after step `step`: all three must hold every row up to it (see
+    /// [`verify_for_resume`]) before any is rewritten; rows written after it are dropped.
     pub fn resume(dir: &RunDir, step: usize, layout: Layout) -> anyhow::Result<Self> {
-        verify_for_resume(dir, step, layout)?;
+        let [m, e, g] = verify_for_resume(dir, step, layout)?;
         Ok(RunWriters {
-            metrics: reopen(&dir.metrics(), &METRICS_HEADER, step, layout)?,
-            eval: reopen(&dir.eval_csv(), &EVAL_HEADER, step, layout)?,
-            grad_norms: reopen(&dir.grad_norms(), &GRAD_NORMS_HEADER, step, layout)?,
+            metrics: reopen(&dir.metrics(), &m)?,
+            eval: reopen(&dir.eval_csv(), &e)?,
+            grad_norms: reopen(&dir.grad_norms(), &g)?,
         })
     }
 

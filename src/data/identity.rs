@@ -6,12 +6,8 @@
 use super::prepare::META_FILE;
 use super::DataError;
 use crate::config::DataConfig;
+use crate::files::sha256_hex as sha256;
 use std::path::Path;
-
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(bytes))
-}
 
 fn read(path: &Path) -> Result<Vec<u8>, DataError> {
     std::fs::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })

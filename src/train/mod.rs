@@ -237,7 +237,6 @@ pub fn train(
         elapsed_s: 0.0,
         config_fingerprint: resolved.fingerprint(),
         keel_version: env!("CARGO_PKG_VERSION").into(),
-        files: Default::default(),
     };
     let layout = crate::metrics::Layout::of(resolved);
     let mut writers = match &start {
@@ -248,7 +247,7 @@ pub fn train(
     .with_context(|| format!("preparing output files in {}", out.display()))?;
     if let Start::Checkpoint(c) = &start {
         restore(&mut trainer, c)?;
-        state = TrainState { files: Default::default(), ..c.state.clone() };
+        state = c.state.clone();
     }
     // Divergence detection sees every step's loss, those before a resume replayed from metrics.csv.
     let mut detector =

@@ -81,12 +81,14 @@ fn save_tokenizer(config: &Config, run: &RunDir) -> Result<()> {
 /// A new run of `config` in `out` (default `run.out_dir/run.name`), which must be new or empty.
 pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
     let seq_len = config.train.seq_len.max(1);
-    // Validate what needs no data first, so a bad config fails before a large file is read.
-    config.resolve(crate::data::BYTE_VOCAB)?;
+    // Validate what needs no data first, so a bad config (or an absurd size) fails before a large
+    // file is read; the memory check runs again with the data's vocabulary.
+    let without_data = config.resolve(crate::data::BYTE_VOCAB)?;
     let device = crate::device::parse(&config.run.device)?;
-    crate::memory::check(&config.resolve(crate::data::BYTE_VOCAB)?, &device)?;
+    crate::memory::check(&without_data, &device)?;
     let corpus = Corpus::load(&config.data, seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
+    crate::memory::check(&resolved, &device)?;
     let identity = crate::data::identity::of(&config.data)?;
     let out = out.unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
     let (run, lock) = RunDir::create(out)?;
@@ -109,7 +111,6 @@ pub fn resume(
     device: Option<&str>,
     how: ResumeOptions,
 ) -> Result<Resumed> {
-    let force = how.force;
     let run = RunDir::at(dir);
     let saved_path = run.config();
     if !run.is_started() {
@@ -159,7 +160,7 @@ pub fn resume(
     if !diff.is_empty() {
         let forbidden: Vec<&String> =
             diff.iter().map(|(k, _, _)| k).filter(|k| !SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str())).collect();
-        if !forbidden.is_empty() || !force {
+        if !forbidden.is_empty() || !how.force {
             let lines: Vec<String> = diff
                 .iter()
                 .map(|(k, a, b)| {
