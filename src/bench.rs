@@ -108,24 +108,6 @@ pub fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// The SIMD level of gemm's matrix-product kernels here, as gemm chooses it at run time:
-/// AVX-512 only in a build with the `avx512` feature (the default).
-pub fn matmul_simd() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if cfg!(feature = "avx512") && has!("avx512f") {
-            return "avx512";
-        }
-        if has!("fma") {
-            return "avx2+fma";
-        }
-        return "baseline";
-    }
-    #[allow(unreachable_code)]
-    std::env::consts::ARCH
-}
-
 /// The best f32 matmul throughput, GFLOP/s, of keel's linear layer on `n x n x n` products.
 pub fn matmul_peak(device: &candle_core::Device, n: usize) -> Result<f64> {
     matmul_gflops(device, (n, n, n), 6)
@@ -227,7 +209,7 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
             peak,
             r.gflops_per_s() / peak,
             cpu_name(),
-            matmul_simd(),
+            crate::ops::matmul_simd(),
             crate::ops::simd_level().name()
         )?;
     }

@@ -292,7 +292,7 @@ mod tests {
         let wave = |k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
         use crate::ops::SimdLevel;
         let run = |level: SimdLevel| {
-            crate::ops::set_simd_limit(level);
+            crate::ops::set_kernel_simd_limit(level);
             let (mut p, g, mut m, mut v) =
                 (wave(0.37), wave(1.3), wave(0.11), wave(0.07).iter().map(|x| x * x).collect::<Vec<f32>>());
             adamw_update(h, &mut p, &g, &mut m, &mut v);

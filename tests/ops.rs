@@ -131,11 +131,11 @@ fn simd_paths_are_bit_identical() {
             ),
         ];
         for (name, inputs, f) in cases {
-            ops::set_simd_limit(ops::SimdLevel::Baseline);
+            ops::set_kernel_simd_limit(ops::SimdLevel::Baseline);
             let (a, ga) = run(&inputs, &*f, 5);
             // Every level this CPU has (AVX2, AVX-512) against the baseline SSE2 path.
             for level in ops::SimdLevel::ALL.into_iter().filter(|&l| l <= ops::SimdLevel::detected()).skip(1) {
-                ops::set_simd_limit(level);
+                ops::set_kernel_simd_limit(level);
                 assert_eq!(ops::simd_level(), level);
                 let (b, gb) = run(&inputs, &*f, 5);
                 assert_eq!(to_vec(&a), to_vec(&b), "{name} {dtype:?} forward at {level:?}");
@@ -361,7 +361,7 @@ fn f32_matrix_products_agree_with_f64_at_the_models_shapes() {
         let (y64, g64) = run(&[to64(&x), to64(&w)], &|t| ops::linear(&t[0], &t[1], Kernels::Fused).unwrap(), 23);
         let tol = |len: usize| 2e-6 * (len as f64).sqrt();
         let d = max_rel_diff(&y.to_dtype(DType::F64).unwrap(), &y64);
-        assert!(d < tol(k), "{n}x{k}x{m} forward: {d} at matmul SIMD {}", keel::bench::matmul_simd());
+        assert!(d < tol(k), "{n}x{k}x{m} forward: {d} at matmul SIMD {}", keel::ops::matmul_simd());
         // dL/dx sums over m, dL/dw over n.
         for ((a, b), len) in g.iter().zip(&g64).zip([m, n]) {
             let d = max_rel_diff(&a.to_dtype(DType::F64).unwrap(), b);

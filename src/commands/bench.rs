@@ -39,7 +39,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
     println!(
         "cpu: {}; SIMD: matmul {}, fused kernels {} ({} caps them: baseline, avx2, avx512)",
         bench::cpu_name(),
-        bench::matmul_simd(),
+        crate::ops::matmul_simd(),
         crate::ops::simd_level().name(),
         crate::ops::SIMD_ENV
     );
@@ -79,7 +79,7 @@ fn matmul_table(device: &candle_core::Device) -> Result<ExitStatus> {
         "keel bench --matmul: f32, threads {}; cpu: {}; SIMD: matmul {}",
         rayon::current_num_threads(),
         bench::cpu_name(),
-        bench::matmul_simd()
+        crate::ops::matmul_simd()
     );
     println!("{:<18} {:>18} {:>9}", "layer", "(n, k, m)", "GFLOP/s");
     for (name, (n, k, m)) in bench::model_matmul_shapes() {

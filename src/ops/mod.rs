@@ -34,8 +34,8 @@ pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_in};
 pub(crate) use real::vectorized;
 pub use real::{
-    dot, exp_f32, normal_cdf_f32, set_simd, set_simd_limit, simd_level, simd_limit_from_env, sum, Real, SimdLevel,
-    SIMD_ENV,
+    dot, exp_f32, matmul_simd, normal_cdf_f32, set_kernel_simd_limit, set_matmul_simd_limit, set_simd, set_simd_limit,
+    simd_level, simd_limit_from_env, sum, Real, SimdLevel, SIMD_ENV,
 };
 pub use rms_norm::{residual, residual_rms_norm, rms_norm};
 pub use rope::Rope;

@@ -202,10 +202,36 @@ impl SimdLevel {
 /// The widest level the kernels may use (`KEEL_SIMD`, or tests); 255: not set, no limit.
 static SIMD_LIMIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
-/// Caps the fused kernels' SIMD level (process-wide). The results do not depend on it (a test
-/// asserts bit equality at every level); it exists so that claim can be tested and measured.
+/// Caps the SIMD level of the fused kernels and of gemm's f32 matrix products (process-wide;
+/// `KEEL_SIMD`). The kernels' results do not depend on it (a test asserts bit equality at every
+/// level); gemm's AVX-512 kernels sum in another order than its AVX2 ones, so capping at `Avx2`
+/// on an AVX-512 machine reproduces an AVX2 machine's run bit for bit.
 pub fn set_simd_limit(limit: SimdLevel) {
+    set_kernel_simd_limit(limit);
+    set_matmul_simd_limit(limit);
+}
+
+/// Caps the fused kernels' level only (tests compare their paths while the products stay put).
+pub fn set_kernel_simd_limit(limit: SimdLevel) {
     SIMD_LIMIT.store(limit as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Caps gemm's f32 products only, from the next product on.
+pub fn set_matmul_simd_limit(limit: SimdLevel) {
+    // The patched gemm-f32 (vendor/gemm-f32) numbers its levels as SimdLevel does.
+    gemm_f32::gemm::set_x86_level_limit(limit as u8);
+}
+
+/// The level gemm's f32 matrix products run at: `avx512`, `avx2+fma` or `baseline`.
+pub fn matmul_simd() -> &'static str {
+    if !cfg!(target_arch = "x86_64") {
+        return std::env::consts::ARCH;
+    }
+    match gemm_f32::gemm::x86_level() {
+        gemm_f32::gemm::AVX512F => "avx512",
+        gemm_f32::gemm::FMA => "avx2+fma",
+        _ => "baseline",
+    }
 }
 
 /// The level the fused kernels run at: the CPU's widest, capped by [`set_simd_limit`].
@@ -217,7 +243,7 @@ pub fn simd_level() -> SimdLevel {
     }
 }
 
-/// The environment variable that caps the fused kernels' SIMD level.
+/// The environment variable that caps the SIMD level of the matrix products and fused kernels.
 pub const SIMD_ENV: &str = "KEEL_SIMD";
 
 /// Applies `KEEL_SIMD` (baseline, avx2 or avx512), if set; an unknown value is an error message.
@@ -230,7 +256,7 @@ pub fn simd_limit_from_env() -> Result<(), String> {
             Ok(())
         }
         None => Err(format!(
-            "{SIMD_ENV}={v} is not a SIMD level\n  use one of baseline, avx2, avx512 (the widest the kernels may use), or unset it"
+            "{SIMD_ENV}={v} is not a SIMD level\n  use one of baseline, avx2, avx512 (the widest the matrix products and kernels may use), or unset it"
         )),
     }
 }
@@ -238,7 +264,7 @@ pub fn simd_limit_from_env() -> Result<(), String> {
 /// Switches the fused kernels' SIMD paths on (the CPU's widest) or off (baseline).
 #[doc(hidden)]
 pub fn set_simd(enabled: bool) {
-    set_simd_limit(if enabled { SimdLevel::Avx512 } else { SimdLevel::Baseline });
+    set_kernel_simd_limit(if enabled { SimdLevel::Avx512 } else { SimdLevel::Baseline });
 }
 
 /// Runs `f` compiled for the widest SIMD level the CPU has (keel is built for baseline x86-64,
