@@ -28,7 +28,7 @@ pub fn reference_overrides() -> Vec<String> {
     .collect()
 }
 
-pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak,cpu,matmul_simd,kernel_simd";
+pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak,cpu,matmul_simd,kernel_simd,attention";
 
 pub struct BenchResult {
     pub placement: Placement,
@@ -181,8 +181,29 @@ pub fn bench_one(config: &Config, steps: usize, warmup: usize) -> Result<BenchRe
     })
 }
 
+/// `Err` unless `path` is absent or a CSV that `keel bench` can append to (its header is
+/// [`BENCH_CSV_HEADER`]): asked before any benchmark runs and again before appending.
+pub fn check_csv(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    // Rows under another header would be misread by every tool that reads the file.
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError(format!("cannot read {} to append to it: {e}", path.display())))?;
+    let header = text.lines().next().unwrap_or("");
+    if header != BENCH_CSV_HEADER {
+        return Err(InputError(format!(
+            "{} does not start with keel bench's header (it has other columns, perhaps from an older keel)\n  found:    {header}\n  expected: {BENCH_CSV_HEADER}\n  fix: give --csv a new file (the existing one is left as it is)",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Appends one `BENCH_CSV_HEADER` row per result to `path` (writing the header into a new file).
 pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, rows: &[BenchResult]) -> Result<()> {
+    check_csv(path)?;
     let new = !path.exists();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -196,7 +217,7 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
     for r in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{},{},{},{}",
             device_name,
             format!("{:?}", config.train.precision).to_lowercase(),
             m.d_model,
@@ -210,7 +231,8 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
             r.gflops_per_s() / peak,
             cpu_name(),
             crate::ops::matmul_simd(),
-            crate::ops::simd_level().name()
+            crate::ops::simd_level().name(),
+            config.train.attention.name()
         )?;
     }
     Ok(())

@@ -10,7 +10,8 @@
 //! gradients    P e        (2 P e with train.grad_accum > 1: the running sum and the micro-batch's)
 //! AdamW m, v   2 P e      (bf16 adds 2 P: the weights' bf16 copies for the products)
 //! activations  what the backward pass keeps, e bytes each:
-//!   attention sub-layer  N (C (norms + 2) + W_qkv (1 + 2 qkv_norm) + H D) + B H T^2 (probabilities)
+//!   attention sub-layer  N (C (norms + 2) + W_qkv (1 + 2 qkv_norm) + H D) + B H T^2 (probabilities;
+//!                        B H T log-sum-exps with train.attention = "tiled")
 //!   FFN sub-layer        N (C (norms + 2) + W_in + d_ff)
 //!   head                 N C (embedding) + N C (final norm) + 2 N V (logits, softmax)
 //!   train.recompute = "blocks": one (N, C) input per block + one block's intermediates + head
@@ -22,6 +23,7 @@
 //! All arithmetic is in f64, so absurd configs give huge numbers, never an overflow.
 
 use crate::config::{FfnKind, NormKind, Precision, Recompute, Resolved};
+use crate::ops::AttentionKernel;
 use crate::placement::ResidualForm;
 use crate::InputError;
 use candle_core::Device;
@@ -150,7 +152,11 @@ pub fn estimate(r: &Resolved) -> Estimate {
     let qkv_w = (z.h + 2.0 * z.hkv) * z.d;
     let qkv_norm = if m.placement.normalizes_qkv() { 1.0 } else { 0.0 };
     // Per sub-layer, without its residual-path norms (added from the count).
-    let attn = rows * (2.0 * z.c + qkv_w * (1.0 + 2.0 * qkv_norm) + z.h * z.d) + b * z.h * tl * tl;
+    let kept_per_row = match t.attention {
+        AttentionKernel::SavedProbs => tl,
+        AttentionKernel::Tiled => 1.0,
+    };
+    let attn = rows * (2.0 * z.c + qkv_w * (1.0 + 2.0 * qkv_norm) + z.h * z.d) + b * z.h * tl * kept_per_row;
     let ffn = rows * (2.0 * z.c + z.w_in + z.d_ff);
     let head = rows * z.c * (1.0 + if r.final_norm() { 1.0 } else { 0.0 }) + 2.0 * rows * z.v;
     let n = norm_count(r);
@@ -280,6 +286,14 @@ pub fn check_in(r: &Resolved, room: &Room) -> Result<Estimate, InputError> {
             "--set train.recompute=blocks (keeps one (B*T, C) tensor per block for the backward pass)".to_string(),
         );
     }
+    let mut tiled = r.clone();
+    tiled.config.train.attention = AttentionKernel::Tiled;
+    if t.attention == AttentionKernel::SavedProbs && estimate(&tiled).total() <= room.limit() {
+        fixes.push(
+            "--set train.attention=tiled (flash-style attention: no (B, H, T, T) probabilities kept on the CPU)"
+                .to_string(),
+        );
+    }
     fixes.push(format!(
         "a smaller train.batch_size (now {}) or train.seq_len (now {}); train.grad_accum keeps the tokens per step",
         t.batch_size, t.seq_len
@@ -341,6 +355,27 @@ mod tests {
         let err = check_in(&c.resolve(256).unwrap(), &room).unwrap_err().0;
         assert!(err.contains("--set train.recompute=blocks"), "{err}");
         assert!(none.activation_bytes > 10.0 * none.param_bytes, "{none:?}");
+    }
+
+    #[test]
+    fn tiled_attention_keeps_no_probabilities() {
+        let mut c = crate::config::Config::default();
+        c.train.seq_len = 2048;
+        c.train.batch_size = 2;
+        let saved = estimate(&c.resolve(256).unwrap());
+        c.train.attention = AttentionKernel::Tiled;
+        let tiled = estimate(&c.resolve(256).unwrap());
+        // Probabilities are B H T^2 elements per attention sub-layer; tiled keeps B H T.
+        let m = &c.model;
+        let (b, h, t) = (2.0, m.n_heads as f64, 2048.0);
+        let probs = (m.depth / 2) as f64 * b * h * (t * t - t) * 4.0;
+        assert!((saved.activation_bytes - tiled.activation_bytes - probs).abs() < 1.0, "{saved:?} {tiled:?}");
+        // Where only the tiled kernel fits, the refusal says so.
+        let between = (saved.total() + tiled.total()) / 2.0;
+        let room = Room::Host { available: between, total: between };
+        c.train.attention = AttentionKernel::SavedProbs;
+        let err = check_in(&c.resolve(256).unwrap(), &room).unwrap_err().0;
+        assert!(err.contains("--set train.attention=tiled"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! Weights are stored (in, out), so a linear layer is `x w` (`ops::linear`).
 
 use crate::config::{FfnKind, NormKind, Precision, Resolved};
-use crate::ops::{self, AttnShape, Kernels, Rope};
+use crate::ops::{self, AttentionKernel, AttnShape, Kernels, Rope};
 use crate::placement::ResidualForm;
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -189,6 +189,8 @@ pub struct Attention {
     pub qkv_norm: Option<[Norm; 3]>,
     /// Mixed precision: the dtype of the projections' products.
     pub compute: Option<DType>,
+    /// The fused CPU kernel (`train.attention`).
+    pub kernel: AttentionKernel,
 }
 
 impl Attention {
@@ -207,7 +209,7 @@ impl Attention {
         }
         let shape =
             AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
-        ops::linear_in(&ops::causal_attention(&qkv, shape, rope, k)?, &self.wo, k, self.compute)
+        ops::linear_in(&ops::causal_attention(&qkv, shape, rope, k, self.kernel)?, &self.wo, k, self.compute)
     }
 }
 
@@ -379,6 +381,7 @@ impl Model {
                         head_dim: d,
                         qkv_norm,
                         compute,
+                        kernel: r.train().attention,
                     })
                 }
                 SubLayerKind::Ffn => {

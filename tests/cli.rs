@@ -186,6 +186,7 @@ fn text_file_data_and_bench_run() {
         assert!(!cells[20].is_empty(), "{row}");
         assert!(["avx512", "avx2+fma", "baseline", "aarch64"].contains(&cells[21]), "{row}");
         assert!(["avx512", "avx2", "baseline"].contains(&cells[22]), "{row}");
+        assert_eq!(cells[23], "saved_probs", "{row}");
     }
     // The fused kernels' level follows KEEL_SIMD; a bad value is refused.
     let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
@@ -195,7 +196,19 @@ fn text_file_data_and_bench_run() {
         .env("KEEL_SIMD", "baseline");
     assert!(c.output().unwrap().status.success());
     let capped = std::fs::read_to_string(d.join("capped.csv")).unwrap();
-    assert!(capped.lines().nth(1).unwrap().ends_with(",baseline"), "{capped}");
+    assert!(capped.lines().nth(1).unwrap().ends_with(",baseline,saved_probs"), "{capped}");
+    // The tiled attention is recorded; a CSV with another header is refused and left as it was.
+    let tiny_bench = ["bench", "--steps", "1", "--warmup", "0", "--set", "model.depth=2", "--set", "model.d_model=32"];
+    let tiled = [&tiny_bench[..], &["--set", "train.attention=tiled", "--csv", "capped.csv"]].concat();
+    let out = keel(&tiled, d);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let capped = std::fs::read_to_string(d.join("capped.csv")).unwrap();
+    assert!(capped.lines().nth(2).unwrap().ends_with(",tiled"), "{capped}");
+    let old = "device,precision,tokens_per_s\ncpu,f32,123\n";
+    std::fs::write(d.join("old.csv"), old).unwrap();
+    let into_old = [&tiny_bench[..], &["--csv", "old.csv"]].concat();
+    expect_input_error(&into_old, d, &["old.csv", "header", "new file"]);
+    assert_eq!(std::fs::read_to_string(d.join("old.csv")).unwrap(), old);
     let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
     c.args(["bench", "--steps", "1"]).env("KEEL_SIMD", "avx3");
     let out = c.output().unwrap();

@@ -4,7 +4,7 @@
 mod common;
 use candle_core::{DType, Tensor, Var};
 use common::*;
-use keel::ops::{self, composite, AttnShape, Kernels, Rope};
+use keel::ops::{self, composite, AttentionKernel, AttnShape, Kernels, Rope};
 use std::sync::Arc;
 
 /// Forward outputs and input gradients of `f` for a random upstream gradient.
@@ -101,6 +101,9 @@ fn simd_paths_are_bit_identical() {
         let targets =
             Tensor::from_vec((0..45u32).map(|i| (i * 7) % 11).collect(), 45, &candle_core::Device::Cpu).unwrap();
         let rope = rope.clone();
+        // Two tiles and a partial third for the tiled attention.
+        let s2 = AttnShape { batch: 1, seq: 150, n_heads: 2, n_kv_heads: 1, head_dim: 10 };
+        let rope2 = Arc::new(Rope::new(150, 10, 10_000.0));
         let cases: Vec<Case> = vec![
             (
                 "rms_norm",
@@ -122,7 +125,16 @@ fn simd_paths_are_bit_identical() {
             (
                 "attention",
                 vec![var(7, &[s.batch * s.seq, (s.n_heads + 2 * s.n_kv_heads) * s.head_dim], dtype)],
-                Box::new(move |t| ops::causal_attention(&t[0], s, &rope, Kernels::Fused).unwrap()),
+                Box::new(move |t| {
+                    ops::causal_attention(&t[0], s, &rope, Kernels::Fused, AttentionKernel::SavedProbs).unwrap()
+                }),
+            ),
+            (
+                "tiled attention",
+                vec![var(7, &[s2.batch * s2.seq, (s2.n_heads + 2 * s2.n_kv_heads) * s2.head_dim], dtype)],
+                Box::new(move |t| {
+                    ops::causal_attention(&t[0], s2, &rope2, Kernels::Fused, AttentionKernel::Tiled).unwrap()
+                }),
             ),
             (
                 "cross_entropy",
@@ -183,11 +195,81 @@ fn attention_matches_composite() {
             compare(
                 &format!("attention {s:?} {dtype:?}"),
                 &[qkv],
-                &|t| ops::causal_attention(&t[0], s, &rope, Kernels::Fused).unwrap(),
-                &|t| ops::causal_attention(&t[0], s, &rope, Kernels::Composite).unwrap(),
+                &|t| ops::causal_attention(&t[0], s, &rope, Kernels::Fused, AttentionKernel::SavedProbs).unwrap(),
+                &|t| ops::causal_attention(&t[0], s, &rope, Kernels::Composite, AttentionKernel::SavedProbs).unwrap(),
                 tol,
             );
         }
+    }
+}
+
+/// The flash-style tiled attention against the kernel that keeps the (T, T) probabilities, and
+/// against the composite twin, forward and backward: one tile, several tiles with a partial last
+/// one (tiles are 128 rows), GQA, odd head sizes.
+#[test]
+fn tiled_attention_matches_saved_probabilities() {
+    let cases = [
+        // (batch, seq, heads, kv heads, head dim)
+        (1, 1, 1, 1, 2),
+        (2, 7, 4, 2, 6),
+        (1, 128, 2, 1, 8),
+        (2, 129, 3, 3, 10),
+        (1, 130, 4, 1, 4),
+        (1, 201, 2, 2, 16),
+    ];
+    for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
+        for (batch, seq, n_heads, n_kv_heads, head_dim) in cases {
+            let s = AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
+            let rope = Arc::new(Rope::new(seq + 3, head_dim, 10_000.0));
+            let qkv = var(11, &[batch * seq, (n_heads + 2 * n_kv_heads) * head_dim], dtype);
+            let tiled =
+                |t: &[Tensor]| ops::causal_attention(&t[0], s, &rope, Kernels::Fused, AttentionKernel::Tiled).unwrap();
+            compare(
+                &format!("tiled attention {s:?} {dtype:?} vs saved probabilities"),
+                std::slice::from_ref(&qkv),
+                &tiled,
+                &|t| ops::causal_attention(&t[0], s, &rope, Kernels::Fused, AttentionKernel::SavedProbs).unwrap(),
+                tol,
+            );
+            if seq <= 129 {
+                compare(
+                    &format!("tiled attention {s:?} {dtype:?} vs composite"),
+                    &[qkv],
+                    &tiled,
+                    &|t| ops::causal_attention(&t[0], s, &rope, Kernels::Composite, AttentionKernel::Tiled).unwrap(),
+                    tol,
+                );
+            }
+        }
+    }
+}
+
+/// Large scores (a row's max far above the rest) must not overflow the online softmax, and a
+/// second backward through the same graph (the log-sum-exps are kept, not taken) gives the same
+/// gradient.
+#[test]
+fn tiled_attention_is_stable_and_backward_repeats() {
+    let s = AttnShape { batch: 1, seq: 150, n_heads: 2, n_kv_heads: 1, head_dim: 8 };
+    let rope = Arc::new(Rope::new(150, 8, 10_000.0));
+    for dtype in [DType::F32, DType::F64] {
+        // Scores of order 30^2 * 8 / sqrt(8): exp would overflow f32 without the running max.
+        let qkv = Var::from_tensor(&(randn(12, &[150, 32], dtype) * 30.0).unwrap()).unwrap();
+        let run = |kernel| {
+            let out = ops::causal_attention(qkv.as_tensor(), s, &rope, Kernels::Fused, kernel).unwrap();
+            let loss = (&out * randn(13, out.dims(), dtype)).unwrap().sum_all().unwrap();
+            let first = loss.backward().unwrap().get(qkv.as_tensor()).unwrap().clone();
+            let second = loss.backward().unwrap().get(qkv.as_tensor()).unwrap().clone();
+            (out, first, second)
+        };
+        let (out, first, second) = run(AttentionKernel::Tiled);
+        let (want, want_grad, _) = run(AttentionKernel::SavedProbs);
+        assert!(to_vec(&out).iter().chain(&to_vec(&first)).all(|x| x.is_finite()), "{dtype:?}: non-finite values");
+        assert_eq!(to_vec(&first), to_vec(&second), "{dtype:?}: a second backward differs");
+        let tol = if dtype == DType::F64 { 1e-9 } else { 2e-3 };
+        let d = max_rel_diff(&out, &want);
+        assert!(d < tol, "{dtype:?} forward differs by {d}");
+        let d = max_rel_diff(&first, &want_grad);
+        assert!(d < tol, "{dtype:?} gradient differs by {d}");
     }
 }
 
@@ -244,7 +326,7 @@ fn attention_backward_recomputes_probabilities_when_not_saved() {
     let s = AttnShape { batch: 2, seq: 40, n_heads: 4, n_kv_heads: 2, head_dim: 6 };
     let rope = Arc::new(Rope::new(40, 6, 10_000.0));
     let qkv = var(9, &[80, 48], DType::F64);
-    let out = ops::causal_attention(qkv.as_tensor(), s, &rope, Kernels::Fused).unwrap();
+    let out = ops::causal_attention(qkv.as_tensor(), s, &rope, Kernels::Fused, AttentionKernel::SavedProbs).unwrap();
     let loss = (&out * randn(10, out.dims(), DType::F64)).unwrap().sum_all().unwrap();
     let first = loss.backward().unwrap();
     let second = loss.backward().unwrap();

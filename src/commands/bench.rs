@@ -22,9 +22,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
     if args.matmul {
         return matmul_table(&device);
     }
+    if let Some(path) = &args.csv {
+        bench::check_csv(path)?;
+    }
     let peak = bench::matmul_peak(&device, 1024)?;
     println!(
-        "keel bench: d_model {} heads {} depth {} seq {} batch {}, {:?}, recompute {:?}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
+        "keel bench: d_model {} heads {} depth {} seq {} batch {}, {:?}, recompute {:?}, attention {}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
         config.model.d_model,
         config.model.n_heads,
         config.model.depth,
@@ -32,6 +35,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
         config.train.batch_size,
         config.train.precision,
         config.train.recompute,
+        config.train.attention.name(),
         args.steps,
         args.warmup,
         rayon::current_num_threads()

@@ -169,6 +169,10 @@ pub struct TrainConfig {
     /// `"none"` or `"blocks"`: recompute each block in the backward pass instead of storing its
     /// activations (for very deep models; identical results, about 15% slower at the reference config).
     pub recompute: Recompute,
+    /// `"saved_probs"` or `"tiled"`: how the CPU attention keeps what its backward needs, the
+    /// (B, H, T, T) probabilities or, flash-style, one log-sum-exp per row (memory linear in T;
+    /// the same function, rounded differently). Other devices use the composite attention.
+    pub attention: crate::ops::AttentionKernel,
 }
 
 impl Default for TrainConfig {
@@ -196,6 +200,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             precision: Precision::F32,
             recompute: Recompute::None,
+            attention: crate::ops::AttentionKernel::SavedProbs,
         }
     }
 }

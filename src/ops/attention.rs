@@ -1,6 +1,6 @@
 //! Causal multi-head attention with RoPE and grouped KV heads (GQA).
 
-use super::custom::{Fused, FusedOp1, FusedOp2, Input, Output};
+use super::custom::{Fused, FusedOp1, FusedOp2, FusedOp3, Input, Output};
 use super::kernels::Kernels;
 use super::real::{dot, sum, unfilled, vectorized, Real};
 use super::rope::Rope;
@@ -24,13 +24,45 @@ impl AttnShape {
     }
 }
 
+/// What the fused CPU attention keeps for its backward pass (`train.attention`). Both compute the
+/// same function; they differ in memory and in rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKernel {
+    /// Scores are computed per head as one (T, T) matrix, and the probabilities (B, H, T, T) are
+    /// kept for the backward pass: fastest at short sequences.
+    #[default]
+    SavedProbs,
+    /// Flash-style: (TILE, TILE) tiles of queries against keys with an online softmax, keeping only
+    /// each row's log-sum-exp (B, H, T); the backward recomputes the probabilities tile by tile.
+    /// No (T, T) tensor in either pass, so memory grows with T, not T².
+    Tiled,
+}
+
+impl AttentionKernel {
+    /// The config's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::SavedProbs => "saved_probs",
+            AttentionKernel::Tiled => "tiled",
+        }
+    }
+}
+
 /// Causal multi-head attention with RoPE and grouped KV heads.
 /// qkv: (B*T, (H + 2 Hkv) D), laid out [q heads | k heads | v heads] per row.
 /// Returns (B*T, H D): softmax(rope(q) rope(k)^T / sqrt(D) + causal mask) v, heads concatenated.
-pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
+/// `kernel` chooses the fused CPU kernel; the composite twin (other devices) ignores it.
+pub fn causal_attention(
+    qkv: &Tensor,
+    s: AttnShape,
+    rope: &Arc<Rope>,
+    k: Kernels,
+    kernel: AttentionKernel,
+) -> Result<Tensor> {
     match k {
         Kernels::Fused => {
-            qkv.contiguous()?.apply_op1(Fused(Attention { s, rope: rope.clone(), saved: Default::default() }))
+            qkv.contiguous()?.apply_op1(Fused(Attention { s, rope: rope.clone(), kernel, saved: Default::default() }))
         }
         Kernels::Composite => composite::causal_attention(qkv, s, rope),
     }
@@ -82,7 +114,9 @@ pub mod composite {
 struct Attention {
     s: AttnShape,
     rope: Arc<Rope>,
-    /// The forward's attention probabilities, taken by the backward pass.
+    kernel: AttentionKernel,
+    /// What the forward kept for the backward pass: the probabilities (taken by the backward, so
+    /// they are freed with it) or the log-sum-exps (small; kept for any later backward).
     saved: std::sync::Mutex<Option<CpuStorage>>,
 }
 
@@ -428,14 +462,28 @@ impl FusedOp1 for Attention {
         if qkv.shape().dims2()? != (s.batch * s.seq, s.qkv_width()) || self.rope.seq_len < s.seq {
             candle_core::bail!("keel attention: qkv shape {:?} does not match {:?}", qkv.shape(), s);
         }
-        let (out, probs) = attn_fwd_kernel(qkv.slice()?, s, &self.rope);
-        *self.saved.lock().expect("attention probabilities") = Some(T::to_cpu_storage_owned(probs));
+        let (out, saved) = match self.kernel {
+            AttentionKernel::SavedProbs => attn_fwd_kernel(qkv.slice()?, s, &self.rope),
+            AttentionKernel::Tiled => tiled::forward(qkv.slice()?, s, &self.rope),
+        };
+        *self.saved.lock().expect("attention's saved state") = Some(T::to_cpu_storage_owned(saved));
         Ok((out, Shape::from((s.batch * s.seq, s.n_heads * s.head_dim))))
     }
-    fn bwd(&self, qkv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
-        let saved = self.saved.lock().expect("attention probabilities").take();
-        let op = AttentionBwd { s: self.s, rope: self.rope.clone(), saved };
-        Ok(Some(qkv.apply_op2_no_bwd(dout, &Fused(op))?))
+    fn bwd(&self, qkv: &Tensor, out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
+        let mut saved = self.saved.lock().expect("attention's saved state");
+        match self.kernel {
+            AttentionKernel::SavedProbs => {
+                let op = AttentionBwd { s: self.s, rope: self.rope.clone(), saved: saved.take() };
+                Ok(Some(qkv.apply_op2_no_bwd(dout, &Fused(op))?))
+            }
+            AttentionKernel::Tiled => {
+                let Some(lse) = saved.clone() else {
+                    candle_core::bail!("keel attention: backward before forward");
+                };
+                let op = tiled::Backward { s: self.s, rope: self.rope.clone(), lse };
+                Ok(Some(qkv.apply_op3_no_bwd(out, dout, &Fused(op))?))
+            }
+        }
     }
 }
 
@@ -451,5 +499,262 @@ impl FusedOp2 for AttentionBwd {
     fn cpu<T: Real>(&self, qkv: Input, dout: Input) -> Result<Output<T>> {
         let saved = self.saved.as_ref().map(|p| p.as_slice::<T>()).transpose()?;
         Ok((attn_bwd_kernel(qkv.slice()?, dout.slice()?, self.s, &self.rope, saved), qkv.shape().clone()))
+    }
+}
+
+/// The flash-style kernel ([`AttentionKernel::Tiled`]), FlashAttention-2's algorithm on the CPU:
+/// per (batch, head), query tiles of `TILE` rows against key tiles of `TILE` columns up to the
+/// diagonal, with a running max m, running sum l and unnormalized output per row; the forward
+/// keeps LSE = m + ln l per row, and the backward recomputes each probability tile as
+/// exp(S - LSE), with D_i = dO_i . O_i standing in for rowsum(P * dP).
+mod tiled {
+    use super::*;
+
+    /// Query rows and key columns per tile. A (TILE, TILE) score tile and a (TILE, D) output
+    /// accumulator per task are the only scratch besides the gathered heads.
+    pub(super) const TILE: usize = 128;
+
+    fn tiles(t: usize) -> impl Iterator<Item = (usize, usize)> {
+        (0..t.div_ceil(TILE)).map(move |r| (r * TILE, TILE.min(t - r * TILE)))
+    }
+
+    /// Key tiles a query tile starting at `r0` sees: those starting at or before it (tiles are
+    /// aligned, so only the last of them, the diagonal tile, is partly masked).
+    fn key_tiles(t: usize, r0: usize) -> impl Iterator<Item = (usize, usize)> {
+        tiles(t).take_while(move |&(c0, _)| c0 <= r0)
+    }
+
+    /// Columns of key tile `c0` that query row `row` (absolute) sees: c0..=row.
+    #[inline(always)]
+    fn live(row: usize, c0: usize, cn: usize) -> usize {
+        (row + 1 - c0).min(cn)
+    }
+
+    /// Returns the output (B*T, H D) and the log-sum-exp of each row's scaled scores, (B, H, T).
+    pub(super) fn forward<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> (Vec<T>, Vec<T>) {
+        let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        let w = s.qkv_width();
+        let ow = h * d;
+        let rep = h / hkv;
+        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        let mut out = unfilled::<T>(batch * t * ow);
+        let mut lse_all = unfilled::<T>(batch * h * t);
+        let optr = SendPtr(out.as_mut_ptr());
+        lse_all.par_chunks_mut(t).enumerate().for_each(|(task, lse)| {
+            #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
+            let optr = optr;
+            let (b, head) = (task / h, task % h);
+            let g = head / rep;
+            let q = gather_head(qkv, w, b, t, head * d, d, Some(rope));
+            let k = gather_head(qkv, w, b, t, (h + g) * d, d, Some(rope));
+            let v = unsafe { qkv.as_ptr().add(b * t * w + (h + hkv + g) * d) };
+            let mut scores = unfilled::<T>(TILE * TILE);
+            let mut acc = unfilled::<T>(TILE * d);
+            let (mut m, mut l, mut corr) = ([T::zero(); TILE], [T::zero(); TILE], [T::zero(); TILE]);
+            for (r0, rn) in tiles(t) {
+                for (c0, cn) in key_tiles(t, r0) {
+                    let first = c0 == 0;
+                    // S = Q[r0..r0+rn] K[c0..c0+cn]^T, rows TILE apart.
+                    unsafe {
+                        mm(
+                            rn,
+                            cn,
+                            d,
+                            scores.as_mut_ptr(),
+                            TILE,
+                            false,
+                            rows(q.as_ptr().add(r0 * d), d),
+                            transposed(k.as_ptr().add(c0 * d), d),
+                        );
+                    }
+                    // P = exp(S * scale - m_new) over the live columns, 0 over the masked ones.
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for i in 0..rn {
+                                let row = &mut scores[i * TILE..i * TILE + cn];
+                                let (seen, masked) = row.split_at_mut(live(r0 + i, c0, cn));
+                                let mut mx = if first { T::neg_infinity() } else { m[i] };
+                                for x in seen.iter_mut() {
+                                    *x *= scale;
+                                    mx = num_traits::Float::max(mx, *x);
+                                }
+                                T::exp_shifted(seen, mx);
+                                let row_sum = sum(seen);
+                                masked.fill(T::zero());
+                                if first {
+                                    l[i] = row_sum;
+                                } else {
+                                    corr[i] = (m[i] - mx).fast_exp();
+                                    l[i] = l[i] * corr[i] + row_sum;
+                                }
+                                m[i] = mx;
+                            }
+                        },
+                    );
+                    if !first {
+                        for (i, a) in acc.chunks_exact_mut(d).take(rn).enumerate() {
+                            a.iter_mut().for_each(|x| *x *= corr[i]);
+                        }
+                    }
+                    // acc [*corr] += P V[c0..c0+cn]
+                    unsafe {
+                        mm(rn, d, cn, acc.as_mut_ptr(), d, !first, rows(scores.as_ptr(), TILE), rows(v.add(c0 * w), w));
+                    }
+                }
+                // O = acc / l, LSE = m + ln l.
+                for i in 0..rn {
+                    let inv = l[i].recip();
+                    let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add((b * t + r0 + i) * ow + head * d), d) };
+                    for (o, &a) in o.iter_mut().zip(&acc[i * d..(i + 1) * d]) {
+                        *o = a * inv;
+                    }
+                    lse[r0 + i] = m[i] + l[i].ln();
+                }
+            }
+        });
+        (out, lse_all)
+    }
+
+    /// Backward of [`forward`]: qkv, out (B*T, H D) and dout -> dqkv, with the forward's LSE.
+    fn backward<T: Real>(qkv: &[T], out: &[T], dout: &[T], lse_all: &[T], s: AttnShape, rope: &Rope) -> Vec<T> {
+        let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        let w = s.qkv_width();
+        let ow = h * d;
+        let rep = h / hkv;
+        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        let mut dqkv = unfilled(qkv.len());
+        let gptr = SendPtr(dqkv.as_mut_ptr());
+        // One task per (batch, kv head): it owns dK and dV of that kv head and dQ of its query heads.
+        (0..batch * hkv).into_par_iter().for_each(|task| {
+            #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
+            let gptr = gptr;
+            let (b, g) = (task / hkv, task % hkv);
+            let k = gather_head(qkv, w, b, t, (h + g) * d, d, Some(rope));
+            let v = gather_head(qkv, w, b, t, (h + hkv + g) * d, d, None);
+            let mut dk = vec![T::zero(); t * d];
+            let mut dv = vec![T::zero(); t * d];
+            let mut dq = unfilled::<T>(t * d);
+            let mut delta = unfilled::<T>(t);
+            let mut p = unfilled::<T>(TILE * TILE);
+            let mut ds = unfilled::<T>(TILE * TILE);
+            for head in g * rep..(g + 1) * rep {
+                let q = gather_head(qkv, w, b, t, head * d, d, Some(rope));
+                let lse = &lse_all[(b * h + head) * t..(b * h + head + 1) * t];
+                let row = |i: usize| (b * t + i) * ow + head * d;
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (i, di) in delta.iter_mut().enumerate() {
+                            *di = dot(&dout[row(i)..row(i) + d], &out[row(i)..row(i) + d]);
+                        }
+                    },
+                );
+                let dout_h = unsafe { dout.as_ptr().add(row(0)) };
+                for (r0, rn) in tiles(t) {
+                    for (c0, cn) in key_tiles(t, r0) {
+                        unsafe {
+                            // S = Q_i K_j^T
+                            mm(
+                                rn,
+                                cn,
+                                d,
+                                p.as_mut_ptr(),
+                                TILE,
+                                false,
+                                rows(q.as_ptr().add(r0 * d), d),
+                                transposed(k.as_ptr().add(c0 * d), d),
+                            );
+                            // dP = dO_i V_j^T
+                            mm(
+                                rn,
+                                cn,
+                                d,
+                                ds.as_mut_ptr(),
+                                TILE,
+                                false,
+                                rows(dout_h.add(r0 * ow), ow),
+                                transposed(v.as_ptr().add(c0 * d), d),
+                            );
+                        }
+                        // P = exp(S * scale - LSE) (0 where masked); dS = P (dP - D) * scale.
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                for i in 0..rn {
+                                    let n = live(r0 + i, c0, cn);
+                                    let (pr, dsr) = (&mut p[i * TILE..i * TILE + cn], &mut ds[i * TILE..i * TILE + cn]);
+                                    let (shift, di) = (lse[r0 + i], delta[r0 + i]);
+                                    for x in pr[..n].iter_mut() {
+                                        *x = (*x * scale - shift).fast_exp();
+                                    }
+                                    pr[n..].fill(T::zero());
+                                    for (dv, &pv) in dsr.iter_mut().zip(pr.iter()) {
+                                        *dv = pv * (*dv - di) * scale;
+                                    }
+                                }
+                            },
+                        );
+                        unsafe {
+                            // dV_j += P^T dO_i
+                            mm(
+                                cn,
+                                d,
+                                rn,
+                                dv.as_mut_ptr().add(c0 * d),
+                                d,
+                                true,
+                                transposed(p.as_ptr(), TILE),
+                                rows(dout_h.add(r0 * ow), ow),
+                            );
+                            // dQ_i (+)= dS K_j
+                            mm(
+                                rn,
+                                d,
+                                cn,
+                                dq.as_mut_ptr().add(r0 * d),
+                                d,
+                                c0 > 0,
+                                rows(ds.as_ptr(), TILE),
+                                rows(k.as_ptr().add(c0 * d), d),
+                            );
+                            // dK_j += dS^T Q_i
+                            mm(
+                                cn,
+                                d,
+                                rn,
+                                dk.as_mut_ptr().add(c0 * d),
+                                d,
+                                true,
+                                transposed(ds.as_ptr(), TILE),
+                                rows(q.as_ptr().add(r0 * d), d),
+                            );
+                        }
+                    }
+                }
+                unsafe { scatter_head(gptr, w, b, t, head * d, d, &dq, Some(rope)) };
+            }
+            unsafe {
+                scatter_head(gptr, w, b, t, (h + g) * d, d, &dk, Some(rope));
+                scatter_head(gptr, w, b, t, (h + hkv + g) * d, d, &dv, None);
+            }
+        });
+        dqkv
+    }
+
+    /// qkv, out, dout -> dqkv; `lse` is the forward's (B, H, T) log-sum-exps.
+    pub(super) struct Backward {
+        pub(super) s: AttnShape,
+        pub(super) rope: Arc<Rope>,
+        pub(super) lse: CpuStorage,
+    }
+
+    impl FusedOp3 for Backward {
+        const NAME: &'static str = "keel-tiled-attention-bwd";
+        fn cpu<T: Real>(&self, qkv: Input, out: Input, dout: Input) -> Result<Output<T>> {
+            let lse = self.lse.as_slice::<T>()?;
+            let dqkv = backward(qkv.slice()?, out.slice()?, dout.slice()?, lse, self.s, &self.rope);
+            Ok((dqkv, qkv.shape().clone()))
+        }
     }
 }

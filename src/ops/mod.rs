@@ -26,7 +26,7 @@ mod rms_norm;
 mod rope;
 mod swiglu;
 
-pub use attention::{causal_attention, AttnShape};
+pub use attention::{causal_attention, AttentionKernel, AttnShape};
 pub use cross_entropy::cross_entropy;
 pub use gelu::gelu;
 pub use kernels::Kernels;
