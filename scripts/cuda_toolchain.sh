@@ -7,6 +7,7 @@
 #   1. pip-installs pinned CUDA 13.0 wheels (no deps) into .cuda/site:
 #        nvidia-cuda-nvcc, nvidia-cuda-crt, nvidia-nvvm, nvidia-cuda-cccl   (nvcc, ptxas, cicc, headers)
 #        nvidia-cuda-runtime, nvidia-cublas, nvidia-curand, nvidia-cuda-nvrtc (link-time .so files)
+#        nvidia-cuda-cupti (CUPTI, for the profiler scripts/cuda_profile/keel_cupti.c)
 #      They all unpack into .cuda/site/nvidia/cu13/{bin,include,lib,nvvm}.
 #      Versions are CUDA 13.0 on purpose: the PTX that candle-kernels embeds is JIT-compiled by the
 #      driver at run time, and driver 580 (CUDA 13.0) rejects PTX from a newer nvcc (ISA > 9.0).
@@ -49,7 +50,7 @@ _keel_cuda_setup() (
   local site=$dir/site root=$dir/root
   local specs="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
 nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.48 nvidia-cublas==13.0.0.19 \
-nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.48"
+nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.48 nvidia-cuda-cupti==13.0.85"
   local stamp="layout-v1 $specs"
   local cu=$site/nvidia/cu13
 

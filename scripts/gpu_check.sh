@@ -3,7 +3,8 @@
 # steps on CUDA against the CPU, f32 and bf16; composite ops against the fused CPU ops), and time
 # keel against PyTorch eager on the same GPU for the reference config R (d_model 128, 4 heads,
 # depth 32, seq 128, batch 8) and for d_model 1024, 16 heads, depth 64, seq 1024, batch 4, in f32
-# and bf16 mixed precision.
+# and bf16 mixed precision; then profiles both (scripts/gpu_profile.sh: kernels, launches, copies,
+# synchronizations per step).
 #
 #   scripts/gpu_check.sh [OUT_DIR]        (default runs/gpu_check)
 #
@@ -60,5 +61,8 @@ TBIG=(--d-model 1024 --n-heads 16 --depth 64 --seq-len 1024 --batch-size 4)
 "$PYTHON" scripts/bench_torch.py "${T[@]}" "${TBIG[@]}" || status=1
 "$PYTHON" scripts/bench_torch.py "${T[@]}" "${TBIG[@]}" --bf16 || status=1
 
-echo "== results in $OUT (bench.csv, torch.csv, tests.log); exit $status"
+echo "== profile: where a step's time goes, keel and PyTorch (scripts/gpu_profile.sh)"
+KEEL_BIN="$KEEL_BIN" PYTHON="$PYTHON" scripts/gpu_profile.sh "$OUT/profile" || status=1
+
+echo "== results in $OUT (bench.csv, torch.csv, tests.log, profile/); exit $status"
 exit $status

@@ -26,6 +26,8 @@ fn training_steps_on_cuda_follow_cpu() {
         ("pre_ln", None),
         ("keel", Some("train.recompute=blocks")),
         ("keel", Some("train.precision=bf16")),
+        // The CPU side runs the tiled attention; the GPU the composite one.
+        ("keel", Some("train.attention=tiled")),
     ];
     for (placement, extra) in cases {
         // bf16 products on the GPU against f32 on the CPU: a looser tolerance.

@@ -9,7 +9,7 @@ use crate::config::{Recompute, Resolved};
 use crate::data::{Corpus, Sampler};
 use crate::metrics::{GradNormRow, RunWriters};
 use crate::model::{Group, Model, SubLayerKind};
-use crate::optim::{lr_at, scalar, sum_squares, AdamW};
+use crate::optim::{lr_at, scalar, sum_squares_all, AdamW};
 use crate::run_dir::{RunDir, Summary};
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
@@ -122,7 +122,7 @@ impl Trainer {
         let start = Instant::now();
         let grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("filled")).collect();
         let loss = loss_sum / t.grad_accum as f64;
-        let param_sq = grads.iter().map(sum_squares).collect::<candle_core::Result<Vec<f64>>>()?;
+        let param_sq = sum_squares_all(&grads)?;
         let grad_norm = param_sq.iter().sum::<f64>().sqrt();
         let finite = loss.is_finite() && grad_norm.is_finite();
         if finite {
