@@ -28,7 +28,7 @@ pub fn reference_overrides() -> Vec<String> {
     .collect()
 }
 
-pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak,cpu,matmul_simd,kernel_simd,attention";
+pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak,cpu,matmul_simd,kernel_simd,attention,ranks,reduce_ms";
 
 pub struct BenchResult {
     pub placement: Placement,
@@ -43,6 +43,10 @@ pub struct BenchResult {
     pub forward_ms: f64,
     pub backward_ms: f64,
     pub optimizer_ms: f64,
+    /// Averaging gradients across the ranks of a data-parallel job (0 with one process).
+    pub reduce_ms: f64,
+    /// Processes of the job (`mpirun -np N keel bench`); tokens/s are the whole job's.
+    pub ranks: usize,
 }
 
 impl BenchResult {
@@ -154,6 +158,7 @@ pub fn bench_one(config: &Config, steps: usize, warmup: usize) -> Result<BenchRe
     let device = crate::device::parse(&config.run.device)?;
     let corpus = Corpus::load(&config.data, config.train.seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
+    crate::dist::check_batch(resolved.train().batch_size)?;
     let mut trainer = Trainer::new(&resolved, &device)?;
     for _ in 0..warmup {
         trainer.step(&corpus, 1e-3)?;
@@ -178,6 +183,8 @@ pub fn bench_one(config: &Config, steps: usize, warmup: usize) -> Result<BenchRe
         forward_ms: per(trainer.times.forward),
         backward_ms: per(trainer.times.backward),
         optimizer_ms: per(trainer.times.optimizer),
+        reduce_ms: per(trainer.times.reduce),
+        ranks: crate::dist::world().size(),
     })
 }
 
@@ -217,7 +224,7 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
     for r in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{},{},{},{},{},{:.4}",
             device_name,
             format!("{:?}", config.train.precision).to_lowercase(),
             m.d_model,
@@ -232,7 +239,9 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
             cpu_name(),
             crate::ops::matmul_simd(),
             crate::ops::simd_level().name(),
-            config.train.attention.name()
+            config.train.attention.name(),
+            r.ranks,
+            r.reduce_ms
         )?;
     }
     Ok(())

@@ -23,6 +23,10 @@ fn main() {
     if let Err(why) = keel::ops::simd_limit_from_env() {
         fail(keel::InputError(why).into());
     }
+    // Under mpirun / srun: join the job (one rank per process) before anything else.
+    if let Err(why) = keel::dist::init() {
+        fail(why.into());
+    }
     // The command runs on a rayon worker, so the fused kernels' and gemm's parallel loops start
     // from inside the pool instead of waking it from outside on every op (on 2 cores: a third off
     // the deep-narrow bench's step, where ops are small; within noise at R). Workers get a larger
@@ -41,8 +45,11 @@ fn main() {
         Command::Export(args) => commands::export::run(&args),
     });
     match result {
-        Ok(ExitStatus::Success) => {}
-        Ok(status) => std::process::exit(status.code()),
+        Ok(ExitStatus::Success) => keel::dist::finish(),
+        Ok(status) => {
+            keel::dist::finish();
+            std::process::exit(status.code())
+        }
         Err(err) => fail(err),
     }
 }
@@ -57,5 +64,10 @@ fn fail(err: anyhow::Error) -> ! {
     if keel::is_disk_full(&err) {
         eprintln!("  the disk is full: free space or choose another output folder; files keel finished earlier (completed checkpoints, shards) are intact; then a run that has its config.toml continues with `keel train --resume RUN_DIR`, and one stopped before writing it starts again with the same command into the same folder");
     }
-    std::process::exit(if input { 2 } else { 1 });
+    let code = if input { 2 } else { 1 };
+    // The other ranks of a job may be waiting for this one: end them all, never hang.
+    if keel::dist::world().size() > 1 {
+        keel::dist::abort(code);
+    }
+    std::process::exit(code);
 }

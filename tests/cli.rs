@@ -187,6 +187,7 @@ fn text_file_data_and_bench_run() {
         assert!(["avx512", "avx2+fma", "baseline", "aarch64"].contains(&cells[21]), "{row}");
         assert!(["avx512", "avx2", "baseline"].contains(&cells[22]), "{row}");
         assert_eq!(cells[23], "saved_probs", "{row}");
+        assert_eq!(cells[24], "1", "one process: {row}");
     }
     // The fused kernels' level follows KEEL_SIMD; a bad value is refused.
     let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
@@ -196,14 +197,14 @@ fn text_file_data_and_bench_run() {
         .env("KEEL_SIMD", "baseline");
     assert!(c.output().unwrap().status.success());
     let capped = std::fs::read_to_string(d.join("capped.csv")).unwrap();
-    assert!(capped.lines().nth(1).unwrap().ends_with(",baseline,saved_probs"), "{capped}");
+    assert!(capped.lines().nth(1).unwrap().contains(",baseline,saved_probs,1,"), "{capped}");
     // The tiled attention is recorded; a CSV with another header is refused and left as it was.
     let tiny_bench = ["bench", "--steps", "1", "--warmup", "0", "--set", "model.depth=2", "--set", "model.d_model=32"];
     let tiled = [&tiny_bench[..], &["--set", "train.attention=tiled", "--csv", "capped.csv"]].concat();
     let out = keel(&tiled, d);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let capped = std::fs::read_to_string(d.join("capped.csv")).unwrap();
-    assert!(capped.lines().nth(2).unwrap().ends_with(",tiled"), "{capped}");
+    assert!(capped.lines().nth(2).unwrap().contains(",tiled,1,"), "{capped}");
     let old = "device,precision,tokens_per_s\ncpu,f32,123\n";
     std::fs::write(d.join("old.csv"), old).unwrap();
     let into_old = [&tiny_bench[..], &["--csv", "old.csv"]].concat();
@@ -318,4 +319,25 @@ fn flags_that_would_have_no_effect_exit_2() {
     }
     assert!(!d.join("nl").exists() && !d.join("st").exists(), "nothing was started");
     assert!(!d.join("run/eval").exists(), "no evaluation was written");
+}
+
+/// Started by a launcher as one rank of several, a build without MPI says so instead of training
+/// the whole experiment once per rank.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_a_multi_rank_launch() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (size, rank) in [("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(with_tiny(&["train", "--out", "t"]))
+            .current_dir(tmp.path())
+            .env(size, "2")
+            .env(rank, "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("rank 1 of 2") && err.contains("--features mpi"), "{err}");
+        assert!(!tmp.path().join("t").exists());
+    }
 }

@@ -26,7 +26,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
         bench::check_csv(path)?;
     }
     let peak = bench::matmul_peak(&device, 1024)?;
-    println!(
+    // Under mpirun every rank measures in lockstep; rank 0 alone reports.
+    let world = crate::dist::world();
+    let root = world.is_root();
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if root {
+                println!($($t)*);
+            }
+        };
+    }
+    say!(
         "keel bench: d_model {} heads {} depth {} seq {} batch {}, {:?}, recompute {:?}, attention {}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
         config.model.d_model,
         config.model.n_heads,
@@ -40,15 +50,18 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
         args.warmup,
         rayon::current_num_threads()
     );
-    println!(
+    say!(
         "cpu: {}; SIMD: matmul {}, fused kernels {} ({} caps them: baseline, avx2, avx512)",
         bench::cpu_name(),
         crate::ops::matmul_simd(),
         crate::ops::simd_level().name(),
         crate::ops::SIMD_ENV
     );
-    println!(
-        "{:<10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9}",
+    if world.size() > 1 {
+        say!("data-parallel: {} ranks; tokens/s are the whole job's, reduce ms the gradient all-reduce", world.size());
+    }
+    say!(
+        "{:<10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>9}",
         "placement",
         "params",
         "tokens/s",
@@ -59,7 +72,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
         "opt ms",
         "GFLOP/s",
         "of peak",
-        "peak MB"
+        "peak MB",
+        "reduce ms"
     );
     let mut rows: Vec<BenchResult> = Vec::new();
     for p in &placements {
@@ -68,10 +82,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
         let r = bench::bench_one(&c, args.steps, args.warmup)?;
         let [placement, params, tps, ms, data, fwd, bwd, opt, gflops, rss] = r.columns();
         let frac = format!("{:.0}%", 100.0 * r.gflops_per_s() / peak);
-        println!("{placement:<10} {params:>10} {tps:>9} {ms:>8} {data:>8} {fwd:>8} {bwd:>8} {opt:>8} {gflops:>9} {frac:>7} {rss:>9}");
+        let reduce = format!("{:.1}", r.reduce_ms);
+        say!("{placement:<10} {params:>10} {tps:>9} {ms:>8} {data:>8} {fwd:>8} {bwd:>8} {opt:>8} {gflops:>9} {frac:>7} {rss:>9} {reduce:>9}");
         rows.push(r);
     }
-    if let Some(path) = &args.csv {
+    if let Some(path) = args.csv.as_ref().filter(|_| root) {
         bench::append_csv(path, &config, &crate::device::name(&device), peak, &rows)?;
     }
     Ok(ExitStatus::Success)

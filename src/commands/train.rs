@@ -47,6 +47,14 @@ fn report(o: &Outcome, out: &Path, quiet: bool) -> ExitStatus {
 pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
     // First, so that a signal during start-up (a large file being read) exits 130 with a message.
     let stop = crate::signals::install();
+    let world = crate::dist::world();
+    if world.size() > 1 {
+        // Before rank 0 writes anything: the same binary, data and device everywhere.
+        preflight(args)?;
+        if !world.is_root() {
+            return follow(stop);
+        }
+    }
     let launch = match &args.resume {
         None => start::fresh(&super::load_config(&args.config)?, args.out.clone())?,
         Some(dir) => {
@@ -65,8 +73,47 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
             }
         }
     };
+    if world.size() > 1 {
+        world.broadcast(start::describe(&launch).into_bytes());
+        world.agree("experiment (config fingerprint)", &launch.resolved.fingerprint())?;
+        if !args.quiet {
+            let rows = launch.resolved.train().batch_size / world.size();
+            println!("data-parallel: {} ranks, {rows} rows of each global batch per rank", world.size());
+        }
+    }
     // `_lock` keeps the run directory this process's until the end.
     let Launch { resolved, corpus, device, run, start, lock: _lock } = launch;
     let outcome = train(&resolved, &corpus, &device, run.path(), progress_mode(args.quiet), start, stop)?;
     Ok(report(&outcome, run.path(), args.quiet))
+}
+
+/// Every rank of a job must run the same binary on the same data and kind of device: `Err` (exit
+/// status 2, on every rank) naming what differs, checked before anything is written.
+fn preflight(args: &TrainArgs) -> Result<()> {
+    let world = crate::dist::world();
+    let c = &args.config;
+    let mut config = match &args.resume {
+        None => super::load_config(c)?,
+        Some(dir) => {
+            let base = c.config.clone().unwrap_or_else(|| crate::run_dir::RunDir::at(dir).config());
+            crate::config::Config::load(Some(&base), &c.set)?
+        }
+    };
+    if let Some(d) = &c.device {
+        config.run.device = d.clone();
+    }
+    world.agree("keel binary", &format!("keel {} ({})", env!("CARGO_PKG_VERSION"), env!("KEEL_GIT_REV")))?;
+    world.agree("data", &crate::data::identity::of(&config.data)?)?;
+    world.agree("device", &config.run.device)?;
+    Ok(())
+}
+
+/// A rank other than 0: trains rank 0's run in lockstep, writing nothing.
+fn follow(stop: &std::sync::atomic::AtomicBool) -> Result<ExitStatus> {
+    let world = crate::dist::world();
+    let line = String::from_utf8_lossy(&world.broadcast(Vec::new())).into_owned();
+    let f = start::follow(&line)?;
+    world.agree("experiment (config fingerprint)", &f.resolved.fingerprint())?;
+    let outcome = train(&f.resolved, &f.corpus, &f.device, f.run.path(), ProgressMode::Quiet, f.start, stop)?;
+    Ok(if outcome.interrupted { ExitStatus::Interrupted } else { ExitStatus::Success })
 }

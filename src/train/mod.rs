@@ -34,6 +34,8 @@ pub struct PhaseTimes {
     pub data: Duration,
     pub forward: Duration,
     pub backward: Duration,
+    /// Averaging gradients and the loss across the ranks of a data-parallel job.
+    pub reduce: Duration,
     pub optimizer: Duration,
 }
 
@@ -73,9 +75,18 @@ impl Trainer {
         let device = self.model.tok_emb.device().clone();
         let mut grads: Vec<Option<Tensor>> = vec![None; self.model.params.len()];
         let mut loss_sum = 0.0;
+        let world = crate::dist::world();
         for _ in 0..t.grad_accum {
             let start = Instant::now();
             let (x, y) = self.sampler.next(&corpus.train, &device)?;
+            // A data-parallel rank trains on its own slice of the global batch.
+            let (x, y) = match world.size() {
+                1 => (x, y),
+                _ => {
+                    let (first, rows) = world.rows(t.batch_size);
+                    (x.narrow(0, first, rows)?, y.narrow(0, first, rows)?)
+                }
+            };
             self.times.data += start.elapsed();
             if t.recompute == Recompute::Blocks {
                 let start = Instant::now();
@@ -119,9 +130,17 @@ impl Trainer {
             }
             self.times.backward += start.elapsed();
         }
+        let mut grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("filled")).collect();
+        let mut loss = loss_sum / t.grad_accum as f64;
+        if world.size() > 1 {
+            let start = Instant::now();
+            grads = average_over_ranks(&grads, world)?;
+            let mut l = [loss];
+            world.sum_f64(&mut l);
+            loss = l[0] / world.size() as f64;
+            self.times.reduce += start.elapsed();
+        }
         let start = Instant::now();
-        let grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("filled")).collect();
-        let loss = loss_sum / t.grad_accum as f64;
         let param_sq = sum_squares_all(&grads)?;
         let grad_norm = param_sq.iter().sum::<f64>().sqrt();
         let finite = loss.is_finite() && grad_norm.is_finite();
@@ -179,6 +198,38 @@ impl Trainer {
         }
         rows
     }
+}
+
+/// The mean over ranks of every gradient, through one flat buffer (one all-reduce per step).
+fn average_over_ranks(grads: &[Tensor], world: &crate::dist::World) -> Result<Vec<Tensor>> {
+    use candle_core::DType;
+    let n = world.size() as f64;
+    let flat = Tensor::cat(&grads.iter().map(|g| g.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
+    let device = flat.device().clone();
+    let flat = match flat.dtype() {
+        DType::F64 => {
+            let mut v = flat.to_vec1::<f64>()?;
+            world.sum_f64(&mut v);
+            v.iter_mut().for_each(|x| *x /= n);
+            Tensor::from_vec(v, flat.dims(), &device)?
+        }
+        dt => {
+            let mut v = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            world.sum_f32(&mut v);
+            v.iter_mut().for_each(|x| *x /= n as f32);
+            Tensor::from_vec(v, flat.dims(), &device)?.to_dtype(dt)?
+        }
+    };
+    let mut start = 0;
+    grads
+        .iter()
+        .map(|g| {
+            let len = g.elem_count();
+            let part = flat.narrow(0, start, len)?.reshape(g.dims())?;
+            start += len;
+            Ok(part)
+        })
+        .collect()
 }
 
 fn progress_bar(steps: usize) -> ProgressBar {
@@ -239,12 +290,22 @@ pub fn train(
         keel_version: env!("CARGO_PKG_VERSION").into(),
     };
     let layout = crate::metrics::Layout::of(resolved);
-    let mut writers = match &start {
-        Start::Fresh => RunWriters::create(&run).map_err(anyhow::Error::from),
-        Start::Over => RunWriters::resume(&run, 0, layout),
-        Start::Checkpoint(c) => RunWriters::resume(&run, c.state.step, layout),
-    }
-    .with_context(|| format!("preparing output files in {}", out.display()))?;
+    // In a data-parallel job every rank computes the same numbers; rank 0 alone writes them.
+    let world = crate::dist::world();
+    let root = world.is_root();
+    let progress = if root { progress } else { ProgressMode::Quiet };
+    let mut writers = if root {
+        Some(
+            match &start {
+                Start::Fresh => RunWriters::create(&run).map_err(anyhow::Error::from),
+                Start::Over => RunWriters::resume(&run, 0, layout),
+                Start::Checkpoint(c) => RunWriters::resume(&run, c.state.step, layout),
+            }
+            .with_context(|| format!("preparing output files in {}", out.display()))?,
+        )
+    } else {
+        None
+    };
     if let Start::Checkpoint(c) = &start {
         restore(&mut trainer, c)?;
         state = c.state.clone();
@@ -281,6 +342,9 @@ pub fn train(
     let mut interrupted = false;
     let mut last_checkpoint = None;
     let save = |trainer: &Trainer, state: &TrainState| -> Result<()> {
+        if !root {
+            return Ok(());
+        }
         checkpoint::save(&run, &trainer.model.params, &trainer.opt, state.clone())
             .with_context(|| format!("writing the checkpoint of step {}", state.step))?;
         checkpoint::prune(
@@ -302,10 +366,14 @@ pub fn train(
         let tokens = step * tokens_per_step;
         let tps = tokens_per_step as f64 / dt.as_secs_f64().max(1e-9);
         let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
-        writers.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, elapsed)?;
+        if let Some(w) = writers.as_mut() {
+            w.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, elapsed)?;
+        }
         state.initial_loss.get_or_insert(r.loss);
         if t.grad_norm_every > 0 && (step == 1 || step % t.grad_norm_every == 0 || !r.finite) {
-            writers.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq))?;
+            if let Some(w) = writers.as_mut() {
+                w.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq))?;
+            }
         }
         if !r.finite {
             diverged_at = Some(step);
@@ -329,13 +397,16 @@ pub fn train(
         let is_eval = (t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps;
         if is_eval {
             let v = trainer.validate(corpus)?;
-            writers.eval(step, v)?;
+            if let Some(w) = writers.as_mut() {
+                w.eval(step, v)?;
+            }
             state.last_val = Some(v);
         }
         state.sampler = trainer.sampler.position();
         state.optimizer_steps = trainer.opt.steps_taken();
         state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
-        let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
+        // Every rank stops at the same step, whichever of them the signal reached first.
+        let stopping = world.any(stop.load(std::sync::atomic::Ordering::SeqCst));
         if step == t.steps || stopping || (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) {
             save(&trainer, &state)?;
             last_checkpoint = Some(step);
@@ -387,6 +458,9 @@ pub fn train(
         peak_rss_mb: crate::metrics::peak_rss_mb(),
         weights_sha256: None,
     };
+    if interrupted && !root {
+        return Ok(Outcome { summary, interrupted });
+    }
     if interrupted {
         // Always shown, --quiet or not: the user has to know how to continue.
         eprintln!(
@@ -395,6 +469,9 @@ pub fn train(
             last_checkpoint.map(|s| format!("step {s}")).unwrap_or_default(),
             out.display()
         );
+        return Ok(Outcome { summary, interrupted });
+    }
+    if !root {
         return Ok(Outcome { summary, interrupted });
     }
     if diverged_at.is_none() {

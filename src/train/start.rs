@@ -89,6 +89,7 @@ pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
     let corpus = Corpus::load(&config.data, seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
     crate::memory::check(&resolved, &device)?;
+    crate::dist::check_batch(resolved.train().batch_size)?;
     let identity = crate::data::identity::of(&config.data)?;
     let out = out.unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
     let (run, lock) = RunDir::create(out)?;
@@ -146,6 +147,7 @@ pub fn resume(
     let saved = saved.resolve(corpus.vocab_size)?;
     let resolved = requested.resolve(corpus.vocab_size)?;
     crate::memory::check(&resolved, &device)?;
+    crate::dist::check_batch(resolved.train().batch_size)?;
     let identity = crate::data::identity::of(&requested.data)?;
     let data_changed = saved_identity.as_deref().is_some_and(|s| s != identity);
     if data_changed && !how.accept_data_change {
@@ -235,4 +237,48 @@ pub fn resume(
         _ => eprintln!("no usable checkpoint in {}: starting it over from step 0", dir.display()),
     }
     Ok(Resumed::Ready(Box::new(Launch { resolved, corpus, device, run, start, lock })))
+}
+
+/// Where rank 0 of a data-parallel job starts, told to the other ranks (one broadcast line).
+pub fn describe(launch: &Launch) -> String {
+    let (kind, checkpoint) = match &launch.start {
+        Start::Fresh => ("fresh", String::new()),
+        Start::Over => ("over", String::new()),
+        Start::Checkpoint(c) => ("checkpoint", c.path.display().to_string()),
+    };
+    format!("{kind}\n{}\n{checkpoint}", launch.run.path().display())
+}
+
+/// A rank other than 0 of a data-parallel job: the run rank 0 prepared (its `config.toml`, its
+/// data, its checkpoint), read without taking the lock or writing anything.
+pub struct Follower {
+    pub resolved: Resolved,
+    pub corpus: Corpus,
+    pub device: Device,
+    pub run: RunDir,
+    pub start: Start,
+}
+
+/// Follows rank 0's [`describe`] line.
+pub fn follow(line: &str) -> Result<Follower> {
+    let mut parts = line.splitn(3, '\n');
+    let (kind, dir, ckpt) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let run = RunDir::at(dir);
+    let config = run.read_config()?;
+    let device = crate::device::parse(&config.run.device)?;
+    let corpus = Corpus::load(&config.data, config.train.seq_len.max(1))?;
+    let resolved = config.resolve(corpus.vocab_size)?;
+    let start = match kind {
+        "fresh" => Start::Fresh,
+        "over" => Start::Over,
+        "checkpoint" => match checkpoint::load(Path::new(ckpt), &resolved.fingerprint()) {
+            Ok(loaded) => Start::Checkpoint(Box::new(loaded)),
+            Err(Unusable::Corrupt(why)) => anyhow::bail!("checkpoint {ckpt} is unusable on this rank: {why}"),
+            Err(Unusable::OtherConfig { found }) => {
+                anyhow::bail!("checkpoint {ckpt} has config fingerprint {found} on this rank")
+            }
+        },
+        other => anyhow::bail!("rank 0 sent an unknown start {other:?}"),
+    };
+    Ok(Follower { resolved, corpus, device, run, start })
 }

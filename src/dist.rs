@@ -1,0 +1,271 @@
+//! Data parallelism across processes: which rank this process is in a job started by `mpirun`
+//! or `srun`, and the few collective operations training needs. The one home of MPI: nothing
+//! else in keel calls it.
+//!
+//! A job of W ranks trains one experiment. Every rank draws the same global batch of B rows
+//! (the batch the one-process run draws) and takes rows [r B/W, (r+1) B/W); gradients are summed
+//! across ranks and divided by W before clipping, so every rank holds the same gradient and
+//! takes the same optimizer step. Only rank 0 writes the run directory.
+//!
+//! Without a launcher, or with one process, [`world`] is a single rank and nothing here is
+//! called. The MPI engine is the `mpi` cargo feature (it needs a system MPI: Debian's
+//! `libopenmpi-dev openmpi-bin libclang-dev`).
+
+use crate::InputError;
+use std::sync::OnceLock;
+
+/// This process's place in the job.
+pub struct World {
+    rank: usize,
+    size: usize,
+    engine: Engine,
+}
+
+enum Engine {
+    Single,
+    #[cfg(feature = "mpi")]
+    Mpi(mpi_engine::Mpi),
+}
+
+static WORLD: OnceLock<World> = OnceLock::new();
+
+/// The job this process belongs to: a single rank unless [`init`] found a launcher.
+pub fn world() -> &'static World {
+    WORLD.get_or_init(World::single)
+}
+
+/// Environment variables through which launchers tell a process the job's size, and its rank.
+const LAUNCHERS: [(&str, &str); 3] = [
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), // Open MPI's mpirun
+    ("PMI_SIZE", "PMI_RANK"),                         // MPICH's mpiexec (Hydra), Intel MPI
+    ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID"),         // srun
+];
+
+/// The (size, rank, variable) a launcher set, if any said more than one process.
+fn launched() -> Option<(usize, usize, &'static str)> {
+    LAUNCHERS.iter().find_map(|&(size, rank)| {
+        let n: usize = std::env::var(size).ok()?.trim().parse().ok()?;
+        let r: usize = std::env::var(rank).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        (n > 1).then_some((n, r, size))
+    })
+}
+
+/// Joins the job the launcher started this process in (MPI), or stays a single rank. Called once,
+/// before any command runs; refuses a multi-process launch of a build without MPI.
+pub fn init() -> Result<(), InputError> {
+    let Some((size, rank, var)) = launched() else {
+        let _ = WORLD.set(World::single());
+        return Ok(());
+    };
+    #[cfg(feature = "mpi")]
+    {
+        let engine = mpi_engine::Mpi::init()?;
+        let (r, n) = (engine.rank(), engine.size());
+        if (r, n) != (rank, size) {
+            return Err(InputError(format!(
+                "MPI says this is rank {r} of {n}, but {var} says {size} processes (rank {rank}): start keel with one launcher"
+            )));
+        }
+        let _ = WORLD.set(World { rank, size, engine: Engine::Mpi(engine) });
+        Ok(())
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(InputError(format!(
+        "keel was started as rank {rank} of {size} ({var}={size}), but this build has no MPI\n  build with the MPI engine: cargo build --release --features mpi (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev), or start a single process"
+    )))
+}
+
+/// Ends MPI cleanly (every rank must, or the launcher reports the job as failed). Idempotent.
+pub fn finish() {
+    #[cfg(feature = "mpi")]
+    if let Some(World { engine: Engine::Mpi(m), .. }) = WORLD.get() {
+        m.finalize();
+    }
+}
+
+/// Ends the whole job after an error on this rank (the others would wait forever for it).
+pub fn abort(code: i32) {
+    #[cfg(feature = "mpi")]
+    if let Some(World { engine: Engine::Mpi(m), .. }) = WORLD.get() {
+        m.abort(code);
+    }
+    let _ = code;
+}
+
+/// `Err` unless the global batch splits evenly across the job's ranks.
+pub fn check_batch(batch_size: usize) -> Result<(), InputError> {
+    let n = world().size();
+    if !batch_size.is_multiple_of(n) {
+        return Err(InputError(format!(
+            "train.batch_size = {batch_size} does not split across the job's {n} ranks: each rank takes batch_size / {n} rows of the global batch\n  use a batch size divisible by {n} (train.grad_accum keeps the tokens per step), or start {} ranks",
+            (1..=n).rev().find(|&d| batch_size.is_multiple_of(d)).unwrap_or(1)
+        )));
+    }
+    Ok(())
+}
+
+impl World {
+    fn single() -> World {
+        World { rank: 0, size: 1, engine: Engine::Single }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Rank 0: the one that writes the run directory and speaks to the user.
+    pub fn is_root(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// The rows [start, start + len) of a global batch of `batch` rows that this rank trains on.
+    pub fn rows(&self, batch: usize) -> (usize, usize) {
+        let len = batch / self.size;
+        (self.rank * len, len)
+    }
+
+    /// Element-wise sum over ranks, in place (same result on every rank).
+    pub fn sum_f32(&self, buf: &mut [f32]) {
+        match &self.engine {
+            Engine::Single => {
+                let _ = buf;
+            }
+            #[cfg(feature = "mpi")]
+            Engine::Mpi(m) => m.sum_f32(buf),
+        }
+    }
+
+    /// Element-wise sum over ranks, in place (same result on every rank).
+    pub fn sum_f64(&self, buf: &mut [f64]) {
+        match &self.engine {
+            Engine::Single => {
+                let _ = buf;
+            }
+            #[cfg(feature = "mpi")]
+            Engine::Mpi(m) => m.sum_f64(buf),
+        }
+    }
+
+    /// True on every rank when `flag` is true on any (a stop request, an error).
+    pub fn any(&self, flag: bool) -> bool {
+        let mut v = [if flag { 1.0 } else { 0.0 }];
+        self.sum_f64(&mut v);
+        v[0] > 0.0
+    }
+
+    /// Rank 0's bytes on every rank.
+    pub fn broadcast(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match &self.engine {
+            Engine::Single => bytes,
+            #[cfg(feature = "mpi")]
+            Engine::Mpi(m) => m.broadcast(bytes),
+        }
+    }
+
+    /// `Err` on every rank, naming the first rank that differs, unless `what` is the same text on
+    /// all of them (the binary, the data, the device: anything that must not differ).
+    pub fn agree(&self, name: &str, what: &str) -> Result<(), InputError> {
+        if self.size == 1 {
+            return Ok(());
+        }
+        let root = String::from_utf8_lossy(&self.broadcast(what.as_bytes().to_vec())).into_owned();
+        let differs = root != what;
+        // Which ranks differ: one slot per rank, summed (job sizes are small).
+        let mut slots = vec![0.0; self.size];
+        if differs {
+            slots[self.rank] = 1.0;
+        }
+        self.sum_f64(&mut slots);
+        if let Some(first) = slots.iter().position(|&s| s > 0.0) {
+            let mine = if differs { format!("\n  this rank ({}): {what}", self.rank) } else { String::new() };
+            return Err(InputError(format!(
+                "the ranks of this job differ in {name}: rank {first} has another than rank 0\n  rank 0: {root}{mine}\n  start every rank with the same keel binary, config and data"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "mpi")]
+mod mpi_engine {
+    use crate::InputError;
+    use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+    use mpi::topology::{Communicator, SimpleCommunicator};
+    use std::sync::Mutex;
+
+    /// MPI, initialized with `Threading::Serialized`: keel calls it from whichever thread runs the
+    /// command, one call at a time (the mutex).
+    pub struct Mpi {
+        state: Mutex<Option<(mpi::environment::Universe, SimpleCommunicator)>>,
+        rank: usize,
+        size: usize,
+    }
+
+    // The communicator is a handle into the MPI library, used under the mutex only.
+    unsafe impl Send for Mpi {}
+    unsafe impl Sync for Mpi {}
+
+    impl Mpi {
+        pub fn init() -> Result<Mpi, InputError> {
+            let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+                .ok_or_else(|| InputError("MPI could not be initialized (was it already?)".into()))?;
+            let world = universe.world();
+            let (rank, size) = (world.rank() as usize, world.size() as usize);
+            Ok(Mpi { state: Mutex::new(Some((universe, world))), rank, size })
+        }
+
+        pub fn rank(&self) -> usize {
+            self.rank
+        }
+
+        pub fn size(&self) -> usize {
+            self.size
+        }
+
+        fn with<R>(&self, f: impl FnOnce(&SimpleCommunicator) -> R) -> R {
+            let guard = self.state.lock().expect("MPI state");
+            let (_, world) = guard.as_ref().expect("MPI used after finalize");
+            f(world)
+        }
+
+        pub fn sum_f32(&self, buf: &mut [f32]) {
+            let send = buf.to_vec();
+            self.with(|w| w.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+        }
+
+        pub fn sum_f64(&self, buf: &mut [f64]) {
+            let send = buf.to_vec();
+            self.with(|w| w.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+        }
+
+        pub fn broadcast(&self, mut bytes: Vec<u8>) -> Vec<u8> {
+            self.with(|w| {
+                let root = w.process_at_rank(0);
+                let mut len = [bytes.len() as u64];
+                root.broadcast_into(&mut len[..]);
+                bytes.resize(len[0] as usize, 0);
+                root.broadcast_into(&mut bytes[..]);
+            });
+            bytes
+        }
+
+        pub fn abort(&self, code: i32) {
+            if let Ok(guard) = self.state.lock() {
+                if let Some((_, w)) = guard.as_ref() {
+                    w.abort(code);
+                }
+            }
+        }
+
+        /// Drops the universe, which calls MPI_Finalize.
+        pub fn finalize(&self) {
+            if let Ok(mut guard) = self.state.lock() {
+                guard.take();
+            }
+        }
+    }
+}
