@@ -187,6 +187,9 @@ fn a_killed_job_resumes_bit_for_bit() {
         let resume = ["train", "--quiet", "--resume", dir.to_str().unwrap()];
         if resume_ranks == 2 {
             ok(mpirun(2, &resume).output().unwrap());
+            // A finished run: every rank has nothing to do, and says so without hanging.
+            let again = ok(mpirun(2, &resume).output().unwrap());
+            assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
             for f in ["eval.csv", "grad_norms.csv", "model.safetensors"] {
                 assert_eq!(std::fs::read(whole.join(f)).unwrap(), std::fs::read(dir.join(f)).unwrap(), "{f}");
             }

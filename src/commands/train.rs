@@ -63,6 +63,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
             match start::resume(dir, c.config.as_deref(), &c.set, c.device.as_deref(), how)? {
                 Resumed::Ready(launch) => *launch,
                 Resumed::AlreadyFinished => {
+                    if world.size() > 1 {
+                        world.broadcast(FINISHED.as_bytes().to_vec());
+                    }
                     println!(
                         "{} already finished (it holds {}); nothing to resume",
                         dir.display(),
@@ -108,10 +111,16 @@ fn preflight(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// What rank 0 tells the others when `--resume` finds the run already finished.
+const FINISHED: &str = "finished";
+
 /// A rank other than 0: trains rank 0's run in lockstep, writing nothing.
 fn follow(stop: &std::sync::atomic::AtomicBool) -> Result<ExitStatus> {
     let world = crate::dist::world();
     let line = String::from_utf8_lossy(&world.broadcast(Vec::new())).into_owned();
+    if line == FINISHED {
+        return Ok(ExitStatus::Success);
+    }
     let f = start::follow(&line)?;
     world.agree("experiment (config fingerprint)", &f.resolved.fingerprint())?;
     let outcome = train(&f.resolved, &f.corpus, &f.device, f.run.path(), ProgressMode::Quiet, f.start, stop)?;
