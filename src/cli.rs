@@ -156,6 +156,10 @@ pub struct SweepArgs {
     /// Write a job script instead of running: `slurm` (a job array over runs.txt).
     #[arg(long, value_name = "TARGET")]
     pub emit: Option<String>,
+    /// With --emit slurm: processes per run (data-parallel over MPI; each run is `srun -n N keel
+    /// train`, which needs keel built with --features mpi). train.batch_size must divide by N.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), requires = "emit")]
+    pub ntasks_per_run: usize,
     /// Rebuild summary.csv from the run directories in --out.
     #[arg(long)]
     pub collect: bool,

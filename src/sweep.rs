@@ -129,17 +129,23 @@ pub fn check_memory(job: &Job, devices: &[String]) -> Result<(), InputError> {
 
 /// Writes `out/sweep.slurm` (a job array) and `out/runs.txt` (one `keel train` per line), with
 /// each run's config in `out/.configs/`.
-pub fn emit_slurm(jobs: &[Job], out: &Path) -> Result<()> {
+pub fn emit_slurm(jobs: &[Job], out: &Path, ntasks: usize) -> Result<()> {
     let configs = out.join(".configs");
     std::fs::create_dir_all(&configs)?;
     let mut lines = String::new();
     for j in jobs {
         let file = configs.join(format!("{}.toml", j.name));
         write_atomic(&file, j.config.to_toml(toml::Table::new()).as_bytes())?;
-        lines.push_str(&format!("keel train --quiet --config {} --out {}\n", file.display(), j.dir.display()));
+        // A multi-process run is one MPI job of `ntasks` ranks inside the array task's allocation.
+        let launcher = if ntasks > 1 { format!("srun -n {ntasks} ") } else { String::new() };
+        lines.push_str(&format!(
+            "{launcher}keel train --quiet --config {} --out {}\n",
+            file.display(),
+            j.dir.display()
+        ));
     }
     write_atomic(&out.join("runs.txt"), lines.as_bytes())?;
-    write_atomic(&out.join("sweep.slurm"), slurm_script(jobs.len(), out).as_bytes())?;
+    write_atomic(&out.join("sweep.slurm"), slurm_script(jobs.len(), out, ntasks).as_bytes())?;
     Ok(())
 }
 
@@ -253,10 +259,15 @@ pub fn evaluate_run(dir: &Path, evals: &Evals) -> Result<(), String> {
     Ok(())
 }
 
-/// A Slurm job-array script: task i runs line i of runs.txt.
-pub fn slurm_script(n: usize, out: &Path) -> String {
+/// A Slurm job-array script: task i runs line i of runs.txt, with `ntasks` processes per run.
+pub fn slurm_script(n: usize, out: &Path, ntasks: usize) -> String {
+    let tasks = if ntasks > 1 {
+        format!("#SBATCH --ntasks={ntasks}\n# each run is one data-parallel MPI job of {ntasks} ranks (keel built with --features mpi)\n")
+    } else {
+        String::new()
+    };
     format!(
-        "#!/bin/bash\n# keel sweep: one array task per run; each line of runs.txt is one `keel train` command.\n#SBATCH --job-name=keel-sweep\n#SBATCH --array=0-{}\n#SBATCH --output={}/slurm-%A_%a.out\nset -euo pipefail\ncmd=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {}/runs.txt)\neval \"$cmd\"\n# afterwards: keel sweep --collect --out {}\n",
+        "#!/bin/bash\n# keel sweep: one array task per run; each line of runs.txt is one `keel train` command.\n#SBATCH --job-name=keel-sweep\n#SBATCH --array=0-{}\n{tasks}#SBATCH --output={}/slurm-%A_%a.out\nset -euo pipefail\ncmd=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {}/runs.txt)\neval \"$cmd\"\n# afterwards: keel sweep --collect --out {}\n",
         n.saturating_sub(1),
         out.display(),
         out.display(),

@@ -82,6 +82,22 @@ fn slurm_emission_and_bad_ranges() {
     assert!(runs.lines().all(|l| l.starts_with("keel train --quiet --config ") && l.contains(" --out sl/d")), "{runs}");
     assert!(runs.contains("d8-normlayer_norm"));
     assert!(!d.join("sl/d2-normrms_norm").exists(), "emission trains nothing");
+    // Data-parallel runs: each is `srun -n N keel train` in an allocation of N tasks.
+    ok(&sweep(
+        d,
+        &["--depths", "2,4", "--set", "train.batch_size=4", "--out", "mp", "--emit", "slurm", "--ntasks-per-run", "2"],
+    ));
+    let script = std::fs::read_to_string(d.join("mp/sweep.slurm")).unwrap();
+    assert!(script.contains("#SBATCH --ntasks=2") && script.contains("#SBATCH --array=0-1"), "{script}");
+    let runs = std::fs::read_to_string(d.join("mp/runs.txt")).unwrap();
+    assert!(runs.lines().count() == 2 && runs.lines().all(|l| l.starts_with("srun -n 2 keel train --quiet")), "{runs}");
+    let o = sweep(
+        d,
+        &["--depths", "2", "--set", "train.batch_size=3", "--out", "odd", "--emit", "slurm", "--ntasks-per-run", "2"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not split across --ntasks-per-run 2"));
+    assert!(!d.join("odd").exists(), "a refused emission wrote its folder");
     for (bad, needle) in [("1024..64", "64..1024"), ("7", "even"), ("8,x", "not a number")] {
         let o = sweep(d, &["--depths", bad, "--out", "x"]);
         assert_eq!(o.status.code(), Some(2));

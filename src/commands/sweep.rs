@@ -64,9 +64,16 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
             sweep::check_memory(j, &devices)?;
         }
     }
+    if let Some(j) = jobs.iter().find(|j| !j.config.train().batch_size.is_multiple_of(args.ntasks_per_run)) {
+        return Err(InputError(format!(
+            "run {}: train.batch_size = {} does not split across --ntasks-per-run {} processes\n  use a batch size divisible by {} (train.grad_accum keeps the tokens per step)",
+            j.name, j.config.train().batch_size, args.ntasks_per_run, args.ntasks_per_run
+        ))
+        .into());
+    }
     std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
     if args.emit.as_deref() == Some("slurm") {
-        sweep::emit_slurm(&jobs, &args.out)?;
+        sweep::emit_slurm(&jobs, &args.out, args.ntasks_per_run)?;
         println!(
             "wrote {0}/sweep.slurm and {0}/runs.txt ({1} runs); submit with: sbatch {0}/sweep.slurm",
             args.out.display(),
