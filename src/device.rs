@@ -1,5 +1,6 @@
 //! `--device cpu|cuda[:N]|metal|auto` to a Candle device, with a clear error when the backend
-//! was not compiled in.
+//! was not compiled in. Without an ordinal, the ranks of a data-parallel job on one node take one
+//! device each (their local rank).
 
 use crate::InputError;
 use candle_core::Device;
@@ -13,7 +14,8 @@ pub fn parse(spec: &str) -> Result<Device, InputError> {
                 .map_err(|_| InputError(format!("device `{spec}`: `{n}` is not a device number; write e.g. cuda:0")))?;
             (k.to_string(), n)
         }
-        None => (spec.clone(), 0),
+        // A data-parallel job's ranks on one node take one GPU each: `cuda` is cuda:LOCAL_RANK.
+        None => (spec.clone(), crate::dist::local_rank()),
     };
     match kind.as_str() {
         "cpu" => Ok(Device::Cpu),

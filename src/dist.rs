@@ -50,6 +50,17 @@ fn launched() -> Option<(usize, usize, &'static str)> {
     })
 }
 
+/// This process's rank among the job's ranks on its node (0 outside a job), from the launcher.
+pub fn local_rank() -> usize {
+    if world().size() == 1 {
+        return 0;
+    }
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Joins the job the launcher started this process in (MPI), or stays a single rank. Called once,
 /// before any command runs; refuses a multi-process launch of a build without MPI.
 pub fn init() -> Result<(), InputError> {
@@ -157,6 +168,37 @@ impl World {
         v[0] > 0.0
     }
 
+    /// The element-wise mean over ranks of `t` (a flat gradient buffer), in `t`'s dtype and on its
+    /// device: NCCL between GPUs with the `nccl` feature, else through the host and MPI.
+    pub fn mean(&self, t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        use candle_core::{DType, Tensor};
+        if self.size == 1 {
+            return Ok(t.clone());
+        }
+        let n = self.size as f64;
+        #[cfg(feature = "nccl")]
+        if let (candle_core::Device::Cuda(_), Engine::Mpi(m)) = (t.device(), &self.engine) {
+            if matches!(t.dtype(), DType::F32 | DType::F64) {
+                return nccl_engine::sum(m, self.rank, self.size, t)? / n;
+            }
+        }
+        let device = t.device().clone();
+        match t.dtype() {
+            DType::F64 => {
+                let mut v = t.to_vec1::<f64>()?;
+                self.sum_f64(&mut v);
+                v.iter_mut().for_each(|x| *x /= n);
+                Tensor::from_vec(v, t.dims(), &device)
+            }
+            dt => {
+                let mut v = t.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                self.sum_f32(&mut v);
+                v.iter_mut().for_each(|x| *x /= n as f32);
+                Tensor::from_vec(v, t.dims(), &device)?.to_dtype(dt)
+            }
+        }
+    }
+
     /// Rank 0's bytes on every rank.
     pub fn broadcast(&self, bytes: Vec<u8>) -> Vec<u8> {
         match &self.engine {
@@ -191,7 +233,7 @@ impl World {
 }
 
 #[cfg(feature = "mpi")]
-mod mpi_engine {
+pub(crate) mod mpi_engine {
     use crate::InputError;
     use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
     use mpi::topology::{Communicator, SimpleCommunicator};
@@ -267,5 +309,87 @@ mod mpi_engine {
                 guard.take();
             }
         }
+    }
+}
+
+/// NCCL all-reduce between the GPUs of a job, bootstrapped through MPI as llm.c does: rank 0
+/// makes the NCCL id, MPI broadcasts it, every rank joins the communicator on its own GPU.
+#[cfg(feature = "nccl")]
+mod nccl_engine {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::nccl::{Comm, Id, ReduceOp};
+    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice};
+    use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+    use std::sync::{Mutex, OnceLock};
+
+    /// The communicator, made on the first GPU all-reduce (the GPU is chosen by then).
+    struct Shared(Comm);
+    // NCCL communicators are used from one thread at a time (the mutex).
+    unsafe impl Send for Shared {}
+    unsafe impl Sync for Shared {}
+    static COMM: OnceLock<Mutex<Shared>> = OnceLock::new();
+
+    fn comm(mpi: &super::mpi_engine::Mpi, rank: usize, size: usize, s: &CudaStorage) -> Result<&'static Mutex<Shared>> {
+        if let Some(c) = COMM.get() {
+            return Ok(c);
+        }
+        let id = if rank == 0 {
+            Some(Id::new().map_err(|e| candle_core::Error::Msg(format!("NCCL id: {e:?}")))?)
+        } else {
+            None
+        };
+        let bytes: Vec<u8> = id.map(|id| id.internal().iter().map(|&c| c as u8).collect()).unwrap_or_default();
+        let bytes = mpi.broadcast(bytes);
+        let mut internal = [0 as std::ffi::c_char; 128];
+        for (d, &b) in internal.iter_mut().zip(&bytes) {
+            *d = b as std::ffi::c_char;
+        }
+        let c = Comm::from_rank(s.device.cuda_stream(), rank, size, Id::uninit(internal))
+            .map_err(|e| candle_core::Error::Msg(format!("NCCL communicator: {e:?}")))?;
+        Ok(COMM.get_or_init(|| Mutex::new(Shared(c))))
+    }
+
+    struct AllReduceSum<'a> {
+        mpi: &'a super::mpi_engine::Mpi,
+        rank: usize,
+        size: usize,
+    }
+
+    impl CustomOp1 for AllReduceSum<'_> {
+        fn name(&self) -> &'static str {
+            "keel-nccl-all-reduce"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("keel-nccl-all-reduce runs on CUDA tensors only")
+        }
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+            let Some((start, end)) = l.contiguous_offsets() else {
+                candle_core::bail!("keel-nccl-all-reduce: the buffer must be contiguous")
+            };
+            let guard = comm(self.mpi, self.rank, self.size, s)?.lock().expect("NCCL communicator");
+            let c = &guard.0;
+            let err = |e| candle_core::Error::Msg(format!("NCCL all-reduce: {e:?}"));
+            let out = match &s.slice {
+                CudaStorageSlice::F32(x) => {
+                    let src = x.slice(start..end);
+                    let mut dst = s.device.alloc_zeros::<f32>(end - start)?;
+                    c.all_reduce(&src, &mut dst, &ReduceOp::Sum).map_err(err)?;
+                    CudaStorage::wrap_cuda_slice(dst, s.device.clone())
+                }
+                CudaStorageSlice::F64(x) => {
+                    let src = x.slice(start..end);
+                    let mut dst = s.device.alloc_zeros::<f64>(end - start)?;
+                    c.all_reduce(&src, &mut dst, &ReduceOp::Sum).map_err(err)?;
+                    CudaStorage::wrap_cuda_slice(dst, s.device.clone())
+                }
+                _ => candle_core::bail!("keel-nccl-all-reduce: f32 or f64 only, not {:?}", s.dtype()),
+            };
+            Ok((out, l.shape().clone()))
+        }
+    }
+
+    /// The element-wise sum over ranks of a CUDA tensor.
+    pub fn sum(mpi: &super::mpi_engine::Mpi, rank: usize, size: usize, t: &Tensor) -> Result<Tensor> {
+        t.contiguous()?.apply_op1_no_bwd(&AllReduceSum { mpi, rank, size })
     }
 }

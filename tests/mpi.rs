@@ -250,3 +250,20 @@ fn ranks_with_different_data_are_refused() {
     assert!(err.contains("the ranks of this job differ in data: rank 1"), "{err}");
     assert!(!run.exists(), "rank 0 wrote {} before the ranks agreed", run.display());
 }
+
+/// A rank started with another config (here one more `--set`) is refused the same way.
+#[test]
+fn ranks_with_different_configs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let args = train_args(run.to_str().unwrap(), &[]);
+    let other = train_args(run.to_str().unwrap(), &["--set", "train.lr=1e-2"]);
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "--allow-run-as-root", "-x", "RAYON_NUM_THREADS=1", "-np", "1", keel()]).args(&args);
+    c.args([":", "-np", "1", keel()]).args(&other);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("the ranks of this job differ in config: rank 1"), "{err}");
+    assert!(!run.exists());
+}

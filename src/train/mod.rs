@@ -202,24 +202,8 @@ impl Trainer {
 
 /// The mean over ranks of every gradient, through one flat buffer (one all-reduce per step).
 fn average_over_ranks(grads: &[Tensor], world: &crate::dist::World) -> Result<Vec<Tensor>> {
-    use candle_core::DType;
-    let n = world.size() as f64;
     let flat = Tensor::cat(&grads.iter().map(|g| g.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
-    let device = flat.device().clone();
-    let flat = match flat.dtype() {
-        DType::F64 => {
-            let mut v = flat.to_vec1::<f64>()?;
-            world.sum_f64(&mut v);
-            v.iter_mut().for_each(|x| *x /= n);
-            Tensor::from_vec(v, flat.dims(), &device)?
-        }
-        dt => {
-            let mut v = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            world.sum_f32(&mut v);
-            v.iter_mut().for_each(|x| *x /= n as f32);
-            Tensor::from_vec(v, flat.dims(), &device)?.to_dtype(dt)?
-        }
-    };
+    let flat = world.mean(&flat)?;
     let mut start = 0;
     grads
         .iter()
