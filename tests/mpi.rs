@@ -61,8 +61,17 @@ fn ok(out: Output) -> Output {
 fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["train", "--quiet", "--out", out];
     a.extend_from_slice(&TINY);
+    // On a multi-GPU machine (scripts/gpu_scaling.sh): KEEL_MPI_TEST_DEVICE=cuda, one GPU per rank.
+    if let Some(d) = device() {
+        a.extend_from_slice(&["--device", d]);
+    }
     a.extend_from_slice(extra);
     a
+}
+
+fn device() -> Option<&'static str> {
+    static D: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    D.get_or_init(|| std::env::var("KEEL_MPI_TEST_DEVICE").ok()).as_deref()
 }
 
 fn one_process(dir: &Path, extra: &[&str]) {
