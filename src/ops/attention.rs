@@ -345,16 +345,21 @@ fn attn_fwd_kernel<T: Real>(qkv: &[T], s: AttnShape, rope: &Rope) -> (Vec<T>, Ve
     (out, probs_all)
 }
 
-/// Backward. `saved` holds the forward's probabilities; without them they are recomputed.
-fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, saved: Option<&[T]>) -> Vec<T> {
+/// The backward passes' common frame: one task per (batch, kv head), which owns dK and dV of that
+/// kv head and dQ of its query heads. It gathers K (rotated) and V, calls `per_head(b, head, q, k,
+/// v, dk, dv)` for each query head of the group (q rotated; dK and dV accumulate across the
+/// group's heads; it returns dQ), and scatters dQ, dK and dV back through RoPE's transpose.
+fn kv_group_backward<T: Real>(
+    qkv: &[T],
+    s: AttnShape,
+    rope: &Rope,
+    per_head: impl Fn(usize, usize, &[T], &[T], &[T], &mut [T], &mut [T]) -> Vec<T> + Sync,
+) -> Vec<T> {
     let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
     let w = s.qkv_width();
-    let ow = h * d;
     let rep = h / hkv;
-    let scale = T::from_f64(1.0 / (d as f64).sqrt());
     let mut dqkv = unfilled(qkv.len());
     let gptr = SendPtr(dqkv.as_mut_ptr());
-    // One task per (batch, kv head): it owns dK and dV of that kv head and dQ of its query heads.
     (0..batch * hkv).into_par_iter().for_each(|task| {
         #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
         let gptr = gptr;
@@ -363,88 +368,9 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
         let v = gather_head(qkv, w, b, t, (h + hkv + g) * d, d, None);
         let mut dk = vec![T::zero(); t * d];
         let mut dv = vec![T::zero(); t * d];
-        let mut ds = unfilled::<T>(t * t);
-        let mut dq = unfilled::<T>(t * d);
         for head in g * rep..(g + 1) * rep {
             let q = gather_head(qkv, w, b, t, head * d, d, Some(rope));
-            let recomputed;
-            let p: &[T] = match saved {
-                Some(all) => &all[(b * h + head) * t * t..(b * h + head + 1) * t * t],
-                None => {
-                    recomputed = probs(&q, &k, t, d, scale);
-                    &recomputed
-                }
-            };
-            let dout_h = unsafe { dout.as_ptr().add(b * t * ow + head * d) };
-            for (r0, rn) in causal_blocks(t) {
-                unsafe {
-                    // dV[r0..r0+rn] += P[r0.., r0..r0+rn]^T dO[r0..]   (rows i >= r0 only)
-                    let lhs = p.as_ptr().add(r0 * t + r0);
-                    mm(
-                        rn,
-                        d,
-                        t - r0,
-                        dv.as_mut_ptr().add(r0 * d),
-                        d,
-                        true,
-                        transposed(lhs, t),
-                        rows(dout_h.add(r0 * ow), ow),
-                    );
-                    // dP[r0..r0+rn, 0..r0+rn] = dO[r0..] V[0..r0+rn]^T
-                    mm(
-                        rn,
-                        r0 + rn,
-                        d,
-                        ds.as_mut_ptr().add(r0 * t),
-                        t,
-                        false,
-                        rows(dout_h.add(r0 * ow), ow),
-                        transposed(v.as_ptr(), d),
-                    );
-                }
-            }
-            // dS = P * (dP - rowsum(P * dP)) * scale, written over dP.
-            vectorized(
-                #[inline(always)]
-                || {
-                    for i in 0..t {
-                        let pr = &p[i * t..(i + 1) * t];
-                        let dsr = &mut ds[i * t..(i + 1) * t];
-                        let dot = dot(&pr[..=i], &dsr[..=i]);
-                        for (dv, &pv) in dsr[..=i].iter_mut().zip(&pr[..=i]) {
-                            *dv = pv * (*dv - dot) * scale;
-                        }
-                        dsr[i + 1..].fill(T::zero());
-                    }
-                },
-            );
-            for (r0, rn) in causal_blocks(t) {
-                unsafe {
-                    // dQ[r0..r0+rn] = dS[r0.., 0..r0+rn] K[0..r0+rn]
-                    mm(
-                        rn,
-                        d,
-                        r0 + rn,
-                        dq.as_mut_ptr().add(r0 * d),
-                        d,
-                        false,
-                        rows(ds.as_ptr().add(r0 * t), t),
-                        rows(k.as_ptr(), d),
-                    );
-                    // dK[r0..r0+rn] += dS[r0.., r0..r0+rn]^T Q[r0..]
-                    let lhs = ds.as_ptr().add(r0 * t + r0);
-                    mm(
-                        rn,
-                        d,
-                        t - r0,
-                        dk.as_mut_ptr().add(r0 * d),
-                        d,
-                        true,
-                        transposed(lhs, t),
-                        rows(q.as_ptr().add(r0 * d), d),
-                    );
-                }
-            }
+            let dq = per_head(b, head, &q, &k, &v, &mut dk, &mut dv);
             unsafe { scatter_head(gptr, w, b, t, head * d, d, &dq, Some(rope)) };
         }
         unsafe {
@@ -453,6 +379,96 @@ fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, sa
         }
     });
     dqkv
+}
+
+/// Backward. `saved` holds the forward's probabilities; without them they are recomputed.
+fn attn_bwd_kernel<T: Real>(qkv: &[T], dout: &[T], s: AttnShape, rope: &Rope, saved: Option<&[T]>) -> Vec<T> {
+    let AttnShape { seq: t, n_heads: h, head_dim: d, .. } = s;
+    let ow = h * d;
+    let scale = T::from_f64(1.0 / (d as f64).sqrt());
+    kv_group_backward(qkv, s, rope, |b, head, q, k, v, dk, dv| {
+        let mut ds = unfilled::<T>(t * t);
+        let mut dq = unfilled::<T>(t * d);
+        let recomputed;
+        let p: &[T] = match saved {
+            Some(all) => &all[(b * h + head) * t * t..(b * h + head + 1) * t * t],
+            None => {
+                recomputed = probs(q, k, t, d, scale);
+                &recomputed
+            }
+        };
+        let dout_h = unsafe { dout.as_ptr().add(b * t * ow + head * d) };
+        for (r0, rn) in causal_blocks(t) {
+            unsafe {
+                // dV[r0..r0+rn] += P[r0.., r0..r0+rn]^T dO[r0..]   (rows i >= r0 only)
+                let lhs = p.as_ptr().add(r0 * t + r0);
+                mm(
+                    rn,
+                    d,
+                    t - r0,
+                    dv.as_mut_ptr().add(r0 * d),
+                    d,
+                    true,
+                    transposed(lhs, t),
+                    rows(dout_h.add(r0 * ow), ow),
+                );
+                // dP[r0..r0+rn, 0..r0+rn] = dO[r0..] V[0..r0+rn]^T
+                mm(
+                    rn,
+                    r0 + rn,
+                    d,
+                    ds.as_mut_ptr().add(r0 * t),
+                    t,
+                    false,
+                    rows(dout_h.add(r0 * ow), ow),
+                    transposed(v.as_ptr(), d),
+                );
+            }
+        }
+        // dS = P * (dP - rowsum(P * dP)) * scale, written over dP.
+        vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..t {
+                    let pr = &p[i * t..(i + 1) * t];
+                    let dsr = &mut ds[i * t..(i + 1) * t];
+                    let dot = dot(&pr[..=i], &dsr[..=i]);
+                    for (dv, &pv) in dsr[..=i].iter_mut().zip(&pr[..=i]) {
+                        *dv = pv * (*dv - dot) * scale;
+                    }
+                    dsr[i + 1..].fill(T::zero());
+                }
+            },
+        );
+        for (r0, rn) in causal_blocks(t) {
+            unsafe {
+                // dQ[r0..r0+rn] = dS[r0.., 0..r0+rn] K[0..r0+rn]
+                mm(
+                    rn,
+                    d,
+                    r0 + rn,
+                    dq.as_mut_ptr().add(r0 * d),
+                    d,
+                    false,
+                    rows(ds.as_ptr().add(r0 * t), t),
+                    rows(k.as_ptr(), d),
+                );
+                // dK[r0..r0+rn] += dS[r0.., r0..r0+rn]^T Q[r0..]
+                let lhs = ds.as_ptr().add(r0 * t + r0);
+                mm(
+                    rn,
+                    d,
+                    t - r0,
+                    dk.as_mut_ptr().add(r0 * d),
+                    d,
+                    true,
+                    transposed(lhs, t),
+                    rows(q.as_ptr().add(r0 * d), d),
+                );
+            }
+        }
+        dq
+    })
 }
 
 impl FusedOp1 for Attention {
@@ -618,128 +634,108 @@ mod tiled {
 
     /// Backward of [`forward`]: qkv, out (B*T, H D) and dout -> dqkv, with the forward's LSE.
     fn backward<T: Real>(qkv: &[T], out: &[T], dout: &[T], lse_all: &[T], s: AttnShape, rope: &Rope) -> Vec<T> {
-        let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
-        let w = s.qkv_width();
+        let AttnShape { seq: t, n_heads: h, head_dim: d, .. } = s;
         let ow = h * d;
-        let rep = h / hkv;
         let scale = T::from_f64(1.0 / (d as f64).sqrt());
-        let mut dqkv = unfilled(qkv.len());
-        let gptr = SendPtr(dqkv.as_mut_ptr());
-        // One task per (batch, kv head): it owns dK and dV of that kv head and dQ of its query heads.
-        (0..batch * hkv).into_par_iter().for_each(|task| {
-            #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
-            let gptr = gptr;
-            let (b, g) = (task / hkv, task % hkv);
-            let k = gather_head(qkv, w, b, t, (h + g) * d, d, Some(rope));
-            let v = gather_head(qkv, w, b, t, (h + hkv + g) * d, d, None);
-            let mut dk = vec![T::zero(); t * d];
-            let mut dv = vec![T::zero(); t * d];
+        kv_group_backward(qkv, s, rope, |b, head, q, k, v, dk, dv| {
             let mut dq = unfilled::<T>(t * d);
             let mut delta = unfilled::<T>(t);
             let mut p = unfilled::<T>(TILE * TILE);
             let mut ds = unfilled::<T>(TILE * TILE);
-            for head in g * rep..(g + 1) * rep {
-                let q = gather_head(qkv, w, b, t, head * d, d, Some(rope));
-                let lse = &lse_all[(b * h + head) * t..(b * h + head + 1) * t];
-                let row = |i: usize| (b * t + i) * ow + head * d;
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (i, di) in delta.iter_mut().enumerate() {
-                            *di = dot(&dout[row(i)..row(i) + d], &out[row(i)..row(i) + d]);
-                        }
-                    },
-                );
-                let dout_h = unsafe { dout.as_ptr().add(row(0)) };
-                for (r0, rn) in tiles(t) {
-                    for (c0, cn) in key_tiles(t, r0) {
-                        unsafe {
-                            // S = Q_i K_j^T
-                            mm(
-                                rn,
-                                cn,
-                                d,
-                                p.as_mut_ptr(),
-                                TILE,
-                                false,
-                                rows(q.as_ptr().add(r0 * d), d),
-                                transposed(k.as_ptr().add(c0 * d), d),
-                            );
-                            // dP = dO_i V_j^T
-                            mm(
-                                rn,
-                                cn,
-                                d,
-                                ds.as_mut_ptr(),
-                                TILE,
-                                false,
-                                rows(dout_h.add(r0 * ow), ow),
-                                transposed(v.as_ptr().add(c0 * d), d),
-                            );
-                        }
-                        // P = exp(S * scale - LSE) (0 where masked); dS = P (dP - D) * scale.
-                        vectorized(
-                            #[inline(always)]
-                            || {
-                                for i in 0..rn {
-                                    let n = live(r0 + i, c0, cn);
-                                    let (pr, dsr) = (&mut p[i * TILE..i * TILE + cn], &mut ds[i * TILE..i * TILE + cn]);
-                                    let (shift, di) = (lse[r0 + i], delta[r0 + i]);
-                                    for x in pr[..n].iter_mut() {
-                                        *x = (*x * scale - shift).fast_exp();
-                                    }
-                                    pr[n..].fill(T::zero());
-                                    for (dv, &pv) in dsr.iter_mut().zip(pr.iter()) {
-                                        *dv = pv * (*dv - di) * scale;
-                                    }
-                                }
-                            },
+            let lse = &lse_all[(b * h + head) * t..(b * h + head + 1) * t];
+            let row = |i: usize| (b * t + i) * ow + head * d;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (i, di) in delta.iter_mut().enumerate() {
+                        *di = dot(&dout[row(i)..row(i) + d], &out[row(i)..row(i) + d]);
+                    }
+                },
+            );
+            let dout_h = unsafe { dout.as_ptr().add(row(0)) };
+            for (r0, rn) in tiles(t) {
+                for (c0, cn) in key_tiles(t, r0) {
+                    unsafe {
+                        // S = Q_i K_j^T
+                        mm(
+                            rn,
+                            cn,
+                            d,
+                            p.as_mut_ptr(),
+                            TILE,
+                            false,
+                            rows(q.as_ptr().add(r0 * d), d),
+                            transposed(k.as_ptr().add(c0 * d), d),
                         );
-                        unsafe {
-                            // dV_j += P^T dO_i
-                            mm(
-                                cn,
-                                d,
-                                rn,
-                                dv.as_mut_ptr().add(c0 * d),
-                                d,
-                                true,
-                                transposed(p.as_ptr(), TILE),
-                                rows(dout_h.add(r0 * ow), ow),
-                            );
-                            // dQ_i (+)= dS K_j
-                            mm(
-                                rn,
-                                d,
-                                cn,
-                                dq.as_mut_ptr().add(r0 * d),
-                                d,
-                                c0 > 0,
-                                rows(ds.as_ptr(), TILE),
-                                rows(k.as_ptr().add(c0 * d), d),
-                            );
-                            // dK_j += dS^T Q_i
-                            mm(
-                                cn,
-                                d,
-                                rn,
-                                dk.as_mut_ptr().add(c0 * d),
-                                d,
-                                true,
-                                transposed(ds.as_ptr(), TILE),
-                                rows(q.as_ptr().add(r0 * d), d),
-                            );
-                        }
+                        // dP = dO_i V_j^T
+                        mm(
+                            rn,
+                            cn,
+                            d,
+                            ds.as_mut_ptr(),
+                            TILE,
+                            false,
+                            rows(dout_h.add(r0 * ow), ow),
+                            transposed(v.as_ptr().add(c0 * d), d),
+                        );
+                    }
+                    // P = exp(S * scale - LSE) (0 where masked); dS = P (dP - D) * scale.
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for i in 0..rn {
+                                let n = live(r0 + i, c0, cn);
+                                let (pr, dsr) = (&mut p[i * TILE..i * TILE + cn], &mut ds[i * TILE..i * TILE + cn]);
+                                let (shift, di) = (lse[r0 + i], delta[r0 + i]);
+                                for x in pr[..n].iter_mut() {
+                                    *x = (*x * scale - shift).fast_exp();
+                                }
+                                pr[n..].fill(T::zero());
+                                for (dv, &pv) in dsr.iter_mut().zip(pr.iter()) {
+                                    *dv = pv * (*dv - di) * scale;
+                                }
+                            }
+                        },
+                    );
+                    unsafe {
+                        // dV_j += P^T dO_i
+                        mm(
+                            cn,
+                            d,
+                            rn,
+                            dv.as_mut_ptr().add(c0 * d),
+                            d,
+                            true,
+                            transposed(p.as_ptr(), TILE),
+                            rows(dout_h.add(r0 * ow), ow),
+                        );
+                        // dQ_i (+)= dS K_j
+                        mm(
+                            rn,
+                            d,
+                            cn,
+                            dq.as_mut_ptr().add(r0 * d),
+                            d,
+                            c0 > 0,
+                            rows(ds.as_ptr(), TILE),
+                            rows(k.as_ptr().add(c0 * d), d),
+                        );
+                        // dK_j += dS^T Q_i
+                        mm(
+                            cn,
+                            d,
+                            rn,
+                            dk.as_mut_ptr().add(c0 * d),
+                            d,
+                            true,
+                            transposed(ds.as_ptr(), TILE),
+                            rows(q.as_ptr().add(r0 * d), d),
+                        );
                     }
                 }
-                unsafe { scatter_head(gptr, w, b, t, head * d, d, &dq, Some(rope)) };
             }
-            unsafe {
-                scatter_head(gptr, w, b, t, (h + g) * d, d, &dk, Some(rope));
-                scatter_head(gptr, w, b, t, (h + hkv + g) * d, d, &dv, None);
-            }
-        });
-        dqkv
+            dq
+        })
     }
 
     /// qkv, out, dout -> dqkv; `lse` is the forward's (B, H, T) log-sum-exps.
