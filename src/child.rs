@@ -14,6 +14,13 @@ use std::process::Command;
 ///   writing into it. The grid's worker threads wait on their children, so in normal operation
 ///   the thread outlives the child.
 pub fn keel() -> std::io::Result<Command> {
+    let mut cmd = this_binary()?;
+    // Repeated stop signals (one per exiting thread of a killed grid) are one stop for the run.
+    cmd.env(crate::signals::GRID_CHILD, "1");
+    Ok(cmd)
+}
+
+fn this_binary() -> std::io::Result<Command> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

@@ -26,21 +26,27 @@ fn start_up_advice() -> String {
 /// Installs the handler (once per process, as early as possible) and returns the flag the
 /// training loop watches.
 pub fn install() -> &'static AtomicBool {
-    let _ = ctrlc::set_handler(|| {
+    let grid_child = std::env::var_os(GRID_CHILD).is_some();
+    let _ = ctrlc::set_handler(move || {
         if !TRAINING.load(Ordering::SeqCst) {
-            eprintln!(
+            say(&format!(
                 "\nsignal received during start-up, before the first step: stopping now\n  {}",
                 start_up_advice()
-            );
+            ));
             std::process::exit(crate::EXIT_INTERRUPTED);
         }
         if STOP.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond signal: stopping now, without a checkpoint");
+            // A grid's run gets SIGTERM each time a thread of its dying parent exits (Linux sends
+            // the parent-death signal again as the run is handed to the next thread), and Ctrl-C
+            // reaches it together with its grid: one stop, not a second request. It always
+            // finishes its step and checkpoints (SIGKILL still ends it at once).
+            if grid_child {
+                return;
+            }
+            say("\nsecond signal: stopping now, without a checkpoint");
             std::process::exit(crate::EXIT_INTERRUPTED);
         }
-        eprintln!(
-            "\nsignal received: finishing the current step and writing a checkpoint (send it again to stop at once)"
-        );
+        say("\nsignal received: finishing the current step and writing a checkpoint (send it again to stop at once)");
     });
     &STOP
 }
@@ -56,3 +62,12 @@ pub fn set_run_dir(dir: &std::path::Path) {
 pub fn training_started() {
     TRAINING.store(true, Ordering::SeqCst);
 }
+
+/// A line on stderr that never panics: the reader may be gone (a killed sweep held the pipe).
+fn say(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// Set by a grid (`keel sweep`, `keel stress`) in the environment of the runs it starts.
+pub const GRID_CHILD: &str = "KEEL_GRID_CHILD";
