@@ -240,6 +240,31 @@ fn a_second_signal_stops_at_once() {
     assert!(!dir.join("checkpoints/step_0000007").exists());
 }
 
+/// A grid's run (KEEL_GRID_CHILD, set by `keel sweep` and `keel stress`) counts repeated signals
+/// as one stop: Linux sends the parent-death SIGTERM once per exiting thread of a killed sweep.
+#[test]
+fn a_grid_run_checkpoints_through_repeated_signals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("grid-child");
+    let child = start_run(&dir, &["--set", "train.checkpoint_every=0"])
+        .env("KEEL_GRID_CHILD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(|| metric_rows(&dir) >= 3);
+    for _ in 0..3 {
+        unsafe { libc_kill(child.id() as i32, 15) };
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("second signal"), "{stderr}");
+    let stopped = metric_rows(&dir);
+    assert!(dir.join(format!("checkpoints/step_{stopped:07}/state.json")).exists(), "{stderr}");
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
