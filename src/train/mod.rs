@@ -160,10 +160,19 @@ impl Trainer {
         let t = self.resolved.train();
         let device = self.model.tok_emb.device();
         let mut sampler = Sampler::new(0, "val-batches", t.batch_size, t.seq_len);
+        // A data-parallel job shares the batches out: rank r scores batches r, r + W, ...
+        let world = crate::dist::world();
         let mut sum = 0.0;
-        for _ in 0..t.eval_batches {
+        for i in 0..t.eval_batches {
             let (x, y) = sampler.next(&corpus.val, device)?;
-            sum += scalar(&self.model.loss_without_graph(&x, &y)?)?;
+            if i % world.size() == world.rank() {
+                sum += scalar(&self.model.loss_without_graph(&x, &y)?)?;
+            }
+        }
+        if world.size() > 1 {
+            let mut total = [sum];
+            world.sum_f64(&mut total);
+            sum = total[0];
         }
         Ok(sum / t.eval_batches as f64)
     }
