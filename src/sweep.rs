@@ -160,8 +160,14 @@ fn opt(v: Option<f64>) -> String {
     v.map(|x| x.to_string()).unwrap_or_default()
 }
 
-/// A summary.csv row from a finished run directory (its config.toml and summary.json).
-pub fn summary_row(dir: &Path) -> Result<Option<String>> {
+/// Where a run sits in its grid: depth, then placement (in `Placement::ALL`'s order), learning
+/// rate, seed, and the run's name for any other axis.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub struct GridOrder(usize, usize, f64, u64, String);
+
+/// A summary.csv row from a finished run directory (its config.toml and summary.json), with its
+/// place in the grid.
+pub fn summary_row(dir: &Path) -> Result<Option<(GridOrder, String)>> {
     let run = RunDir::at(dir);
     let (cfg, sum) = (run.config(), run.summary());
     if !cfg.exists() || !sum.exists() {
@@ -171,51 +177,60 @@ pub fn summary_row(dir: &Path) -> Result<Option<String>> {
     let s: Summary =
         serde_json::from_slice(&std::fs::read(&sum)?).with_context(|| format!("reading {}", sum.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-    Ok(Some(format!(
-        "{name},{},{},{},{},{:e},{},{},{},{},{},{},{},{},{},{}",
-        s.placement,
-        s.depth,
-        s.depth / 2,
-        s.d_model,
-        c.train.lr,
-        c.train.seed,
-        s.n_params,
-        s.tokens,
-        opt(s.final_train_loss),
-        opt(s.final_val_loss),
-        opt(s.final_val_ppl),
-        s.diverged_at_step.map(|k| k.to_string()).unwrap_or_default(),
-        s.tokens_per_s,
-        s.wall_time_s,
-        opt(s.peak_rss_mb)
+    let placement = crate::placement::Placement::parse(&s.placement)
+        .ok()
+        .and_then(|p| crate::placement::Placement::ALL.iter().position(|&q| q == p))
+        .unwrap_or(usize::MAX);
+    let order = GridOrder(s.depth, placement, c.train.lr, c.train.seed, name.clone());
+    Ok(Some((
+        order,
+        format!(
+            "{name},{},{},{},{},{:e},{},{},{},{},{},{},{},{},{},{}",
+            s.placement,
+            s.depth,
+            s.depth / 2,
+            s.d_model,
+            c.train.lr,
+            c.train.seed,
+            s.n_params,
+            s.tokens,
+            opt(s.final_train_loss),
+            opt(s.final_val_loss),
+            opt(s.final_val_ppl),
+            s.diverged_at_step.map(|k| k.to_string()).unwrap_or_default(),
+            s.tokens_per_s,
+            s.wall_time_s,
+            opt(s.peak_rss_mb)
+        ),
     )))
 }
 
 /// Rebuilds `OUT/summary.csv` from the run directories under `out`, however they were produced.
 /// Evaluation scores found in the runs add columns after the standard ones.
 pub fn collect(out: &Path) -> Result<usize> {
-    let mut dirs: Vec<_> = std::fs::read_dir(out)
+    let dirs: Vec<_> = std::fs::read_dir(out)
         .map_err(|e| InputError(format!("cannot read {}: {e}", out.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
-    dirs.sort();
     let mut rows = Vec::new();
     let mut columns = std::collections::BTreeSet::new();
     for d in dirs {
-        if let Some(row) = summary_row(&d)? {
+        if let Some((order, row)) = summary_row(&d)? {
             let scores = crate::eval::registry::scores(&d);
             columns.extend(scores.keys().cloned());
-            rows.push((row, scores));
+            rows.push((order, row, scores));
         }
     }
+    // Grid order (depth 16, 64, 256; not the names' string order d16, d256, d64).
+    rows.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     let mut text = String::from(SUMMARY_HEADER);
     for c in &columns {
         text.push(',');
         text.push_str(c);
     }
     text.push('\n');
-    for (row, scores) in &rows {
+    for (_, row, scores) in &rows {
         text.push_str(row);
         for c in &columns {
             text.push(',');

@@ -242,3 +242,27 @@ fn a_sweep_keeps_the_binary_it_started_with() {
         assert!(d.join("sw").join(run).join("eval/synthetic/results.json").exists(), "{run}: {stdout}");
     }
 }
+
+/// summary.csv lists the runs in grid order: depth as a number, then placement in
+/// `Placement::ALL`'s order; not the names' string order (d16 before d4).
+#[test]
+fn summary_rows_are_in_grid_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(&sweep(d, &["--depths", "4,16,8", "--placements", "keel,pre_ln", "--set", "train.steps=2", "--out", "go"]));
+    let csv = std::fs::read_to_string(d.join("go/summary.csv")).unwrap();
+    let rows: Vec<(usize, usize)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let r: Vec<&str> = l.split(',').collect();
+            let p = keel::config::Placement::parse(r[1]).unwrap();
+            (r[2].parse().unwrap(), keel::config::Placement::ALL.iter().position(|&q| q == p).unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 6, "{csv}");
+    let mut sorted = rows.clone();
+    sorted.sort();
+    assert_eq!(rows, sorted, "{csv}");
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [4, 4, 8, 8, 16, 16], "{csv}");
+}
