@@ -232,6 +232,12 @@ pub struct ProbeArgs {
     /// Output CSV (must not exist).
     #[arg(long, default_value = "runs/probe.csv")]
     pub out: PathBuf,
+    /// Probe a trained run instead of fresh models: its config and final weights (or --step's).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["placements", "depths"])]
+    pub run: Option<PathBuf>,
+    /// With --run: the weights of this step's checkpoint (0: the run's initialization).
+    #[arg(long, requires = "run")]
+    pub step: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -260,6 +260,29 @@ impl SubLayer {
         }
     }
 
+    /// ||F|| / ||a x|| over the batch at this sub-layer's input x (B*T, C): the branch against the
+    /// shortcut it is added to (Pre-LN: F(N(x)) against x; Post-LN and DeepNorm: F(x) against
+    /// alpha x; Keel: F(N_in(x)) against alpha x); `None` for HybridNorm's forms.
+    pub fn branch_to_shortcut(
+        &self,
+        x: &Tensor,
+        batch: usize,
+        seq: usize,
+        rope: &Arc<Rope>,
+        k: Kernels,
+    ) -> Result<Option<f64>> {
+        let (f, a) = match &self.residual {
+            Residual::Pre { norm } => (self.branch(&norm.forward(x, k)?, batch, seq, rope, k)?, 1.0),
+            Residual::Post { alpha, .. } => (self.branch(x, batch, seq, rope, k)?, *alpha),
+            Residual::Keel { alpha, norm_in, .. } => {
+                (self.branch(&norm_in.forward(x, k)?, batch, seq, rope, k)?, *alpha)
+            }
+            Residual::Plain | Residual::NormedShortcut { .. } => return Ok(None),
+        };
+        let norm = |t: &Tensor| -> Result<f64> { t.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>() };
+        Ok(Some(norm(&f)? / (a * norm(x)?)))
+    }
+
     /// x: (B*T, C) -> (B*T, C), one residual step of the paper's equations.
     pub fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
         match &self.residual {
@@ -477,6 +500,19 @@ impl Model {
             None => x,
         };
         Ok((x, inputs))
+    }
+
+    /// [`SubLayer::branch_to_shortcut`] at every sub-layer for `tokens` (B, T), bottom first,
+    /// without a graph.
+    pub fn branch_ratios(&self, tokens: &Tensor) -> Result<Vec<Option<f64>>> {
+        let (batch, seq) = tokens.dims2()?;
+        let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?.detach();
+        let mut ratios = Vec::with_capacity(self.sublayers.len());
+        for sl in &self.sublayers {
+            ratios.push(sl.branch_to_shortcut(&x, batch, seq, &self.rope, self.kernels)?);
+            x = sl.forward(&x, batch, seq, &self.rope, self.kernels)?.detach();
+        }
+        Ok(ratios)
     }
 
     /// Like [`Model::hidden`] with sub-layer `removed`'s branch dropped (the layer-removal study).

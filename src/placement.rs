@@ -135,6 +135,18 @@ impl ResidualForm {
             ResidualForm::NormedShortcut => None,
         }
     }
+
+    /// The same factor from a measured branch-to-shortcut ratio r = ||F|| / ||a x|| at this
+    /// sub-layer: 1 / sqrt(1 + r^2) for a normalized a*x + F (if F is orthogonal to x, the norm
+    /// divides by ||a x + F|| = ||a x|| sqrt(1 + r^2)), 1 for an identity shortcut. At init,
+    /// where ||F|| = ||x||, r = 1/a and this is [`Self::residual_path_factor`].
+    pub fn residual_path_factor_measured(self, r: f64) -> Option<f64> {
+        match self {
+            ResidualForm::Pre | ResidualForm::Plain => Some(1.0),
+            ResidualForm::Post { .. } | ResidualForm::Keel { .. } => Some(1.0 / (1.0 + r * r).sqrt()),
+            ResidualForm::NormedShortcut => None,
+        }
+    }
 }
 
 /// The per-model values a placement's choices depend on (from the resolved config).

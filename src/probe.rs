@@ -10,6 +10,12 @@
 //! - Pre-LN (and Mix-LN's Pre-LN blocks): 1, the identity shortcut.
 //!
 //! HybridNorm gets no prediction (its normalized shortcut has no closed form here).
+//!
+//! That prediction assumes each branch is as large as its input (true at init only in Post-LN's
+//! and Keel's equations' premise, not in a trained model). The second prediction uses the
+//! measured ratio r_l = ||F(x_l)|| / ||a x_l|| instead: 1 / sqrt(1 + r_l^2) per normalized
+//! sub-layer ([`crate::placement::ResidualForm::residual_path_factor_measured`]), so theory and
+//! measurement can be compared on a trained run too (`keel probe --run DIR [--step N]`).
 
 use crate::config::{Config, Placement, Resolved};
 use crate::data::{Corpus, Sampler};
@@ -32,12 +38,22 @@ pub struct ProbeRow {
     pub input_grad_ratio: f64,
     /// The paper's residual-path prediction of that ratio.
     pub predicted_ratio: Option<f64>,
+    /// ||F(x_l)|| / ||a x_l||: this sub-layer's branch against its shortcut, measured on the batch.
+    pub branch_ratio: Option<f64>,
+    /// The residual-path prediction from the measured branch ratios: the product of
+    /// 1 / sqrt(1 + r_k^2) over the normalized sub-layers k = l..L-2 (1 for identity shortcuts).
+    pub predicted_from_branches: Option<f64>,
 }
 
-/// Runs the probe for one resolved experiment: forward and backward on a fixed validation batch.
+/// Runs the probe for one resolved experiment at initialization.
 pub fn probe(resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Vec<ProbeRow>> {
+    probe_model(&Model::new(resolved, device)?, resolved, corpus, device)
+}
+
+/// The probe of `model` (at init, or a trained run's weights): forward and backward on a fixed
+/// validation batch, and the branch ratios on the same batch.
+pub fn probe_model(model: &Model, resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Vec<ProbeRow>> {
     let t = resolved.train();
-    let model = Model::new(resolved, device)?;
     let mut sampler = Sampler::new(0, "probe-batch", t.batch_size, t.seq_len);
     let (x, y) = sampler.next(&corpus.val, device)?;
     let (h, inputs) = model.hidden_traced(&x, true)?;
@@ -72,6 +88,17 @@ pub fn probe(resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Ve
             _ => None,
         };
     }
+    let ratios = model.branch_ratios(&x)?;
+    let mut from_branches = vec![Some(1.0); depth];
+    for l in (0..depth.saturating_sub(1)).rev() {
+        let factor = ratios[l].and_then(|r| model.sublayers[l].residual.form().residual_path_factor_measured(r));
+        from_branches[l] = match (from_branches[l + 1], factor) {
+            (Some(p), Some(f)) if placement.predicted_gradient_factor(model.sublayers[l].residual.form()).is_some() => {
+                Some(p * f)
+            }
+            _ => None,
+        };
+    }
     Ok((0..depth)
         .map(|l| ProbeRow {
             placement: placement.to_string(),
@@ -82,19 +109,29 @@ pub fn probe(resolved: &Resolved, corpus: &Corpus, device: &Device) -> Result<Ve
             param_grad_norm: params[l].sqrt(),
             input_grad_ratio: input_norms[l] / top,
             predicted_ratio: predicted[l],
+            branch_ratio: ratios[l],
+            predicted_from_branches: from_branches[l],
         })
         .collect())
 }
 
 /// The header of `keel probe`'s CSV; [`csv_row`] writes its rows.
-pub const CSV_HEADER: &str =
-    "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio";
+pub const CSV_HEADER: &str = "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio,branch_ratio,predicted_from_branches";
 
 pub fn csv_row(r: &ProbeRow) -> String {
-    let predicted = r.predicted_ratio.map(|p| p.to_string()).unwrap_or_default();
+    let opt = |v: Option<f64>| v.map(|p| p.to_string()).unwrap_or_default();
     format!(
-        "{},{},{},{},{},{},{},{}",
-        r.placement, r.depth, r.layer, r.kind, r.input_grad_norm, r.param_grad_norm, r.input_grad_ratio, predicted
+        "{},{},{},{},{},{},{},{},{},{}",
+        r.placement,
+        r.depth,
+        r.layer,
+        r.kind,
+        r.input_grad_norm,
+        r.param_grad_norm,
+        r.input_grad_ratio,
+        opt(r.predicted_ratio),
+        opt(r.branch_ratio),
+        opt(r.predicted_from_branches)
     )
 }
 

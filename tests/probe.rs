@@ -71,3 +71,115 @@ fn probe_at_depth_512_keel_preserves_the_gradient_post_ln_and_pre_ln_do_not() {
         assert_eq!(pre_pred[0], Some(1.0));
     }
 }
+
+/// `keel probe --run` on a trained tiny run (f64) against a direct computation from the run's
+/// weights: each input-gradient norm against a central finite difference of the loss along the
+/// gradient's direction at that sub-layer's input, each branch ratio against ||F(x)|| / ||a x||
+/// evaluated sub-layer by sub-layer, and the branch-ratio prediction against the product of
+/// 1 / sqrt(1 + r^2) over the sub-layers above.
+#[test]
+fn the_trained_run_probe_matches_a_direct_computation() {
+    use keel::model::Residual;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    for (placement, sets) in [("post_ln", &[][..]), ("keel", &[][..]), ("pre_ln", &["--set", "train.steps=30"][..])] {
+        let _ = std::fs::remove_dir_all(&run);
+        let csv = tmp.path().join(format!("{placement}.csv"));
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_keel"));
+        c.args(["train", "--quiet", "--out", run.to_str().unwrap(), "--set", &format!("model.placement={placement}")]);
+        c.args(["--set", "model.depth=6", "--set", "model.d_model=16", "--set", "model.n_heads=2"]);
+        c.args(["--set", "train.seq_len=16", "--set", "train.batch_size=2", "--set", "train.steps=40"]);
+        c.args(["--set", "train.precision=f64", "--set", "data.synthetic_bytes=20000"]).args(sets);
+        assert!(c.status().unwrap().success());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["probe", "--run", run.to_str().unwrap(), "--out", csv.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&csv).unwrap();
+        let rows: Vec<Vec<f64>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').skip(4).map(|v| v.parse().unwrap_or(f64::NAN)).collect())
+            .collect();
+        // Columns from input_grad_norm: 0 input_grad_norm, 4 branch_ratio, 5 predicted_from_branches.
+        let loaded = keel::run_dir::load_run(&run, &Device::Cpu).unwrap();
+        let (m, r) = (&loaded.model, &loaded.resolved);
+        let corpus = Corpus::load(&r.config.data, 16).unwrap();
+        let mut sampler = keel::data::Sampler::new(0, "probe-batch", 2, 16);
+        let (x, y) = sampler.next(&corpus.val, &Device::Cpu).unwrap();
+        let y = y.flatten_all().unwrap();
+        // The loss with `delta` added to sub-layer l's input.
+        let loss_with = |l: usize, delta: Option<&candle_core::Tensor>| -> f64 {
+            let mut h = m.tok_emb.embedding(&x.flatten_all().unwrap()).unwrap();
+            for sl in &m.sublayers {
+                if sl.index == l {
+                    if let Some(d) = delta {
+                        h = (h + d).unwrap();
+                    }
+                }
+                h = sl.forward(&h, 2, 16, &m.rope, m.kernels).unwrap();
+            }
+            if let Some(n) = &m.final_norm {
+                h = n.forward(&h, m.kernels).unwrap();
+            }
+            let loss = keel::ops::cross_entropy(&m.logits(&h).unwrap(), &y, m.kernels).unwrap();
+            loss.to_scalar::<f64>().unwrap()
+        };
+        let traced = {
+            let (hid, taps2) = m.hidden_traced(&x, true).unwrap();
+            let loss = keel::ops::cross_entropy(&m.logits(&hid).unwrap(), &y, m.kernels).unwrap();
+            let g = loss.backward().unwrap();
+            taps2.iter().map(|t| g.get(t.as_tensor()).unwrap().clone()).collect::<Vec<_>>()
+        };
+        let eps = 1e-5;
+        // Per sub-layer: its residual-path factor from the measured ratio.
+        let mut inputs = Vec::new();
+        let mut hcur = m.tok_emb.embedding(&x.flatten_all().unwrap()).unwrap();
+        for (l, sl) in m.sublayers.iter().enumerate() {
+            // Directional finite difference along the gradient: (L(x + e u) - L(x - e u)) / 2e = |g|.
+            let g = &traced[l];
+            let norm = g.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f64>().unwrap();
+            let u = (g / norm).unwrap();
+            let fd =
+                (loss_with(l, Some(&(&u * eps).unwrap())) - loss_with(l, Some(&(&u * -eps).unwrap()))) / (2.0 * eps);
+            assert!(
+                (fd - rows[l][0]).abs() <= 1e-5 * rows[l][0].max(1e-12),
+                "{placement} sub-layer {l}: probe {} vs finite difference {fd}",
+                rows[l][0]
+            );
+            // The branch ratio, from this sub-layer's equation.
+            let nrm = |t: &candle_core::Tensor| {
+                t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f64>().unwrap()
+            };
+            // (branch, shortcut scale, normalized sum?)
+            let (f, a, normalized) = match &sl.residual {
+                Residual::Pre { norm } => (
+                    sl.branch(&norm.forward(&hcur, m.kernels).unwrap(), 2, 16, &m.rope, m.kernels).unwrap(),
+                    1.0,
+                    false,
+                ),
+                Residual::Post { alpha, .. } => (sl.branch(&hcur, 2, 16, &m.rope, m.kernels).unwrap(), *alpha, true),
+                Residual::Keel { alpha, norm_in, .. } => {
+                    let f = sl.branch(&norm_in.forward(&hcur, m.kernels).unwrap(), 2, 16, &m.rope, m.kernels).unwrap();
+                    (f, *alpha, true)
+                }
+                _ => unreachable!("no HybridNorm here"),
+            };
+            let ratio = nrm(&f) / (a * nrm(&hcur));
+            assert!(
+                (ratio - rows[l][4]).abs() <= 1e-12 * ratio,
+                "{placement} sub-layer {l}: ratio {} vs {ratio}",
+                rows[l][4]
+            );
+            inputs.push(if normalized { 1.0 / (1.0 + ratio * ratio).sqrt() } else { 1.0 });
+            hcur = sl.forward(&hcur, 2, 16, &m.rope, m.kernels).unwrap();
+        }
+        // The prediction from the measured ratios: the product over the normalized sub-layers above.
+        let depth = rows.len();
+        for l in 0..depth {
+            let want: f64 = inputs[l..depth - 1].iter().product();
+            assert!((want - rows[l][5]).abs() <= 1e-12, "{placement} sub-layer {l}: {} vs {want}", rows[l][5]);
+        }
+    }
+}
