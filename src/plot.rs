@@ -57,6 +57,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// A point to mark with a cross (a divergence).
     pub marker: Option<(f64, f64)>,
+    /// Drawn dashed, without points: a prediction beside a measurement.
+    pub dashed: bool,
 }
 
 pub struct Figure {
@@ -142,6 +144,14 @@ where
         let line: Vec<(f64, f64)> =
             s.points.iter().filter_map(|&(x, y)| Some((xs.to_axis(x)?, ys.to_axis(y)?))).collect();
         let color = s.color;
+        if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(line.clone(), 6, 4, color.stroke_width(2)))
+                .map_err(e)?
+                .label(s.label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 6, y)], color.stroke_width(2)));
+            continue;
+        }
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
             .map_err(e)?
@@ -292,7 +302,7 @@ pub fn loss_figure(runs: &[PathBuf], log_x: bool) -> Result<Figure> {
             nth_color(i)
         };
         let name = run.file_name().and_then(|n| n.to_str()).unwrap_or("run").to_string();
-        series.push(Series { label: name, color, points, marker });
+        series.push(Series { label: name, color, points, marker, dashed: false });
     }
     Ok(Figure {
         name: "loss".into(),
@@ -336,6 +346,7 @@ pub fn grad_norm_figure(run: &Path, steps: &[usize]) -> Result<Figure> {
                 .map(|r| (num(r, l), num(r, g)))
                 .collect(),
             marker: None,
+            dashed: false,
         })
         .collect();
     Ok(Figure {
@@ -360,7 +371,7 @@ fn by_placement(rows: &[csv::StringRecord], p: usize, x: usize, y: usize) -> Vec
             let mut points: Vec<(f64, f64)> =
                 rows.iter().filter(|r| r.get(p) == Some(name.as_str())).map(|r| (num(r, x), num(r, y))).collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { color: placement_color(&name), label: name, points, marker: None }
+            Series { color: placement_color(&name), label: name, points, marker: None, dashed: false }
         })
         .collect()
 }
@@ -401,7 +412,9 @@ pub fn max_lr_figure(stress: &Path) -> Result<Figure> {
     })
 }
 
-/// Input-gradient norm against sub-layer, one line per placement and depth, from a probe CSV.
+/// Input-gradient norm against sub-layer, one line per placement and depth, from a probe CSV;
+/// with a `predicted_from_branches` column (keel since the trained-run probe), that prediction
+/// beside each line, dashed.
 pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
     let (h, rows) = records(csv_path)?;
     let (p, d, l, g) = (
@@ -411,6 +424,7 @@ pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
         col(&h, "input_grad_ratio", csv_path)?,
     );
     numbers(csv_path, &h, &rows, &[l, g])?;
+    let predicted = h.iter().position(|c| c == "predicted_from_branches");
     let mut keys: Vec<(String, String)> = Vec::new();
     for r in &rows {
         let k = (r.get(p).unwrap_or("").to_string(), r.get(d).unwrap_or("").to_string());
@@ -418,22 +432,36 @@ pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
             keys.push(k);
         }
     }
-    let series = keys
-        .iter()
-        .map(|(pl, dp)| Series {
+    let mut series = Vec::new();
+    for (pl, dp) in &keys {
+        let of = || rows.iter().filter(|r| r.get(p) == Some(pl.as_str()) && r.get(d) == Some(dp.as_str()));
+        series.push(Series {
             label: format!("{pl} L={dp}"),
             color: placement_color(pl),
-            points: rows
-                .iter()
-                .filter(|r| r.get(p) == Some(pl.as_str()) && r.get(d) == Some(dp.as_str()))
-                .map(|r| (num(r, l), num(r, g)))
-                .collect(),
+            points: of().map(|r| (num(r, l), num(r, g))).collect(),
             marker: None,
-        })
-        .collect();
+            dashed: false,
+        });
+        if let Some(c) = predicted {
+            // Empty where the placement has no prediction (HybridNorm).
+            let points: Vec<(f64, f64)> =
+                of().filter_map(|r| Some((num(r, l), r.get(c)?.parse::<f64>().ok()?))).collect();
+            if !points.is_empty() {
+                series.push(Series {
+                    label: format!("{pl} L={dp} predicted"),
+                    color: placement_color(pl),
+                    points,
+                    marker: None,
+                    dashed: true,
+                });
+            }
+        }
+    }
+    // One figure per probe CSV: named after the file (probe.csv -> probe, p30.csv -> probe-p30).
+    let stem = csv_path.file_stem().and_then(|s| s.to_str()).unwrap_or("probe");
     Ok(Figure {
-        name: "probe".into(),
-        title: "gradient at each sub-layer's input / top's, at init".into(),
+        name: if stem == "probe" { "probe".into() } else { format!("probe-{stem}") },
+        title: "gradient at each sub-layer's input / top's (dashed: from the measured branch ratios)".into(),
         x_label: "sub-layer (0 = bottom)".into(),
         y_label: "gradient ratio".into(),
         x_scale: Scale::Linear,
@@ -462,7 +490,7 @@ pub fn layer_removal_figure(inputs: &[PathBuf]) -> Result<Figure> {
             .unwrap_or_else(|| format!("study {}", i + 1));
         let color = if placement.starts_with("study") { nth_color(i) } else { placement_color(&placement) };
         let points = rows.iter().map(|r| (num(r, l), num(r, d))).filter(|p| p.0 >= 0.0).collect();
-        series.push(Series { label: placement, color, points, marker: None });
+        series.push(Series { label: placement, color, points, marker: None, dashed: false });
     }
     Ok(Figure {
         name: "layer_removal".into(),

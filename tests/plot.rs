@@ -58,6 +58,18 @@ fn fixtures(d: &Path) {
         probe.push_str(&format!("keel,8,{l},attn,1.0,1.0,1.0,\n"));
     }
     write(&d.join("probe.csv"), &probe);
+    // A trained-run probe (keel probe --run): the prediction from measured branch ratios too.
+    let mut trained = String::from(
+        "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio,branch_ratio,predicted_from_branches\n",
+    );
+    for l in 0..8 {
+        trained.push_str(&format!(
+            "post_ln,8,{l},attn,1.0,1.0,{},1e-2,0.1,{}\n",
+            0.5f64.powi(8 - l),
+            0.99f64.powi(7 - l)
+        ));
+    }
+    write(&d.join("trained.csv"), &trained);
 }
 
 fn check_png(p: &Path) {
@@ -82,7 +94,18 @@ fn figures_from_fixture_csvs() {
     let d = tmp.path();
     fixtures(d);
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["plot", "keel_run", "pre_run", "sweep", "stress", "probe.csv", "--out", "figs", "--log-x"])
+        .args([
+            "plot",
+            "keel_run",
+            "pre_run",
+            "sweep",
+            "stress",
+            "probe.csv",
+            "trained.csv",
+            "--out",
+            "figs",
+            "--log-x",
+        ])
         .current_dir(d)
         .output()
         .unwrap();
@@ -93,6 +116,7 @@ fn figures_from_fixture_csvs() {
         ("depth_final_val_loss", &["pre_ln", "keel", "depth (sub-layers)"][..]),
         ("max_lr", &["post_ln", "keel", "maximum tolerable"][..]),
         ("probe", &["post_ln L=8", "keel L=8"][..]),
+        ("probe-trained", &["post_ln L=8 predicted", "measured branch ratios"][..]),
     ] {
         check_png(&d.join(format!("figs/{name}.png")));
         check_svg(&d.join(format!("figs/{name}.svg")), needles);
