@@ -33,11 +33,16 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// The probe file of [`check_writable`].
 const WRITE_PROBE: &str = ".keel-write-test";
 
+/// The lock file of an output folder: `keel train` holds an exclusive OS lock on it (released on
+/// any exit, kill -9 included) and writes its PID into it, so two processes never train one run
+/// directory (`run_dir::RunLock`). Named here because it is one of keel's scratch files.
+pub const LOCK: &str = ".keel.lock";
+
 /// True for the names of keel's own temporary files (`write_atomic`'s `.NAME.PID.N.tmp`, the final
 /// weights' `.model.safetensors.tmp`, the write probe) and its run-directory lock: a folder that
 /// holds only these, left by a kill or a full disk before anything was finished, counts as empty.
 pub fn is_keel_scratch(name: &str) -> bool {
-    name == WRITE_PROBE || name == crate::run_dir::LOCK || (name.starts_with('.') && name.ends_with(".tmp"))
+    name == WRITE_PROBE || name == LOCK || (name.starts_with('.') && name.ends_with(".tmp"))
 }
 
 /// The entries of `dir` that are not keel's scratch files (see [`is_keel_scratch`]).
@@ -57,7 +62,7 @@ pub fn remove_scratch(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name();
-            if name.to_str().is_some_and(|n| is_keel_scratch(n) && n != crate::run_dir::LOCK) {
+            if name.to_str().is_some_and(|n| is_keel_scratch(n) && n != LOCK) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -96,12 +101,13 @@ pub fn create_output_dir(dir: &Path) -> Result<(), InputError> {
 }
 
 /// Fails, as bad input, when `dir` holds anything but keel's scratch files: keel never
-/// overwrites results.
-pub fn check_empty(dir: &Path) -> Result<(), InputError> {
+/// overwrites results. `resumable` is the name of the file whose presence makes the folder a run
+/// to resume instead (the run directory's config), for the advice.
+pub fn check_empty(dir: &Path, resumable: Option<&str>) -> Result<(), InputError> {
     let entries =
         real_entries(dir).map_err(|e| InputError(format!("cannot read run directory {}: {e}", dir.display())))?;
     if !entries.is_empty() {
-        let resumable = dir.join(crate::run_dir::CONFIG).exists();
+        let resumable = resumable.is_some_and(|f| dir.join(f).exists());
         return Err(InputError(format!(
             "run directory {} already holds files; keel does not overwrite results\n  {}",
             dir.display(),
@@ -123,7 +129,7 @@ pub fn check_empty(dir: &Path) -> Result<(), InputError> {
 /// scratch files), and be writable.
 pub fn new_output_dir(dir: &Path) -> Result<(), InputError> {
     if dir.exists() {
-        check_empty(dir)?;
+        check_empty(dir, None)?;
     }
     create_output_dir(dir)?;
     check_writable(dir)

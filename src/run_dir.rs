@@ -40,9 +40,8 @@ pub const DONE: &str = "DONE";
 pub const EVAL_RESULTS: &str = "eval";
 /// Each benchmark's results file inside its folder.
 pub const RESULTS: &str = "results.json";
-/// The lock file: `keel train` holds an exclusive OS lock on it (released on any exit, kill -9
-/// included) and writes its PID into it, so two processes never train one run directory.
-pub const LOCK: &str = ".keel.lock";
+/// The lock file (see [`crate::files::LOCK`]).
+pub use crate::files::LOCK;
 
 /// Ownership of a run directory by this process, for as long as the value lives.
 #[derive(Debug)]
@@ -69,7 +68,7 @@ impl RunDir {
         let lock = dir.lock()?;
         // Checked under the lock, so that of two processes started together exactly one sees
         // the folder empty.
-        crate::files::check_empty(&dir.root)?;
+        crate::files::check_empty(&dir.root, Some(CONFIG))?;
         dir.check_writable()?;
         Ok((dir, lock))
     }
