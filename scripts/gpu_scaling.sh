@@ -19,7 +19,7 @@ if [ -z "${KEEL_BIN:-}" ]; then
   cargo build --release --features nccl || exit 1
   KEEL_BIN=target/release/keel
 fi
-MPI=(mpirun --oversubscribe --allow-run-as-root -x LD_LIBRARY_PATH -x RAYON_NUM_THREADS=2)
+MPI=(mpirun --mca plm isolated --oversubscribe --allow-run-as-root -x LD_LIBRARY_PATH -x RAYON_NUM_THREADS=2)
 status=0
 echo "== tests/mpi.rs on CUDA"
 if [ -n "${KEEL_MPI_TEST:-}" ]; then

@@ -39,10 +39,22 @@ fn keel() -> &'static str {
     env!("CARGO_BIN_EXE_keel")
 }
 
-/// `mpirun -np N keel ARGS`, one thread per rank, as root where CI runs.
+/// `mpirun -np N keel ARGS`, one thread per rank, as root where CI runs; `plm isolated` starts
+/// the ranks on this machine without ssh (Open MPI's default launcher needs ssh or rsh installed,
+/// even for local ranks).
 fn mpirun(n: usize, args: &[&str]) -> Command {
     let mut c = Command::new("mpirun");
-    c.args(["-np", &n.to_string(), "--oversubscribe", "--allow-run-as-root", "-x", "RAYON_NUM_THREADS=1"]);
+    c.args([
+        "-np",
+        &n.to_string(),
+        "--mca",
+        "plm",
+        "isolated",
+        "--oversubscribe",
+        "--allow-run-as-root",
+        "-x",
+        "RAYON_NUM_THREADS=1",
+    ]);
     c.arg(keel()).args(args).env("RAYON_NUM_THREADS", "1");
     c
 }
@@ -250,7 +262,7 @@ fn ranks_with_different_data_are_refused() {
     let run = tmp.path().join("run");
     let args = train_args(run.to_str().unwrap(), &["--set", "data.source=corpus.txt"]);
     let mut c = Command::new("mpirun");
-    c.args(["--oversubscribe", "--allow-run-as-root", "-x", "RAYON_NUM_THREADS=1"]);
+    c.args(["--mca", "plm", "isolated", "--oversubscribe", "--allow-run-as-root", "-x", "RAYON_NUM_THREADS=1"]);
     c.args(["-np", "1", "-wdir", a.to_str().unwrap(), keel()]).args(&args);
     c.args([":", "-np", "1", "-wdir", b.to_str().unwrap(), keel()]).args(&args);
     let out = c.output().unwrap();
@@ -268,7 +280,19 @@ fn ranks_with_different_configs_are_refused() {
     let args = train_args(run.to_str().unwrap(), &[]);
     let other = train_args(run.to_str().unwrap(), &["--set", "train.lr=1e-2"]);
     let mut c = Command::new("mpirun");
-    c.args(["--oversubscribe", "--allow-run-as-root", "-x", "RAYON_NUM_THREADS=1", "-np", "1", keel()]).args(&args);
+    c.args([
+        "--mca",
+        "plm",
+        "isolated",
+        "--oversubscribe",
+        "--allow-run-as-root",
+        "-x",
+        "RAYON_NUM_THREADS=1",
+        "-np",
+        "1",
+        keel(),
+    ])
+    .args(&args);
     c.args([":", "-np", "1", keel()]).args(&other);
     let out = c.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
