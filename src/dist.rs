@@ -103,13 +103,19 @@ pub fn abort(code: i32) {
     let _ = code;
 }
 
-/// `Err` unless the global batch splits evenly across the job's ranks.
+/// `Err` unless the global batch splits evenly across this job's ranks.
 pub fn check_batch(batch_size: usize) -> Result<(), InputError> {
     let n = world().size();
-    if !batch_size.is_multiple_of(n) {
+    check_batch_split(batch_size, n, &format!("the job's {n} ranks"))
+}
+
+/// `Err` unless a global batch of `batch_size` rows splits evenly across `ranks` processes
+/// (`across` names them in the message): each takes batch_size / ranks rows.
+pub fn check_batch_split(batch_size: usize, ranks: usize, across: &str) -> Result<(), InputError> {
+    if !batch_size.is_multiple_of(ranks) {
         return Err(InputError(format!(
-            "train.batch_size = {batch_size} does not split across the job's {n} ranks: each rank takes batch_size / {n} rows of the global batch\n  use a batch size divisible by {n} (train.grad_accum keeps the tokens per step), or start {} ranks",
-            (1..=n).rev().find(|&d| batch_size.is_multiple_of(d)).unwrap_or(1)
+            "train.batch_size = {batch_size} does not split across {across}: each rank takes batch_size / {ranks} rows of the global batch\n  use a batch size divisible by {ranks} (train.grad_accum keeps the tokens per step), or start {} ranks",
+            (1..=ranks).rev().find(|&d| batch_size.is_multiple_of(d)).unwrap_or(1)
         )));
     }
     Ok(())

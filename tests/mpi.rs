@@ -43,20 +43,33 @@ fn keel() -> &'static str {
 /// the ranks on this machine without ssh (Open MPI's default launcher needs ssh or rsh installed,
 /// even for local ranks).
 fn mpirun(n: usize, args: &[&str]) -> Command {
-    let mut c = Command::new("mpirun");
-    c.args([
-        "-np",
-        &n.to_string(),
-        "--mca",
-        "plm",
-        "isolated",
-        "--oversubscribe",
-        "--allow-run-as-root",
-        "-x",
-        "RAYON_NUM_THREADS=1",
-    ]);
-    c.arg(keel()).args(args).env("RAYON_NUM_THREADS", "1");
+    let mut c = launcher();
+    c.args(["-np", &n.to_string(), keel()]).args(args).env("RAYON_NUM_THREADS", "1");
     c
+}
+
+/// `mpirun` with the options every test uses, before the (first) program.
+fn launcher() -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--mca", "plm", "isolated", "--oversubscribe", "--allow-run-as-root", "-x", "RAYON_NUM_THREADS=1"]);
+    c
+}
+
+/// Two ranks started as two programs (MPMD): rank 0 and rank 1 each with its own working
+/// directory (None: this one) and arguments.
+fn two_programs(first: (Option<&Path>, &[&str]), second: (Option<&Path>, &[&str])) -> Output {
+    let mut c = launcher();
+    for (i, (dir, args)) in [first, second].into_iter().enumerate() {
+        if i > 0 {
+            c.arg(":");
+        }
+        c.args(["-np", "1"]);
+        if let Some(d) = dir {
+            c.arg("-wdir").arg(d);
+        }
+        c.arg(keel()).args(args);
+    }
+    c.output().unwrap()
 }
 
 fn ok(out: Output) -> Output {
@@ -261,11 +274,7 @@ fn ranks_with_different_data_are_refused() {
     std::fs::write(b.join("corpus.txt"), "pack my box with five dozen liquor jugs. ".repeat(300)).unwrap();
     let run = tmp.path().join("run");
     let args = train_args(run.to_str().unwrap(), &["--set", "data.source=corpus.txt"]);
-    let mut c = Command::new("mpirun");
-    c.args(["--mca", "plm", "isolated", "--oversubscribe", "--allow-run-as-root", "-x", "RAYON_NUM_THREADS=1"]);
-    c.args(["-np", "1", "-wdir", a.to_str().unwrap(), keel()]).args(&args);
-    c.args([":", "-np", "1", "-wdir", b.to_str().unwrap(), keel()]).args(&args);
-    let out = c.output().unwrap();
+    let out = two_programs((Some(&a), &args), (Some(&b), &args));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("the ranks of this job differ in data: rank 1"), "{err}");
@@ -279,22 +288,7 @@ fn ranks_with_different_configs_are_refused() {
     let run = tmp.path().join("run");
     let args = train_args(run.to_str().unwrap(), &[]);
     let other = train_args(run.to_str().unwrap(), &["--set", "train.lr=1e-2"]);
-    let mut c = Command::new("mpirun");
-    c.args([
-        "--mca",
-        "plm",
-        "isolated",
-        "--oversubscribe",
-        "--allow-run-as-root",
-        "-x",
-        "RAYON_NUM_THREADS=1",
-        "-np",
-        "1",
-        keel(),
-    ])
-    .args(&args);
-    c.args([":", "-np", "1", keel()]).args(&other);
-    let out = c.output().unwrap();
+    let out = two_programs((None, &args), (None, &other));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("the ranks of this job differ in config: rank 1"), "{err}");

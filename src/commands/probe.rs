@@ -70,10 +70,11 @@ fn write_csv(rows: &[ProbeRow], out: &Path) -> Result<ExitStatus> {
 /// checkpoint's, or with step 0 its initialization), on its own data.
 fn trained(dir: &Path, step: Option<usize>, out: &Path) -> Result<ExitStatus> {
     let device = candle_core::Device::Cpu;
-    let (resolved, model, what) = match step {
+    let (resolved, model, what, corpus) = match step {
         None => {
             let run = crate::run_dir::load_run(dir, &device)?;
-            (run.resolved, run.model, "final weights".to_string())
+            let corpus = Corpus::load(&run.resolved.config.data, run.resolved.train().seq_len)?;
+            (run.resolved, run.model, "final weights".to_string(), corpus)
         }
         Some(n) => {
             let rd = crate::run_dir::RunDir::at(dir);
@@ -103,10 +104,9 @@ fn trained(dir: &Path, step: Option<usize>, out: &Path) -> Result<ExitStatus> {
                     return Err(InputError(format!("checkpoint {}: {why}", path.display())).into());
                 }
             }
-            (resolved, model, if n == 0 { "initialization".to_string() } else { format!("step {n}") })
+            (resolved, model, if n == 0 { "initialization".to_string() } else { format!("step {n}") }, corpus)
         }
     };
-    let corpus = Corpus::load(&resolved.config.data, resolved.train().seq_len)?;
     let rows = probe::probe_model(&model, &resolved, &corpus, &device)?;
     let depth = rows.len();
     let at = |l: usize| &rows[l.min(depth - 1)];

@@ -64,12 +64,10 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
             sweep::check_memory(j, &devices)?;
         }
     }
-    if let Some(j) = jobs.iter().find(|j| !j.config.train().batch_size.is_multiple_of(args.ntasks_per_run)) {
-        return Err(InputError(format!(
-            "run {}: train.batch_size = {} does not split across --ntasks-per-run {} processes\n  use a batch size divisible by {} (train.grad_accum keeps the tokens per step)",
-            j.name, j.config.train().batch_size, args.ntasks_per_run, args.ntasks_per_run
-        ))
-        .into());
+    let across = format!("--ntasks-per-run {} processes", args.ntasks_per_run);
+    for j in &jobs {
+        crate::dist::check_batch_split(j.config.train().batch_size, args.ntasks_per_run, &across)
+            .map_err(|e| InputError(format!("run {}: {}", j.name, e.0)))?;
     }
     std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
     if args.emit.as_deref() == Some("slurm") {

@@ -95,16 +95,10 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
 fn preflight(args: &TrainArgs) -> Result<()> {
     let world = crate::dist::world();
     let c = &args.config;
-    let mut config = match &args.resume {
+    let config = match &args.resume {
         None => super::load_config(c)?,
-        Some(dir) => {
-            let base = c.config.clone().unwrap_or_else(|| crate::run_dir::RunDir::at(dir).config());
-            crate::config::Config::load(Some(&base), &c.set)?
-        }
+        Some(dir) => start::requested_config(dir, c.config.as_deref(), &c.set, c.device.as_deref())?,
     };
-    if let Some(d) = &c.device {
-        config.run.device = d.clone();
-    }
     world.agree("keel binary", &format!("keel {} ({})", env!("CARGO_PKG_VERSION"), env!("KEEL_GIT_REV")))?;
     // Each rank's own config (file and --set), as it would train it; rank 0's is the one trained.
     let flat: Vec<String> = config.flatten().into_iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -451,7 +451,8 @@ pub fn train(
         peak_rss_mb: crate::metrics::peak_rss_mb(),
         weights_sha256: None,
     };
-    if interrupted && !root {
+    // Rank 0 alone tells the user and writes the final files.
+    if !root {
         return Ok(Outcome { summary, interrupted });
     }
     if interrupted {
@@ -462,9 +463,6 @@ pub fn train(
             last_checkpoint.map(|s| format!("step {s}")).unwrap_or_default(),
             out.display()
         );
-        return Ok(Outcome { summary, interrupted });
-    }
-    if !root {
         return Ok(Outcome { summary, interrupted });
     }
     if diverged_at.is_none() {

@@ -102,6 +102,22 @@ pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
     Ok(Launch { resolved, corpus, device, run, start: Start::Fresh, lock })
 }
 
+/// The config `--resume DIR` asks for: the run's own `config.toml` (or `config_file`) with
+/// `overrides` (`--set`) and `device` (`--device`) applied.
+pub fn requested_config(
+    dir: &Path,
+    config_file: Option<&Path>,
+    overrides: &[String],
+    device: Option<&str>,
+) -> Result<Config> {
+    let base = config_file.map(Path::to_path_buf).unwrap_or_else(|| RunDir::at(dir).config());
+    let mut requested = Config::load(Some(&base), overrides)?;
+    if let Some(d) = device {
+        requested.run.device = d.to_string();
+    }
+    Ok(requested)
+}
+
 /// `keel train --resume DIR`: the run's own config, with `overrides` (`--set`, on `config_file`
 /// when given) and `device` checked against it; changes of keys that are safe to change need
 /// `force`. Continues from the newest checkpoint that passes its checksums.
@@ -113,7 +129,6 @@ pub fn resume(
     how: ResumeOptions,
 ) -> Result<Resumed> {
     let run = RunDir::at(dir);
-    let saved_path = run.config();
     if !run.is_started() {
         let only_scratch = crate::files::real_entries(dir).is_ok_and(|e| e.is_empty());
         if only_scratch {
@@ -134,12 +149,7 @@ pub fn resume(
     let saved = run.read_config()?;
     let saved_identity =
         saved.meta.as_ref().and_then(|m| m.get(DATA_IDENTITY)).and_then(|v| v.as_str()).map(String::from);
-    // Without --config the run's own config.toml is the base for --set and --device.
-    let base = config_file.map(Path::to_path_buf).unwrap_or_else(|| saved_path.clone());
-    let mut requested = Config::load(Some(&base), overrides)?;
-    if let Some(d) = device {
-        requested.run.device = d.to_string();
-    }
+    let requested = requested_config(dir, config_file, overrides, device)?;
     let device = crate::device::parse(&requested.run.device)?;
     // Before the data is read: an absurd --set must not allocate it.
     crate::memory::check(&requested.resolve(crate::data::BYTE_VOCAB)?, &device)?;
