@@ -114,9 +114,13 @@ pub struct PlotArgs {
     /// Log-scale steps on the loss figure.
     #[arg(long)]
     pub log_x: bool,
-    /// summary.csv column to plot against depth.
+    /// summary.csv column to plot against depth (or --against).
     #[arg(long, default_value = "final_val_loss")]
     pub column: String,
+    /// summary.csv column on the x axis: depth, or e.g. alpha for an alpha ablation (one line per
+    /// placement and depth).
+    #[arg(long, default_value = "depth")]
+    pub against: String,
     /// Steps of grad_norms.csv to draw (default: the first and the last).
     #[arg(long, value_delimiter = ',')]
     pub steps: Vec<usize>,

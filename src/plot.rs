@@ -376,17 +376,45 @@ fn by_placement(rows: &[csv::StringRecord], p: usize, x: usize, y: usize) -> Vec
         .collect()
 }
 
-/// A summary.csv column against depth, one line per placement (log2 depth axis).
-pub fn depth_figure(sweep: &Path, column: &str) -> Result<Figure> {
+/// A summary.csv column against another on a log2 axis: against depth (Figure 1c style), one
+/// line per placement; against any other column (`alpha` for an ablation), one line per
+/// placement and depth, rows without a value there left out.
+pub fn summary_figure(sweep: &Path, column: &str, against: &str) -> Result<Figure> {
     let file = sweep.join("summary.csv");
     let (h, rows) = records(&file)?;
-    let (p, d, y) = (col(&h, "placement", &file)?, col(&h, "depth", &file)?, col(&h, column, &file)?);
-    numbers(&file, &h, &rows, &[d, y])?;
-    let series = by_placement(&rows, p, d, y);
+    let (p, x, y) = (col(&h, "placement", &file)?, col(&h, against, &file)?, col(&h, column, &file)?);
+    numbers(&file, &h, &rows, &[x, y])?;
+    let (series, name) = if against == "depth" {
+        (by_placement(&rows, p, x, y), format!("depth_{column}"))
+    } else {
+        let d = col(&h, "depth", &file)?;
+        let rows: Vec<_> = rows.into_iter().filter(|r| num(r, x).is_finite()).collect();
+        let mut keys: Vec<(String, usize)> =
+            rows.iter().map(|r| (r.get(p).unwrap_or("").to_string(), num(r, d) as usize)).collect();
+        keys.sort_by_key(|(_, depth)| *depth);
+        keys.dedup();
+        let shared = keys.len() > keys.iter().map(|k| &k.0).collect::<std::collections::BTreeSet<_>>().len();
+        let series = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (pl, depth))| {
+                let mut points: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.get(p) == Some(pl.as_str()) && num(r, d) as usize == *depth)
+                    .map(|r| (num(r, x), num(r, y)))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                // Depths of one placement told apart by colour.
+                let color = if shared { nth_color(i) } else { placement_color(pl) };
+                Series { label: format!("{pl} L={depth}"), color, points, marker: None, dashed: false }
+            })
+            .collect();
+        (series, format!("{column}_vs_{against}"))
+    };
     Ok(Figure {
-        name: format!("depth_{column}"),
-        title: format!("{column} against depth"),
-        x_label: "depth (sub-layers)".into(),
+        name,
+        title: format!("{column} against {against}"),
+        x_label: if against == "depth" { "depth (sub-layers)".into() } else { against.into() },
         y_label: column.into(),
         x_scale: Scale::Log2,
         y_scale: Scale::Linear,
@@ -508,8 +536,10 @@ pub fn layer_removal_figure(inputs: &[PathBuf]) -> Result<Figure> {
 pub struct Options {
     /// Log-scale steps on the loss figure.
     pub log_x: bool,
-    /// The summary.csv column drawn against depth.
+    /// The summary.csv column drawn ...
     pub column: String,
+    /// ... against this one (depth unless told).
+    pub against: String,
     /// Steps of grad_norms.csv to draw (empty: the first and the last).
     pub steps: Vec<usize>,
 }
@@ -529,7 +559,7 @@ pub fn figures(paths: &[PathBuf], opts: &Options) -> Result<Vec<Figure>> {
         } else if RunDir::at(p).metrics().exists() {
             runs.push(p.clone());
         } else if p.join("summary.csv").exists() {
-            figures.push(depth_figure(p, &opts.column)?);
+            figures.push(summary_figure(p, &opts.column, &opts.against)?);
         } else if p.join("stress.csv").exists() {
             figures.push(max_lr_figure(p)?);
         } else {

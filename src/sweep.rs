@@ -154,7 +154,9 @@ pub fn devices(given: &[String]) -> Vec<String> {
     given.iter().map(|d| if d.chars().all(|c| c.is_ascii_digit()) { format!("cuda:{d}") } else { d.clone() }).collect()
 }
 
-pub const SUMMARY_HEADER: &str = "run,placement,depth,blocks,d_model,lr,seed,parameters,tokens,final_train_loss,final_val_loss,final_val_ppl,diverged_at_step,tokens_per_s,wall_time_s,peak_rss_mb";
+/// `alpha` is Keel's residual scale at the run's depth (`model.alpha` resolved), empty for the
+/// placements that do not read it.
+pub const SUMMARY_HEADER: &str = "run,placement,depth,blocks,d_model,alpha,lr,seed,parameters,tokens,final_train_loss,final_val_loss,final_val_ppl,diverged_at_step,tokens_per_s,wall_time_s,peak_rss_mb";
 
 fn opt(v: Option<f64>) -> String {
     v.map(|x| x.to_string()).unwrap_or_default()
@@ -185,11 +187,12 @@ pub fn summary_row(dir: &Path) -> Result<Option<(GridOrder, String)>> {
     Ok(Some((
         order,
         format!(
-            "{name},{},{},{},{},{:e},{},{},{},{},{},{},{},{},{},{}",
+            "{name},{},{},{},{},{},{:e},{},{},{},{},{},{},{},{},{},{}",
             s.placement,
             s.depth,
             s.depth / 2,
             s.d_model,
+            if c.model.placement == crate::placement::Placement::Keel { c.model.alpha.at_depth(s.depth).to_string() } else { String::new() },
             c.train.lr,
             c.train.seed,
             s.n_params,

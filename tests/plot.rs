@@ -40,13 +40,24 @@ fn fixtures(d: &Path) {
     for (p, base) in [("pre_ln", 3.0), ("keel", 2.8)] {
         for (i, depth) in [64, 128, 256].iter().enumerate() {
             summary.push_str(&format!(
-                "r,{p},{depth},{},32,0.003,0,1000,1000,2.5,{},10,,100,1,50\n",
+                "r,{p},{depth},{},32,{},0.003,0,1000,1000,2.5,{},10,,100,1,50\n",
                 depth / 2,
+                if p == "keel" { depth.to_string() } else { String::new() },
                 base - 0.1 * i as f64
             ));
         }
     }
     write(&d.join("sweep/summary.csv"), &summary);
+    // An alpha ablation: Keel at two depths, alpha = 1, sqrt L, L, 4L.
+    let mut ablation = String::from(keel::sweep::SUMMARY_HEADER);
+    ablation.push('\n');
+    for depth in [16usize, 64] {
+        for (i, alpha) in [1.0, (depth as f64).sqrt(), depth as f64, 4.0 * depth as f64].iter().enumerate() {
+            ablation.push_str(&format!("r,keel,{depth},{},32,{alpha},0.003,0,1000,1000,2.5,{},10,,100,1,50\n", depth / 2, 3.0 - 0.1 * i as f64));
+        }
+    }
+    ablation.push_str("r,pre_ln,16,8,32,,0.003,0,1000,1000,2.5,2.9,10,,100,1,50\n");
+    write(&d.join("ablation/summary.csv"), &ablation);
     write(
         &d.join("stress/stress.csv"),
         "placement,depth,max_lr,survived,diverged_at_step,reason,steps,final_loss,best_loss\npost_ln,64,1.7e-2,false,141,unrecovered_spike,191,3.6,1.9\npost_ln,512,1e-2,false,83,stagnation,183,3.6,3.4\nkeel,64,3e-2,false,247,stagnation,347,2.4,1.5\nkeel,512,1.2e-2,false,98,stagnation,198,3.4,2.3\n",
@@ -125,6 +136,16 @@ fn figures_from_fixture_csvs() {
     for f in ["depth_final_val_loss", "max_lr"] {
         assert!(std::fs::read_to_string(d.join(format!("figs/{f}.svg"))).unwrap().contains("#2CA02C"), "{f}");
     }
+    // --against alpha: one line per depth of Keel; Pre-LN, without an alpha, left out.
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plot", "ablation", "--against", "alpha", "--out", "figs"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_png(&d.join("figs/final_val_loss_vs_alpha.png"));
+    check_svg(&d.join("figs/final_val_loss_vs_alpha.svg"), &["keel L=16", "keel L=64", "against alpha"]);
+    assert!(!std::fs::read_to_string(d.join("figs/final_val_loss_vs_alpha.svg")).unwrap().contains("pre_ln"));
     let bad = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["plot", "nothing_here", "--out", "figs"])
         .current_dir(d)
@@ -161,7 +182,7 @@ fn damaged_csvs_exit_2_naming_the_file_and_line() {
     }
     // The same for a sweep's summary.csv.
     let mut summary = String::from(keel::sweep::SUMMARY_HEADER);
-    summary.push_str("\nr,keel,deep,4,32,0.003,0,1000,1000,2.5,2.4,10,,100,1,50\n");
+    summary.push_str("\nr,keel,deep,4,32,8,0.003,0,1000,1000,2.5,2.4,10,,100,1,50\n");
     write(&d.join("sw/summary.csv"), &summary);
     let out =
         Command::new(env!("CARGO_BIN_EXE_keel")).args(["plot", "sw", "--out", "figs"]).current_dir(d).output().unwrap();

@@ -43,12 +43,15 @@ fn a_sweep_runs_its_grid_records_divergence_and_skips_finished_runs() {
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
     assert_eq!(csv.lines().next().unwrap(), keel::sweep::SUMMARY_HEADER);
     assert_eq!(rows.len(), 8, "{csv}");
+    let at = |name: &str| keel::sweep::SUMMARY_HEADER.split(',').position(|c| c == name).unwrap();
     for r in &rows {
-        let diverged = !r[12].is_empty();
+        let diverged = !r[at("diverged_at_step")].is_empty();
         assert_eq!(diverged, r[0].contains("lr1e30"), "only the 1e30 runs diverge: {r:?}");
         assert_eq!(r[2], if r[0].starts_with("d2") { "2" } else { "4" });
+        // Keel's alpha = L at the run's depth; nothing for Pre-LN, which has none.
+        assert_eq!(r[at("alpha")], if r[1] == "keel" { r[2] } else { "" }, "{r:?}");
         if !diverged {
-            assert!(r[10].parse::<f64>().unwrap() > 0.0, "val loss recorded: {r:?}");
+            assert!(r[at("final_val_loss")].parse::<f64>().unwrap() > 0.0, "val loss recorded: {r:?}");
         }
     }
     // Interrupt one run (drop its DONE marker and final rows) and re-run: the rest are skipped.

@@ -70,6 +70,17 @@ mod tests {
         let c = load("[model]\nalpha = \"sqrtL\"\ndepth = 16\n", &[]).unwrap();
         assert_eq!(c.resolve(256).unwrap().alpha, 4.0);
         assert!(load("[model]\nalpha = \"M\"\n", &[]).is_err());
+        for (text, at16) in [("L", 16.0), ("4L", 64.0), ("0.5L", 8.0), ("sqrtL", 4.0), ("2sqrtL", 8.0), ("3", 3.0)] {
+            let c = load("[model]\ndepth = 16\n", &[&format!("model.alpha={text}")]).unwrap();
+            assert_eq!(c.resolve(256).unwrap().alpha, at16, "{text}");
+            // Written back to config.toml in the same spelling, and read back the same.
+            let written = toml::to_string(&c).unwrap();
+            assert!(written.contains(&format!("alpha = {}", if text == "3" { "3.0".into() } else { format!("{text:?}") })), "{written}");
+            assert_eq!(Config::parse_table(&written, "t").and_then(from_table).unwrap(), c);
+        }
+        for bad in ["xL", "-2L", "0L", "Lsqrt"] {
+            assert!(load("[model]\ndepth = 16\n", &[&format!("model.alpha={bad}")]).and_then(|c| c.resolve(256).map(|_| ())).is_err(), "{bad}");
+        }
     }
 
     #[test]

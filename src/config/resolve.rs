@@ -4,7 +4,7 @@
 // `!(x > 0.0)` is deliberate below: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use super::schema::{err, Alpha, AlphaMode, Config, ConfigError, FfnKind, ModelConfig, TrainConfig};
+use super::schema::{err, Config, ConfigError, FfnKind, ModelConfig, TrainConfig};
 
 impl Config {
     /// Validates every field once and fills derived values.
@@ -56,15 +56,11 @@ impl Config {
         bad(!(m.norm_eps > 0.0), "model.norm_eps must be > 0".into());
         bad(!(m.rope_theta > 0.0), "model.rope_theta must be > 0".into());
         bad(!(m.init_std > 0.0 && m.init_std.is_finite()), "model.init_std must be > 0".into());
-        let alpha = match m.alpha {
-            Alpha::Mode(AlphaMode::L) => m.depth as f64,
-            Alpha::Mode(AlphaMode::SqrtL) => (m.depth as f64).sqrt(),
-            Alpha::Value(v) => v,
-        };
+        let alpha = m.alpha.at_depth(m.depth);
         bad(
             !(alpha > 0.0 && alpha.is_finite()),
             format!(
-                "model.alpha = {alpha} must be positive: use \"L\" (the paper's choice), \"sqrtL\" or a number > 0"
+                "model.alpha = {} gives {alpha}, which is not positive: use \"L\" (the paper's choice), a positive multiple such as \"4L\" or \"sqrtL\", or a number > 0", m.alpha
             ),
         );
         bad(

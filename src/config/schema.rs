@@ -62,20 +62,82 @@ pub enum Precision {
     Bf16,
 }
 
-/// Keel's residual scale: `"L"` (the number of sub-layers, the paper's choice), `"sqrtL"`, or a
-/// number.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// Keel's residual scale: a number, or a multiple of the depth L (the number of sub-layers):
+/// `"L"` (the paper's choice), `"4L"`, `"0.5L"`, `"sqrtL"`, `"2sqrtL"`. Written back to
+/// config.toml in the same spelling.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Alpha {
     Value(f64),
-    Mode(AlphaMode),
+    /// k * L
+    TimesL(f64),
+    /// k * sqrt(L)
+    TimesSqrtL(f64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AlphaMode {
-    L,
-    #[serde(rename = "sqrtL")]
-    SqrtL,
+impl Alpha {
+    /// The paper's alpha = L.
+    pub const L: Alpha = Alpha::TimesL(1.0);
+
+    /// Its value for a model of `depth` sub-layers.
+    pub fn at_depth(self, depth: usize) -> f64 {
+        match self {
+            Alpha::Value(v) => v,
+            Alpha::TimesL(k) => k * depth as f64,
+            Alpha::TimesSqrtL(k) => k * (depth as f64).sqrt(),
+        }
+    }
+
+    /// `"L"`, `"4L"`, `"sqrtL"`, `"0.5sqrtL"`; `None` for anything else.
+    fn parse(text: &str) -> Option<Alpha> {
+        let t = text.trim();
+        let (k, of): (&str, fn(f64) -> Alpha) = if let Some(k) = t.strip_suffix("sqrtL") {
+            (k, Alpha::TimesSqrtL)
+        } else {
+            (t.strip_suffix('L')?, Alpha::TimesL)
+        };
+        let k = k.trim().trim_end_matches('*').trim();
+        let k = if k.is_empty() { 1.0 } else { k.parse::<f64>().ok()? };
+        Some(of(k))
+    }
+}
+
+impl std::fmt::Display for Alpha {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let times = |k: f64| if k == 1.0 { String::new() } else { k.to_string() };
+        match *self {
+            Alpha::Value(v) => write!(f, "{v}"),
+            Alpha::TimesL(k) => write!(f, "{}L", times(k)),
+            Alpha::TimesSqrtL(k) => write!(f, "{}sqrtL", times(k)),
+        }
+    }
+}
+
+impl Serialize for Alpha {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Alpha::Value(v) => s.serialize_f64(v),
+            _ => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Alpha {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(v) => Ok(Alpha::Value(v)),
+            Raw::Text(t) => Alpha::parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "model.alpha = {t:?}: use \"L\" (the paper's choice), a multiple such as \"4L\" or \"sqrtL\", or a number"
+                ))
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,7 +183,7 @@ impl Default for ModelConfig {
             norm: NormKind::RmsNorm,
             norm_eps: 1e-5,
             ffn: FfnKind::Swiglu,
-            alpha: Alpha::Mode(AlphaMode::L),
+            alpha: Alpha::L,
             keel_first_layer: KeelFirstLayer::V2,
             final_norm: None,
             mix_ln_fraction: 0.25,

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# An ablation the paper does not report: Keel's residual scale alpha in {1, sqrt L, L, 4L} at
+# depths 64 and 256 sub-layers, on the King James Bible (BPE-8k; the synthetic tasks when
+# data/bible-bpe8k is absent, see scripts/corpus.sh), with Figure 1(c)'s settings (d_model 64,
+# seq 64, batch 8, 300 steps, peak LR 3e-3), then validation loss against alpha. About 8 minutes
+# on 2 cores. Not part of CI.
+#   scripts/alpha_ablation.sh [OUT=runs/alpha]
+set -euo pipefail
+source "$(dirname "$0")/corpus.sh"
+out=${1:-runs/alpha}
+"$keel" sweep --depths 64,256 --placements keel --grid model.alpha=1,sqrtL,L,4L --jobs 2 --out "$out" \
+  "${corpus_sets[@]}" "${model_sets[@]}" --set train.steps=300 --set train.warmup_steps=30 --set train.lr=3e-3 \
+  --set train.eval_every=100 --set train.grad_norm_every=299 --set train.log_every=20
+"$keel" plot "$out" --against alpha --column final_val_loss --out "$out/figures"
+column -s, -t < "$out/summary.csv"
