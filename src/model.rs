@@ -243,6 +243,15 @@ pub enum Branch {
     Ffn(Ffn),
 }
 
+/// A sub-layer's branch F against its shortcut a x, measured over a batch (Frobenius norms).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BranchMeasure {
+    /// r = ||F|| / ||a x||.
+    pub branch_ratio: f64,
+    /// s = ||a x + F|| / ||a x||: sqrt(1 + r^2) when F is orthogonal to x, more when they align.
+    pub sum_ratio: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct SubLayer {
     pub index: usize,
@@ -260,9 +269,9 @@ impl SubLayer {
         }
     }
 
-    /// ||F|| / ||a x|| over the batch at this sub-layer's input x (B*T, C): the branch against the
-    /// shortcut it is added to (Pre-LN: F(N(x)) against x; Post-LN and DeepNorm: F(x) against
-    /// alpha x; Keel: F(N_in(x)) against alpha x); `None` for HybridNorm's forms.
+    /// The branch against the shortcut it is added to, over the batch at this sub-layer's input x
+    /// (B*T, C) (Pre-LN: F(N(x)) against x; Post-LN and DeepNorm: F(x) against alpha x; Keel:
+    /// F(N_in(x)) against alpha x); `None` for HybridNorm's forms.
     pub fn branch_to_shortcut(
         &self,
         x: &Tensor,
@@ -270,7 +279,7 @@ impl SubLayer {
         seq: usize,
         rope: &Arc<Rope>,
         k: Kernels,
-    ) -> Result<Option<f64>> {
+    ) -> Result<Option<BranchMeasure>> {
         let (f, a) = match &self.residual {
             Residual::Pre { norm } => (self.branch(&norm.forward(x, k)?, batch, seq, rope, k)?, 1.0),
             Residual::Post { alpha, .. } => (self.branch(x, batch, seq, rope, k)?, *alpha),
@@ -280,7 +289,9 @@ impl SubLayer {
             Residual::Plain | Residual::NormedShortcut { .. } => return Ok(None),
         };
         let norm = |t: &Tensor| -> Result<f64> { t.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>() };
-        Ok(Some(norm(&f)? / (a * norm(x)?)))
+        let shortcut = a * norm(x)?;
+        let sum = norm(&((x * a)? + &f)?)?;
+        Ok(Some(BranchMeasure { branch_ratio: norm(&f)? / shortcut, sum_ratio: sum / shortcut }))
     }
 
     /// x: (B*T, C) -> (B*T, C), one residual step of the paper's equations.
@@ -504,7 +515,7 @@ impl Model {
 
     /// [`SubLayer::branch_to_shortcut`] at every sub-layer for `tokens` (B, T), bottom first,
     /// without a graph.
-    pub fn branch_ratios(&self, tokens: &Tensor) -> Result<Vec<Option<f64>>> {
+    pub fn branch_ratios(&self, tokens: &Tensor) -> Result<Vec<Option<BranchMeasure>>> {
         let (batch, seq) = tokens.dims2()?;
         let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?.detach();
         let mut ratios = Vec::with_capacity(self.sublayers.len());

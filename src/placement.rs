@@ -147,6 +147,16 @@ impl ResidualForm {
             ResidualForm::NormedShortcut => None,
         }
     }
+
+    /// The same factor from the measured s = ||a x + F|| / ||a x|| (no orthogonality assumed): the
+    /// norm divides the shortcut's a x by ||a x + F||, so 1 / s; 1 for an identity shortcut.
+    pub fn residual_path_factor_from_sum(self, s: f64) -> Option<f64> {
+        match self {
+            ResidualForm::Pre | ResidualForm::Plain => Some(1.0),
+            ResidualForm::Post { .. } | ResidualForm::Keel { .. } => Some(1.0 / s),
+            ResidualForm::NormedShortcut => None,
+        }
+    }
 }
 
 /// The per-model values a placement's choices depend on (from the resolved config).

@@ -57,8 +57,15 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// A point to mark with a cross (a divergence).
     pub marker: Option<(f64, f64)>,
-    /// Drawn dashed, without points: a prediction beside a measurement.
-    pub dashed: bool,
+    pub line: Line,
+}
+
+/// How a series is stroked: a measurement solid; predictions dashed or dotted, without points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    Solid,
+    Dashed,
+    Dotted,
 }
 
 pub struct Figure {
@@ -144,9 +151,10 @@ where
         let line: Vec<(f64, f64)> =
             s.points.iter().filter_map(|&(x, y)| Some((xs.to_axis(x)?, ys.to_axis(y)?))).collect();
         let color = s.color;
-        if s.dashed {
+        if s.line != Line::Solid {
+            let (dash, gap) = if s.line == Line::Dashed { (6, 4) } else { (2, 4) };
             chart
-                .draw_series(DashedLineSeries::new(line.clone(), 6, 4, color.stroke_width(2)))
+                .draw_series(DashedLineSeries::new(line.clone(), dash, gap, color.stroke_width(2)))
                 .map_err(e)?
                 .label(s.label.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 6, y)], color.stroke_width(2)));
@@ -302,7 +310,7 @@ pub fn loss_figure(runs: &[PathBuf], log_x: bool) -> Result<Figure> {
             nth_color(i)
         };
         let name = run.file_name().and_then(|n| n.to_str()).unwrap_or("run").to_string();
-        series.push(Series { label: name, color, points, marker, dashed: false });
+        series.push(Series { label: name, color, points, marker, line: Line::Solid });
     }
     Ok(Figure {
         name: "loss".into(),
@@ -346,7 +354,7 @@ pub fn grad_norm_figure(run: &Path, steps: &[usize]) -> Result<Figure> {
                 .map(|r| (num(r, l), num(r, g)))
                 .collect(),
             marker: None,
-            dashed: false,
+            line: Line::Solid,
         })
         .collect();
     Ok(Figure {
@@ -371,7 +379,7 @@ fn by_placement(rows: &[csv::StringRecord], p: usize, x: usize, y: usize) -> Vec
             let mut points: Vec<(f64, f64)> =
                 rows.iter().filter(|r| r.get(p) == Some(name.as_str())).map(|r| (num(r, x), num(r, y))).collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { color: placement_color(&name), label: name, points, marker: None, dashed: false }
+            Series { color: placement_color(&name), label: name, points, marker: None, line: Line::Solid }
         })
         .collect()
 }
@@ -406,7 +414,7 @@ pub fn summary_figure(sweep: &Path, column: &str, against: &str) -> Result<Figur
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 // Depths of one placement told apart by colour.
                 let color = if shared { nth_color(i) } else { placement_color(pl) };
-                Series { label: format!("{pl} L={depth}"), color, points, marker: None, dashed: false }
+                Series { label: format!("{pl} L={depth}"), color, points, marker: None, line: Line::Solid }
             })
             .collect();
         (series, format!("{column}_vs_{against}"))
@@ -441,8 +449,8 @@ pub fn max_lr_figure(stress: &Path) -> Result<Figure> {
 }
 
 /// Input-gradient norm against sub-layer, one line per placement and depth, from a probe CSV;
-/// with a `predicted_from_branches` column (keel since the trained-run probe), that prediction
-/// beside each line, dashed.
+/// with the `predicted_from_branches` and `predicted_from_sums` columns (keel since the
+/// trained-run probe), those predictions beside each line, dashed and dotted.
 pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
     let (h, rows) = records(csv_path)?;
     let (p, d, l, g) = (
@@ -452,7 +460,8 @@ pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
         col(&h, "input_grad_ratio", csv_path)?,
     );
     numbers(csv_path, &h, &rows, &[l, g])?;
-    let predicted = h.iter().position(|c| c == "predicted_from_branches");
+    let from_branches = h.iter().position(|c| c == "predicted_from_branches");
+    let from_sums = h.iter().position(|c| c == "predicted_from_sums");
     let mut keys: Vec<(String, String)> = Vec::new();
     for r in &rows {
         let k = (r.get(p).unwrap_or("").to_string(), r.get(d).unwrap_or("").to_string());
@@ -468,19 +477,20 @@ pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
             color: placement_color(pl),
             points: of().map(|r| (num(r, l), num(r, g))).collect(),
             marker: None,
-            dashed: false,
+            line: Line::Solid,
         });
-        if let Some(c) = predicted {
-            // Empty where the placement has no prediction (HybridNorm).
+        // Empty where the placement has no prediction (HybridNorm); absent in CSVs made before it.
+        for (column, line, what) in [(from_branches, Line::Dashed, "branches"), (from_sums, Line::Dotted, "sums")] {
+            let Some(c) = column else { continue };
             let points: Vec<(f64, f64)> =
                 of().filter_map(|r| Some((num(r, l), r.get(c)?.parse::<f64>().ok()?))).collect();
             if !points.is_empty() {
                 series.push(Series {
-                    label: format!("{pl} L={dp} predicted"),
+                    label: format!("{pl} L={dp} predicted from {what}"),
                     color: placement_color(pl),
                     points,
                     marker: None,
-                    dashed: true,
+                    line,
                 });
             }
         }
@@ -489,7 +499,7 @@ pub fn probe_figure(csv_path: &Path) -> Result<Figure> {
     let stem = csv_path.file_stem().and_then(|s| s.to_str()).unwrap_or("probe");
     Ok(Figure {
         name: if stem == "probe" { "probe".into() } else { format!("probe-{stem}") },
-        title: "gradient at each sub-layer's input / top's (dashed: from the measured branch ratios)".into(),
+        title: "gradient ratio to the top sub-layer (dashed: predicted from branches, dotted: from sums)".into(),
         x_label: "sub-layer (0 = bottom)".into(),
         y_label: "gradient ratio".into(),
         x_scale: Scale::Linear,
@@ -518,7 +528,7 @@ pub fn layer_removal_figure(inputs: &[PathBuf]) -> Result<Figure> {
             .unwrap_or_else(|| format!("study {}", i + 1));
         let color = if placement.starts_with("study") { nth_color(i) } else { placement_color(&placement) };
         let points = rows.iter().map(|r| (num(r, l), num(r, d))).filter(|p| p.0 >= 0.0).collect();
-        series.push(Series { label: placement, color, points, marker: None, dashed: false });
+        series.push(Series { label: placement, color, points, marker: None, line: Line::Solid });
     }
     Ok(Figure {
         name: "layer_removal".into(),

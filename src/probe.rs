@@ -15,7 +15,10 @@
 //! and Keel's equations' premise, not in a trained model). The second prediction uses the
 //! measured ratio r_l = ||F(x_l)|| / ||a x_l|| instead: 1 / sqrt(1 + r_l^2) per normalized
 //! sub-layer ([`crate::placement::ResidualForm::residual_path_factor_measured`]), so theory and
-//! measurement can be compared on a trained run too (`keel probe --run DIR [--step N]`).
+//! measurement can be compared on a trained run too (`keel probe --run DIR [--step N]`). The third
+//! drops the assumption that F is orthogonal to x: 1 / s_l per normalized sub-layer, with the
+//! measured s_l = ||a x_l + F(x_l)|| / ||a x_l||. All three follow the shortcut alone; the
+//! gradient that flows through the branches' own Jacobians is in the measurement only.
 
 use crate::config::{Config, Placement, Resolved};
 use crate::data::{Corpus, Sampler};
@@ -43,6 +46,11 @@ pub struct ProbeRow {
     /// The residual-path prediction from the measured branch ratios: the product of
     /// 1 / sqrt(1 + r_k^2) over the normalized sub-layers k = l..L-2 (1 for identity shortcuts).
     pub predicted_from_branches: Option<f64>,
+    /// ||a x_l + F(x_l)|| / ||a x_l||, measured on the batch.
+    pub sum_ratio: Option<f64>,
+    /// The residual-path prediction from the measured sums, orthogonality not assumed: the product
+    /// of 1 / s_k over the normalized sub-layers k = l..L-2.
+    pub predicted_from_sums: Option<f64>,
 }
 
 /// Runs the probe for one resolved experiment at initialization.
@@ -88,17 +96,23 @@ pub fn probe_model(model: &Model, resolved: &Resolved, corpus: &Corpus, device: 
             _ => None,
         };
     }
-    let ratios = model.branch_ratios(&x)?;
-    let mut from_branches = vec![Some(1.0); depth];
-    for l in (0..depth.saturating_sub(1)).rev() {
-        let factor = ratios[l].and_then(|r| model.sublayers[l].residual.form().residual_path_factor_measured(r));
-        from_branches[l] = match (from_branches[l + 1], factor) {
-            (Some(p), Some(f)) if placement.predicted_gradient_factor(model.sublayers[l].residual.form()).is_some() => {
-                Some(p * f)
-            }
-            _ => None,
-        };
-    }
+    let measures = model.branch_ratios(&x)?;
+    // Products from x_l up to x_{L-1} of a per-sub-layer factor; `None` below any sub-layer without one.
+    let product_above = |factor: &dyn Fn(usize) -> Option<f64>| {
+        let mut out = vec![Some(1.0); depth];
+        for l in (0..depth.saturating_sub(1)).rev() {
+            let has_prediction = placement.predicted_gradient_factor(model.sublayers[l].residual.form()).is_some();
+            out[l] = match (out[l + 1], factor(l)) {
+                (Some(p), Some(f)) if has_prediction => Some(p * f),
+                _ => None,
+            };
+        }
+        out
+    };
+    let form = |l: usize| model.sublayers[l].residual.form();
+    let from_branches =
+        product_above(&|l| measures[l].and_then(|m| form(l).residual_path_factor_measured(m.branch_ratio)));
+    let from_sums = product_above(&|l| measures[l].and_then(|m| form(l).residual_path_factor_from_sum(m.sum_ratio)));
     Ok((0..depth)
         .map(|l| ProbeRow {
             placement: placement.to_string(),
@@ -109,19 +123,21 @@ pub fn probe_model(model: &Model, resolved: &Resolved, corpus: &Corpus, device: 
             param_grad_norm: params[l].sqrt(),
             input_grad_ratio: input_norms[l] / top,
             predicted_ratio: predicted[l],
-            branch_ratio: ratios[l],
+            branch_ratio: measures[l].map(|m| m.branch_ratio),
             predicted_from_branches: from_branches[l],
+            sum_ratio: measures[l].map(|m| m.sum_ratio),
+            predicted_from_sums: from_sums[l],
         })
         .collect())
 }
 
 /// The header of `keel probe`'s CSV; [`csv_row`] writes its rows.
-pub const CSV_HEADER: &str = "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio,branch_ratio,predicted_from_branches";
+pub const CSV_HEADER: &str = "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio,branch_ratio,predicted_from_branches,sum_ratio,predicted_from_sums";
 
 pub fn csv_row(r: &ProbeRow) -> String {
     let opt = |v: Option<f64>| v.map(|p| p.to_string()).unwrap_or_default();
     format!(
-        "{},{},{},{},{},{},{},{},{},{}",
+        "{},{},{},{},{},{},{},{},{},{},{},{}",
         r.placement,
         r.depth,
         r.layer,
@@ -131,7 +147,9 @@ pub fn csv_row(r: &ProbeRow) -> String {
         r.input_grad_ratio,
         opt(r.predicted_ratio),
         opt(r.branch_ratio),
-        opt(r.predicted_from_branches)
+        opt(r.predicted_from_branches),
+        opt(r.sum_ratio),
+        opt(r.predicted_from_sums)
     )
 }
 

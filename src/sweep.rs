@@ -162,10 +162,10 @@ fn opt(v: Option<f64>) -> String {
     v.map(|x| x.to_string()).unwrap_or_default()
 }
 
-/// Where a run sits in its grid: depth, then placement (in `Placement::ALL`'s order), learning
-/// rate, seed, and the run's name for any other axis.
+/// Where a run sits in its grid: depth, then placement (in `Placement::ALL`'s order), Keel's alpha
+/// (by value: 1, sqrt L, L, 4L), learning rate, seed, and the run's name for any other axis.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
-pub struct GridOrder(usize, usize, f64, u64, String);
+pub struct GridOrder(usize, usize, f64, f64, u64, String);
 
 /// A summary.csv row from a finished run directory (its config.toml and summary.json), with its
 /// place in the grid.
@@ -183,7 +183,9 @@ pub fn summary_row(dir: &Path) -> Result<Option<(GridOrder, String)>> {
         .ok()
         .and_then(|p| crate::placement::Placement::ALL.iter().position(|&q| q == p))
         .unwrap_or(usize::MAX);
-    let order = GridOrder(s.depth, placement, c.train.lr, c.train.seed, name.clone());
+    let keel = c.model.placement == crate::placement::Placement::Keel;
+    let alpha = keel.then(|| c.model.alpha.at_depth(s.depth));
+    let order = GridOrder(s.depth, placement, alpha.unwrap_or(0.0), c.train.lr, c.train.seed, name.clone());
     Ok(Some((
         order,
         format!(
@@ -192,7 +194,7 @@ pub fn summary_row(dir: &Path) -> Result<Option<(GridOrder, String)>> {
             s.depth,
             s.depth / 2,
             s.d_model,
-            if c.model.placement == crate::placement::Placement::Keel { c.model.alpha.at_depth(s.depth).to_string() } else { String::new() },
+            opt(alpha),
             c.train.lr,
             c.train.seed,
             s.n_params,

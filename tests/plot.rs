@@ -71,13 +71,14 @@ fn fixtures(d: &Path) {
     write(&d.join("probe.csv"), &probe);
     // A trained-run probe (keel probe --run): the prediction from measured branch ratios too.
     let mut trained = String::from(
-        "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio,branch_ratio,predicted_from_branches\n",
+        "placement,depth,layer,kind,input_grad_norm,param_grad_norm,input_grad_ratio,predicted_ratio,branch_ratio,predicted_from_branches,sum_ratio,predicted_from_sums\n",
     );
     for l in 0..8 {
         trained.push_str(&format!(
-            "post_ln,8,{l},attn,1.0,1.0,{},1e-2,0.1,{}\n",
+            "post_ln,8,{l},attn,1.0,1.0,{},1e-2,0.1,{},1.2,{}\n",
             0.5f64.powi(8 - l),
-            0.99f64.powi(7 - l)
+            0.99f64.powi(7 - l),
+            1.2f64.powi(l - 7)
         ));
     }
     write(&d.join("trained.csv"), &trained);
@@ -127,7 +128,7 @@ fn figures_from_fixture_csvs() {
         ("depth_final_val_loss", &["pre_ln", "keel", "depth (sub-layers)"][..]),
         ("max_lr", &["post_ln", "keel", "maximum tolerable"][..]),
         ("probe", &["post_ln L=8", "keel L=8"][..]),
-        ("probe-trained", &["post_ln L=8 predicted", "measured branch ratios"][..]),
+        ("probe-trained", &["post_ln L=8 predicted from branches", "post_ln L=8 predicted from sums", "dotted: from sums"][..]),
     ] {
         check_png(&d.join(format!("figs/{name}.png")));
         check_svg(&d.join(format!("figs/{name}.svg")), needles);

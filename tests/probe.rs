@@ -75,8 +75,8 @@ fn probe_at_depth_512_keel_preserves_the_gradient_post_ln_and_pre_ln_do_not() {
 /// `keel probe --run` on a trained tiny run (f64) against a direct computation from the run's
 /// weights: each input-gradient norm against a central finite difference of the loss along the
 /// gradient's direction at that sub-layer's input, each branch ratio against ||F(x)|| / ||a x||
-/// evaluated sub-layer by sub-layer, and the branch-ratio prediction against the product of
-/// 1 / sqrt(1 + r^2) over the sub-layers above.
+/// evaluated sub-layer by sub-layer (and ||a x + F|| / ||a x||), and the two predictions against
+/// the products of 1 / sqrt(1 + r^2) and of 1 / s over the sub-layers above.
 #[test]
 fn the_trained_run_probe_matches_a_direct_computation() {
     use keel::model::Residual;
@@ -102,7 +102,8 @@ fn the_trained_run_probe_matches_a_direct_computation() {
             .skip(1)
             .map(|l| l.split(',').skip(4).map(|v| v.parse().unwrap_or(f64::NAN)).collect())
             .collect();
-        // Columns from input_grad_norm: 0 input_grad_norm, 4 branch_ratio, 5 predicted_from_branches.
+        // Columns from input_grad_norm: 0 input_grad_norm, 4 branch_ratio, 5 predicted_from_branches,
+        // 6 sum_ratio, 7 predicted_from_sums.
         let loaded = keel::run_dir::load_run(&run, &Device::Cpu).unwrap();
         let (m, r) = (&loaded.model, &loaded.resolved);
         let corpus = Corpus::load(&r.config.data, 16).unwrap();
@@ -134,7 +135,7 @@ fn the_trained_run_probe_matches_a_direct_computation() {
         };
         let eps = 1e-5;
         // Per sub-layer: its residual-path factor from the measured ratio.
-        let mut inputs = Vec::new();
+        let (mut inputs, mut sums) = (Vec::new(), Vec::new());
         let mut hcur = m.tok_emb.embedding(&x.flatten_all().unwrap()).unwrap();
         for (l, sl) in m.sublayers.iter().enumerate() {
             // Directional finite difference along the gradient: (L(x + e u) - L(x - e u)) / 2e = |g|.
@@ -172,7 +173,10 @@ fn the_trained_run_probe_matches_a_direct_computation() {
                 "{placement} sub-layer {l}: ratio {} vs {ratio}",
                 rows[l][4]
             );
+            let sum = nrm(&((&hcur * a).unwrap() + &f).unwrap()) / (a * nrm(&hcur));
+            assert!((sum - rows[l][6]).abs() <= 1e-12 * sum, "{placement} sub-layer {l}: sum ratio {} vs {sum}", rows[l][6]);
             inputs.push(if normalized { 1.0 / (1.0 + ratio * ratio).sqrt() } else { 1.0 });
+            sums.push(if normalized { 1.0 / sum } else { 1.0 });
             hcur = sl.forward(&hcur, 2, 16, &m.rope, m.kernels).unwrap();
         }
         // The prediction from the measured ratios: the product over the normalized sub-layers above.
@@ -180,6 +184,8 @@ fn the_trained_run_probe_matches_a_direct_computation() {
         for l in 0..depth {
             let want: f64 = inputs[l..depth - 1].iter().product();
             assert!((want - rows[l][5]).abs() <= 1e-12, "{placement} sub-layer {l}: {} vs {want}", rows[l][5]);
+            let want: f64 = sums[l..depth - 1].iter().product();
+            assert!((want - rows[l][7]).abs() <= 1e-12, "{placement} sub-layer {l}: {} vs {want}", rows[l][7]);
         }
     }
 }

@@ -112,13 +112,14 @@ fn trained(dir: &Path, step: Option<usize>, out: &Path) -> Result<ExitStatus> {
     let at = |l: usize| &rows[l.min(depth - 1)];
     let show = |v: Option<f64>| v.map(|p| format!("{p:.3e}")).unwrap_or_else(|| "-".into());
     println!(
-        "{} ({}, {} sub-layers, {what}): x2/top {:.3e}; residual-path prediction {} at init's premise, {} from the measured branch ratios",
+        "{} ({}, {} sub-layers, {what}): x2/top {:.3e}; residual-path prediction {} at init's premise, {} from the measured branch ratios, {} from the measured sums",
         dir.display(),
         rows[0].placement,
         depth,
         at(2).input_grad_ratio,
         show(at(2).predicted_ratio),
-        show(at(2).predicted_from_branches)
+        show(at(2).predicted_from_branches),
+        show(at(2).predicted_from_sums)
     );
     write_csv(&rows, out)
 }
