@@ -2,8 +2,8 @@
 # Figure 1(a) at CPU scale: training loss of Post-LN, DeepNorm, Pre-LN and Keel at an aggressive
 # peak LR, on the King James Bible (BPE-8k; the synthetic tasks when data/bible-bpe8k is absent,
 # see scripts/corpus.sh): depth 64 sub-layers, d_model 64, seq 64, batch 8, 400 steps, peak LR
-# 2e-2 (the paper's 4.5e-3 scaled up for a 24x narrower model), then the loss figure with
-# divergence marked. About 5 minutes on 2 cores. Not part of CI.
+# 2e-2 (the paper's 4.5e-3 scaled up for a 16-32x narrower model), then the loss figure with
+# divergence marked. About 2-3 minutes on 2 cores. Not part of CI.
 #   scripts/figure1a_aggressive_lr.sh [OUT=runs/fig1a]
 set -euo pipefail
 source "$(dirname "$0")/corpus.sh"
