@@ -9,7 +9,6 @@ set -euo pipefail
 source "$(dirname "$0")/corpus.sh"
 out=${1:-runs/alpha}
 "$keel" sweep --depths 64,256 --placements keel --grid model.alpha=1,sqrtL,L,4L --jobs 2 --out "$out" \
-  "${corpus_sets[@]}" "${model_sets[@]}" --set train.steps=300 --set train.warmup_steps=30 --set train.lr=3e-3 \
-  --set train.eval_every=100 --set train.grad_norm_every=299 --set train.log_every=20
+  "${corpus_sets[@]}" "${model_sets[@]}" "${depth_sweep_sets[@]}" --set train.grad_norm_every=299
 "$keel" plot "$out" --against alpha --column final_val_loss --out "$out/figures"
 column -s, -t < "$out/summary.csv"

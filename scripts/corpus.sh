@@ -23,3 +23,7 @@ fi
 echo "corpus: $corpus"
 # The model every real-text figure uses: d_model 64, 4 heads, windows of 64 tokens, batch 8.
 model_sets=(--set model.d_model=64 --set model.n_heads=4 --set train.seq_len=64 --set train.batch_size=8)
+# Figure 1(c)'s training budget, shared by Figure 6 and the alpha ablation: 300 steps (153,600
+# tokens), peak LR 3e-3 after 30 warmup steps, cosine decay.
+depth_sweep_sets=(--set train.steps=300 --set train.warmup_steps=30 --set train.lr=3e-3 --set train.eval_every=100
+  --set train.grad_norm_every=100 --set train.log_every=20)
