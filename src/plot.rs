@@ -21,6 +21,7 @@ use crate::run_dir::RunDir;
 use crate::InputError;
 use anyhow::Result;
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -157,7 +158,10 @@ where
                 .draw_series(DashedLineSeries::new(line.clone(), dash, gap, color.stroke_width(2)))
                 .map_err(e)?
                 .label(s.label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 6, y)], color.stroke_width(2)));
+                // The legend's sample stroked like the line (18 px: two dashes, or four dots).
+                .legend(move |(x, y)| {
+                    DashedPathElement::new(vec![(x, y), (x + 20, y)].into_iter(), dash, gap, color.stroke_width(2))
+                });
             continue;
         }
         chart
