@@ -403,8 +403,10 @@ pub fn summary_figure(sweep: &Path, column: &str, against: &str) -> Result<Figur
         let rows: Vec<_> = rows.into_iter().filter(|r| num(r, x).is_finite()).collect();
         let mut keys: Vec<(String, usize)> =
             rows.iter().map(|r| (r.get(p).unwrap_or("").to_string(), num(r, d) as usize)).collect();
+        // Unique (placement, depth) pairs, depth-major; rows of one pair need not be adjacent.
         keys.sort_by_key(|(_, depth)| *depth);
-        keys.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        keys.retain(|k| seen.insert(k.clone()));
         let shared = keys.len() > keys.iter().map(|k| &k.0).collect::<std::collections::BTreeSet<_>>().len();
         let series = keys
             .iter()

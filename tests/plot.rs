@@ -53,7 +53,11 @@ fn fixtures(d: &Path) {
     ablation.push('\n');
     for depth in [16usize, 64] {
         for (i, alpha) in [1.0, (depth as f64).sqrt(), depth as f64, 4.0 * depth as f64].iter().enumerate() {
-            ablation.push_str(&format!("r,keel,{depth},{},32,{alpha},0.003,0,1000,1000,2.5,{},10,,100,1,50\n", depth / 2, 3.0 - 0.1 * i as f64));
+            ablation.push_str(&format!(
+                "r,keel,{depth},{},32,{alpha},0.003,0,1000,1000,2.5,{},10,,100,1,50\n",
+                depth / 2,
+                3.0 - 0.1 * i as f64
+            ));
         }
     }
     ablation.push_str("r,pre_ln,16,8,32,,0.003,0,1000,1000,2.5,2.9,10,,100,1,50\n");
@@ -128,7 +132,10 @@ fn figures_from_fixture_csvs() {
         ("depth_final_val_loss", &["pre_ln", "keel", "depth (sub-layers)"][..]),
         ("max_lr", &["post_ln", "keel", "maximum tolerable"][..]),
         ("probe", &["post_ln L=8", "keel L=8"][..]),
-        ("probe-trained", &["post_ln L=8 predicted from branches", "post_ln L=8 predicted from sums", "dotted: from sums"][..]),
+        (
+            "probe-trained",
+            &["post_ln L=8 predicted from branches", "post_ln L=8 predicted from sums", "dotted: from sums"][..],
+        ),
     ] {
         check_png(&d.join(format!("figs/{name}.png")));
         check_svg(&d.join(format!("figs/{name}.svg")), needles);
@@ -147,6 +154,23 @@ fn figures_from_fixture_csvs() {
     check_png(&d.join("figs/final_val_loss_vs_alpha.png"));
     check_svg(&d.join("figs/final_val_loss_vs_alpha.svg"), &["keel L=16", "keel L=64", "against alpha"]);
     assert!(!std::fs::read_to_string(d.join("figs/final_val_loss_vs_alpha.svg")).unwrap().contains("pre_ln"));
+    // --against lr with the placements interleaved within a depth: one line per placement and depth.
+    let mut lrs = String::from(keel::sweep::SUMMARY_HEADER);
+    lrs.push('\n');
+    for lr in ["0.001", "0.003"] {
+        for p in ["keel", "pre_ln"] {
+            lrs.push_str(&format!("r,{p},16,8,32,,{lr},0,1000,1000,2.5,3.0,10,,100,1,50\n"));
+        }
+    }
+    write(&d.join("lrs/summary.csv"), &lrs);
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plot", "lrs", "--against", "lr", "--out", "figs"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svg = std::fs::read_to_string(d.join("figs/final_val_loss_vs_lr.svg")).unwrap();
+    assert_eq!((svg.matches("keel L=16").count(), svg.matches("pre_ln L=16").count()), (1, 1), "one legend entry each");
     let bad = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["plot", "nothing_here", "--out", "figs"])
         .current_dir(d)
