@@ -87,15 +87,6 @@ pub fn probe_model(model: &Model, resolved: &Resolved, corpus: &Corpus, device: 
         .collect::<Result<_>>()?;
     let top = input_norms[depth - 1];
     let placement = resolved.model().placement;
-    // predicted[l] = product of the factors of sub-layers l..L-2 (from x_l up to x_{L-1}).
-    let mut predicted = vec![Some(1.0); depth];
-    for l in (0..depth.saturating_sub(1)).rev() {
-        predicted[l] = match (predicted[l + 1], placement.predicted_gradient_factor(model.sublayers[l].residual.form()))
-        {
-            (Some(p), Some(f)) => Some(p * f),
-            _ => None,
-        };
-    }
     let measures = model.branch_ratios(&x)?;
     // Products from x_l up to x_{L-1} of a per-sub-layer factor; `None` below any sub-layer without one.
     let product_above = |factor: &dyn Fn(usize) -> Option<f64>| {
@@ -110,6 +101,7 @@ pub fn probe_model(model: &Model, resolved: &Resolved, corpus: &Corpus, device: 
         out
     };
     let form = |l: usize| model.sublayers[l].residual.form();
+    let predicted = product_above(&|l| placement.predicted_gradient_factor(form(l)));
     let from_branches =
         product_above(&|l| measures[l].and_then(|m| form(l).residual_path_factor_measured(m.branch_ratio)));
     let from_sums = product_above(&|l| measures[l].and_then(|m| form(l).residual_path_factor_from_sum(m.sum_ratio)));
