@@ -174,7 +174,11 @@ fn the_trained_run_probe_matches_a_direct_computation() {
                 rows[l][4]
             );
             let sum = nrm(&((&hcur * a).unwrap() + &f).unwrap()) / (a * nrm(&hcur));
-            assert!((sum - rows[l][6]).abs() <= 1e-12 * sum, "{placement} sub-layer {l}: sum ratio {} vs {sum}", rows[l][6]);
+            assert!(
+                (sum - rows[l][6]).abs() <= 1e-12 * sum,
+                "{placement} sub-layer {l}: sum ratio {} vs {sum}",
+                rows[l][6]
+            );
             inputs.push(if normalized { 1.0 / (1.0 + ratio * ratio).sqrt() } else { 1.0 });
             sums.push(if normalized { 1.0 / sum } else { 1.0 });
             hcur = sl.forward(&hcur, 2, 16, &m.rope, m.kernels).unwrap();

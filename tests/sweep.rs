@@ -269,7 +269,21 @@ fn summary_rows_are_in_grid_order() {
     assert_eq!(rows, sorted, "{csv}");
     assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [4, 4, 8, 8, 16, 16], "{csv}");
     // A grid over alpha is ordered by its value, not by the names' strings (alpha1, alpha4L, alphaL).
-    ok(&sweep(d, &["--depths", "4", "--placements", "keel", "--grid", "model.alpha=L,4L,1,sqrtL", "--set", "train.steps=2", "--out", "al"]));
+    ok(&sweep(
+        d,
+        &[
+            "--depths",
+            "4",
+            "--placements",
+            "keel",
+            "--grid",
+            "model.alpha=L,4L,1,sqrtL",
+            "--set",
+            "train.steps=2",
+            "--out",
+            "al",
+        ],
+    ));
     let csv = std::fs::read_to_string(d.join("al/summary.csv")).unwrap();
     let alpha = keel::sweep::SUMMARY_HEADER.split(',').position(|c| c == "alpha").unwrap();
     let alphas: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').nth(alpha).unwrap()).collect();

@@ -6,7 +6,12 @@ use crate::{ExitStatus, InputError};
 use anyhow::Result;
 
 pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
-    let opts = Options { log_x: args.log_x, column: args.column.clone(), against: args.against.clone(), steps: args.steps.clone() };
+    let opts = Options {
+        log_x: args.log_x,
+        column: args.column.clone(),
+        against: args.against.clone(),
+        steps: args.steps.clone(),
+    };
     // Every input is read (and a damaged one refused) before the output folder is made.
     let figures = plot::figures(&args.paths, &opts)?;
     std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;

@@ -75,11 +75,19 @@ mod tests {
             assert_eq!(c.resolve(256).unwrap().alpha, at16, "{text}");
             // Written back to config.toml in the same spelling, and read back the same.
             let written = toml::to_string(&c).unwrap();
-            assert!(written.contains(&format!("alpha = {}", if text == "3" { "3.0".into() } else { format!("{text:?}") })), "{written}");
+            assert!(
+                written.contains(&format!("alpha = {}", if text == "3" { "3.0".into() } else { format!("{text:?}") })),
+                "{written}"
+            );
             assert_eq!(Config::parse_table(&written, "t").and_then(from_table).unwrap(), c);
         }
         for bad in ["xL", "-2L", "0L", "Lsqrt"] {
-            assert!(load("[model]\ndepth = 16\n", &[&format!("model.alpha={bad}")]).and_then(|c| c.resolve(256).map(|_| ())).is_err(), "{bad}");
+            assert!(
+                load("[model]\ndepth = 16\n", &[&format!("model.alpha={bad}")])
+                    .and_then(|c| c.resolve(256).map(|_| ()))
+                    .is_err(),
+                "{bad}"
+            );
         }
     }
 
