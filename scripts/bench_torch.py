@@ -355,7 +355,7 @@ def main(argv=None):
             if new:
                 f.write("framework,device,precision,d_model,depth,seq_len,batch_size,placement,n_params,tokens_per_s,ms_per_step,forward_ms,backward_ms,optimizer_ms\n")
             for r in rows:
-                f.write(f"pytorch-eager,{args.device},{'bf16' if args.bf16 else 'f32'},{args.d_model},{args.depth},"
+                f.write(f"{'pytorch-compile' if args.compile else 'pytorch-eager'},{args.device},{'bf16' if args.bf16 else 'f32'},{args.d_model},{args.depth},"
                         f"{args.seq_len},{args.batch_size},{r['placement']},{r['params']},{r['tok_s']:.0f},"
                         f"{r['ms_step']:.2f},{r['fwd']:.2f},{r['bwd']:.2f},{r['opt']:.2f}\n")
     if not ok:

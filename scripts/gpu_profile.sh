@@ -18,6 +18,8 @@
 # with libcupti.so.13 beside it. KEEL_BIN: keel built with --features cuda (default: built here).
 # PYTHON: an interpreter with CUDA torch for the PyTorch side (skipped when it has none).
 # Everything lands in OUT_DIR: per config, the traces, bench logs, summary .txt and .json.
+# ONLY_CONFIG=NAME profiles one of the configs below; KEEL_EXTRA adds keel flags (for example
+# "--set train.kernels=composite"); PROFILE_TORCH=0 leaves PyTorch out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SHORT=${SHORT:-2}
@@ -65,7 +67,7 @@ if [ -z "${KEEL_BIN:-}" ]; then
   KEEL_BIN=target/release/keel
 fi
 HAVE_TORCH=0
-"$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null && HAVE_TORCH=1
+[ "${PROFILE_TORCH:-1}" = 0 ] || "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null && HAVE_TORCH=1
 
 # name | keel bench flags | bench_torch.py flags
 CONFIGS=(
@@ -85,6 +87,8 @@ trace() {
 status=0
 for c in "${CONFIGS[@]}"; do
   IFS='|' read -r name kflags tflags <<<"$c"
+  [ -z "${ONLY_CONFIG:-}" ] || [ "$name" = "$ONLY_CONFIG" ] || continue
+  kflags="$kflags ${KEEL_EXTRA:-}"
   # shellcheck disable=SC2086
   for steps in "$SHORT" "$LONG"; do
     trace "$name" keel "$steps" "$KEEL_BIN" bench --device cuda --warmup 2 --steps "$steps" $kflags || status=1

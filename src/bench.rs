@@ -28,7 +28,7 @@ pub fn reference_overrides() -> Vec<String> {
     .collect()
 }
 
-pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak,cpu,matmul_simd,kernel_simd,attention,ranks,reduce_ms";
+pub const BENCH_CSV_HEADER: &str = "device,precision,d_model,depth,seq_len,batch_size,recompute,placement,n_params,tokens_per_s,ms_per_step,data_ms,forward_ms,backward_ms,optimizer_ms,model_gflops_per_s,peak_rss_mb,gflops_per_step,matmul_peak_gflops_per_s,fraction_of_peak,cpu,matmul_simd,kernel_simd,attention,ranks,reduce_ms,kernels";
 
 pub struct BenchResult {
     pub placement: Placement,
@@ -224,7 +224,7 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
     for r in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{},{},{},{},{},{:.4}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{},{},{},{},{},{:.4},{}",
             device_name,
             format!("{:?}", config.train.precision).to_lowercase(),
             m.d_model,
@@ -241,7 +241,8 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
             crate::ops::simd_level().name(),
             config.train.attention.name(),
             r.ranks,
-            r.reduce_ms
+            r.reduce_ms,
+            config.train.kernels.name()
         )?;
     }
     Ok(())

@@ -449,7 +449,7 @@ impl Model {
             final_norm,
             head,
             params: b.params,
-            kernels: Kernels::for_device(device),
+            kernels: Kernels::resolve(r.train().kernels, device, dtype_of(r.train().precision)),
             rope: Arc::new(Rope::new(r.train().seq_len, d, m.rope_theta)),
             vocab_size: r.vocab_size(),
             compute,

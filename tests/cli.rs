@@ -68,6 +68,7 @@ fn bad_configs_and_flags_exit_2_with_a_fix() {
         (&["train", "--set", "train.lrate=1"], &["did you mean `train.lr`"]),
         (&["train", "--set", "lr=1"], &["section"]),
         (&["train", "--set", "train.lr"], &["="]),
+        (&["train", "--set", "train.kernels=cuda"], &["train.kernels", "fused", "composite"]),
         (&["train", "--bogus"], &["--bogus"]),
         (&["trian"], &["trian"]),
         (&["train", "--device", "cuda"], &["CUDA", "--device cpu"]),

@@ -1,18 +1,32 @@
-//! GPU checks, built only with `--features cuda` (`scripts/gpu_check.sh` runs them on a machine
-//! with an NVIDIA GPU): a few training steps on CUDA follow the CPU run within tolerance, and the
-//! composite ops keel uses off-CPU give the fused CPU ops' values and gradients.
+//! GPU checks, built only with `--features cuda` (`scripts/gpu_first_contact.sh` runs them on a
+//! machine with an NVIDIA GPU): a few training steps on CUDA follow the CPU run within tolerance,
+//! the composite ops keel uses off-CPU give the fused CPU ops' values and gradients, and every
+//! CUDA kernel of `src/ops/cuda/` matches its CPU twin forward and backward (one file per op
+//! family under `tests/cuda/`).
 #![cfg(feature = "cuda")]
+
+#[path = "cuda/adamw.rs"]
+mod adamw;
+#[path = "cuda/attention.rs"]
+mod attention;
+#[path = "cuda/attention_mma.rs"]
+mod attention_mma;
+#[path = "cuda/norms.rs"]
+mod norms;
+#[path = "cuda/pointwise.rs"]
+mod pointwise;
 
 use candle_core::{Device, Tensor};
 use keel::config::Config;
 use keel::data::Corpus;
 use keel::train::Trainer;
 
-fn gpu() -> Device {
+pub fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA GPU (they are built only with --features cuda)")
 }
 
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+/// max |a - b| / (1 + |b|) over all elements, in f64.
+pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
     let a: Vec<f64> = a.to_dtype(candle_core::DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f64> = b.to_dtype(candle_core::DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f64::max)
@@ -21,14 +35,20 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn training_steps_on_cuda_follow_cpu() {
     let cuda = gpu();
-    let cases = [
-        ("keel", None),
-        ("pre_ln", None),
+    // Every placement on the fused CUDA kernels (the default), then the other paths through the
+    // kernels: LayerNorm and GELU, recompute, bf16 mixed precision, the composite ops, and the
+    // CPU's tiled attention against the GPU's flash kernels.
+    let mut cases: Vec<(&str, Option<&str>)> =
+        ["keel", "pre_ln", "post_ln", "deepnorm", "mix_ln", "hybrid_norm"].iter().map(|p| (*p, None)).collect();
+    cases.extend([
+        ("keel", Some("model.norm=layer_norm")),
+        ("post_ln", Some("model.ffn=gelu")),
         ("keel", Some("train.recompute=blocks")),
         ("keel", Some("train.precision=bf16")),
-        // The CPU side runs the tiled attention; the GPU the composite one.
+        ("pre_ln", Some("train.precision=bf16")),
+        ("keel", Some("train.kernels=composite")),
         ("keel", Some("train.attention=tiled")),
-    ];
+    ]);
     for (placement, extra) in cases {
         // bf16 products on the GPU against f32 on the CPU: a looser tolerance.
         let (loss_tol, grad_tol, param_tol) =
@@ -53,6 +73,7 @@ fn training_steps_on_cuda_follow_cpu() {
         // The CPU reference is always f32.
         let mut r_cpu = r.clone();
         r_cpu.config.train.precision = keel::config::Precision::F32;
+        r_cpu.config.train.kernels = keel::ops::KernelChoice::Fused;
         let mut cpu = Trainer::new(&r_cpu, &Device::Cpu).unwrap();
         let mut gpu = Trainer::new(&r, &cuda).unwrap();
         for step in 1..=5 {
@@ -76,13 +97,22 @@ fn composite_ops_on_cuda_match_fused_cpu_ops() {
     let cuda = gpu();
     let r = keel::config::Config::load(
         None,
-        &["model.depth=4", "model.d_model=48", "model.n_heads=3", "train.seq_len=24", "train.batch_size=3"]
-            .map(String::from),
+        &[
+            "model.depth=4",
+            "model.d_model=48",
+            "model.n_heads=3",
+            "train.seq_len=24",
+            "train.batch_size=3",
+            "train.kernels=composite",
+        ]
+        .map(String::from),
     )
     .unwrap()
     .resolve(256)
     .unwrap();
-    let cpu_model = keel::model::Model::new(&r, &Device::Cpu).unwrap();
+    let mut r_cpu = r.clone();
+    r_cpu.config.train.kernels = keel::ops::KernelChoice::Fused;
+    let cpu_model = keel::model::Model::new(&r_cpu, &Device::Cpu).unwrap();
     let gpu_model = keel::model::Model::new(&r, &cuda).unwrap();
     let ids: Vec<u32> = (0..72u32).map(|i| (i * 89 + 7) % 256).collect();
     let targets: Vec<u32> = (0..72u32).map(|i| (i * 31 + 3) % 256).collect();
@@ -98,5 +128,21 @@ fn composite_ops_on_cuda_match_fused_cpu_ops() {
         let a = gc.get(p.var.as_tensor()).unwrap();
         let b = gg.get(q.var.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap();
         assert!(max_rel(a, &b) < 1e-4, "gradient of {}", p.name);
+    }
+}
+
+/// keel's own run-time compile path (NVRTC through cudarc, as `train.kernels = "fused"` uses on a
+/// GPU) turns every module into a cubin for sm_80 and sm_90. Needs libnvrtc but no GPU: the test
+/// binary starts on a machine without one against the stub driver (scripts/gpu_prepare.sh runs
+/// it there).
+#[test]
+fn nvrtc_compiles_every_module_without_a_gpu() {
+    use keel::ops::cuda_kernels::{runtime::compile_cubin, Module, Source};
+    for m in Module::ALL {
+        let source = Source::load(m, None).unwrap();
+        for arch in ["sm_80", "sm_90"] {
+            let cubin = compile_cubin(&source, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF", "{} for {arch} is not a cubin", m.name());
+        }
     }
 }

@@ -37,7 +37,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
         };
     }
     say!(
-        "keel bench: d_model {} heads {} depth {} seq {} batch {}, {:?}, recompute {:?}, attention {}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
+        "keel bench: d_model {} heads {} depth {} seq {} batch {}, {:?}, recompute {:?}, attention {}, kernels {}, {} timed steps after {} warm-up (threads: {}); f32 matmul peak {peak:.1} GFLOP/s (1024^3)",
         config.model.d_model,
         config.model.n_heads,
         config.model.depth,
@@ -46,6 +46,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
         config.train.precision,
         config.train.recompute,
         config.train.attention.name(),
+        config.train.kernels.name(),
         args.steps,
         args.warmup,
         rayon::current_num_threads()

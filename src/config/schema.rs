@@ -235,6 +235,9 @@ pub struct TrainConfig {
     /// (B, H, T, T) probabilities or, flash-style, one log-sum-exp per row (memory linear in T;
     /// the same function, rounded differently). Other devices use the composite attention.
     pub attention: crate::ops::AttentionKernel,
+    /// `"fused"` (keel's kernels: CPU, and CUDA from src/ops/cuda/) or `"composite"` (Candle's
+    /// stock ops everywhere): the switch that isolates a wrong kernel and times both.
+    pub kernels: crate::ops::KernelChoice,
 }
 
 impl Default for TrainConfig {
@@ -263,6 +266,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             recompute: Recompute::None,
             attention: crate::ops::AttentionKernel::SavedProbs,
+            kernels: crate::ops::KernelChoice::Fused,
         }
     }
 }

@@ -44,6 +44,41 @@ impl<'a> Input<'a> {
     }
 }
 
+/// One input of a fused op on a CUDA device: storage and layout (`--features cuda` only).
+#[cfg(feature = "cuda")]
+#[derive(Clone, Copy)]
+pub(super) struct CudaInput<'a> {
+    pub(super) storage: &'a candle_core::CudaStorage,
+    pub(super) layout: &'a Layout,
+}
+
+#[cfg(feature = "cuda")]
+impl<'a> CudaInput<'a> {
+    pub(super) fn shape(&self) -> &'a Shape {
+        self.layout.shape()
+    }
+
+    pub(super) fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+
+    pub(super) fn device(&self) -> &'a candle_core::cuda_backend::CudaDevice {
+        &self.storage.device
+    }
+
+    /// The contiguous elements as `U`; the entry points call `.contiguous()` first.
+    pub(super) fn view<U: candle_core::cuda_backend::CudaDType>(
+        &self,
+        op: &str,
+    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, U>> {
+        super::cuda_kernels::runtime::view(self.storage, self.layout, op)
+    }
+}
+
+/// What a CUDA forward returns: the output's storage and shape.
+#[cfg(feature = "cuda")]
+pub(super) type CudaOutput = (candle_core::CudaStorage, Shape);
+
 /// Output of a fused op's CPU forward: its elements, row-major, and its shape.
 pub(super) type Output<T> = (Vec<T>, Shape);
 
@@ -54,6 +89,12 @@ pub(super) trait FusedOp1 {
 
     /// The forward on the CPU in the float type `T` of the input.
     fn cpu<T: Real>(&self, x: Input) -> Result<Output<T>>;
+
+    /// The forward on a CUDA device (f32 or bf16 storage): keel's kernel of `src/ops/cuda/`.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, _x: CudaInput) -> Result<CudaOutput> {
+        candle_core::bail!("{}: no CUDA kernel (run with train.kernels=composite)", Self::NAME)
+    }
 
     /// Candle's `CustomOp1::bwd`, with `dy` contiguous. By default the op has no backward (it is
     /// itself a backward, applied with `apply_op*_no_bwd`).
@@ -68,6 +109,11 @@ pub(super) trait FusedOp2 {
 
     fn cpu<T: Real>(&self, a: Input, b: Input) -> Result<Output<T>>;
 
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, _a: CudaInput, _b: CudaInput) -> Result<CudaOutput> {
+        candle_core::bail!("{}: no CUDA kernel (run with train.kernels=composite)", Self::NAME)
+    }
+
     fn bwd(&self, _a: &Tensor, _b: &Tensor, _y: &Tensor, _dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
     }
@@ -78,6 +124,11 @@ pub(super) trait FusedOp3 {
     const NAME: &'static str;
 
     fn cpu<T: Real>(&self, a: Input, b: Input, c: Input) -> Result<Output<T>>;
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, _a: CudaInput, _b: CudaInput, _c: CudaInput) -> Result<CudaOutput> {
+        candle_core::bail!("{}: no CUDA kernel (run with train.kernels=composite)", Self::NAME)
+    }
 
     #[allow(clippy::type_complexity)] // Candle's signature
     fn bwd(
@@ -125,6 +176,10 @@ impl<O: FusedOp1> CustomOp1 for Fused<O> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         with_float!(s.dtype(), O::NAME, T => into_storage(self.0.cpu::<T>(Input::new(s, l))?))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<CudaOutput> {
+        self.0.cuda(CudaInput { storage: s, layout: l })
+    }
     fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         self.0.bwd(x, y, &dy.contiguous()?)
     }
@@ -137,6 +192,16 @@ impl<O: FusedOp2> CustomOp2 for Fused<O> {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (Input::new(s1, l1), Input::new(s2, l2));
         with_float!(s1.dtype(), O::NAME, T => into_storage(self.0.cpu::<T>(a, b)?))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<CudaOutput> {
+        self.0.cuda(CudaInput { storage: s1, layout: l1 }, CudaInput { storage: s2, layout: l2 })
     }
     fn bwd(&self, a: &Tensor, b: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         self.0.bwd(a, b, y, &dy.contiguous()?)
@@ -158,6 +223,22 @@ impl<O: FusedOp3> CustomOp3 for Fused<O> {
     ) -> Result<(CpuStorage, Shape)> {
         let (a, b, c) = (Input::new(s1, l1), Input::new(s2, l2), Input::new(s3, l3));
         with_float!(s1.dtype(), O::NAME, T => into_storage(self.0.cpu::<T>(a, b, c)?))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<CudaOutput> {
+        self.0.cuda(
+            CudaInput { storage: s1, layout: l1 },
+            CudaInput { storage: s2, layout: l2 },
+            CudaInput { storage: s3, layout: l3 },
+        )
     }
     fn bwd(
         &self,

@@ -5,11 +5,12 @@ use super::kernels::Kernels;
 use super::real::Real;
 use candle_core::{DType, Result, Shape, Tensor};
 
-/// y = x w for x: (N, K), w: (K, M) (weights stored (in, out)).
+/// y = x w for x: (N, K), w: (K, M) (weights stored (in, out)). Off the CPU the product is
+/// Candle's matmul (cuBLAS on CUDA) under either kernel choice.
 pub fn linear(x: &Tensor, w: &Tensor, k: Kernels) -> Result<Tensor> {
     match k {
-        Kernels::Fused => x.contiguous()?.apply_op2(&w.contiguous()?, Fused(Linear)),
-        Kernels::Composite => x.matmul(w),
+        Kernels::Fused if x.device().is_cpu() => x.contiguous()?.apply_op2(&w.contiguous()?, Fused(Linear)),
+        _ => x.matmul(w),
     }
 }
 

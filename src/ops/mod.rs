@@ -15,7 +15,9 @@
 //! file, and no op file uses this one.
 
 mod attention;
+mod attention_mma;
 mod cross_entropy;
+pub mod cuda_kernels;
 mod custom;
 mod gelu;
 mod kernels;
@@ -29,7 +31,7 @@ mod swiglu;
 pub use attention::{causal_attention, AttentionKernel, AttnShape};
 pub use cross_entropy::cross_entropy;
 pub use gelu::gelu;
-pub use kernels::Kernels;
+pub use kernels::{KernelChoice, Kernels};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_in};
 pub(crate) use real::vectorized;

@@ -1,0 +1,1 @@
+// adamw kernels: see prelude.cuh for the conventions.

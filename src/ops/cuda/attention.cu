@@ -1,0 +1,1 @@
+// attention kernels: see prelude.cuh for the conventions.

@@ -1,0 +1,1 @@
+// attention_mma kernels: see prelude.cuh for the conventions.

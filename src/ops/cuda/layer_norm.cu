@@ -1,0 +1,1 @@
+// layer_norm kernels: see prelude.cuh for the conventions.

@@ -1,0 +1,1 @@
+// rms_norm kernels: see prelude.cuh for the conventions.

@@ -1,0 +1,1 @@
+//! The tensor-core (mma.sync) flash attention kernels against the SIMT ones and the CPU (see tests/cuda.rs).

@@ -1,0 +1,1 @@
+//! CUDA kernels of the norms family against their CPU twins (see tests/cuda.rs).

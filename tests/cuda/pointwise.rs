@@ -1,0 +1,1 @@
+//! CUDA kernels of the pointwise family against their CPU twins (see tests/cuda.rs).
