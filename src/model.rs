@@ -142,7 +142,10 @@ impl Norm {
     pub fn residual(&self, x: &Tensor, f: &Tensor, alpha: f64, k: Kernels) -> Result<Tensor> {
         match self.kind {
             NormKind::RmsNorm => ops::residual_rms_norm(x, f, &self.gamma, alpha, self.eps, k),
-            NormKind::LayerNorm => self.forward(&ops::residual(x, f, alpha)?, k),
+            NormKind::LayerNorm => {
+                let beta = self.beta.as_ref().expect("layer norm has a bias");
+                ops::residual_layer_norm(x, f, &self.gamma, beta, alpha, self.eps, k)
+            }
         }
     }
 }
@@ -196,6 +199,17 @@ pub struct Attention {
 impl Attention {
     /// x: (B*T, C) -> (B*T, C).
     fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
+        let shape =
+            AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
+        // bf16 mixed precision on CUDA's fused kernels: the qkv product stays bf16 and attention
+        // runs in bf16 (the flash kernels read bf16, accumulate in f32); only the output
+        // projection's product is cast back to x's dtype, as PyTorch's autocast does.
+        let bf16 = DType::BF16;
+        if self.compute == Some(bf16) && k == Kernels::Fused && x.device().is_cuda() && self.qkv_norm.is_none() {
+            let qkv = x.to_dtype(bf16)?.matmul(&self.wqkv.to_dtype(bf16)?)?;
+            let a = ops::causal_attention(&qkv, shape, rope, k, self.kernel)?;
+            return a.matmul(&self.wo.to_dtype(bf16)?)?.to_dtype(x.dtype());
+        }
         let mut qkv = ops::linear_in(x, &self.wqkv, k, self.compute)?;
         if let Some(norms) = &self.qkv_norm {
             let widths = [self.n_heads, self.n_kv_heads, self.n_kv_heads].map(|h| h * self.head_dim);
@@ -207,8 +221,6 @@ impl Attention {
             }
             qkv = Tensor::cat(&parts, 1)?;
         }
-        let shape =
-            AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
         ops::linear_in(&ops::causal_attention(&qkv, shape, rope, k, self.kernel)?, &self.wo, k, self.compute)
     }
 }

@@ -94,7 +94,15 @@ fn a_run_writes_documented_files_and_never_overwrites_results() {
     assert_eq!(header("eval.csv"), "step,val_loss,val_ppl");
     assert_eq!(header("grad_norms.csv"), "step,layer,kind,grad_norm");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    for key in ["keel_version", "git_revision", "device = \"cpu\"", "dtype = \"f32\"", "seed = 0", "depth = 2"] {
+    for key in [
+        "keel_version",
+        "git_revision",
+        "device = \"cpu\"",
+        "dtype = \"f32\"",
+        "seed = 0",
+        "depth = 2",
+        "kernels = \"fused\"",
+    ] {
         assert!(config.contains(key), "config.toml lacks {key}:\n{config}");
     }
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();

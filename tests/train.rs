@@ -269,10 +269,10 @@ fn tiled_attention_trains_like_saved_probabilities() {
 }
 
 /// `train.kernels = "composite"` runs Candle's stock ops instead of keel's fused kernels (the switch
-/// that isolates a wrong kernel on a GPU): the same function, so the same losses up to rounding,
-/// and the choice is recorded in the run's config.toml.
+/// that isolates a wrong kernel on a GPU): the same function, so the same losses up to rounding
+/// (tests/cli.rs checks that the choice is recorded in the run's config.toml).
 #[test]
-fn composite_kernels_train_like_the_fused_ones_and_are_recorded() {
+fn composite_kernels_train_like_the_fused_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let (fused, composite) = (tmp.path().join("fused"), tmp.path().join("composite"));
     for d in [&fused, &composite] {
@@ -291,8 +291,4 @@ fn composite_kernels_train_like_the_fused_ones_and_are_recorded() {
     }
     // Two implementations round differently: identical bytes would mean the switch did nothing.
     assert!(differ, "the composite run gave bit-identical losses: train.kernels had no effect");
-    let config = std::fs::read_to_string(composite.join("config.toml")).unwrap();
-    assert!(config.contains("kernels = \"composite\""), "{config}");
-    let config = std::fs::read_to_string(fused.join("config.toml")).unwrap();
-    assert!(config.contains("kernels = \"fused\""), "{config}");
 }

@@ -233,7 +233,7 @@ pub struct TrainConfig {
     pub recompute: Recompute,
     /// `"saved_probs"` or `"tiled"`: how the CPU attention keeps what its backward needs, the
     /// (B, H, T, T) probabilities or, flash-style, one log-sum-exp per row (memory linear in T;
-    /// the same function, rounded differently). Other devices use the composite attention.
+    /// the same function, rounded differently). On CUDA the flash-style kernels run either way.
     pub attention: crate::ops::AttentionKernel,
     /// `"fused"` (keel's kernels: CPU, and CUDA from src/ops/cuda/) or `"composite"` (Candle's
     /// stock ops everywhere): the switch that isolates a wrong kernel and times both.

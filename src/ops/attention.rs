@@ -1,5 +1,7 @@
 //! Causal multi-head attention with RoPE and grouped KV heads (GQA).
 
+#[cfg(feature = "cuda")]
+use super::custom::{CudaInput, CudaOutput};
 use super::custom::{Fused, FusedOp1, FusedOp2, FusedOp3, Input, Output};
 use super::kernels::Kernels;
 use super::real::{dot, sum, unfilled, vectorized, Real};
@@ -110,14 +112,37 @@ pub mod composite {
     }
 }
 
-/// qkv (B*T, (H + 2 Hkv) D) -> out (B*T, H D); see [`causal_attention`].
+/// qkv (B*T, (H + 2 Hkv) D) -> out (B*T, H D); see [`causal_attention`]. On the CPU `kernel`
+/// chooses the kernel; on CUDA the flash kernels always run (`train.attention` is a CPU choice).
 struct Attention {
     s: AttnShape,
     rope: Arc<Rope>,
     kernel: AttentionKernel,
     /// What the forward kept for the backward pass: the probabilities (taken by the backward, so
     /// they are freed with it) or the log-sum-exps (small; kept for any later backward).
-    saved: std::sync::Mutex<Option<CpuStorage>>,
+    saved: std::sync::Mutex<Option<Saved>>,
+}
+
+/// What an attention forward keeps for its backward, on the device it ran on: on the CPU the
+/// probabilities or the log-sum-exps (by `kernel`), on CUDA the log-sum-exps (B, H, T) f32.
+#[derive(Clone)]
+enum Saved {
+    Cpu(CpuStorage),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<candle_core::CudaStorage>),
+}
+
+impl Saved {
+    /// The CPU state, or an error naming `op` when the forward ran on CUDA.
+    fn cpu(&self, op: &str) -> Result<&CpuStorage> {
+        #[cfg(not(feature = "cuda"))]
+        let _ = op;
+        match self {
+            Saved::Cpu(s) => Ok(s),
+            #[cfg(feature = "cuda")]
+            Saved::Cuda(_) => candle_core::bail!("{op}: the forward ran on CUDA, the backward on the CPU"),
+        }
+    }
 }
 
 /// A raw pointer that may cross rayon tasks; each task writes a disjoint set of elements.
@@ -482,14 +507,30 @@ impl FusedOp1 for Attention {
             AttentionKernel::SavedProbs => attn_fwd_kernel(qkv.slice()?, s, &self.rope),
             AttentionKernel::Tiled => tiled::forward(qkv.slice()?, s, &self.rope),
         };
-        *self.saved.lock().expect("attention's saved state") = Some(T::to_cpu_storage_owned(saved));
+        *self.saved.lock().expect("attention's saved state") = Some(Saved::Cpu(T::to_cpu_storage_owned(saved)));
         Ok((out, Shape::from((s.batch * s.seq, s.n_heads * s.head_dim))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, qkv: CudaInput) -> Result<CudaOutput> {
+        let (out, lse) = cuda::forward(self.s, &self.rope, qkv)?;
+        *self.saved.lock().expect("attention's saved state") = Some(Saved::Cuda(Arc::new(lse)));
+        Ok(out)
     }
     fn bwd(&self, qkv: &Tensor, out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
         let mut saved = self.saved.lock().expect("attention's saved state");
+        // A CUDA forward kept log-sum-exps whatever `kernel` says: the flash backward follows.
+        #[cfg(feature = "cuda")]
+        if let Some(Saved::Cuda(lse)) = saved.as_ref() {
+            let op = tiled::Backward { s: self.s, rope: self.rope.clone(), lse: Saved::Cuda(lse.clone()) };
+            return Ok(Some(qkv.apply_op3_no_bwd(out, dout, &Fused(op))?));
+        }
         match self.kernel {
             AttentionKernel::SavedProbs => {
-                let op = AttentionBwd { s: self.s, rope: self.rope.clone(), saved: saved.take() };
+                let probs = match saved.take() {
+                    Some(Saved::Cpu(p)) => Some(p),
+                    _ => None,
+                };
+                let op = AttentionBwd { s: self.s, rope: self.rope.clone(), saved: probs };
                 Ok(Some(qkv.apply_op2_no_bwd(dout, &Fused(op))?))
             }
             AttentionKernel::Tiled => {
@@ -738,19 +779,277 @@ mod tiled {
         })
     }
 
-    /// qkv, out, dout -> dqkv; `lse` is the forward's (B, H, T) log-sum-exps.
+    /// qkv, out, dout -> dqkv; `lse` is the forward's (B, H, T) log-sum-exps, on the device the
+    /// forward ran on (CUDA: the flash kernels of `src/ops/cuda/attention.cu`).
     pub(super) struct Backward {
         pub(super) s: AttnShape,
         pub(super) rope: Arc<Rope>,
-        pub(super) lse: CpuStorage,
+        pub(super) lse: Saved,
     }
 
     impl FusedOp3 for Backward {
         const NAME: &'static str = "keel-tiled-attention-bwd";
         fn cpu<T: Real>(&self, qkv: Input, out: Input, dout: Input) -> Result<Output<T>> {
-            let lse = self.lse.as_slice::<T>()?;
+            let lse = self.lse.cpu(Self::NAME)?.as_slice::<T>()?;
             let dqkv = backward(qkv.slice()?, out.slice()?, dout.slice()?, lse, self.s, &self.rope);
             Ok((dqkv, qkv.shape().clone()))
         }
+        #[cfg(feature = "cuda")]
+        fn cuda(&self, qkv: CudaInput, out: CudaInput, dout: CudaInput) -> Result<CudaOutput> {
+            let Saved::Cuda(lse) = &self.lse else {
+                candle_core::bail!("{}: the forward ran on the CPU, the backward on CUDA", Self::NAME);
+            };
+            super::cuda::backward(self.s, &self.rope, lse, qkv, out, dout)
+        }
+    }
+}
+
+/// The CUDA side of [`Attention`] and [`tiled::Backward`]: FlashAttention-2 on keel's kernels of
+/// `src/ops/cuda/attention.cu` (SIMT, f32 and bf16 storage), with the tensor-core bf16 kernels of
+/// `attention_mma` taking the two core steps where they support the case.
+///
+/// Forward: pack (RoPE on q and k, heads to (B, heads, T, D)) -> flash forward -> out (B*T, H D)
+/// and lse (B, H, T) f32, kept for the backward. Backward: pack again, delta = rowsum(dO * O),
+/// dK/dV and dQ (f32, (B, heads, T, D)), unpack (RoPE's transpose) -> dqkv (B*T, W). No host
+/// copies and no synchronization; the RoPE tables live on the device ([`Rope::cuda_tables`]).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::super::attention_mma as mma;
+    use super::super::cuda_kernels::runtime::{self, grid, Arg};
+    use super::super::cuda_kernels::Module;
+    use super::{AttnShape, CudaInput, CudaOutput, Rope};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::CudaDevice;
+    use candle_core::{CudaStorage, DType, Result, Shape};
+
+    const OP: &str = "keel attention (CUDA)";
+    /// Threads of every attention kernel's block (pack, unpack, bwd_pre, fwd, dkdv, dq).
+    const THREADS: u32 = 256;
+    /// Query rows per forward block: 4 lanes per row up to D = 64, 8 above (attention.cu).
+    fn fwd_rows(d: usize) -> usize {
+        if d <= 64 {
+            64
+        } else {
+            32
+        }
+    }
+    /// Rows (keys or queries) per block of the two backward kernels.
+    const BWD_TILE: usize = 32;
+    /// Rows of `o` / `dout` per bwd_pre block: one warp each.
+    const PRE_ROWS: usize = THREADS as usize / 32;
+
+    fn check(s: AttnShape, rope: &Rope) -> Result<()> {
+        let AttnShape { batch, seq, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        if batch == 0 || seq == 0 || hkv == 0 || h % hkv != 0 {
+            candle_core::bail!("{OP}: unsupported shape {s:?} (empty, or H not a multiple of Hkv)");
+        }
+        if d % 2 != 0 || d == 0 || d > 128 {
+            candle_core::bail!("{OP}: head dim {d} must be even and at most 128 (train.kernels=composite runs others)");
+        }
+        if rope.head_dim != d || rope.seq_len < seq {
+            candle_core::bail!("{OP}: RoPE tables ({} x {}) do not cover {s:?}", rope.seq_len, rope.head_dim);
+        }
+        if seq > i32::MAX as usize || h > 65535 || batch > 65535 {
+            candle_core::bail!("{OP}: shape {s:?} exceeds the kernels' grid");
+        }
+        Ok(())
+    }
+
+    fn i32_of(v: usize) -> Arg {
+        Arg::I32(v as i32)
+    }
+
+    fn scale(s: AttnShape) -> f32 {
+        (1.0 / (s.head_dim as f64).sqrt()) as f32
+    }
+
+    /// Blocks for the grid-stride element-wise kernels (pack, unpack) over `n` items.
+    fn ew_blocks(n: usize) -> u32 {
+        n.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32
+    }
+
+    /// The device buffers of one pass: q (B, H, T, D), k and v (B, Hkv, T, D) in the storage
+    /// dtype, RoPE applied to q and k. Dropped after the pass's launches (stream-ordered frees).
+    struct Packed {
+        _bufs: [CudaStorage; 3],
+        q: u64,
+        k: u64,
+        v: u64,
+    }
+
+    fn pack(
+        dev: &CudaDevice,
+        dtype: DType,
+        qkv: u64,
+        s: AttnShape,
+        tables: &(CudaStorage, CudaStorage),
+    ) -> Result<Packed> {
+        let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        let sfx = runtime::dtype_suffix(dtype, OP)?;
+        let (qs, q) = runtime::alloc(dev, dtype, b * h * t * d)?;
+        let (ks, k) = runtime::alloc(dev, dtype, b * hkv * t * d)?;
+        let (vs, v) = runtime::alloc(dev, dtype, b * hkv * t * d)?;
+        let (cos, sin) = (runtime::address_at(&tables.0, 0)?, runtime::address_at(&tables.1, 0)?);
+        let pairs = b * t * (h + 2 * hkv) * d / 2;
+        runtime::launch(
+            dev,
+            Module::Attention,
+            &format!("keel_attn_pack_{sfx}"),
+            grid((ew_blocks(pairs), 1, 1), THREADS, 0),
+            &[
+                Arg::Ptr(qkv),
+                Arg::Ptr(cos),
+                Arg::Ptr(sin),
+                Arg::Ptr(q),
+                Arg::Ptr(k),
+                Arg::Ptr(v),
+                i32_of(b),
+                i32_of(h),
+                i32_of(hkv),
+                i32_of(t),
+                i32_of(d),
+            ],
+        )?;
+        Ok(Packed { _bufs: [qs, ks, vs], q, k, v })
+    }
+
+    fn flash_shape(s: AttnShape) -> mma::FlashShape {
+        mma::FlashShape { b: s.batch, h: s.n_heads, hkv: s.n_kv_heads, t: s.seq, d: s.head_dim, scale: scale(s) }
+    }
+
+    /// Forward: qkv (B*T, W) -> (out (B*T, H D) in qkv's dtype, lse (B, H, T) f32).
+    pub(super) fn forward(s: AttnShape, rope: &Rope, qkv: CudaInput) -> Result<(CudaOutput, CudaStorage)> {
+        check(s, rope)?;
+        let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        if qkv.shape().dims2()? != (b * t, s.qkv_width()) {
+            candle_core::bail!("{OP}: qkv shape {:?} does not match {s:?}", qkv.shape());
+        }
+        let (dev, dtype) = (qkv.device(), qkv.dtype());
+        let sfx = runtime::dtype_suffix(dtype, OP)?;
+        let tables = rope.cuda_tables(dev)?;
+        let p = pack(dev, dtype, runtime::address(qkv.storage, qkv.layout, OP)?, s, &tables)?;
+        let (out, o) = runtime::alloc(dev, dtype, b * t * h * d)?;
+        let (lse_s, lse) = runtime::alloc(dev, DType::F32, b * h * t)?;
+        if mma::supports(dev, dtype, d)? {
+            mma::forward(dev, p.q, p.k, p.v, o, lse, &flash_shape(s))?;
+        } else {
+            let rows = fwd_rows(d);
+            runtime::launch(
+                dev,
+                Module::Attention,
+                &format!("keel_flash_fwd_simt_{sfx}"),
+                grid((t.div_ceil(rows) as u32, h as u32, b as u32), THREADS, 0),
+                &[
+                    Arg::Ptr(p.q),
+                    Arg::Ptr(p.k),
+                    Arg::Ptr(p.v),
+                    Arg::Ptr(o),
+                    Arg::Ptr(lse),
+                    i32_of(b),
+                    i32_of(h),
+                    i32_of(hkv),
+                    i32_of(t),
+                    i32_of(d),
+                    Arg::F32(scale(s)),
+                ],
+            )?;
+        }
+        Ok(((out, Shape::from((b * t, h * d))), lse_s))
+    }
+
+    /// Backward: qkv (B*T, W), out and dout (B*T, H D), the forward's lse -> dqkv (B*T, W).
+    pub(super) fn backward(
+        s: AttnShape,
+        rope: &Rope,
+        lse: &CudaStorage,
+        qkv: CudaInput,
+        out: CudaInput,
+        dout: CudaInput,
+    ) -> Result<CudaOutput> {
+        check(s, rope)?;
+        let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        let (dev, dtype) = (qkv.device(), qkv.dtype());
+        if qkv.shape().dims2()? != (b * t, s.qkv_width())
+            || out.shape().dims2()? != (b * t, h * d)
+            || dout.shape().dims2()? != (b * t, h * d)
+        {
+            candle_core::bail!(
+                "{OP}: backward shapes qkv {:?}, out {:?}, dout {:?} do not match {s:?}",
+                qkv.shape(),
+                out.shape(),
+                dout.shape()
+            );
+        }
+        if out.dtype() != dtype || dout.dtype() != dtype || lse.dtype() != DType::F32 {
+            candle_core::bail!("{OP}: backward dtypes {dtype:?}, {:?}, {:?} differ", out.dtype(), dout.dtype());
+        }
+        let sfx = runtime::dtype_suffix(dtype, OP)?;
+        let tables = rope.cuda_tables(dev)?;
+        let p = pack(dev, dtype, runtime::address(qkv.storage, qkv.layout, OP)?, s, &tables)?;
+        let (o, dout) =
+            (runtime::address(out.storage, out.layout, OP)?, runtime::address(dout.storage, dout.layout, OP)?);
+        let lse = runtime::address_at(lse, 0)?;
+        let (_delta_s, delta) = runtime::alloc(dev, DType::F32, b * h * t)?;
+        runtime::launch(
+            dev,
+            Module::Attention,
+            &format!("keel_flash_bwd_pre_{sfx}"),
+            grid(((b * t * h).div_ceil(PRE_ROWS) as u32, 1, 1), THREADS, 0),
+            &[Arg::Ptr(o), Arg::Ptr(dout), Arg::Ptr(delta), i32_of(b), i32_of(h), i32_of(t), i32_of(d)],
+        )?;
+        let (_dq_s, dq) = runtime::alloc(dev, DType::F32, b * h * t * d)?;
+        let (_dk_s, dk) = runtime::alloc(dev, DType::F32, b * hkv * t * d)?;
+        let (_dv_s, dv) = runtime::alloc(dev, DType::F32, b * hkv * t * d)?;
+        // The tensor-core kernels read dout 16 bytes at a time; an input view that starts off
+        // such a boundary takes the SIMT kernels instead.
+        if dout % 16 == 0 && mma::supports(dev, dtype, d)? {
+            mma::backward(dev, p.q, p.k, p.v, dout, lse, delta, dq, dk, dv, &flash_shape(s))?;
+        } else {
+            let tiles = t.div_ceil(BWD_TILE) as u32;
+            let common = |out: &[Arg]| -> Vec<Arg> {
+                let mut a =
+                    vec![Arg::Ptr(p.q), Arg::Ptr(p.k), Arg::Ptr(p.v), Arg::Ptr(dout), Arg::Ptr(lse), Arg::Ptr(delta)];
+                a.extend_from_slice(out);
+                a.extend([i32_of(b), i32_of(h), i32_of(hkv), i32_of(t), i32_of(d), Arg::F32(scale(s))]);
+                a
+            };
+            runtime::launch(
+                dev,
+                Module::Attention,
+                &format!("keel_flash_bwd_dkdv_{sfx}"),
+                grid((tiles, hkv as u32, b as u32), THREADS, 0),
+                &common(&[Arg::Ptr(dk), Arg::Ptr(dv)]),
+            )?;
+            runtime::launch(
+                dev,
+                Module::Attention,
+                &format!("keel_flash_bwd_dq_{sfx}"),
+                grid((tiles, h as u32, b as u32), THREADS, 0),
+                &common(&[Arg::Ptr(dq)]),
+            )?;
+        }
+        let w = s.qkv_width();
+        let (dqkv, dqkv_a) = runtime::alloc(dev, dtype, b * t * w)?;
+        let (cos, sin) = (runtime::address_at(&tables.0, 0)?, runtime::address_at(&tables.1, 0)?);
+        runtime::launch(
+            dev,
+            Module::Attention,
+            &format!("keel_attn_unpack_{sfx}"),
+            grid((ew_blocks(b * t * (h + 2 * hkv) * d / 2), 1, 1), THREADS, 0),
+            &[
+                Arg::Ptr(dq),
+                Arg::Ptr(dk),
+                Arg::Ptr(dv),
+                Arg::Ptr(cos),
+                Arg::Ptr(sin),
+                Arg::Ptr(dqkv_a),
+                i32_of(b),
+                i32_of(h),
+                i32_of(hkv),
+                i32_of(t),
+                i32_of(d),
+            ],
+        )?;
+        Ok((dqkv, Shape::from((b * t, w))))
     }
 }

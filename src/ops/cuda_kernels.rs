@@ -202,6 +202,7 @@ pub mod runtime {
     use super::{cache_dir, cache_file, nvrtc_options, KernelError, Module, Source, KERNELS_ENV};
     use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, LaunchConfig};
     use candle_core::cuda_backend::cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
+    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::{CudaDevice, DeviceId};
     use candle_core::{CudaStorage, DType, Layout, Result};
     use std::collections::HashMap;

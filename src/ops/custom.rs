@@ -65,14 +65,6 @@ impl<'a> CudaInput<'a> {
     pub(super) fn device(&self) -> &'a candle_core::cuda_backend::CudaDevice {
         &self.storage.device
     }
-
-    /// The contiguous elements as `U`; the entry points call `.contiguous()` first.
-    pub(super) fn view<U: candle_core::cuda_backend::CudaDType>(
-        &self,
-        op: &str,
-    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, U>> {
-        super::cuda_kernels::runtime::view(self.storage, self.layout, op)
-    }
 }
 
 /// What a CUDA forward returns: the output's storage and shape.

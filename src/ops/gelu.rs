@@ -1,5 +1,7 @@
 //! GELU with the exact normal CDF (the composite twin is Candle's `gelu_erf`).
 
+#[cfg(feature = "cuda")]
+use super::custom::{CudaInput, CudaOutput};
 use super::custom::{Fused, FusedOp1, FusedOp2, Input, Output};
 use super::kernels::Kernels;
 use super::real::{unfilled, vectorized, Real};
@@ -25,6 +27,17 @@ impl FusedOp1 for Gelu {
     fn cpu<T: Real>(&self, h: Input) -> Result<Output<T>> {
         Ok((gelu_fwd_kernel(h.slice()?), h.shape().clone()))
     }
+    /// `keel_gelu_fwd_<dtype>` of src/ops/cuda/gelu.cu.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, h: CudaInput) -> Result<CudaOutput> {
+        use super::cuda_kernels::runtime::{self as rt, Arg};
+        let sfx = rt::dtype_suffix(h.dtype(), Self::NAME)?;
+        let n = h.shape().elem_count();
+        let hp = rt::address(h.storage, h.layout, Self::NAME)?;
+        let (y, yp) = rt::alloc(h.device(), h.dtype(), n)?;
+        cuda::launch(h.device(), &format!("keel_gelu_fwd_{sfx}"), n, &[Arg::Ptr(hp), Arg::Ptr(yp)])?;
+        Ok((y, h.shape().clone()))
+    }
     fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(h.apply_op2_no_bwd(dy, &Fused(GeluBwd))?))
     }
@@ -37,6 +50,54 @@ impl FusedOp2 for GeluBwd {
     const NAME: &'static str = "keel-gelu-bwd";
     fn cpu<T: Real>(&self, h: Input, dy: Input) -> Result<Output<T>> {
         Ok((gelu_bwd_kernel(h.slice()?, dy.slice()?), h.shape().clone()))
+    }
+    /// `keel_gelu_bwd_<dtype>` of src/ops/cuda/gelu.cu.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, h: CudaInput, dy: CudaInput) -> Result<CudaOutput> {
+        use super::cuda_kernels::runtime::{self as rt, Arg};
+        if dy.shape() != h.shape() || dy.dtype() != h.dtype() {
+            candle_core::bail!(
+                "{}: dy {:?} {:?} does not match h {:?} {:?}",
+                Self::NAME,
+                dy.shape(),
+                dy.dtype(),
+                h.shape(),
+                h.dtype()
+            );
+        }
+        let sfx = rt::dtype_suffix(h.dtype(), Self::NAME)?;
+        let n = h.shape().elem_count();
+        let hp = rt::address(h.storage, h.layout, Self::NAME)?;
+        let dyp = rt::address(dy.storage, dy.layout, Self::NAME)?;
+        let (dh, dhp) = rt::alloc(h.device(), h.dtype(), n)?;
+        cuda::launch(h.device(), &format!("keel_gelu_bwd_{sfx}"), n, &[Arg::Ptr(hp), Arg::Ptr(dyp), Arg::Ptr(dhp)])?;
+        Ok((dh, h.shape().clone()))
+    }
+}
+
+/// The launch side of src/ops/cuda/gelu.cu, shared by the forward and the backward.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::super::cuda_kernels::runtime::{self as rt, Arg};
+    use super::super::cuda_kernels::Module;
+    use candle_core::cuda_backend::CudaDevice;
+    use candle_core::Result;
+
+    /// Threads per block: GELU_THREADS of gelu.cu.
+    const THREADS: u32 = 256;
+    /// Grid cap: the kernels are grid-stride, so any grid covers all elements.
+    const MAX_BLOCKS: usize = 8192;
+
+    /// Launches `name` over `n` elements, with `ptrs` then n (i64) as arguments.
+    pub(super) fn launch(dev: &CudaDevice, name: &str, n: usize, ptrs: &[Arg]) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        // Four elements per thread on the vector path.
+        let blocks = n.div_ceil(4 * THREADS as usize).clamp(1, MAX_BLOCKS) as u32;
+        let mut args = ptrs.to_vec();
+        args.push(Arg::I64(n as i64));
+        rt::launch(dev, Module::Gelu, name, rt::grid((blocks, 1, 1), THREADS, 0), &args)
     }
 }
 

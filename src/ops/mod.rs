@@ -32,7 +32,7 @@ pub use attention::{causal_attention, AttentionKernel, AttnShape};
 pub use cross_entropy::cross_entropy;
 pub use gelu::gelu;
 pub use kernels::{KernelChoice, Kernels};
-pub use layer_norm::layer_norm;
+pub use layer_norm::{layer_norm, residual_layer_norm};
 pub use linear::{linear, linear_in};
 pub(crate) use real::vectorized;
 pub use real::{

@@ -1,5 +1,7 @@
 //! RMSNorm, and the residual that feeds it: y = RMSNorm(alpha * x + f), fused in one pass.
 
+#[cfg(feature = "cuda")]
+use super::custom::{CudaInput, CudaOutput};
 use super::custom::{Fused, FusedOp2, FusedOp3, Input, Output};
 use super::kernels::Kernels;
 use super::real::{dot, sum_in_order, unfilled, vectorized, Real, ROW_CHUNK};
@@ -147,6 +149,10 @@ impl FusedOp2 for RmsNorm {
         let c = gamma.shape().elem_count();
         Ok((rms_fwd_kernel(x.slice()?, gamma.slice()?, c, self.eps), x.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, x: CudaInput, gamma: CudaInput) -> Result<CudaOutput> {
+        cuda::fwd(Self::NAME, x, None, gamma, 1.0, self.eps)
+    }
     fn bwd(&self, x: &Tensor, gamma: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, c) = x.dims2()?;
         let packed = x.apply_op3_no_bwd(gamma, dy, &Fused(RmsNormBwd { eps: self.eps }))?;
@@ -165,6 +171,10 @@ impl FusedOp3 for RmsNormBwd {
         let (n, c) = x.shape().dims2()?;
         let packed = rms_bwd_kernel(x.slice()?, None, 1.0, gamma.slice()?, dy.slice()?, c, self.eps);
         Ok((packed, Shape::from((n + 1, c))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, x: CudaInput, gamma: CudaInput, dy: CudaInput) -> Result<CudaOutput> {
+        cuda::bwd(Self::NAME, x, None, gamma, dy, 1.0, self.eps)
     }
 }
 
@@ -185,6 +195,10 @@ impl FusedOp3 for ResidualRmsNorm {
         let c = gamma.shape().elem_count();
         let h = residual_kernel(x.slice()?, f.slice()?, self.alpha);
         Ok((rms_fwd_kernel(&h, gamma.slice()?, c, self.eps), x.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, x: CudaInput, f: CudaInput, gamma: CudaInput) -> Result<CudaOutput> {
+        cuda::fwd(Self::NAME, x, Some(f), gamma, self.alpha, self.eps)
     }
     fn bwd(
         &self,
@@ -224,5 +238,185 @@ impl FusedOp3 for ResidualRmsNormBwd {
         let gamma = Input::new(gs, gl).slice()?;
         let packed = rms_bwd_kernel(x.slice()?, Some(f.slice()?), self.alpha, gamma, dy.slice()?, c, self.eps);
         Ok((packed, Shape::from((2 * n + 1, c))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, x: CudaInput, f: CudaInput, dy: CudaInput) -> Result<CudaOutput> {
+        let gamma = self.gamma.contiguous()?;
+        let (gs, gl) = gamma.storage_and_layout();
+        let candle_core::Storage::Cuda(gs) = &*gs else {
+            candle_core::bail!("{}: gamma is not on the CUDA device of x", Self::NAME)
+        };
+        let gamma = CudaInput { storage: gs, layout: gl };
+        cuda::bwd(Self::NAME, x, Some(f), gamma, dy, self.alpha, self.eps)
+    }
+}
+
+/// The launches of `src/ops/cuda/rms_norm.cu` (its header comment describes the kernels).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::super::cuda_kernels::runtime::{self, Arg};
+    use super::super::cuda_kernels::Module;
+    use super::super::custom::{CudaInput, CudaOutput};
+    use candle_core::cuda_backend::CudaDevice;
+    use candle_core::{DType, Result, Shape};
+
+    /// How rows are spread over a block: `warp` mode gives each of the block's `threads / 32`
+    /// warps its own row (C <= 512, where a warp has at most 16 columns per lane); block mode
+    /// gives the whole block one row, about 16 columns per thread.
+    struct Plan {
+        warp: bool,
+        threads: u32,
+        /// Rows a block works on at once: its dgamma accumulators, C floats each, in shared memory.
+        groups: usize,
+    }
+
+    fn plan(c: usize) -> Plan {
+        if c <= 512 {
+            Plan { warp: true, threads: 256, groups: 8 }
+        } else {
+            let threads = (c.div_ceil(16).div_ceil(32) * 32).clamp(64, 512) as u32;
+            Plan { warp: false, threads, groups: 1 }
+        }
+    }
+
+    /// The device's multiprocessor count, to size the backward's grid (and so its partials).
+    fn multiprocessors(dev: &CudaDevice) -> usize {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
+        let n = dev.cuda_stream().context().attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+        n.ok().filter(|&n| n > 0).map_or(132, |n| n as usize)
+    }
+
+    /// (N, C) of x, after checking that f, gamma and dy agree with it in shape, dtype and device.
+    fn dims(op: &str, x: &CudaInput, others: &[Option<&CudaInput>], gamma: &CudaInput) -> Result<(usize, usize)> {
+        let (n, c) = x.shape().dims2()?;
+        if gamma.shape().elem_count() != c {
+            candle_core::bail!("{op}: gamma has shape {:?}, expected ({c})", gamma.shape())
+        }
+        for t in others.iter().flatten().copied().chain([gamma]) {
+            if t.dtype() != x.dtype() {
+                candle_core::bail!("{op}: inputs of dtypes {:?} and {:?}", x.dtype(), t.dtype())
+            }
+            if t.device().id() != x.device().id() {
+                candle_core::bail!("{op}: inputs on different CUDA devices")
+            }
+        }
+        for t in others.iter().flatten() {
+            if t.shape() != x.shape() {
+                candle_core::bail!("{op}: shapes {:?} and {:?} differ", x.shape(), t.shape())
+            }
+        }
+        if n > i32::MAX as usize || c == 0 || c > i32::MAX as usize {
+            candle_core::bail!("{op}: shape ({n}, {c}) out of the kernels' range")
+        }
+        Ok((n, c))
+    }
+
+    /// y = RMSNorm(alpha x + f) (or RMSNorm(x) without f): x, f (N, C), gamma (C) -> y (N, C).
+    pub(super) fn fwd(
+        op: &str,
+        x: CudaInput,
+        f: Option<CudaInput>,
+        gamma: CudaInput,
+        alpha: f64,
+        eps: f64,
+    ) -> Result<CudaOutput> {
+        let (n, c) = dims(op, &x, &[f.as_ref()], &gamma)?;
+        let (dev, dt) = (x.device(), x.dtype());
+        let sfx = runtime::dtype_suffix(dt, op)?;
+        let xa = runtime::address(x.storage, x.layout, op)?;
+        let fa = match &f {
+            Some(f) => runtime::address(f.storage, f.layout, op)?,
+            None => 0,
+        };
+        let ga = runtime::address(gamma.storage, gamma.layout, op)?;
+        let (y, ya) = runtime::alloc(dev, dt, n * c)?;
+        let p = plan(c);
+        let blocks = n.div_ceil(p.groups).clamp(1, i32::MAX as usize) as u32;
+        runtime::launch(
+            dev,
+            Module::RmsNorm,
+            &format!("keel_rms_norm_fwd_{sfx}"),
+            runtime::grid((blocks, 1, 1), p.threads, 0),
+            &[
+                Arg::Ptr(xa),
+                Arg::Ptr(fa),
+                Arg::Ptr(ga),
+                Arg::Ptr(ya),
+                Arg::I32(n as i32),
+                Arg::I32(c as i32),
+                Arg::F32(alpha as f32),
+                Arg::F32(eps as f32),
+                Arg::I32(p.warp as i32),
+            ],
+        )?;
+        Ok((y, x.shape().clone()))
+    }
+
+    /// The backward of [`fwd`]: x, f, dy (N, C), gamma (C) -> rows [dx ; df (with f) ; dgamma],
+    /// the packed layout of the CPU's rms_bwd_kernel.
+    pub(super) fn bwd(
+        op: &str,
+        x: CudaInput,
+        f: Option<CudaInput>,
+        gamma: CudaInput,
+        dy: CudaInput,
+        alpha: f64,
+        eps: f64,
+    ) -> Result<CudaOutput> {
+        let (n, c) = dims(op, &x, &[f.as_ref(), Some(&dy)], &gamma)?;
+        let (dev, dt) = (x.device(), x.dtype());
+        let sfx = runtime::dtype_suffix(dt, op)?;
+        let grads = if f.is_some() { 2 } else { 1 };
+        let xa = runtime::address(x.storage, x.layout, op)?;
+        let fa = match &f {
+            Some(f) => runtime::address(f.storage, f.layout, op)?,
+            None => 0,
+        };
+        let ga = runtime::address(gamma.storage, gamma.layout, op)?;
+        let dya = runtime::address(dy.storage, dy.layout, op)?;
+        let (out, dxa) = runtime::alloc(dev, dt, (grads * n + 1) * c)?;
+        let dfa = if f.is_some() { runtime::address_at(&out, n * c)? } else { 0 };
+        let dga = runtime::address_at(&out, grads * n * c)?;
+
+        let p = plan(c);
+        // Enough blocks to fill the device, no more: each adds a row of partials to sum.
+        let per_sm = (2048 / p.threads as usize).clamp(1, 32);
+        let blocks = n.div_ceil(p.groups).min(multiprocessors(dev) * per_sm).max(1);
+        let shared = p.groups * c * 4;
+        if shared > 160 * 1024 {
+            candle_core::bail!("{op}: C = {c} is too wide for the CUDA kernel (train.kernels=composite runs it)")
+        }
+        // Every element is written by the backward kernel (blocks without rows write zeros).
+        let (partial, pa) = runtime::alloc(dev, DType::F32, blocks * c)?;
+        runtime::launch(
+            dev,
+            Module::RmsNorm,
+            &format!("keel_rms_norm_bwd_{sfx}"),
+            runtime::grid((blocks as u32, 1, 1), p.threads, shared as u32),
+            &[
+                Arg::Ptr(xa),
+                Arg::Ptr(fa),
+                Arg::Ptr(ga),
+                Arg::Ptr(dya),
+                Arg::Ptr(dxa),
+                Arg::Ptr(dfa),
+                Arg::Ptr(pa),
+                Arg::I32(n as i32),
+                Arg::I32(c as i32),
+                Arg::F32(alpha as f32),
+                Arg::F32(eps as f32),
+                Arg::I32(p.warp as i32),
+            ],
+        )?;
+        runtime::launch(
+            dev,
+            Module::RmsNorm,
+            &format!("keel_rms_norm_dgamma_{sfx}"),
+            runtime::grid((c.div_ceil(32) as u32, 1, 1), 1024, 0),
+            &[Arg::Ptr(pa), Arg::Ptr(dga), Arg::I32(blocks as i32), Arg::I32(c as i32)],
+        )?;
+        // Freed in stream order, after the kernels that use it.
+        drop(partial);
+        Ok((out, Shape::from((grads * n + 1, c))))
     }
 }

@@ -1,4 +1,5 @@
-//! RoPE's (cos, sin) tables, computed once per model in f64 and rounded to f32 for the f32 kernels.
+//! RoPE's (cos, sin) tables, computed once per model in f64 and rounded to f32 for the f32 kernels
+//! (and, with `--features cuda`, copied once to each CUDA device that asks for them).
 
 use candle_core::{DType, Result, Tensor};
 
@@ -15,7 +16,15 @@ pub struct Rope {
     /// The same tables rounded to f32, for the f32 kernels.
     pub(super) cos_f32: Vec<f32>,
     pub(super) sin_f32: Vec<f32>,
+    /// Device copies of the f32 tables, one per CUDA device, uploaded on first use and shared by
+    /// every clone (one Rope serves all layers: no host-to-device copy per attention call).
+    #[cfg(feature = "cuda")]
+    device_tables: std::sync::Arc<std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, DeviceTables)>>>,
 }
+
+/// The f32 (cos, sin) tables on one CUDA device, each (seq_len, D/2) row-major.
+#[cfg(feature = "cuda")]
+pub(super) type DeviceTables = std::sync::Arc<(candle_core::CudaStorage, candle_core::CudaStorage)>;
 
 impl Rope {
     pub fn new(seq_len: usize, head_dim: usize, theta: f64) -> Self {
@@ -32,7 +41,34 @@ impl Rope {
         }
         let cos_f32 = cos.iter().map(|&v| v as f32).collect();
         let sin_f32 = sin.iter().map(|&v| v as f32).collect();
-        Rope { seq_len, head_dim, cos, sin, cos_f32, sin_f32 }
+        Rope {
+            seq_len,
+            head_dim,
+            cos,
+            sin,
+            cos_f32,
+            sin_f32,
+            #[cfg(feature = "cuda")]
+            device_tables: Default::default(),
+        }
+    }
+
+    /// The f32 tables on `dev`, copied there by the first call for that device.
+    #[cfg(feature = "cuda")]
+    pub(super) fn cuda_tables(&self, dev: &candle_core::cuda_backend::CudaDevice) -> Result<DeviceTables> {
+        use candle_core::CudaStorage;
+        let mut cache = self.device_tables.lock().expect("rope's device tables");
+        if let Some((_, tables)) = cache.iter().find(|(id, _)| *id == dev.id()) {
+            return Ok(tables.clone());
+        }
+        if self.cos_f32.is_empty() {
+            candle_core::bail!("keel rope: empty tables (seq_len {}, head_dim {})", self.seq_len, self.head_dim);
+        }
+        let upload =
+            |v: &[f32]| -> Result<CudaStorage> { Ok(CudaStorage::wrap_cuda_slice(dev.clone_htod(v)?, dev.clone())) };
+        let tables = std::sync::Arc::new((upload(&self.cos_f32)?, upload(&self.sin_f32)?));
+        cache.push((dev.id(), tables.clone()));
+        Ok(tables)
     }
 
     /// The tables as (T, D/2) tensors, for the composite path.

@@ -1,5 +1,7 @@
 //! SwiGLU: silu of the first half of the last dim times its second half.
 
+#[cfg(feature = "cuda")]
+use super::custom::{CudaInput, CudaOutput};
 use super::custom::{Fused, FusedOp1, FusedOp2, Input, Output};
 use super::kernels::Kernels;
 use super::real::{unfilled, vectorized, Real, ROW_CHUNK};
@@ -36,6 +38,17 @@ impl FusedOp1 for SwiGlu {
         let f = f2 / 2;
         Ok((swiglu_fwd_kernel(h.slice()?, f), Shape::from((n, f))))
     }
+    /// `keel_swiglu_fwd_<dtype>` of src/ops/cuda/swiglu.cu.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, h: CudaInput) -> Result<CudaOutput> {
+        use super::cuda_kernels::runtime::{self as rt, Arg};
+        let (n, f) = cuda::halves(h.shape(), Self::NAME)?;
+        let sfx = rt::dtype_suffix(h.dtype(), Self::NAME)?;
+        let hp = rt::address(h.storage, h.layout, Self::NAME)?;
+        let (y, yp) = rt::alloc(h.device(), h.dtype(), n * f)?;
+        cuda::launch(h.device(), &format!("keel_swiglu_fwd_{sfx}"), n, f, &[Arg::Ptr(hp), Arg::Ptr(yp)])?;
+        Ok((y, Shape::from((n, f))))
+    }
     fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(h.apply_op2_no_bwd(dy, &Fused(SwiGluBwd))?))
     }
@@ -49,6 +62,72 @@ impl FusedOp2 for SwiGluBwd {
     fn cpu<T: Real>(&self, h: Input, dy: Input) -> Result<Output<T>> {
         let f = h.shape().dims2()?.1 / 2;
         Ok((swiglu_bwd_kernel(h.slice()?, dy.slice()?, f), h.shape().clone()))
+    }
+    /// `keel_swiglu_bwd_<dtype>` of src/ops/cuda/swiglu.cu: the same packed [da | db] rows.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, h: CudaInput, dy: CudaInput) -> Result<CudaOutput> {
+        use super::cuda_kernels::runtime::{self as rt, Arg};
+        let (n, f) = cuda::halves(h.shape(), Self::NAME)?;
+        if dy.shape().dims() != [n, f] || dy.dtype() != h.dtype() {
+            candle_core::bail!(
+                "{}: dy {:?} {:?} does not match h {:?} {:?}",
+                Self::NAME,
+                dy.shape(),
+                dy.dtype(),
+                h.shape(),
+                h.dtype()
+            );
+        }
+        let sfx = rt::dtype_suffix(h.dtype(), Self::NAME)?;
+        let hp = rt::address(h.storage, h.layout, Self::NAME)?;
+        let dyp = rt::address(dy.storage, dy.layout, Self::NAME)?;
+        let (dh, dhp) = rt::alloc(h.device(), h.dtype(), 2 * n * f)?;
+        cuda::launch(
+            h.device(),
+            &format!("keel_swiglu_bwd_{sfx}"),
+            n,
+            f,
+            &[Arg::Ptr(hp), Arg::Ptr(dyp), Arg::Ptr(dhp)],
+        )?;
+        Ok((dh, h.shape().clone()))
+    }
+}
+
+/// The launch side of src/ops/cuda/swiglu.cu, shared by the forward and the backward.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::super::cuda_kernels::runtime::{self as rt, Arg};
+    use super::super::cuda_kernels::Module;
+    use candle_core::cuda_backend::CudaDevice;
+    use candle_core::{Result, Shape};
+
+    /// Threads per block: SWIGLU_THREADS of swiglu.cu.
+    const THREADS: u32 = 256;
+    /// Grid cap: the kernels are grid-stride, so any grid covers all elements.
+    const MAX_BLOCKS: usize = 8192;
+
+    /// (N, F) of h (N, 2F), both within the kernels' int arguments.
+    pub(super) fn halves(shape: &Shape, op: &str) -> Result<(usize, usize)> {
+        let (n, f2) = shape.dims2()?;
+        if f2 % 2 != 0 {
+            candle_core::bail!("{op}: the last dim ({f2}) must be even: h = [a | b]");
+        }
+        if n > i32::MAX as usize || f2 > i32::MAX as usize {
+            candle_core::bail!("{op}: shape {shape:?} is too large for the CUDA kernel's int arguments");
+        }
+        Ok((n, f2 / 2))
+    }
+
+    /// Launches `name` over the N x F output columns, with `ptrs` then (n, f) as arguments.
+    pub(super) fn launch(dev: &CudaDevice, name: &str, n: usize, f: usize, ptrs: &[Arg]) -> Result<()> {
+        if n * f == 0 {
+            return Ok(());
+        }
+        // Four columns per thread on the vector path.
+        let blocks = (n * f).div_ceil(4 * THREADS as usize).clamp(1, MAX_BLOCKS) as u32;
+        let mut args = ptrs.to_vec();
+        args.extend([Arg::I32(n as i32), Arg::I32(f as i32)]);
+        rt::launch(dev, Module::SwiGlu, name, rt::grid((blocks, 1, 1), THREADS, 0), &args)
     }
 }
 

@@ -141,15 +141,21 @@ impl Trainer {
             self.times.reduce += start.elapsed();
         }
         let start = Instant::now();
-        let param_sq = sum_squares_all(&grads)?;
-        let grad_norm = param_sq.iter().sum::<f64>().sqrt();
-        let finite = loss.is_finite() && grad_norm.is_finite();
-        if finite {
-            // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when above the max.
-            let scale =
-                if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / (grad_norm + 1e-6) } else { 1.0 };
-            self.opt.step(&self.model.params, &grads, lr, scale)?;
-        }
+        let (param_sq, grad_norm, finite) = if loss.is_finite() && self.opt.fused_on_device() {
+            // keel's multi-tensor CUDA kernels: norms, clip coefficient and update on the device,
+            // then one copy of the per-parameter sums to the host.
+            let s = self.opt.clip_and_step(&self.model.params, &grads, lr, t.grad_clip)?;
+            (s.param_sq, s.grad_norm, s.finite)
+        } else {
+            let param_sq = sum_squares_all(&grads)?;
+            let grad_norm = param_sq.iter().sum::<f64>().sqrt();
+            let finite = loss.is_finite() && grad_norm.is_finite();
+            if finite {
+                // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when above the max.
+                self.opt.step(&self.model.params, &grads, lr, crate::optim::clip_scale(t.grad_clip, grad_norm))?;
+            }
+            (param_sq, grad_norm, finite)
+        };
         self.times.optimizer += start.elapsed();
         Ok(StepResult { loss, grad_norm, param_sq, finite })
     }
