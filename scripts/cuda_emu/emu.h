@@ -463,16 +463,16 @@ inline uint16_t bf16_bits(float f) {  // round to nearest even, NaN stays NaN
 inline float bf16_val(uint16_t h) { return emu_bits<float>((uint32_t)h << 16); }
 inline float round_bf16(float f) { return bf16_val(bf16_bits(f)); }
 
-// Storage type helpers: T is float or uint16_t (bf16).
+// Storage type helpers: T is uint16_t (bf16) or an arithmetic type (float, double, ...).
 template <class T>
 inline T to_storage(double x) {
-    if constexpr (std::is_same_v<T, float>) return (float)x;
-    else return bf16_bits((float)x);
+    if constexpr (std::is_same_v<T, uint16_t>) return bf16_bits((float)x);
+    else return (T)x;
 }
 template <class T>
 inline double from_storage(T x) {
-    if constexpr (std::is_same_v<T, float>) return (double)x;
-    else return (double)bf16_val(x);
+    if constexpr (std::is_same_v<T, uint16_t>) return (double)bf16_val(x);
+    else return (double)x;
 }
 template <class T>
 constexpr const char* dtype_name() {
@@ -482,6 +482,14 @@ constexpr const char* dtype_name() {
 template <class T>
 inline double st(double x) {
     return from_storage<T>(to_storage<T>(x));
+}
+
+// One unit in the last place of x as type T stores it.
+template <class T>
+inline double ulp(double x) {
+    int e;
+    std::frexp(std::max(std::fabs(x), 1.2e-38), &e);  // |x| = m 2^e, m in [0.5, 1)
+    return std::ldexp(1.0, e - (std::is_same_v<T, float> ? 24 : 8));
 }
 
 // A device buffer: n elements plus slack, starting `offset` elements past a 256-byte boundary
@@ -530,14 +538,10 @@ inline Tol tol_for(double f32_tol = 2e-5, double bf16_tol = 1.2e-2, double floor
     return std::is_same_v<T, float> ? Tol{f32_tol, f32_tol, floor} : Tol{bf16_tol, bf16_tol, floor};
 }
 
-// Compares got(i) with want[i] for i < n; prints one line; NaN anywhere (in got or want) fails
-// unless both are NaN.
-template <class G>
-inline bool check(const std::string& name, size_t n, G got, const std::vector<double>& want, Tol tol) {
-    double scale = 0;
-    for (size_t i = 0; i < n; i++)
-        if (std::isfinite(want[i])) scale = std::max(scale, std::fabs(want[i]));
-    scale = std::max(scale, tol.floor);
+// Compares got(i) with want[i] for i < n: |got - want| <= bound(i); prints one line. NaN anywhere
+// (in got or want) fails unless both are NaN; infinities must match exactly.
+template <class G, class Bd>
+inline bool check_bound(const std::string& name, size_t n, G got, const std::vector<double>& want, Bd bound) {
     double worst = 0;
     size_t wi = 0;
     bool bad = false;
@@ -545,9 +549,9 @@ inline bool check(const std::string& name, size_t n, G got, const std::vector<do
         const double g = got(i), w = want[i];
         double e;
         if (std::isnan(w) || std::isnan(g)) e = (std::isnan(w) && std::isnan(g)) ? 0 : INFINITY;
-        else if (std::isinf(w) || std::isinf(g)) e = g == w ? 0 : INFINITY;
         else if (g == w) e = 0;
-        else e = std::fabs(g - w) / (tol.atol * scale + tol.rtol * std::fabs(w));
+        else if (std::isinf(w) || std::isinf(g)) e = INFINITY;
+        else e = std::fabs(g - w) / bound(i);
         if (e > worst || (!bad && !(e <= 1))) {
             worst = e;
             wi = i;
@@ -560,11 +564,19 @@ inline bool check(const std::string& name, size_t n, G got, const std::vector<do
         std::printf("ok   %-64s err %.2f of tol (n %zu)\n", name.c_str(), worst, n);
     } else {
         failed++;
-        std::printf("FAIL %-64s err %.3g of tol at [%zu]: got %.9g want %.9g (n %zu, scale %.3g)\n", name.c_str(),
-                    worst, wi, gw, ww, n, scale);
+        std::printf("FAIL %-64s err %.3g of tol at [%zu]: got %.9g want %.9g (n %zu, bound %.3g)\n", name.c_str(),
+                    worst, wi, gw, ww, n, bound(wi));
     }
     std::fflush(stdout);
     return !bad;
+}
+template <class G>
+inline bool check(const std::string& name, size_t n, G got, const std::vector<double>& want, Tol tol) {
+    double scale = 0;
+    for (size_t i = 0; i < n; i++)
+        if (std::isfinite(want[i])) scale = std::max(scale, std::fabs(want[i]));
+    scale = std::max(scale, tol.floor);
+    return check_bound(name, n, got, want, [&](size_t i) { return tol.atol * scale + tol.rtol * std::fabs(want[i]); });
 }
 template <class T>
 inline bool check(const std::string& name, const Buf<T>& got, const std::vector<double>& want, Tol tol) {
