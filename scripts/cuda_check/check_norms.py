@@ -2,7 +2,7 @@
 (h = alpha x + f), forward and backward, f32 and bf16, against PyTorch autograd in float64 on the
 same (storage-rounded) inputs; then a timing at one realistic size against PyTorch's own norms.
 
-The launches mirror src/ops/rms_norm.rs and src/ops/layer_norm.rs (`plan`, the backward grid, the
+The launches mirror `RowNorm` in src/ops/cuda_kernels.rs (`RowNorm::plan`, the backward grid, the
 shared memory and the packed output), so a failure here is a kernel bug, not a launch mismatch.
 """
 import cupy
@@ -23,7 +23,7 @@ def cdiv(a, b):
 
 
 def plan(c):
-    """(warp_mode, threads, groups), as `plan` in the Rust launchers."""
+    """(warp_mode, threads, groups), as `RowNorm::plan` in src/ops/cuda_kernels.rs."""
     if c <= 512:
         return 1, 256, 8
     threads = min(max(cdiv(cdiv(c, 16), 32) * 32, 64), 512)

@@ -3,9 +3,10 @@
 //
 // Model: a block's threads are cooperative fibers (ucontext) on one OS thread; blocks of a launch
 // run one after another. A fiber runs until it reaches a barrier (__syncthreads, or a warp
-// shuffle / vote / __syncwarp, which synchronize the 32 lanes of its warp) and the scheduler then
-// resumes the next runnable fiber, in thread order (EMU_SCHED=rev: reverse order, rand: a seeded
-// random order per pass), so a missing __syncthreads shows up as a wrong result, deterministically.
+// shuffle / vote / __syncwarp, which synchronize the lanes of its warp). The scheduler runs one
+// warp at a time as far as it can go (to its next __syncthreads), warps in ascending order
+// (EMU_SCHED=rev: descending, rand: a seeded random order of warps and lanes), so a missing
+// __syncthreads shows up as a wrong result, deterministically.
 // A block in which no fiber can run (a barrier some threads never reach, a shuffle over a lane that
 // has exited) is reported as a deadlock and the program stops.
 //
@@ -235,22 +236,36 @@ inline void run_block(unsigned nthreads, dim3 block) {
         f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, fiber_main, 0);
     }
-    std::vector<int> order(nthreads);
-    for (unsigned t = 0; t < nthreads; t++) order[t] = sched_mode() == 1 ? (int)(nthreads - 1 - t) : (int)t;
+    // Warps one at a time: a warp's lanes run (in lane order) until none of them can go on, i.e.
+    // until the warp is at __syncthreads or done; then the next warp. Each warp thus runs as far
+    // ahead of the others as the barriers allow, which turns a missing __syncthreads into a wrong
+    // result (fwd: warps in ascending order, rev: descending, rand: a random order per sweep).
+    std::vector<int> worder(warps);
+    for (int w = 0; w < warps; w++) worder[w] = sched_mode() == 1 ? warps - 1 - w : w;
+    std::vector<int> lanes(32);
     int live = (int)nthreads;
     while (live > 0) {
-        if (sched_mode() == 2) std::shuffle(order.begin(), order.end(), S.rng);
+        if (sched_mode() == 2) std::shuffle(worder.begin(), worder.end(), S.rng);
         bool progress = false;
-        for (int t : order) {
-            Fiber& f = S.fibers[t];
-            if (f.done) continue;
-            if (f.wait && *f.wait == f.wait_val) continue;
-            f.wait = nullptr;
-            S.cur = t;
-            threadIdx = f.tid;
-            swapcontext(&S.main_ctx, &f.ctx);
-            progress = true;
-            if (f.done) live--;
+        for (int w : worder) {
+            const int n = S.warp_bar[w].expected;
+            for (int l = 0; l < n; l++) lanes[l] = 32 * w + l;
+            if (sched_mode() == 2) std::shuffle(lanes.begin(), lanes.begin() + n, S.rng);
+            for (bool ran = true; ran;) {
+                ran = false;
+                for (int i = 0; i < n; i++) {
+                    const int t = lanes[i];
+                    Fiber& f = S.fibers[t];
+                    if (f.done) continue;
+                    if (f.wait && *f.wait == f.wait_val) continue;
+                    f.wait = nullptr;
+                    S.cur = t;
+                    threadIdx = f.tid;
+                    swapcontext(&S.main_ctx, &f.ctx);
+                    ran = progress = true;
+                    if (f.done) live--;
+                }
+            }
         }
         if (!progress) {
             char msg[256];

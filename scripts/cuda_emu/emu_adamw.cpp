@@ -95,43 +95,60 @@ static void run(const std::vector<long long>& sizes, const std::vector<int>& mis
         rs[n + 1] = coef;
         rs[n + 2] = skip ? 1.0 : 0.0;
         emu::check(tag + " sums, norm, coef, skip", out, rs, emu::Tol{1e-12, 0, 1e-300});
+        // Every tensor's elements, flattened in tensor order (got, want, allowed error, where).
+        std::vector<double> gp, rp, bp, gm, rm, gv, rv;
+        std::vector<std::pair<int, long long>> where;
+        bool untouched = true;
         for (int t = 0; t < n; t++) {
-            const size_t len = sizes[t];
-            std::vector<double> rp(len), rm(len), rv(len), step_size(len);
             const double decay = table[5 * n + t] ? 1 - h.lr * h.wd : 1.0;
-            for (size_t i = 0; i < len; i++) {
-                if (skip) {
-                    rp[i] = p0[t][i];
-                    rm[i] = m0[t][i];
-                    rv[i] = v0[t][i];
-                    continue;
+            for (long long i = 0; i < sizes[t]; i++) {
+                double wp = p0[t][i], wm = m0[t][i], wv = v0[t][i], bound = 0;
+                if (!skip) {
+                    const double gi = g0[t][i] * coef;
+                    wm = h.b1 * m0[t][i] + (1 - h.b1) * gi;
+                    wv = h.b2 * v0[t][i] + (1 - h.b2) * gi * gi;
+                    const double denom = std::sqrt(wv / bc2) + h.eps;
+                    wp = p0[t][i] * decay - h.lr / bc1 * wm / denom;
+                    // Within an ulp or two of the storage type (the kernel rounds p decay, the step
+                    // and their difference), plus the f32 error of the step, sized from its terms
+                    // (m may cancel b1 m0 against (1 - b1) g; optim.rs passes the scalars in f32, and
+                    // 1 - 0.9f is 2.4e-7 off 0.1).
+                    const double terms = h.lr / bc1 * (std::fabs(h.b1 * m0[t][i]) + std::fabs((1 - h.b1) * gi)) / denom;
+                    bound = 2 * emu::ulp<T>(wp) + 2e-6 * terms + 1e-7 * std::fabs(p0[t][i]);
                 }
-                const double gi = g0[t][i] * coef;
-                rm[i] = h.b1 * m0[t][i] + (1 - h.b1) * gi;
-                rv[i] = h.b2 * v0[t][i] + (1 - h.b2) * gi * gi;
-                const double upd = h.lr / bc1 * rm[i] / (std::sqrt(rv[i] / bc2) + h.eps);
-                rp[i] = p0[t][i] * decay - upd;
-                // The update's size from its terms' sizes (m may be a cancellation of b1 m0 and
-                // (1 - b1) g, whose f32 errors then dominate).
-                step_size[i] = h.lr / bc1 * (std::fabs(h.b1 * m0[t][i]) + std::fabs((1 - h.b1) * gi)) /
-                               (std::sqrt(rv[i] / bc2) + h.eps);
-            }
-            const std::string tt = fmt("%s tensor %d (%zu elements%s)", tag.c_str(), t, len,
-                                       p[t].data() != nullptr && ((uintptr_t)p[t].data() % (4 * sizeof(T))) ? ", misaligned" : "");
-            // The parameter within an ulp or two of its storage type (the kernel rounds p decay, the
-            // step and their difference) plus the f32 error of the step: the scalars b1, 1 - b1, ...
-            // are rounded to f32 as optim.rs passes them (1 - 0.9f is 2.4e-7 off 0.1).
-            emu::check_bound(tt + " p", len, [&](size_t i) { return p[t].get(i); }, rp, [&](size_t i) {
-                return 2 * emu::ulp<T>(rp[i]) + 2e-6 * step_size[i] + 1e-7 * std::fabs(p0[t][i]) + 1e-30;
-            });
-            emu::check(tt + " m", len, [&](size_t i) { return (double)m[t][i]; }, rm, emu::Tol{1e-5, 1e-6, 1e-30});
-            emu::check(tt + " v", len, [&](size_t i) { return (double)v[t][i]; }, rv, emu::Tol{1e-5, 1e-6, 1e-30});
-            if (skip) {
-                bool same = true;
-                for (size_t i = 0; i < len; i++) same &= emu_bits<uint64_t>((double)p[t].get(i)) == emu_bits<uint64_t>(p0[t][i]);
-                emu::check_true(tt + " untouched (skipped step)", same);
+                gp.push_back(p[t].get(i));
+                rp.push_back(wp);
+                bp.push_back(bound + 1e-30);
+                gm.push_back(m[t][i]);
+                rm.push_back(wm);
+                gv.push_back(v[t][i]);
+                rv.push_back(wv);
+                where.push_back({t, i});
+                if (skip) untouched &= emu_bits<uint64_t>(gp.back()) == emu_bits<uint64_t>(p0[t][i]);
             }
         }
+        const size_t total_n = rp.size();
+        const std::string all = fmt("%s (%d tensors, %zu elements)", tag.c_str(), n, total_n);
+        auto at = [&](const std::vector<double>& got, const std::vector<double>& want, auto bound) {
+            // On a failure, the first bad element of each tensor (the check line gives a flat index).
+            for (int t = 0, last = -1; t < (int)total_n; t++) {
+                const size_t i = (size_t)t;
+                if (where[i].first == last) continue;
+                const double e = std::fabs(got[i] - want[i]);
+                if (!(e <= bound(i)) && !(std::isnan(got[i]) && std::isnan(want[i]))) {
+                    last = where[i].first;
+                    std::printf("     tensor %d element %lld: got %.9g want %.9g\n", where[i].first, where[i].second,
+                                got[i], want[i]);
+                }
+            }
+        };
+        auto get = [](const std::vector<double>& v) { return [&v](size_t i) { return v[i]; }; };
+        auto pb = [&](size_t i) { return bp[i]; };
+        if (!emu::check_bound(all + " p", total_n, get(gp), rp, pb)) at(gp, rp, pb);
+        const emu::Tol mt{1e-5, 1e-6, 1e-30};
+        if (!emu::check(all + " m", total_n, get(gm), rm, mt)) at(gm, rm, [&](size_t i) { return 1e-5 * std::fabs(rm[i]) + 1e-7; });
+        if (!emu::check(all + " v", total_n, get(gv), rv, mt)) at(gv, rv, [&](size_t i) { return 1e-5 * std::fabs(rv[i]) + 1e-7; });
+        if (skip) emu::check_true(all + " p untouched (skipped step)", untouched);
     }
 }
 

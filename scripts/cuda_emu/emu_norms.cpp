@@ -15,7 +15,7 @@ struct Plan {
     unsigned threads;
     int groups;
 };
-// `plan` of rms_norm.rs / layer_norm.rs.
+// `RowNorm::plan` of src/ops/cuda_kernels.rs.
 static Plan plan(int c) {
     if (c <= 512) return {true, 256, 8};
     unsigned t = (unsigned)((c + 15) / 16 + 31) / 32 * 32;

@@ -868,6 +868,21 @@ mod cuda {
         n.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32
     }
 
+    /// The device addresses of the RoPE tables (cos, sin).
+    fn table_addresses(tables: &(CudaStorage, CudaStorage)) -> Result<(u64, u64)> {
+        Ok((runtime::address_at(&tables.0, 0)?, runtime::address_at(&tables.1, 0)?))
+    }
+
+    /// Launches pack or unpack (`name`): one thread per rotation pair (j, j + D/2) of every head
+    /// of every row, with `ptrs` then (B, H, Hkv, T, D) as arguments.
+    fn rope_pass(dev: &CudaDevice, name: &str, s: AttnShape, ptrs: &[u64]) -> Result<()> {
+        let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        let pairs = b * t * (h + 2 * hkv) * d / 2;
+        let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
+        args.extend([i32_of(b), i32_of(h), i32_of(hkv), i32_of(t), i32_of(d)]);
+        runtime::launch(dev, Module::Attention, name, grid((ew_blocks(pairs), 1, 1), THREADS, 0), &args)
+    }
+
     /// The device buffers of one pass: q (B, H, T, D), k and v (B, Hkv, T, D) in the storage
     /// dtype, RoPE applied to q and k. Dropped after the pass's launches (stream-ordered frees).
     struct Packed {
@@ -889,27 +904,8 @@ mod cuda {
         let (qs, q) = runtime::alloc(dev, dtype, b * h * t * d)?;
         let (ks, k) = runtime::alloc(dev, dtype, b * hkv * t * d)?;
         let (vs, v) = runtime::alloc(dev, dtype, b * hkv * t * d)?;
-        let (cos, sin) = (runtime::address_at(&tables.0, 0)?, runtime::address_at(&tables.1, 0)?);
-        let pairs = b * t * (h + 2 * hkv) * d / 2;
-        runtime::launch(
-            dev,
-            Module::Attention,
-            &format!("keel_attn_pack_{sfx}"),
-            grid((ew_blocks(pairs), 1, 1), THREADS, 0),
-            &[
-                Arg::Ptr(qkv),
-                Arg::Ptr(cos),
-                Arg::Ptr(sin),
-                Arg::Ptr(q),
-                Arg::Ptr(k),
-                Arg::Ptr(v),
-                i32_of(b),
-                i32_of(h),
-                i32_of(hkv),
-                i32_of(t),
-                i32_of(d),
-            ],
-        )?;
+        let (cos, sin) = table_addresses(tables)?;
+        rope_pass(dev, &format!("keel_attn_pack_{sfx}"), s, &[qkv, cos, sin, q, k, v])?;
         Ok(Packed { _bufs: [qs, ks, vs], q, k, v })
     }
 
@@ -1030,26 +1026,8 @@ mod cuda {
         }
         let w = s.qkv_width();
         let (dqkv, dqkv_a) = runtime::alloc(dev, dtype, b * t * w)?;
-        let (cos, sin) = (runtime::address_at(&tables.0, 0)?, runtime::address_at(&tables.1, 0)?);
-        runtime::launch(
-            dev,
-            Module::Attention,
-            &format!("keel_attn_unpack_{sfx}"),
-            grid((ew_blocks(b * t * (h + 2 * hkv) * d / 2), 1, 1), THREADS, 0),
-            &[
-                Arg::Ptr(dq),
-                Arg::Ptr(dk),
-                Arg::Ptr(dv),
-                Arg::Ptr(cos),
-                Arg::Ptr(sin),
-                Arg::Ptr(dqkv_a),
-                i32_of(b),
-                i32_of(h),
-                i32_of(hkv),
-                i32_of(t),
-                i32_of(d),
-            ],
-        )?;
+        let (cos, sin) = table_addresses(&tables)?;
+        rope_pass(dev, &format!("keel_attn_unpack_{sfx}"), s, &[dq, dk, dv, cos, sin, dqkv_a])?;
         Ok((dqkv, Shape::from((b * t, w))))
     }
 }

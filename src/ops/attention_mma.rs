@@ -186,46 +186,20 @@ pub(super) fn backward(
     )?;
     let d = s.d;
     let tiles = s.t.div_ceil(BLOCK) as u32;
-    let (ti, hi, hkvi, sc) = (Arg::I32(t), Arg::I32(h), Arg::I32(hkv), Arg::F32(s.scale));
-    runtime::launch(
-        dev,
-        Module::AttentionMma,
-        &format!("keel_attention_mma_bwd_dq_d{d}_bf16"),
-        runtime::grid((tiles, s.h as u32, s.b as u32), THREADS, smem::dq(d)),
-        &[
-            Arg::Ptr(q),
-            Arg::Ptr(k),
-            Arg::Ptr(v),
-            Arg::Ptr(dout),
-            Arg::Ptr(lse),
-            Arg::Ptr(delta),
-            Arg::Ptr(dq),
-            ti,
-            hi,
-            hkvi,
-            sc,
-        ],
-    )?;
-    runtime::launch(
-        dev,
-        Module::AttentionMma,
-        &format!("keel_attention_mma_bwd_dkdv_d{d}_bf16"),
-        runtime::grid((tiles, s.hkv as u32, s.b as u32), THREADS, smem::dkdv(d)),
-        &[
-            Arg::Ptr(q),
-            Arg::Ptr(k),
-            Arg::Ptr(v),
-            Arg::Ptr(dout),
-            Arg::Ptr(lse),
-            Arg::Ptr(delta),
-            Arg::Ptr(dk),
-            Arg::Ptr(dv),
-            ti,
-            hi,
-            hkvi,
-            sc,
-        ],
-    )
+    // Both kernels take q, k, v, dout, lse, delta, their outputs, then T, H, Hkv and the scale.
+    let launch = |stage: &str, heads: usize, smem: u32, outs: &[u64]| {
+        let mut args: Vec<Arg> = [q, k, v, dout, lse, delta].iter().chain(outs).map(|&p| Arg::Ptr(p)).collect();
+        args.extend([Arg::I32(t), Arg::I32(h), Arg::I32(hkv), Arg::F32(s.scale)]);
+        runtime::launch(
+            dev,
+            Module::AttentionMma,
+            &format!("keel_attention_mma_bwd_{stage}_d{d}_bf16"),
+            runtime::grid((tiles, heads as u32, s.b as u32), THREADS, smem),
+            &args,
+        )
+    };
+    launch("dq", s.h, smem::dq(d), &[dq])?;
+    launch("dkdv", s.hkv, smem::dkdv(d), &[dk, dv])
 }
 
 #[cfg(all(test, feature = "cuda"))]

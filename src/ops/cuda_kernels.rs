@@ -157,9 +157,7 @@ impl Source {
     pub fn origin_text(&self) -> String {
         match &self.origin {
             Origin::BuiltIn => format!("built-in src/ops/cuda/{}.cu", self.module.name()),
-            Origin::Override(paths) => {
-                paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + ")
-            }
+            Origin::Override(paths) => paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + "),
         }
     }
 }
@@ -200,9 +198,9 @@ pub fn cache_file(dir: &Path, source: &Source, arch: &str, options: &[String], n
 #[cfg(feature = "cuda")]
 pub mod runtime {
     use super::{cache_dir, cache_file, nvrtc_options, KernelError, Module, Source, KERNELS_ENV};
+    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, LaunchConfig};
     use candle_core::cuda_backend::cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::{CudaDevice, DeviceId};
     use candle_core::{CudaStorage, DType, Layout, Result};
     use std::collections::HashMap;
@@ -318,10 +316,7 @@ pub mod runtime {
     /// Kernel `name` of module `m` on `dev`, e.g. `function(dev, Module::RmsNorm, "keel_rms_norm_fwd_f32")`.
     pub fn function(dev: &CudaDevice, m: Module, name: &str) -> Result<CudaFunction> {
         module(dev, m)?.load_function(name).map_err(|e| {
-            err(format!(
-                "CUDA module {} has no kernel {name} ({e:?}); check its source (or {KERNELS_ENV})",
-                m.name()
-            ))
+            err(format!("CUDA module {} has no kernel {name} ({e:?}); check its source (or {KERNELS_ENV})", m.name()))
         })
     }
 
@@ -448,9 +443,126 @@ pub mod runtime {
         }
         // SAFETY: the argument list matches the kernel's signature (each module's Rust caller and
         // its .cu file are written together, and scripts/cuda_check runs the same kernels).
-        unsafe { b.launch(cfg) }
-            .map_err(|e| err(format!("launching {name} ({} module): {e:?}", m.name())))?;
+        unsafe { b.launch(cfg) }.map_err(|e| err(format!("launching {name} ({} module): {e:?}", m.name())))?;
         Ok(())
+    }
+
+    /// Threads per block of the grid-stride elementwise kernels (GELU_THREADS of gelu.cu,
+    /// SWIGLU_THREADS of swiglu.cu).
+    const ELEMENTWISE_THREADS: u32 = 256;
+    /// Their grid cap: grid-stride kernels cover all elements with any grid.
+    const ELEMENTWISE_MAX_BLOCKS: usize = 8192;
+
+    /// Launches a grid-stride elementwise kernel (gelu.cu, swiglu.cu) over `units` elements (or
+    /// output columns), four a thread on the vector path: ceil(units / 1024) blocks of 256
+    /// threads, at most 8192. Nothing to launch when `units` is 0.
+    pub fn launch_elementwise(dev: &CudaDevice, m: Module, name: &str, units: usize, args: &[Arg]) -> Result<()> {
+        if units == 0 {
+            return Ok(());
+        }
+        let blocks = units.div_ceil(4 * ELEMENTWISE_THREADS as usize).clamp(1, ELEMENTWISE_MAX_BLOCKS) as u32;
+        launch(dev, m, name, grid((blocks, 1, 1), ELEMENTWISE_THREADS, 0), args)
+    }
+
+    /// The device's multiprocessor count (132, an H100's, when the driver does not say).
+    pub fn multiprocessors(dev: &CudaDevice) -> usize {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
+        let n = dev.cuda_stream().context().attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+        n.ok().filter(|&n| n > 0).map_or(132, |n| n as usize)
+    }
+
+    /// The launches of the row-wise norms, rms_norm.cu and layer_norm.cu, which split rows the
+    /// same way and share their backward's argument list and its partials reduction: one pass
+    /// over an (N, C) input of storage suffix `sfx` in module `module`.
+    pub struct RowNorm<'a> {
+        pub dev: &'a CudaDevice,
+        pub module: Module,
+        pub sfx: &'static str,
+        pub n: usize,
+        pub c: usize,
+        pub alpha: f64,
+        pub eps: f64,
+    }
+
+    /// How rows are spread over a block: `warp` mode gives each of the block's `threads / 32`
+    /// warps its own row (C <= 512, where a warp has at most 16 columns per lane); block mode
+    /// gives the whole block one row, about 16 columns per thread.
+    struct RowPlan {
+        warp: bool,
+        threads: u32,
+        /// Rows a block works on at once: its accumulators of the parameter gradients (C floats
+        /// per parameter each) in shared memory.
+        groups: usize,
+    }
+
+    impl RowNorm<'_> {
+        fn plan(&self) -> RowPlan {
+            if self.c <= 512 {
+                RowPlan { warp: true, threads: 256, groups: 8 }
+            } else {
+                let threads = (self.c.div_ceil(16).div_ceil(32) * 32).clamp(64, 512) as u32;
+                RowPlan { warp: false, threads, groups: 1 }
+            }
+        }
+
+        /// The arguments after the pointers: n, C, alpha, eps, warp mode.
+        fn tail(&self, p: &RowPlan) -> [Arg; 5] {
+            [
+                Arg::I32(self.n as i32),
+                Arg::I32(self.c as i32),
+                Arg::F32(self.alpha as f32),
+                Arg::F32(self.eps as f32),
+                Arg::I32(p.warp as i32),
+            ]
+        }
+
+        /// `keel_<module>_fwd_<sfx>` with `ptrs` (x, f or 0, the parameters, y) then the tail.
+        pub fn fwd(&self, ptrs: &[u64]) -> Result<()> {
+            let p = self.plan();
+            let blocks = self.n.div_ceil(p.groups).clamp(1, i32::MAX as usize) as u32;
+            let mut args: Vec<Arg> = ptrs.iter().map(|&a| Arg::Ptr(a)).collect();
+            args.extend(self.tail(&p));
+            let name = format!("keel_{}_fwd_{}", self.module.name(), self.sfx);
+            launch(self.dev, self.module, &name, grid((blocks, 1, 1), p.threads, 0), &args)
+        }
+
+        /// `keel_<module>_bwd_<sfx>` over `ptrs` = [x, f or 0, gamma, dy, dx, df or 0], writing
+        /// per-block partials of `params` C-wide gradient rows (1: dgamma, 2: [dgamma ; dbeta]),
+        /// then `keel_<module>_<reduce>_<sfx>` summing them into the params * C elements at `out`.
+        pub fn bwd(&self, op: &str, ptrs: [u64; 6], params: usize, reduce: &str, out: u64) -> Result<()> {
+            let (n, c, w) = (self.n, self.c, params * self.c);
+            let p = self.plan();
+            // Enough blocks to fill the device, no more: each adds a row of partials to sum.
+            let per_sm = (2048 / p.threads as usize).clamp(1, 32);
+            let blocks = n.div_ceil(p.groups).min(multiprocessors(self.dev) * per_sm).max(1);
+            let shared = p.groups * w * 4;
+            if shared > 160 * 1024 {
+                candle_core::bail!("{op}: C = {c} is too wide for the CUDA kernel (train.kernels=composite runs it)")
+            }
+            // Every element is written by the backward kernel (blocks without rows write zeros).
+            let (partial, pa) = alloc(self.dev, DType::F32, blocks * w)?;
+            let mut args: Vec<Arg> = ptrs.iter().map(|&a| Arg::Ptr(a)).collect();
+            args.push(Arg::Ptr(pa));
+            args.extend(self.tail(&p));
+            let (m, sfx) = (self.module, self.sfx);
+            launch(
+                self.dev,
+                m,
+                &format!("keel_{}_bwd_{sfx}", m.name()),
+                grid((blocks as u32, 1, 1), p.threads, shared as u32),
+                &args,
+            )?;
+            launch(
+                self.dev,
+                m,
+                &format!("keel_{}_{reduce}_{sfx}", m.name()),
+                grid((w.div_ceil(32) as u32, 1, 1), 1024, 0),
+                &[Arg::Ptr(pa), Arg::Ptr(out), Arg::I32(blocks as i32), Arg::I32(w as i32)],
+            )?;
+            // Freed in stream order, after the kernels that use it.
+            drop(partial);
+            Ok(())
+        }
     }
 }
 
@@ -500,7 +612,10 @@ mod tests {
         assert_eq!(edited.text, format!("{PRELUDE}\n// edited\n"));
         assert_eq!(edited.origin, Origin::Override(vec![dir.path().join("swiglu.cu")]));
         // Other modules still read the built-in kernel file.
-        assert_eq!(Source::load(Module::Gelu, Some(dir.path())).unwrap().text, Source::load(Module::Gelu, None).unwrap().text);
+        assert_eq!(
+            Source::load(Module::Gelu, Some(dir.path())).unwrap().text,
+            Source::load(Module::Gelu, None).unwrap().text
+        );
         let missing = Source::load(Module::Gelu, Some(&dir.path().join("nope"))).unwrap_err();
         assert!(missing.to_string().contains("is not a folder"), "{missing}");
     }

@@ -65,6 +65,27 @@ impl<'a> CudaInput<'a> {
     pub(super) fn device(&self) -> &'a candle_core::cuda_backend::CudaDevice {
         &self.storage.device
     }
+
+    /// Runs `f` on a tensor that an op holds beside its inputs (a CustomOp takes three at most:
+    /// the gamma of a residual norm's backward), made contiguous and seen as a CUDA input; `what`
+    /// names it in the error when it is not on a CUDA device.
+    pub(super) fn with_held<R>(t: &Tensor, what: &str, op: &str, f: impl FnOnce(CudaInput) -> Result<R>) -> Result<R> {
+        let t = t.contiguous()?;
+        let (s, l) = t.storage_and_layout();
+        let candle_core::Storage::Cuda(s) = &*s else {
+            candle_core::bail!("{op}: {what} is not on the CUDA device of x")
+        };
+        f(CudaInput { storage: s, layout: l })
+    }
+
+    /// The device address of an optional contiguous input's first element, or 0 (the null the
+    /// kernels take for "absent") without one.
+    pub(super) fn address_or_null(input: &Option<CudaInput>, op: &str) -> Result<u64> {
+        match input {
+            Some(t) => super::cuda_kernels::runtime::address(t.storage, t.layout, op),
+            None => Ok(0),
+        }
+    }
 }
 
 /// What a CUDA forward returns: the output's storage and shape.

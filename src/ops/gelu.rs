@@ -83,21 +83,12 @@ mod cuda {
     use candle_core::cuda_backend::CudaDevice;
     use candle_core::Result;
 
-    /// Threads per block: GELU_THREADS of gelu.cu.
-    const THREADS: u32 = 256;
-    /// Grid cap: the kernels are grid-stride, so any grid covers all elements.
-    const MAX_BLOCKS: usize = 8192;
-
-    /// Launches `name` over `n` elements, with `ptrs` then n (i64) as arguments.
+    /// Launches `name` over `n` elements, with `ptrs` then n (i64) as arguments (the grid of
+    /// [`rt::launch_elementwise`]).
     pub(super) fn launch(dev: &CudaDevice, name: &str, n: usize, ptrs: &[Arg]) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        // Four elements per thread on the vector path.
-        let blocks = n.div_ceil(4 * THREADS as usize).clamp(1, MAX_BLOCKS) as u32;
         let mut args = ptrs.to_vec();
         args.push(Arg::I64(n as i64));
-        rt::launch(dev, Module::Gelu, name, rt::grid((blocks, 1, 1), THREADS, 0), &args)
+        rt::launch_elementwise(dev, Module::Gelu, name, n, &args)
     }
 }
 

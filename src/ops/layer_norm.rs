@@ -291,24 +291,19 @@ impl FusedOp3 for ResidualLayerNormBwd {
     }
     #[cfg(feature = "cuda")]
     fn cuda(&self, x: CudaInput, f: CudaInput, dy: CudaInput) -> Result<CudaOutput> {
-        let gamma = self.gamma.contiguous()?;
-        let (gs, gl) = gamma.storage_and_layout();
-        let candle_core::Storage::Cuda(gs) = &*gs else {
-            candle_core::bail!("{}: gamma is not on the CUDA device of x", Self::NAME)
-        };
-        let gamma = cuda::Param { input: CudaInput { storage: gs, layout: gl }, at: 0 };
-        cuda::bwd(Self::NAME, x, Some(f), gamma, dy, self.alpha, self.eps)
+        CudaInput::with_held(&self.gamma, "gamma", Self::NAME, |input| {
+            cuda::bwd(Self::NAME, x, Some(f), cuda::Param { input, at: 0 }, dy, self.alpha, self.eps)
+        })
     }
 }
 
 /// The launches of `src/ops/cuda/layer_norm.cu` (its header comment describes the kernels).
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::super::cuda_kernels::runtime::{self, Arg};
+    use super::super::cuda_kernels::runtime::{self, RowNorm};
     use super::super::cuda_kernels::Module;
     use super::super::custom::{CudaInput, CudaOutput};
-    use candle_core::cuda_backend::CudaDevice;
-    use candle_core::{DType, Result, Shape};
+    use candle_core::{Result, Shape};
 
     /// A gain or bias vector: the C elements from element `at` of a contiguous input (gamma and
     /// beta may be two (C) tensors, or the rows of one packed (2, C) [gamma ; beta]).
@@ -332,33 +327,6 @@ mod cuda {
         }
     }
 
-    /// How rows are spread over a block: `warp` mode gives each of the block's `threads / 32`
-    /// warps its own row (C <= 512, where a warp has at most 16 columns per lane); block mode
-    /// gives the whole block one row, about 16 columns per thread.
-    struct Plan {
-        warp: bool,
-        threads: u32,
-        /// Rows a block works on at once: its [dgamma ; dbeta] accumulators, 2C floats each, in
-        /// shared memory.
-        groups: usize,
-    }
-
-    fn plan(c: usize) -> Plan {
-        if c <= 512 {
-            Plan { warp: true, threads: 256, groups: 8 }
-        } else {
-            let threads = (c.div_ceil(16).div_ceil(32) * 32).clamp(64, 512) as u32;
-            Plan { warp: false, threads, groups: 1 }
-        }
-    }
-
-    /// The device's multiprocessor count, to size the backward's grid (and so its partials).
-    fn multiprocessors(dev: &CudaDevice) -> usize {
-        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
-        let n = dev.cuda_stream().context().attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
-        n.ok().filter(|&n| n > 0).map_or(132, |n| n as usize)
-    }
-
     /// (N, C) of x, after checking that f and dy agree with it in shape, dtype and device.
     fn dims(op: &str, x: &CudaInput, others: &[Option<&CudaInput>]) -> Result<(usize, usize)> {
         let (n, c) = x.shape().dims2()?;
@@ -371,13 +339,6 @@ mod cuda {
             candle_core::bail!("{op}: shape ({n}, {c}) out of the kernels' range")
         }
         Ok((n, c))
-    }
-
-    fn address_or_null(f: &Option<CudaInput>, op: &str) -> Result<u64> {
-        match f {
-            Some(f) => runtime::address(f.storage, f.layout, op),
-            None => Ok(0),
-        }
     }
 
     /// y = LayerNorm(alpha x + f) (or LayerNorm(x) without f): x, f (N, C), gamma, beta (C) ->
@@ -395,30 +356,11 @@ mod cuda {
         let (dev, dt) = (x.device(), x.dtype());
         let sfx = runtime::dtype_suffix(dt, op)?;
         let xa = runtime::address(x.storage, x.layout, op)?;
-        let fa = address_or_null(&f, op)?;
+        let fa = CudaInput::address_or_null(&f, op)?;
         let ga = gamma.address(op, &x, c)?;
         let ba = beta.address(op, &x, c)?;
         let (y, ya) = runtime::alloc(dev, dt, n * c)?;
-        let p = plan(c);
-        let blocks = n.div_ceil(p.groups).clamp(1, i32::MAX as usize) as u32;
-        runtime::launch(
-            dev,
-            Module::LayerNorm,
-            &format!("keel_layer_norm_fwd_{sfx}"),
-            runtime::grid((blocks, 1, 1), p.threads, 0),
-            &[
-                Arg::Ptr(xa),
-                Arg::Ptr(fa),
-                Arg::Ptr(ga),
-                Arg::Ptr(ba),
-                Arg::Ptr(ya),
-                Arg::I32(n as i32),
-                Arg::I32(c as i32),
-                Arg::F32(alpha as f32),
-                Arg::F32(eps as f32),
-                Arg::I32(p.warp as i32),
-            ],
-        )?;
+        RowNorm { dev, module: Module::LayerNorm, sfx, n, c, alpha, eps }.fwd(&[xa, fa, ga, ba, ya])?;
         Ok((y, x.shape().clone()))
     }
 
@@ -438,52 +380,15 @@ mod cuda {
         let sfx = runtime::dtype_suffix(dt, op)?;
         let grads = if f.is_some() { 2 } else { 1 };
         let xa = runtime::address(x.storage, x.layout, op)?;
-        let fa = address_or_null(&f, op)?;
+        let fa = CudaInput::address_or_null(&f, op)?;
         let ga = gamma.address(op, &x, c)?;
         let dya = runtime::address(dy.storage, dy.layout, op)?;
         let (out, dxa) = runtime::alloc(dev, dt, (grads * n + 2) * c)?;
         let dfa = if f.is_some() { runtime::address_at(&out, n * c)? } else { 0 };
         let dpa = runtime::address_at(&out, grads * n * c)?;
 
-        let p = plan(c);
-        // Enough blocks to fill the device, no more: each adds a row of partials to sum.
-        let per_sm = (2048 / p.threads as usize).clamp(1, 32);
-        let blocks = n.div_ceil(p.groups).min(multiprocessors(dev) * per_sm).max(1);
-        let shared = p.groups * 2 * c * 4;
-        if shared > 160 * 1024 {
-            candle_core::bail!("{op}: C = {c} is too wide for the CUDA kernel (train.kernels=composite runs it)")
-        }
-        // Every element is written by the backward kernel (blocks without rows write zeros).
-        let (partial, pa) = runtime::alloc(dev, DType::F32, blocks * 2 * c)?;
-        runtime::launch(
-            dev,
-            Module::LayerNorm,
-            &format!("keel_layer_norm_bwd_{sfx}"),
-            runtime::grid((blocks as u32, 1, 1), p.threads, shared as u32),
-            &[
-                Arg::Ptr(xa),
-                Arg::Ptr(fa),
-                Arg::Ptr(ga),
-                Arg::Ptr(dya),
-                Arg::Ptr(dxa),
-                Arg::Ptr(dfa),
-                Arg::Ptr(pa),
-                Arg::I32(n as i32),
-                Arg::I32(c as i32),
-                Arg::F32(alpha as f32),
-                Arg::F32(eps as f32),
-                Arg::I32(p.warp as i32),
-            ],
-        )?;
-        runtime::launch(
-            dev,
-            Module::LayerNorm,
-            &format!("keel_layer_norm_dparams_{sfx}"),
-            runtime::grid(((2 * c).div_ceil(32) as u32, 1, 1), 1024, 0),
-            &[Arg::Ptr(pa), Arg::Ptr(dpa), Arg::I32(blocks as i32), Arg::I32(2 * c as i32)],
-        )?;
-        // Freed in stream order, after the kernels that use it.
-        drop(partial);
+        let norm = RowNorm { dev, module: Module::LayerNorm, sfx, n, c, alpha, eps };
+        norm.bwd(op, [xa, fa, ga, dya, dxa, dfa], 2, "dparams", dpa)?;
         Ok((out, Shape::from((grads * n + 2, c))))
     }
 }

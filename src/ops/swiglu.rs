@@ -101,11 +101,6 @@ mod cuda {
     use candle_core::cuda_backend::CudaDevice;
     use candle_core::{Result, Shape};
 
-    /// Threads per block: SWIGLU_THREADS of swiglu.cu.
-    const THREADS: u32 = 256;
-    /// Grid cap: the kernels are grid-stride, so any grid covers all elements.
-    const MAX_BLOCKS: usize = 8192;
-
     /// (N, F) of h (N, 2F), both within the kernels' int arguments.
     pub(super) fn halves(shape: &Shape, op: &str) -> Result<(usize, usize)> {
         let (n, f2) = shape.dims2()?;
@@ -118,16 +113,12 @@ mod cuda {
         Ok((n, f2 / 2))
     }
 
-    /// Launches `name` over the N x F output columns, with `ptrs` then (n, f) as arguments.
+    /// Launches `name` over the N x F output columns, with `ptrs` then (n, f) as arguments (the
+    /// grid of [`rt::launch_elementwise`]).
     pub(super) fn launch(dev: &CudaDevice, name: &str, n: usize, f: usize, ptrs: &[Arg]) -> Result<()> {
-        if n * f == 0 {
-            return Ok(());
-        }
-        // Four columns per thread on the vector path.
-        let blocks = (n * f).div_ceil(4 * THREADS as usize).clamp(1, MAX_BLOCKS) as u32;
         let mut args = ptrs.to_vec();
         args.extend([Arg::I32(n as i32), Arg::I32(f as i32)]);
-        rt::launch(dev, Module::SwiGlu, name, rt::grid((blocks, 1, 1), THREADS, 0), &args)
+        rt::launch_elementwise(dev, Module::SwiGlu, name, n * f, &args)
     }
 }
 

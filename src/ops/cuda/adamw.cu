@@ -39,26 +39,6 @@
 #define ADAMW_THREADS 256
 #define ADAMW_CLIP_THREADS 512
 
-__device__ __forceinline__ double adamw_warp_sum_f64(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// The prelude's block_sum in f64: every thread gets the block's sum; `scratch` is 32 doubles of
-// shared memory, free again on return.
-__device__ __forceinline__ double adamw_block_sum_f64(double v, double* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-    v = adamw_warp_sum_f64(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.0;
-    v = adamw_warp_sum_f64(v);
-    __syncthreads();
-    return v;
-}
-
 // The tensor that owns chunk c: the last t < n with chunk_start[t] <= c (empty tensors own no
 // chunk, so taking the last such t skips them). Every thread of a block searches the same table
 // entries, which the L1 cache broadcasts.
@@ -70,32 +50,6 @@ __device__ __forceinline__ int adamw_owner(const idx_t* chunk_start, int n, idx_
         else hi = mid - 1;
     }
     return lo;
-}
-
-// Four consecutive elements in f32 from an address aligned to 4 elements.
-__device__ __forceinline__ void adamw_load4(const float* p, idx_t i, float (&x)[4]) {
-    float4 q = *reinterpret_cast<const float4*>(p + i);
-    x[0] = q.x; x[1] = q.y; x[2] = q.z; x[3] = q.w;
-}
-__device__ __forceinline__ void adamw_load4(const bf16_t* p, idx_t i, float (&x)[4]) {
-    uint2 q = *reinterpret_cast<const uint2*>(p + i);
-    x[0] = bf16_to_f32((bf16_t)(q.x & 0xffffu)); x[1] = bf16_to_f32((bf16_t)(q.x >> 16));
-    x[2] = bf16_to_f32((bf16_t)(q.y & 0xffffu)); x[3] = bf16_to_f32((bf16_t)(q.y >> 16));
-}
-__device__ __forceinline__ void adamw_store4(float* p, idx_t i, const float (&x)[4]) {
-    *reinterpret_cast<float4*>(p + i) = make_float4(x[0], x[1], x[2], x[3]);
-}
-__device__ __forceinline__ void adamw_store4(bf16_t* p, idx_t i, const float (&x)[4]) {
-    uint2 q;
-    q.x = (unsigned int)f32_to_bf16(x[0]) | ((unsigned int)f32_to_bf16(x[1]) << 16);
-    q.y = (unsigned int)f32_to_bf16(x[2]) | ((unsigned int)f32_to_bf16(x[3]) << 16);
-    *reinterpret_cast<uint2*>(p + i) = q;
-}
-
-// Whether 4 elements of T starting at `p` can be moved as one 16-byte (f32) or 8-byte (bf16) word.
-template <typename T>
-__device__ __forceinline__ bool adamw_aligned4(const T* p) {
-    return (reinterpret_cast<unsigned long long>(p) % (4 * sizeof(T))) == 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,12 +71,12 @@ __device__ __forceinline__ void adamw_sumsq_impl(const unsigned long long* __res
         const idx_t hi = min(lo + (idx_t)chunk, lens[t]);
         double acc = 0.0;
         idx_t scalar_from = lo;
-        if (adamw_aligned4(g)) {
+        if (aligned4(g)) {
             const idx_t n4 = (hi - lo) >> 2;
 #pragma unroll 4
             for (idx_t k = threadIdx.x; k < n4; k += blockDim.x) {
                 float x[4];
-                adamw_load4(g, lo + 4 * k, x);
+                ld<4>(g, lo + 4 * k, x);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) acc += (double)x[j] * (double)x[j];
             }
@@ -132,7 +86,7 @@ __device__ __forceinline__ void adamw_sumsq_impl(const unsigned long long* __res
             const double x = (double)load(g, i);
             acc += x * x;
         }
-        acc = adamw_block_sum_f64(acc, scratch);
+        acc = block_sum(acc, scratch);
         if (threadIdx.x == 0) partials[c] = acc;
     }
 }
@@ -166,13 +120,13 @@ extern "C" __global__ void __launch_bounds__(ADAMW_CLIP_THREADS)
     for (int t = warp; t < n; t += warps) {
         double s = 0.0;
         for (idx_t c = chunk_start[t] + lane; c < chunk_start[t + 1]; c += 32) s += partials[c];
-        s = adamw_warp_sum_f64(s);
+        s = warp_sum(s);
         if (lane == 0) {
             out[t] = s;
             mine += s;
         }
     }
-    const double total = adamw_block_sum_f64(lane == 0 ? mine : 0.0, scratch);
+    const double total = block_sum(lane == 0 ? mine : 0.0, scratch);
     if (threadIdx.x == 0) {
         const double max_norm = __longlong_as_double(max_norm_bits);
         const double norm = sqrt(total);
@@ -228,21 +182,21 @@ __device__ __forceinline__ void adamw_update_impl(const unsigned long long* __re
         const idx_t lo = (c - chunk_start[t]) * (idx_t)chunk;
         const idx_t hi = min(lo + (idx_t)chunk, lens[t]);
         idx_t scalar_from = lo;
-        if (adamw_aligned4(p) && adamw_aligned4(g) && adamw_aligned4(m) && adamw_aligned4(v)) {
+        if (aligned4(p) && aligned4(g) && aligned4(m) && aligned4(v)) {
             const idx_t n4 = (hi - lo) >> 2;
             for (idx_t k = threadIdx.x; k < n4; k += blockDim.x) {
                 const idx_t i = lo + 4 * k;
                 float pp[4], gg[4], mm[4], vv[4];
-                adamw_load4(p, i, pp);
-                adamw_load4(g, i, gg);
-                adamw_load4(m, i, mm);
-                adamw_load4(v, i, vv);
+                ld<4>(p, i, pp);
+                ld<4>(g, i, gg);
+                ld<4>(m, i, mm);
+                ld<4>(v, i, vv);
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
                     adamw_element(pp[j], gg[j], mm[j], vv[j], gs, b1, b2, omb1, omb2, dk, step_size, inv_bc2, eps);
-                adamw_store4(p, i, pp);
-                adamw_store4(m, i, mm);
-                adamw_store4(v, i, vv);
+                st<4>(p, i, pp);
+                st<4>(m, i, mm);
+                st<4>(v, i, vv);
             }
             scalar_from = lo + 4 * n4;
         }

@@ -25,21 +25,6 @@
 #define CE_ROW_THREADS_MAX 512
 #define CE_MEAN_THREADS 512
 
-__device__ __forceinline__ float4 ce_load4(const float* p, int i) { return *reinterpret_cast<const float4*>(p + i); }
-__device__ __forceinline__ float4 ce_load4(const bf16_t* p, int i) {
-    // Little-endian: element i is the low half of the first word.
-    uint2 u = *reinterpret_cast<const uint2*>(p + i);
-    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
-                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
-}
-__device__ __forceinline__ void ce_store4(float* p, int i, float4 v) { *reinterpret_cast<float4*>(p + i) = v; }
-__device__ __forceinline__ void ce_store4(bf16_t* p, int i, float4 v) {
-    uint2 u;
-    u.x = (unsigned int)f32_to_bf16(v.x) | ((unsigned int)f32_to_bf16(v.y) << 16);
-    u.y = (unsigned int)f32_to_bf16(v.z) | ((unsigned int)f32_to_bf16(v.w) << 16);
-    *reinterpret_cast<uint2*>(p + i) = u;
-}
-
 // Columns before the row's first four-element-aligned column (at most min(3, v)).
 template <typename T>
 __device__ __forceinline__ int ce_head(const T* row, int v) {
@@ -56,7 +41,7 @@ __device__ __forceinline__ void ce_row_read(const T* row, int v, F&& f) {
     const int nv = (v - head) / 4;
     for (int k = threadIdx.x; k < nv; k += blockDim.x) {
         const int j = head + 4 * k;
-        const float4 q = ce_load4(row, j);
+        const float4 q = load4(row, j);
         f(j, q.x);
         f(j + 1, q.y);
         f(j + 2, q.z);
@@ -73,8 +58,8 @@ __device__ __forceinline__ void ce_row_map(T* row, int v, F&& f) {
     const int nv = (v - head) / 4;
     for (int k = threadIdx.x; k < nv; k += blockDim.x) {
         const int j = head + 4 * k;
-        const float4 q = ce_load4(row, j);
-        ce_store4(row, j, make_float4(f(j, q.x), f(j + 1, q.y), f(j + 2, q.z), f(j + 3, q.w)));
+        const float4 q = load4(row, j);
+        store4(row, j, make_float4(f(j, q.x), f(j + 1, q.y), f(j + 2, q.z), f(j + 3, q.w)));
     }
     for (int j = head + 4 * nv + threadIdx.x; j < v; j += blockDim.x) store(row, j, f(j, load(row, j)));
 }

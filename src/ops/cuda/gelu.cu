@@ -13,28 +13,6 @@
 
 #define GELU_THREADS 256
 
-__device__ __forceinline__ float4 gelu_load4(const float* p, idx_t i) {
-    return *reinterpret_cast<const float4*>(p + i);
-}
-__device__ __forceinline__ float4 gelu_load4(const bf16_t* p, idx_t i) {
-    // Little-endian: element i is the low half of the first word.
-    uint2 u = *reinterpret_cast<const uint2*>(p + i);
-    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
-                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
-}
-__device__ __forceinline__ void gelu_store4(float* p, idx_t i, float4 v) { *reinterpret_cast<float4*>(p + i) = v; }
-__device__ __forceinline__ void gelu_store4(bf16_t* p, idx_t i, float4 v) {
-    uint2 u;
-    u.x = (unsigned int)f32_to_bf16(v.x) | ((unsigned int)f32_to_bf16(v.y) << 16);
-    u.y = (unsigned int)f32_to_bf16(v.z) | ((unsigned int)f32_to_bf16(v.w) << 16);
-    *reinterpret_cast<uint2*>(p + i) = u;
-}
-
-template <typename T>
-__device__ __forceinline__ bool gelu_aligned4(const T* p) {
-    return ((unsigned long long)p) % (4 * sizeof(T)) == 0;
-}
-
 __device__ __forceinline__ float gelu_cdf(float x) { return 0.5f * erfcf(-x * 0.7071067811865475f); }
 
 __device__ __forceinline__ float gelu_y(float x) { return x * gelu_cdf(x); }
@@ -49,10 +27,10 @@ template <typename T>
 __device__ __forceinline__ void gelu_fwd_impl(const T* __restrict__ x, T* __restrict__ y, idx_t n) {
     const idx_t start = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
     const idx_t stride = (idx_t)gridDim.x * blockDim.x;
-    const idx_t nv = (gelu_aligned4(x) && gelu_aligned4(y)) ? n / 4 : 0;
+    const idx_t nv = (aligned4(x) && aligned4(y)) ? n / 4 : 0;
     for (idx_t u = start; u < nv; u += stride) {
-        const float4 v = gelu_load4(x, 4 * u);
-        gelu_store4(y, 4 * u, make_float4(gelu_y(v.x), gelu_y(v.y), gelu_y(v.z), gelu_y(v.w)));
+        const float4 v = load4(x, 4 * u);
+        store4(y, 4 * u, make_float4(gelu_y(v.x), gelu_y(v.y), gelu_y(v.z), gelu_y(v.w)));
     }
     for (idx_t i = 4 * nv + start; i < n; i += stride) store(y, i, gelu_y(load(x, i)));
 }
@@ -63,10 +41,10 @@ __device__ __forceinline__ void gelu_bwd_impl(const T* __restrict__ x, const T* 
                                               idx_t n) {
     const idx_t start = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
     const idx_t stride = (idx_t)gridDim.x * blockDim.x;
-    const idx_t nv = (gelu_aligned4(x) && gelu_aligned4(dy) && gelu_aligned4(dx)) ? n / 4 : 0;
+    const idx_t nv = (aligned4(x) && aligned4(dy) && aligned4(dx)) ? n / 4 : 0;
     for (idx_t u = start; u < nv; u += stride) {
-        const float4 v = gelu_load4(x, 4 * u), g = gelu_load4(dy, 4 * u);
-        gelu_store4(dx, 4 * u,
+        const float4 v = load4(x, 4 * u), g = load4(dy, 4 * u);
+        store4(dx, 4 * u,
                     make_float4(gelu_dx(v.x, g.x), gelu_dx(v.y, g.y), gelu_dx(v.z, g.z), gelu_dx(v.w, g.w)));
     }
     for (idx_t i = 4 * nv + start; i < n; i += stride) store(dx, i, gelu_dx(load(x, i), load(dy, i)));

@@ -5,7 +5,7 @@
 // x, f, y, dy: (N, C); gamma: (C). The CPU twins are rms_fwd_kernel / rms_bwd_kernel in
 // src/ops/rms_norm.rs; the arithmetic below follows them operation for operation.
 //
-// Work split (the host picks it from C, see `plan` in rms_norm.rs):
+// Work split (the host picks it from C, see `RowNorm::plan` in src/ops/cuda_kernels.rs):
 // - warp mode (C <= 512): a block of 256 threads holds 8 row groups of one warp each; a warp
 //   normalizes one row at a time and reduces with shuffles only;
 // - block mode (C > 512): the whole block (64..512 threads) normalizes one row at a time and
@@ -16,7 +16,9 @@
 // running variance) and in f32.
 //
 // Columns are read 4 at a time (float4 / 4 x bf16 in 8 bytes) when C % 4 == 0 and every pointer
-// is aligned for it, else one at a time: the kernels test this themselves.
+// is aligned for it, else one at a time: the kernels test this themselves. The row machinery
+// (RowGroup, group_sum, ld_h, ld / st, acc_add, vec_ok, block_partial, sum_partials) is the
+// prelude's, shared by both norms.
 //
 // Backward (recomputes r from x and f; nothing is saved by the forward):
 //   g = dy gamma, xhat = h r, dh = r (g - xhat mean(g xhat)), dx = alpha dh, df = dh,
@@ -29,114 +31,6 @@
 // for the 4-wide loads in flight without spills (left to itself it chose 40 and spilled).
 #define RMS_MAX_THREADS 512
 
-// 4 consecutive elements from / to p[i..i+4): i is a multiple of 4 and p is aligned (checked by
-// rms_vec_ok), so one 16-byte (f32) or 8-byte (bf16) access.
-__device__ __forceinline__ void rms_load4(const float* p, idx_t i, float v[4]) {
-    float4 t = *reinterpret_cast<const float4*>(p + i);
-    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
-}
-__device__ __forceinline__ void rms_load4(const bf16_t* p, idx_t i, float v[4]) {
-    uint2 t = *reinterpret_cast<const uint2*>(p + i);
-    // Little-endian: the element with the lower index is in the low half.
-    v[0] = bf16_to_f32((bf16_t)(t.x & 0xffffu)); v[1] = bf16_to_f32((bf16_t)(t.x >> 16));
-    v[2] = bf16_to_f32((bf16_t)(t.y & 0xffffu)); v[3] = bf16_to_f32((bf16_t)(t.y >> 16));
-}
-__device__ __forceinline__ void rms_store4(float* p, idx_t i, const float v[4]) {
-    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ void rms_store4(bf16_t* p, idx_t i, const float v[4]) {
-    uint2 t;
-    t.x = (unsigned int)f32_to_bf16(v[0]) | ((unsigned int)f32_to_bf16(v[1]) << 16);
-    t.y = (unsigned int)f32_to_bf16(v[2]) | ((unsigned int)f32_to_bf16(v[3]) << 16);
-    *reinterpret_cast<uint2*>(p + i) = t;
-}
-
-// V elements (V = 1 or 4) at p[i..i+V).
-template <int V, typename T>
-__device__ __forceinline__ void rms_ld(const T* p, idx_t i, float (&v)[V]) {
-    if constexpr (V == 4) rms_load4(p, i, v);
-    else v[0] = load(p, i);
-}
-template <int V, typename T>
-__device__ __forceinline__ void rms_st(T* p, idx_t i, const float (&v)[V]) {
-    if constexpr (V == 4) rms_store4(p, i, v);
-    else store(p, i, v[0]);
-}
-
-// h = alpha x + f (RES) or x, V elements at i.
-template <int V, bool RES, typename T>
-__device__ __forceinline__ void rms_h(const T* x, const T* f, float alpha, idx_t i, float (&h)[V]) {
-    rms_ld<V>(x, i, h);
-    if constexpr (RES) {
-        float fv[V];
-        rms_ld<V>(f, i, fv);
-#pragma unroll
-        for (int k = 0; k < V; k++) h[k] = alpha * h[k] + fv[k];
-    }
-}
-
-// acc[i..i+V) += v: one 16-byte shared access for V = 4 (acc 16-byte aligned: C % 4 == 0 and the
-// dynamic shared memory is aligned), so the lanes of a warp do not conflict on banks.
-template <int V>
-__device__ __forceinline__ void rms_acc_add(float* acc, int i, const float (&v)[V]) {
-    if constexpr (V == 4) {
-        float4* a = reinterpret_cast<float4*>(acc + i);
-        float4 t = *a;
-        t.x += v[0]; t.y += v[1]; t.z += v[2]; t.w += v[3];
-        *a = t;
-    } else {
-        acc[i] += v[0];
-    }
-}
-
-__device__ __forceinline__ bool rms_aligned(const void* p, unsigned bytes) {
-    return (reinterpret_cast<unsigned long long>(p) & (bytes - 1)) == 0;
-}
-
-// Whether the 4-wide path may be taken: rows start at multiples of 4 and every pointer (null ones
-// included: they are not read) is aligned to 4 elements.
-template <typename T>
-__device__ __forceinline__ bool rms_vec_ok(int C, const void* a, const void* b, const void* c, const void* d,
-                                           const void* e) {
-    unsigned bytes = 4 * sizeof(T);
-    return C % 4 == 0 && rms_aligned(a, bytes) && rms_aligned(b, bytes) && rms_aligned(c, bytes) &&
-           rms_aligned(d, bytes) && rms_aligned(e, bytes);
-}
-
-// Sums K values over a row group: a warp (WARP) or the whole block. Every thread of the group gets
-// the sums. `scratch` holds 32 K floats of shared memory; the leading sync keeps this call's
-// writes from overtaking the previous call's reads.
-template <bool WARP, int K>
-__device__ __forceinline__ void rms_group_sum(float (&v)[K], float* scratch) {
-#pragma unroll
-    for (int k = 0; k < K; k++) v[k] = warp_sum(v[k]);
-    if constexpr (!WARP) {
-        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-        __syncthreads();
-        if (lane == 0) {
-#pragma unroll
-            for (int k = 0; k < K; k++) scratch[k * 32 + warp] = v[k];
-        }
-        __syncthreads();
-#pragma unroll
-        for (int k = 0; k < K; k++) v[k] = warp_sum(lane < warps ? scratch[k * 32 + lane] : 0.f);
-    }
-}
-
-// The row group of this thread: its index in the block, how many the block has, this thread's
-// index in it and the group's size.
-template <bool WARP>
-struct RmsGroup {
-    int group, groups, tid, size;
-    __device__ __forceinline__ RmsGroup() {
-        if constexpr (WARP) {
-            group = threadIdx.x >> 5; groups = blockDim.x >> 5; tid = threadIdx.x & 31; size = 32;
-        } else {
-            group = 0; groups = 1; tid = threadIdx.x; size = blockDim.x;
-        }
-    }
-};
-
 // ---------------------------------------------------------------------------------------------
 // Forward: y = h r gamma.
 
@@ -145,7 +39,7 @@ __device__ __forceinline__ void rms_fwd_rows(const T* __restrict__ x, const T* _
                                              const T* __restrict__ gamma, T* __restrict__ y, int N, int C,
                                              float alpha, float eps) {
     __shared__ float scratch[32];
-    const RmsGroup<WARP> g;
+    const RowGroup<WARP> g;
     const float inv_c = __frcp_rn((float)C);
     const int cols = C / V;
     for (idx_t row = (idx_t)blockIdx.x * g.groups + g.group; row < N; row += (idx_t)gridDim.x * g.groups) {
@@ -153,19 +47,19 @@ __device__ __forceinline__ void rms_fwd_rows(const T* __restrict__ x, const T* _
         float ss[1] = {0.f};
         for (int j = g.tid; j < cols; j += g.size) {
             float h[V];
-            rms_h<V, RES>(x, f, alpha, off + (idx_t)j * V, h);
+            ld_h<V, RES>(x, f, alpha, off + (idx_t)j * V, h);
 #pragma unroll
             for (int k = 0; k < V; k++) ss[0] += h[k] * h[k];
         }
-        rms_group_sum<WARP>(ss, scratch);
+        group_sum<WARP>(ss, scratch);
         const float r = __frcp_rn(__fsqrt_rn(ss[0] * inv_c + eps));
         for (int j = g.tid; j < cols; j += g.size) {
             float h[V], gm[V], out[V];
-            rms_h<V, RES>(x, f, alpha, off + (idx_t)j * V, h);
-            rms_ld<V>(gamma, (idx_t)j * V, gm);
+            ld_h<V, RES>(x, f, alpha, off + (idx_t)j * V, h);
+            ld<V>(gamma, (idx_t)j * V, gm);
 #pragma unroll
             for (int k = 0; k < V; k++) out[k] = h[k] * r * gm[k];
-            rms_st<V>(y, off + (idx_t)j * V, out);
+            st<V>(y, off + (idx_t)j * V, out);
         }
     }
 }
@@ -173,7 +67,7 @@ __device__ __forceinline__ void rms_fwd_rows(const T* __restrict__ x, const T* _
 template <typename T, bool RES>
 __device__ __forceinline__ void rms_fwd(const T* x, const T* f, const T* gamma, T* y, int N, int C, float alpha,
                                         float eps, int warp_mode) {
-    const bool vec = rms_vec_ok<T>(C, x, f, gamma, y, nullptr);
+    const bool vec = vec_ok<T>(C, x, f, gamma, y, nullptr);
     if (warp_mode) {
         if (vec) rms_fwd_rows<T, 4, true, RES>(x, f, gamma, y, N, C, alpha, eps);
         else rms_fwd_rows<T, 1, true, RES>(x, f, gamma, y, N, C, alpha, eps);
@@ -216,7 +110,7 @@ __device__ __forceinline__ void rms_bwd_rows(const T* __restrict__ x, const T* _
                                              T* __restrict__ dx, T* __restrict__ df, float* __restrict__ partial,
                                              int N, int C, float alpha, float eps) {
     __shared__ float scratch[64];
-    const RmsGroup<WARP> g;
+    const RowGroup<WARP> g;
     const float inv_c = __frcp_rn((float)C);
     const int cols = C / V;
     float* acc = rms_acc + (idx_t)g.group * C;
@@ -233,16 +127,16 @@ __device__ __forceinline__ void rms_bwd_rows(const T* __restrict__ x, const T* _
         for (int j = g.tid; j < cols; j += g.size) {
             const idx_t i = off + (idx_t)j * V;
             float h[V], d[V], gm[V];
-            rms_h<V, RES>(x, f, alpha, i, h);
-            rms_ld<V>(dy, i, d);
-            rms_ld<V>(gamma, (idx_t)j * V, gm);
+            ld_h<V, RES>(x, f, alpha, i, h);
+            ld<V>(dy, i, d);
+            ld<V>(gamma, (idx_t)j * V, gm);
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 s[0] += h[k] * h[k];
                 s[1] += d[k] * gm[k] * h[k];
             }
         }
-        rms_group_sum<WARP>(s, scratch);
+        group_sum<WARP>(s, scratch);
         const float r = __frcp_rn(__fsqrt_rn(s[0] * inv_c + eps));
         const float m = s[1] * r * inv_c;  // mean(g xhat)
         // Unrolled by 2, not more: deeper unrolling of this loop runs out of the 64 registers.
@@ -250,37 +144,32 @@ __device__ __forceinline__ void rms_bwd_rows(const T* __restrict__ x, const T* _
         for (int j = g.tid; j < cols; j += g.size) {
             const idx_t i = off + (idx_t)j * V;
             float h[V], d[V], gm[V], dh[V], dg[V];
-            rms_h<V, RES>(x, f, alpha, i, h);
-            rms_ld<V>(dy, i, d);
-            rms_ld<V>(gamma, (idx_t)j * V, gm);
+            ld_h<V, RES>(x, f, alpha, i, h);
+            ld<V>(dy, i, d);
+            ld<V>(gamma, (idx_t)j * V, gm);
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 dg[k] = d[k] * h[k] * r;
                 const float gk = d[k] * gm[k];
                 dh[k] = r * (gk - h[k] * r * m);
             }
-            rms_acc_add<V>(acc, j * V, dg);
+            acc_add<V>(acc, j * V, dg);
             if constexpr (RES) {
-                rms_st<V>(df, i, dh);
+                st<V>(df, i, dh);
 #pragma unroll
                 for (int k = 0; k < V; k++) dh[k] *= alpha;
             }
-            rms_st<V>(dx, i, dh);
+            st<V>(dx, i, dh);
         }
     }
     // The block's partial: its groups' accumulators added in group order.
-    __syncthreads();
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float t = 0.f;
-        for (int q = 0; q < g.groups; q++) t += rms_acc[(idx_t)q * C + c];
-        partial[(idx_t)blockIdx.x * C + c] = t;
-    }
+    block_partial(rms_acc, C, g.groups, partial);
 }
 
 template <typename T, bool RES>
 __device__ __forceinline__ void rms_bwd(const T* x, const T* f, const T* gamma, const T* dy, T* dx, T* df,
                                         float* partial, int N, int C, float alpha, float eps, int warp_mode) {
-    const bool vec = rms_vec_ok<T>(C, x, f, gamma, dy, dx) && rms_vec_ok<T>(C, df, nullptr, nullptr, nullptr, nullptr);
+    const bool vec = vec_ok<T>(C, x, f, gamma, dy, dx) && vec_ok<T>(C, df, nullptr, nullptr, nullptr, nullptr);
     if (warp_mode) {
         if (vec) rms_bwd_rows<T, 4, true, RES>(x, f, gamma, dy, dx, df, partial, N, C, alpha, eps);
         else rms_bwd_rows<T, 1, true, RES>(x, f, gamma, dy, dx, df, partial, N, C, alpha, eps);
@@ -314,37 +203,14 @@ extern "C" __global__ void __launch_bounds__(RMS_MAX_THREADS, 2)
 }
 
 // ---------------------------------------------------------------------------------------------
-// dgamma = the partials summed over blocks: partial f32 (P, C) -> out (C) in the storage type.
-// Block (32 columns x 32 slices) = 1024 threads, grid ceil(C / 32). Slice s adds the partials of
-// rows [s P / 32, (s + 1) P / 32) in order, then the 32 slice sums are added in slice order: a
-// fixed order, so the result does not depend on timing.
-
-template <typename T>
-__device__ __forceinline__ void rms_norm_dgamma_impl(const float* __restrict__ partial, T* __restrict__ out, int P,
-                                                     int C) {
-    __shared__ float sums[32][33];
-    const int lane = threadIdx.x & 31, slice = threadIdx.x >> 5;
-    const int c = blockIdx.x * 32 + lane;
-    const int p0 = (int)((long long)P * slice / 32), p1 = (int)((long long)P * (slice + 1) / 32);
-    float t = 0.f;
-    if (c < C) {
-        for (int p = p0; p < p1; p++) t += partial[(idx_t)p * C + c];
-    }
-    sums[slice][lane] = t;
-    __syncthreads();
-    if (slice == 0 && c < C) {
-        float s = 0.f;
-#pragma unroll 8
-        for (int q = 0; q < 32; q++) s += sums[q][lane];
-        store(out, c, s);
-    }
-}
+// dgamma = the partials summed over blocks (the prelude's sum_partials): partial f32 (P, C) ->
+// out (C) in the storage type. Block (32 columns x 32 slices) = 1024 threads, grid ceil(C / 32).
 
 extern "C" __global__ void __launch_bounds__(1024)
     keel_rms_norm_dgamma_f32(const float* partial, float* out, int P, int C) {
-    rms_norm_dgamma_impl<float>(partial, out, P, C);
+    sum_partials<float>(partial, out, P, C);
 }
 extern "C" __global__ void __launch_bounds__(1024)
     keel_rms_norm_dgamma_bf16(const float* partial, bf16_t* out, int P, int C) {
-    rms_norm_dgamma_impl<bf16_t>(partial, out, P, C);
+    sum_partials<bf16_t>(partial, out, P, C);
 }

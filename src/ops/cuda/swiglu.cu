@@ -13,31 +13,6 @@
 
 #define SWIGLU_THREADS 256
 
-// Four consecutive elements starting at p[i], as f32 (p + i aligned to four elements).
-__device__ __forceinline__ float4 swiglu_load4(const float* p, idx_t i) {
-    return *reinterpret_cast<const float4*>(p + i);
-}
-__device__ __forceinline__ float4 swiglu_load4(const bf16_t* p, idx_t i) {
-    // Little-endian: element i is the low half of the first word.
-    uint2 u = *reinterpret_cast<const uint2*>(p + i);
-    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
-                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
-}
-__device__ __forceinline__ void swiglu_store4(float* p, idx_t i, float4 v) {
-    *reinterpret_cast<float4*>(p + i) = v;
-}
-__device__ __forceinline__ void swiglu_store4(bf16_t* p, idx_t i, float4 v) {
-    uint2 u;
-    u.x = (unsigned int)f32_to_bf16(v.x) | ((unsigned int)f32_to_bf16(v.y) << 16);
-    u.y = (unsigned int)f32_to_bf16(v.z) | ((unsigned int)f32_to_bf16(v.w) << 16);
-    *reinterpret_cast<uint2*>(p + i) = u;
-}
-
-template <typename T>
-__device__ __forceinline__ bool swiglu_aligned4(const T* p) {
-    return ((unsigned long long)p) % (4 * sizeof(T)) == 0;
-}
-
 // Same operation order as the CPU twin: (a s) b.
 __device__ __forceinline__ float swiglu_y(float a, float b) { return a * sigmoidf_(a) * b; }
 
@@ -52,15 +27,15 @@ template <typename T>
 __device__ __forceinline__ void swiglu_fwd_impl(const T* __restrict__ h, T* __restrict__ y, int n, int f) {
     const idx_t start = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
     const idx_t stride = (idx_t)gridDim.x * blockDim.x;
-    if (f % 4 == 0 && swiglu_aligned4(h) && swiglu_aligned4(y)) {
+    if (f % 4 == 0 && aligned4(h) && aligned4(y)) {
         const int fv = f / 4;
         const idx_t units = (idx_t)n * fv;
         for (idx_t u = start; u < units; u += stride) {
             const idx_t row = u / fv;
             const int c = (int)(u - row * fv) * 4;
             const idx_t ha = row * 2 * f + c;
-            const float4 a = swiglu_load4(h, ha), b = swiglu_load4(h, ha + f);
-            swiglu_store4(y, row * f + c,
+            const float4 a = load4(h, ha), b = load4(h, ha + f);
+            store4(y, row * f + c,
                           make_float4(swiglu_y(a.x, b.x), swiglu_y(a.y, b.y), swiglu_y(a.z, b.z), swiglu_y(a.w, b.w)));
         }
     } else {
@@ -79,21 +54,21 @@ __device__ __forceinline__ void swiglu_bwd_impl(const T* __restrict__ h, const T
                                                 T* __restrict__ dh, int n, int f) {
     const idx_t start = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
     const idx_t stride = (idx_t)gridDim.x * blockDim.x;
-    if (f % 4 == 0 && swiglu_aligned4(h) && swiglu_aligned4(dy) && swiglu_aligned4(dh)) {
+    if (f % 4 == 0 && aligned4(h) && aligned4(dy) && aligned4(dh)) {
         const int fv = f / 4;
         const idx_t units = (idx_t)n * fv;
         for (idx_t u = start; u < units; u += stride) {
             const idx_t row = u / fv;
             const int c = (int)(u - row * fv) * 4;
             const idx_t ha = row * 2 * f + c;
-            const float4 a = swiglu_load4(h, ha), b = swiglu_load4(h, ha + f), g = swiglu_load4(dy, row * f + c);
+            const float4 a = load4(h, ha), b = load4(h, ha + f), g = load4(dy, row * f + c);
             float4 da, db;
             swiglu_dh(a.x, b.x, g.x, da.x, db.x);
             swiglu_dh(a.y, b.y, g.y, da.y, db.y);
             swiglu_dh(a.z, b.z, g.z, da.z, db.z);
             swiglu_dh(a.w, b.w, g.w, da.w, db.w);
-            swiglu_store4(dh, ha, da);
-            swiglu_store4(dh, ha + f, db);
+            store4(dh, ha, da);
+            store4(dh, ha + f, db);
         }
     } else {
         const idx_t total = (idx_t)n * f;
