@@ -21,7 +21,9 @@
 # KEEL_CUDA_KERNELS=DIR (keel and the CuPy checks both read it); ONLY=a,b,c,d runs some steps.
 # Environment: PYTHON (with CUDA torch and CuPy), KEEL_BIN, KEEL_CUDA_TEST, KEEL_CUPTI_DIR (default
 # the prepared .gpu/ files), STEPS (timed steps per bench run, default 5), COMPILE=1 adds
-# torch.compile at G bf16.
+# torch.compile at G bf16, BUDGET (seconds, default 450): a benchmark or profile that would start
+# after BUDGET seconds is skipped with a note, so the whole command stays under 8 minutes and what
+# was measured comes back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu_first_contact}
@@ -46,7 +48,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
 grep -m1 'model name' /proc/cpuinfo
 status=0
 t0=$SECONDS
+BUDGET=${BUDGET:-450}
 step() { echo "== [$((SECONDS - t0)) s] $*"; }
+# in_budget WHAT: true while the time budget lasts; says what it skips once it is spent.
+in_budget() {
+  if [ $((SECONDS - t0)) -lt "$BUDGET" ]; then return 0; fi
+  echo "skipped (time budget of $BUDGET s spent): $*"
+  return 1
+}
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 if [ -x "$KEEL_BIN" ]; then
   missing=$(ldd "$KEEL_BIN" | grep 'not found' || true)
@@ -84,43 +93,60 @@ peak() {
   return $rc
 }
 
-if want c; then
-  step "(c) keel (fused, composite) and PyTorch eager, bf16 and f32, at G, R and deep-narrow"
-  G_K=(--set model.d_model=1024 --set model.n_heads=16 --set model.depth=64 --set train.seq_len=1024 --set train.batch_size=4)
-  G_T=(--d-model 1024 --n-heads 16 --depth 64 --seq-len 1024 --batch-size 4)
-  DN_K=(--set model.d_model=128 --set model.depth=512 --set train.seq_len=128 --set train.batch_size=8)
-  DN_T=(--d-model 128 --depth 512 --seq-len 128 --batch-size 8)
+G_K=(--set model.d_model=1024 --set model.n_heads=16 --set model.depth=64 --set train.seq_len=1024 --set train.batch_size=4)
+G_T=(--d-model 1024 --n-heads 16 --depth 64 --seq-len 1024 --batch-size 4)
+DN_K=(--set model.d_model=128 --set model.depth=512 --set train.seq_len=128 --set train.batch_size=8)
+DN_T=(--d-model 128 --depth 512 --seq-len 128 --batch-size 8)
+
+# benchmarks PREC: keel fused, PyTorch eager, keel composite at G, R and deep-narrow (most telling
+# first, so a spent budget drops the least).
+benchmarks() {
+  local prec=$1 cfg run
+  local tb=()
+  [ "$prec" = bf16 ] && tb=(--bf16)
+  step "(c) keel (fused, composite) and PyTorch eager in $prec at G, R and deep-narrow"
   for cfg in G R DN; do
     case $cfg in
       G) kf=("${G_K[@]}"); tf=("${G_T[@]}") ;;
       R) kf=(); tf=() ;;
       DN) kf=("${DN_K[@]}"); tf=("${DN_T[@]}") ;;
     esac
-    for prec in bf16 f32; do
-      tb=(); [ $prec = bf16 ] && tb=(--bf16)
-      for kernels in fused composite; do
-        peak "$cfg-$prec-keel-$kernels" timeout 120 "$KEEL_BIN" bench --device cuda --placements keel --warmup 2 \
-          --steps "$STEPS" --csv "$OUT/bench.csv" --set train.precision=$prec --set train.kernels=$kernels "${kf[@]}" || status=1
-      done
-      peak "$cfg-$prec-torch-eager" timeout 120 "$PYTHON" scripts/bench_torch.py --device cuda --placements keel \
-        --warmup 2 --steps "$STEPS" --csv "$OUT/torch.csv" "${tb[@]}" "${tf[@]}" || status=1
-      if [ "${COMPILE:-0}" = 1 ] && [ $cfg = G ] && [ $prec = bf16 ]; then
-        peak "$cfg-$prec-torch-compile" timeout 240 "$PYTHON" scripts/bench_torch.py --device cuda --placements keel \
-          --compile --warmup 2 --steps "$STEPS" --csv "$OUT/torch.csv" "${tb[@]}" "${tf[@]}" || status=1
-      fi
+    for run in keel-fused torch-eager keel-composite; do
+      in_budget "$cfg $prec $run" || continue
+      case $run in
+        keel-*)
+          peak "$cfg-$prec-$run" timeout 120 "$KEEL_BIN" bench --device cuda --placements keel --warmup 2 \
+            --steps "$STEPS" --csv "$OUT/bench.csv" --set train.precision="$prec" --set "train.kernels=${run#keel-}" \
+            "${kf[@]}" || status=1 ;;
+        torch-eager)
+          peak "$cfg-$prec-$run" timeout 120 "$PYTHON" scripts/bench_torch.py --device cuda --placements keel \
+            --warmup 2 --steps "$STEPS" --csv "$OUT/torch.csv" "${tb[@]}" "${tf[@]}" || status=1 ;;
+      esac
     done
+    if [ "${COMPILE:-0}" = 1 ] && [ $cfg = G ] && [ "$prec" = bf16 ] && in_budget "$cfg $prec torch compile"; then
+      peak "$cfg-$prec-torch-compile" timeout 240 "$PYTHON" scripts/bench_torch.py --device cuda --placements keel \
+        --compile --warmup 2 --steps "$STEPS" --csv "$OUT/torch.csv" "${tb[@]}" "${tf[@]}" || status=1
+    fi
   done
-  python3 scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.md" || status=1
-fi
+}
+
+# The order: bf16 benchmarks, the profiles (before and after), then f32.
+want c && benchmarks bf16
 
 if want d; then
   step "(d) profiles of G in bf16: fused, then composite (scripts/gpu_profile.sh)"
   for kernels in fused composite; do
+    in_budget "profile $kernels" || continue
     torch=0; [ $kernels = fused ] && torch=1
     ONLY_CONFIG=d1024-keel-bf16 KEEL_EXTRA="--set train.kernels=$kernels" PROFILE_TORCH=$torch KEEL_BIN="$KEEL_BIN" \
       KEEL_CUPTI_DIR="$KEEL_CUPTI_DIR" PYTHON="$PYTHON" SHORT=2 LONG=4 \
       timeout 150 scripts/gpu_profile.sh "$OUT/profile-$kernels" || status=1
   done
+fi
+
+if want c; then
+  benchmarks f32
+  python3 scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.md" || status=1
 fi
 
 step "done: results in $OUT; exit $status"
