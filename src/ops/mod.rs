@@ -15,6 +15,7 @@
 //! `kernels` (the [`Kernels`] switch), `real` (the float types, vectorizable math and the SIMD
 //! level switch), `custom` (the CustomOp plumbing), `cuda_kernels` (the CUDA sources' loading and
 //! launches) and `rope` (the RoPE tables); those never use an op file, and no op file uses this one.
+//! `attention_mma` holds the tensor-core attention kernels' launches, which only `attention` calls.
 
 mod attention;
 mod attention_mma;
