@@ -89,6 +89,15 @@ pub struct GradStats {
     pub finite: bool,
 }
 
+impl GradStats {
+    /// The gradients' sums of squares and norm, without an update ([`sum_squares_all`]).
+    pub fn measure(grads: &[Tensor]) -> Result<GradStats> {
+        let param_sq = sum_squares_all(grads)?;
+        let grad_norm = param_sq.iter().sum::<f64>().sqrt();
+        Ok(GradStats { param_sq, grad_norm, finite: grad_norm.is_finite() })
+    }
+}
+
 /// The clipping factor as PyTorch's `clip_grad_norm_` applies it above the threshold:
 /// `max_norm / (norm + 1e-6)` when `0 < max_norm < norm`, else 1 (`max_norm = 0`: no clipping).
 pub fn clip_scale(max_norm: f64, grad_norm: f64) -> f64 {
@@ -237,18 +246,11 @@ impl AdamW {
     /// elsewhere it is [`sum_squares_all`], [`clip_scale`] and [`AdamW::step`].
     pub fn clip_and_step(&mut self, params: &[Param], grads: &[Tensor], lr: f64, max_norm: f64) -> Result<GradStats> {
         #[cfg(feature = "cuda")]
-        if let Some(k) = self.cuda.as_mut() {
+        if self.cuda.is_some() {
             let step = self.step + 1;
-            let hyper = Hyper {
-                lr,
-                wd: self.weight_decay,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                bc1: 1.0 - self.beta1.powi(step as i32),
-                bc2: 1.0 - self.beta2.powi(step as i32),
-                grad_scale: 1.0, // the kernels compute it
-            };
+            // The kernels apply each tensor's decay flag and compute the clip scale themselves.
+            let hyper = self.hyper(step, lr, 1.0);
+            let k = self.cuda.as_mut().expect("checked");
             let (param_sq, skipped) = k.clip_and_step(params, grads, &self.moments, hyper, max_norm)?;
             if !skipped {
                 self.step = step;
@@ -256,25 +258,31 @@ impl AdamW {
             let grad_norm = param_sq.iter().sum::<f64>().sqrt();
             return Ok(GradStats { param_sq, grad_norm, finite: !skipped });
         }
-        let param_sq = sum_squares_all(grads)?;
-        let grad_norm = param_sq.iter().sum::<f64>().sqrt();
-        let finite = grad_norm.is_finite();
-        if finite {
-            self.step(params, grads, lr, clip_scale(max_norm, grad_norm))?;
+        let stats = GradStats::measure(grads)?;
+        if stats.finite {
+            self.step(params, grads, lr, clip_scale(max_norm, stats.grad_norm))?;
         }
-        Ok(GradStats { param_sq, grad_norm, finite })
+        Ok(stats)
+    }
+
+    /// The update's scalars at optimizer step `step` (1-based), with the configured weight decay
+    /// (a parameter that is not decayed sets `wd` to 0).
+    fn hyper(&self, step: u64, lr: f64, grad_scale: f64) -> Hyper {
+        let (beta1, beta2) = (self.beta1, self.beta2);
+        let (bc1, bc2) = (1.0 - beta1.powi(step as i32), 1.0 - beta2.powi(step as i32));
+        Hyper { lr, wd: self.weight_decay, beta1, beta2, eps: self.eps, bc1, bc2, grad_scale }
     }
 
     /// One update. `grads[i]` belongs to `params[i]`; every gradient is multiplied by
     /// `grad_scale` first (the clipping factor).
     pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.step as i32);
+        let decayed = self.hyper(self.step, lr, grad_scale);
+        let Hyper { bc1, bc2, .. } = decayed;
         for ((p, g), mom) in params.iter().zip(grads).zip(self.moments.iter_mut()) {
             let wd = if p.decay { self.weight_decay } else { 0.0 };
             let g = g.contiguous()?;
-            let hyper = Hyper { lr, wd, beta1: self.beta1, beta2: self.beta2, eps: self.eps, bc1, bc2, grad_scale };
+            let hyper = Hyper { wd, ..decayed };
             match mom {
                 Moments::HostF32 { m, v } => {
                     let op = HostAdamW { moments: Mutex::new(HostMoments::F32(m, v)), hyper };

@@ -9,7 +9,7 @@ use crate::config::{Recompute, Resolved};
 use crate::data::{Corpus, Sampler};
 use crate::metrics::{GradNormRow, RunWriters};
 use crate::model::{Group, Model, SubLayerKind};
-use crate::optim::{lr_at, scalar, sum_squares_all, AdamW};
+use crate::optim::{lr_at, scalar, AdamW, GradStats};
 use crate::run_dir::{RunDir, Summary};
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
@@ -141,21 +141,14 @@ impl Trainer {
             self.times.reduce += start.elapsed();
         }
         let start = Instant::now();
-        let (param_sq, grad_norm, finite) = if loss.is_finite() && self.opt.fused_on_device() {
-            // keel's multi-tensor CUDA kernels: norms, clip coefficient and update on the device,
-            // then one copy of the per-parameter sums to the host.
-            let s = self.opt.clip_and_step(&self.model.params, &grads, lr, t.grad_clip)?;
-            (s.param_sq, s.grad_norm, s.finite)
+        // PyTorch's clip_grad_norm_ and AdamW (on CUDA's fused kernels all on the device); a
+        // non-finite loss only measures the gradients.
+        let GradStats { param_sq, grad_norm, finite } = if loss.is_finite() {
+            self.opt.clip_and_step(&self.model.params, &grads, lr, t.grad_clip)?
         } else {
-            let param_sq = sum_squares_all(&grads)?;
-            let grad_norm = param_sq.iter().sum::<f64>().sqrt();
-            let finite = loss.is_finite() && grad_norm.is_finite();
-            if finite {
-                // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when above the max.
-                self.opt.step(&self.model.params, &grads, lr, crate::optim::clip_scale(t.grad_clip, grad_norm))?;
-            }
-            (param_sq, grad_norm, finite)
+            GradStats::measure(&grads)?
         };
+        let finite = finite && loss.is_finite();
         self.times.optimizer += start.elapsed();
         Ok(StepResult { loss, grad_norm, param_sq, finite })
     }
