@@ -50,9 +50,7 @@ pub(super) fn supports(dev: &CudaDevice, dtype: DType, d: usize) -> Result<bool>
     if dtype != DType::BF16 || !matches!(d, 32 | 64 | 128) || std::env::var(ENV).is_ok_and(|v| v.trim() == "0") {
         return Ok(false);
     }
-    let (major, _minor) =
-        dev.cuda_stream().context().compute_capability().map_err(|e| candle_core::Error::Cuda(e.to_string().into()))?;
-    Ok(major >= 8)
+    Ok(runtime::compute_capability(dev)?.0 >= 8)
 }
 
 /// Dynamic shared memory of each kernel in bytes, as documented at the top of the .cu file.

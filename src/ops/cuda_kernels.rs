@@ -199,7 +199,7 @@ pub fn cache_file(dir: &Path, source: &Source, arch: &str, options: &[String], n
 pub mod runtime {
     use super::{cache_dir, cache_file, nvrtc_options, KernelError, Module, Source, KERNELS_ENV};
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, LaunchConfig};
+    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, LaunchConfig};
     use candle_core::cuda_backend::cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
     use candle_core::cuda_backend::{CudaDevice, DeviceId};
     use candle_core::{CudaStorage, DType, Layout, Result};
@@ -217,10 +217,22 @@ pub mod runtime {
         candle_core::Error::Cuda(e.to_string().into())
     }
 
+    /// The device's compute capability (major, minor): (9, 0) for an H100.
+    pub fn compute_capability(dev: &CudaDevice) -> Result<(i32, i32)> {
+        dev.cuda_stream().context().compute_capability().map_err(err)
+    }
+
     /// The device's architecture as NVRTC spells a real target: `sm_90` for an H100.
     pub fn arch(dev: &CudaDevice) -> Result<String> {
-        let (major, minor) = dev.cuda_stream().context().compute_capability().map_err(err)?;
+        let (major, minor) = compute_capability(dev)?;
         Ok(format!("sm_{major}{minor}"))
+    }
+
+    /// The NVRTC options of a compile for `arch`: the shared list, then `-arch=`.
+    fn options_for(arch: &str) -> Vec<String> {
+        let mut options = nvrtc_options();
+        options.push(format!("-arch={arch}"));
+        options
     }
 
     fn nvrtc_version() -> (i32, i32) {
@@ -232,16 +244,7 @@ pub mod runtime {
 
     /// Compiles a module to a cubin for `arch` (`sm_XY`) with NVRTC.
     pub fn compile_cubin(source: &Source, arch: &str) -> std::result::Result<Vec<u8>, KernelError> {
-        let mut options = nvrtc_options();
-        options.push(format!("-arch={arch}"));
-        let src = std::ffi::CString::new(source.text.as_bytes()).map_err(|_| KernelError::Compile {
-            module: source.module.name(),
-            origin: source.origin_text(),
-            arch: arch.into(),
-            log: "the source contains a NUL byte".into(),
-            var: KERNELS_ENV,
-        })?;
-        let name = std::ffi::CString::new(format!("{}.cu", source.module.name())).expect("no NUL");
+        let options = options_for(arch);
         let fail = |log: String| KernelError::Compile {
             module: source.module.name(),
             origin: source.origin_text(),
@@ -249,6 +252,9 @@ pub mod runtime {
             log,
             var: KERNELS_ENV,
         };
+        let src = std::ffi::CString::new(source.text.as_bytes())
+            .map_err(|_| fail("the source contains a NUL byte".into()))?;
+        let name = std::ffi::CString::new(format!("{}.cu", source.module.name())).expect("no NUL");
         let prog = nvrtc::create_program(&src, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
         // SAFETY: `prog` was created above and is destroyed once, at the end.
         let out = unsafe {
@@ -288,9 +294,7 @@ pub mod runtime {
         }
         let source = Source::from_env(m).map_err(err)?;
         let arch = arch(dev)?;
-        let mut options = nvrtc_options();
-        options.push(format!("-arch={arch}"));
-        let cached = cache_dir().map(|d| cache_file(&d, &source, &arch, &options, nvrtc_version()));
+        let cached = cache_dir().map(|d| cache_file(&d, &source, &arch, &options_for(&arch), nvrtc_version()));
         let cubin = match cached.as_ref().and_then(|f| std::fs::read(f).ok()) {
             Some(bytes) => bytes,
             None => {
@@ -329,23 +333,6 @@ pub mod runtime {
                 "{op}: keel's CUDA kernels take f32 or bf16, not {dt:?} (train.kernels=composite runs other dtypes)"
             ),
         }
-    }
-
-    /// The contiguous elements of a CUDA input as a view of `T`.
-    pub fn view<'a, T: candle_core::cuda_backend::CudaDType>(
-        s: &'a CudaStorage,
-        l: &Layout,
-        op: &str,
-    ) -> Result<CudaView<'a, T>> {
-        match l.contiguous_offsets() {
-            Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
-            None => candle_core::bail!("{op}: input must be contiguous"),
-        }
-    }
-
-    /// The stream keel's kernels run on: Candle's own, so they are ordered with its ops.
-    pub fn stream(dev: &CudaDevice) -> Arc<CudaStream> {
-        dev.cuda_stream()
     }
 
     /// A launch of `blocks` blocks of `threads` threads with `shared` bytes of dynamic shared memory.
@@ -405,18 +392,6 @@ pub mod runtime {
                 DType::U32 => CudaStorage::wrap_cuda_slice(dev.alloc::<u32>(n)?, dev.clone()),
                 dt => candle_core::bail!("keel CUDA kernels: cannot allocate {dt:?}"),
             }
-        };
-        let a = address_at(&s, 0)?;
-        Ok((s, a))
-    }
-
-    /// `n` zeros of `dtype` on `dev` and their address.
-    pub fn alloc_zeros(dev: &CudaDevice, dtype: DType, n: usize) -> Result<(CudaStorage, u64)> {
-        let s = match dtype {
-            DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<f32>(n)?, dev.clone()),
-            DType::BF16 => CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<half::bf16>(n)?, dev.clone()),
-            DType::U32 => CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<u32>(n)?, dev.clone()),
-            dt => candle_core::bail!("keel CUDA kernels: cannot allocate {dt:?}"),
         };
         let a = address_at(&s, 0)?;
         Ok((s, a))
