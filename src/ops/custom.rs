@@ -42,6 +42,16 @@ impl<'a> Input<'a> {
     pub(super) fn shape(&self) -> &'a Shape {
         self.layout.shape()
     }
+
+    /// Runs `f` on a tensor that an op holds beside its inputs (a CustomOp takes three at most:
+    /// the gamma of a residual norm's backward), made contiguous and seen as a CPU input; `what`
+    /// names it in the error when it is not on the CPU. [`CudaInput::with_held`] is its CUDA twin.
+    pub(super) fn with_held<R>(t: &Tensor, what: &str, op: &str, f: impl FnOnce(Input) -> Result<R>) -> Result<R> {
+        let t = t.contiguous()?;
+        let (s, l) = t.storage_and_layout();
+        let candle_core::Storage::Cpu(s) = &*s else { candle_core::bail!("{op}: {what} is not on the cpu") };
+        f(Input::new(s, l))
+    }
 }
 
 /// One input of a fused op on a CUDA device: storage and layout (`--features cuda` only).

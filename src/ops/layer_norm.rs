@@ -282,12 +282,11 @@ impl FusedOp3 for ResidualLayerNormBwd {
     const NAME: &'static str = "keel-residual-layer-norm-bwd";
     fn cpu<T: Real>(&self, x: Input, f: Input, dy: Input) -> Result<Output<T>> {
         let (n, c) = x.shape().dims2()?;
-        let gamma = self.gamma.contiguous()?;
-        let (gs, gl) = gamma.storage_and_layout();
-        let candle_core::Storage::Cpu(gs) = &*gs else { candle_core::bail!("{}: gamma is not on the cpu", Self::NAME) };
-        let gamma = Input::new(gs, gl).slice()?;
-        let packed = ln_bwd_kernel(x.slice()?, Some(f.slice()?), self.alpha, gamma, dy.slice()?, c, self.eps);
-        Ok((packed, Shape::from((2 * n + 2, c))))
+        Input::with_held(&self.gamma, "gamma", Self::NAME, |gamma| {
+            let packed =
+                ln_bwd_kernel(x.slice()?, Some(f.slice()?), self.alpha, gamma.slice()?, dy.slice()?, c, self.eps);
+            Ok((packed, Shape::from((2 * n + 2, c))))
+        })
     }
     #[cfg(feature = "cuda")]
     fn cuda(&self, x: CudaInput, f: CudaInput, dy: CudaInput) -> Result<CudaOutput> {

@@ -230,14 +230,11 @@ impl FusedOp3 for ResidualRmsNormBwd {
     const NAME: &'static str = "keel-residual-rms-norm-bwd";
     fn cpu<T: Real>(&self, x: Input, f: Input, dy: Input) -> Result<Output<T>> {
         let (n, c) = x.shape().dims2()?;
-        let gamma = self.gamma.contiguous()?;
-        let (gs, gl) = gamma.storage_and_layout();
-        let candle_core::Storage::Cpu(gs) = &*gs else {
-            candle_core::bail!("keel residual_rms_norm bwd: gamma not on cpu")
-        };
-        let gamma = Input::new(gs, gl).slice()?;
-        let packed = rms_bwd_kernel(x.slice()?, Some(f.slice()?), self.alpha, gamma, dy.slice()?, c, self.eps);
-        Ok((packed, Shape::from((2 * n + 1, c))))
+        Input::with_held(&self.gamma, "gamma", Self::NAME, |gamma| {
+            let packed =
+                rms_bwd_kernel(x.slice()?, Some(f.slice()?), self.alpha, gamma.slice()?, dy.slice()?, c, self.eps);
+            Ok((packed, Shape::from((2 * n + 1, c))))
+        })
     }
     #[cfg(feature = "cuda")]
     fn cuda(&self, x: CudaInput, f: CudaInput, dy: CudaInput) -> Result<CudaOutput> {
