@@ -38,6 +38,11 @@ def read(name, override):
     return open(os.path.join(KDIR, name)).read()
 
 
+def module_source(module, override=None):
+    """What NVRTC compiles for a module, as keel builds it: prelude.cuh, a newline, <module>.cu."""
+    return read("prelude.cuh", override) + "\n" + read(module + ".cu", override)
+
+
 def options():
     out = []
     for line in open(os.path.join(KDIR, "nvrtc-options.txt")):
@@ -181,10 +186,9 @@ def main():
     work = a.keep or tempfile.mkdtemp(prefix="keel-ptx-")
     os.makedirs(work, exist_ok=True)
     failed, all_rows = [], []
-    prelude = read("prelude.cuh", a.dir)
     print(f"{'module':<14} {'kernel':<40} {'arch':<6} {'regs':>5} {'smem B':>7} {'stack B':>7} {'spill st':>8} {'spill ld':>8}")
     for m in mods:
-        src = prelude + "\n" + read(m + ".cu", a.dir)
+        src = module_source(m, a.dir)
         for arch in archs:
             ptx, log = nv.compile(src, m + ".cu", options() + [f"-arch=compute_{arch}"])
             if ptx is None:

@@ -6,29 +6,19 @@ kernels are run on PyTorch tensors and compared with PyTorch references. No keel
 A check file `check_<name>.py` defines `run(report)`; run_all.py runs them all.
 """
 import os
+import sys
 import time
 
 import cupy
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KDIR = os.path.join(REPO, "src", "ops", "cuda")
-
-
-def _read(name):
-    over = os.environ.get("KEEL_CUDA_KERNELS")
-    if over and os.path.exists(os.path.join(over, name)):
-        return open(os.path.join(over, name)).read()
-    return open(os.path.join(KDIR, name)).read()
+# The module source and NVRTC options come from the CI compile check, so both build what keel does.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cuda_kernels_check  # noqa: E402
 
 
 def options():
-    out = []
-    for line in open(os.path.join(KDIR, "nvrtc-options.txt")):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            out.append(line)
-    return tuple(out)
+    return tuple(cuda_kernels_check.options())
 
 
 _modules = {}
@@ -37,7 +27,7 @@ _modules = {}
 def load(module):
     """The CuPy RawModule of src/ops/cuda/<module>.cu (prelude prepended), compiled by NVRTC."""
     if module not in _modules:
-        src = _read("prelude.cuh") + "\n" + _read(module + ".cu")
+        src = cuda_kernels_check.module_source(module, os.environ.get("KEEL_CUDA_KERNELS") or None)
         m = cupy.RawModule(code=src, options=options(), backend="nvrtc")
         m.compile()
         _modules[module] = m
