@@ -52,6 +52,11 @@ pub struct TrainState {
     pub elapsed_s: f64,
     /// See [`crate::config::Resolved::fingerprint`].
     pub config_fingerprint: String,
+    /// The config the checkpoint was trained with, key by key (`Config::flatten`), so that a
+    /// resume that does not match it can name the keys that differ (absent before keel 0.1's
+    /// checkpoints carried it).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
     pub keel_version: String,
 }
 
@@ -62,7 +67,7 @@ fn sums_text(sums: &BTreeMap<String, String>) -> String {
 
 /// Reads `SHA256SUMS`, which must list exactly the covered files.
 fn read_sums(dir: &Path) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(dir.join(SUMS)).map_err(|e| format!("cannot read {SUMS}: {e}"))?;
+    let text = crate::files::read_to_string(&dir.join(SUMS)).map_err(|e| format!("cannot read {SUMS}: {e}"))?;
     let mut sums = BTreeMap::new();
     for line in text.lines() {
         let (hash, name) = line.split_once("  ").ok_or_else(|| format!("{SUMS} has a malformed line `{line}`"))?;
@@ -91,7 +96,7 @@ fn verify(dir: &Path, name: &str, sums: &BTreeMap<String, String>) -> Result<(),
 fn verified_state(dir: &Path) -> Result<(TrainState, BTreeMap<String, String>), String> {
     let sums = read_sums(dir)?;
     verify(dir, STATE, &sums)?;
-    let text = std::fs::read_to_string(dir.join(STATE)).map_err(|e| format!("cannot read {STATE}: {e}"))?;
+    let text = crate::files::read_to_string(&dir.join(STATE)).map_err(|e| format!("cannot read {STATE}: {e}"))?;
     let state = serde_json::from_str(&text).map_err(|e| format!("{STATE} does not parse: {e}"))?;
     Ok((state, sums))
 }
@@ -110,8 +115,20 @@ fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> anyhow::Result<()>
 /// Writes the checkpoint of `state.step` (replacing one of the same step): the parameters, the
 /// optimizer's moments for them, and `state`.
 pub fn save(run: &RunDir, params: &[Param], opt: &AdamW, state: TrainState) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let dest = step_dir(run, state.step);
+    save_into(run, params, opt, state).with_context(|| format!("cannot write checkpoint {}", dest.display()))
+}
+
+fn save_into(run: &RunDir, params: &[Param], opt: &AdamW, state: TrainState) -> anyhow::Result<PathBuf> {
     let root = run.checkpoints();
     std::fs::create_dir_all(&root)?;
+    // What a removal that failed halfway left (see `remove_checkpoint`).
+    for e in std::fs::read_dir(&root)?.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".removed.tmp")) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let tmp = root.join(format!(".step_{:07}.tmp", state.step));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
@@ -136,7 +153,7 @@ pub fn save(run: &RunDir, params: &[Param], opt: &AdamW, state: TrainState) -> a
     fsync_dir(&tmp);
     let dest = step_dir(run, state.step);
     if dest.exists() {
-        std::fs::remove_dir_all(&dest)?;
+        remove_checkpoint(&dest)?;
     }
     std::fs::rename(&tmp, &dest)?;
     fsync_dir(&root);
@@ -167,16 +184,44 @@ fn is_own(dir: &Path, step: usize, fingerprint: &str) -> bool {
     verified_state(dir).is_ok_and(|(s, _)| s.step == step && s.config_fingerprint == fingerprint)
 }
 
+/// The final weights kept in the checkpoint of `step`, verified against its `SHA256SUMS` (which
+/// `state.json` must match, at that step): what restores a finished run's deleted
+/// `model.safetensors`.
+pub fn verified_weights(run: &RunDir, step: usize) -> Result<PathBuf, String> {
+    let dir = step_dir(run, step);
+    let (state, sums) = verified_state(&dir)?;
+    if state.step != step {
+        return Err(format!("{STATE} says step {}, but the folder is named for step {step}", state.step));
+    }
+    verify(&dir, MODEL, &sums)?;
+    Ok(dir.join(MODEL))
+}
+
 /// Keeps the newest `keep` of this run's own checkpoints and the one of `final_step`; folders
 /// that are not keel's checkpoints of this experiment are never touched.
 pub fn prune(run: &RunDir, keep: usize, final_step: Option<usize>, fingerprint: &str) -> std::io::Result<()> {
     let own = list(run).into_iter().filter(|(step, path)| is_own(path, *step, fingerprint));
     for (i, (step, path)) in own.enumerate() {
         if i >= keep.max(1) && Some(step) != final_step {
-            std::fs::remove_dir_all(path)?;
+            remove_checkpoint(&path)?;
         }
     }
     Ok(())
+}
+
+/// Removes a checkpoint folder whole or not at all: it is first renamed to a hidden name (which
+/// [`list`] never returns), so a removal that fails halfway (the folder made read-only or
+/// immutable) leaves no emptied `step_*` behind; the leftover is cleared by the next save.
+fn remove_checkpoint(path: &Path) -> std::io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("step");
+    let trash = path.with_file_name(format!(".{name}.removed.tmp"));
+    if trash.exists() {
+        std::fs::remove_dir_all(&trash)?;
+    }
+    std::fs::rename(path, &trash)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot remove {}: {e}", path.display())))?;
+    std::fs::remove_dir_all(&trash)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot remove {}: {e}", trash.display())))
 }
 
 /// A checkpoint read back and verified.
@@ -192,16 +237,18 @@ pub struct Loaded {
 pub enum Unusable {
     /// Damaged or incomplete: fall back to an older one.
     Corrupt(String),
-    /// Written by a different experiment: refuse.
-    OtherConfig { found: String },
+    /// Written by a different experiment (or under a config.toml edited since): refuse. `config`
+    /// is the config the checkpoint records (empty for checkpoints of older keels).
+    OtherConfig { found: String, config: BTreeMap<String, String> },
 }
 
 /// Reads and verifies the checkpoint in `path` (every file against `SHA256SUMS`, the step
-/// against the folder's name) for the experiment `fingerprint`.
-pub fn load(path: &Path, fingerprint: &str) -> Result<Loaded, Unusable> {
+/// against the folder's name) for the experiment of one of `fingerprints` (the current one, and
+/// the one older keels computed for it).
+pub fn load(path: &Path, fingerprints: &[&str]) -> Result<Loaded, Unusable> {
     let (state, sums) = verified_state(path).map_err(Unusable::Corrupt)?;
-    if state.config_fingerprint != fingerprint {
-        return Err(Unusable::OtherConfig { found: state.config_fingerprint });
+    if !fingerprints.contains(&state.config_fingerprint.as_str()) {
+        return Err(Unusable::OtherConfig { found: state.config_fingerprint, config: state.config });
     }
     let named = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step_")?.parse::<usize>().ok());
     if named != Some(state.step) {

@@ -333,7 +333,7 @@ pub fn export(run: &LoadedRun, out: &Path) -> Result<Exported> {
             // A keel-format export is itself a run directory that `keel eval --run` loads.
             write_safetensors(out, run_dir::WEIGHTS, &tensors, &mut files)?;
             let config_path = RunDir::at(&run.dir).config();
-            let config = std::fs::read(&config_path).map_err(|e| {
+            let config = crate::files::read(&config_path).map_err(|e| {
                 InputError(format!("cannot read {}: {e}\n  restore the run's config.toml", config_path.display()))
             })?;
             write_file(out, run_dir::CONFIG, &config, &mut files)?;
@@ -341,6 +341,7 @@ pub fn export(run: &LoadedRun, out: &Path) -> Result<Exported> {
             Format::Keel { reason }
         }
     };
+    crate::signals::pause_point("export-after-weights");
     // Llama's folder names its tokenizer as keel's run directory does.
     let tok_path = out.join(run_dir::TOKENIZER);
     run.tokenizer.save(&tok_path).map_err(|e| write_err(&tok_path, e))?;
@@ -368,5 +369,25 @@ pub fn export_dir(run_dir: &Path, out: &Path) -> Result<Exported> {
         prepare_out(out)?;
     }
     let run = crate::run_dir::load_run(run_dir, &Device::Cpu)?;
+    // A stop halfway leaves no partial export: the folder is as it was (absent, or empty).
+    let existed = out.exists();
+    let shown = out.to_path_buf();
+    crate::signals::on_stop(move || {
+        let removed = if existed {
+            std::fs::read_dir(&shown)
+                .map(|rd| rd.flatten().all(|e| std::fs::remove_file(e.path()).is_ok()))
+                .unwrap_or(true)
+        } else {
+            !shown.exists() || std::fs::remove_dir_all(&shown).is_ok()
+        };
+        if removed {
+            format!("the partial export in {} was removed; run the same command again", shown.display())
+        } else {
+            format!(
+                "{} holds a partial export that keel could not remove: empty it, then run the same command again",
+                shown.display()
+            )
+        }
+    });
     export(&run, out)
 }

@@ -69,6 +69,78 @@ pub fn remove_scratch(dir: &Path) {
     }
 }
 
+/// Why keel refuses to read a path: it is not a regular file. A FIFO would block the read
+/// forever and a device never end, so every input keel reads goes through [`open_regular`].
+#[derive(Debug, thiserror::Error)]
+#[error("{} is {kind}, not a regular file: keel reads its inputs only from regular files\n  replace it with the file itself (a copy, not a pipe or device)", path.display())]
+pub struct NotRegularFile {
+    pub path: PathBuf,
+    pub kind: &'static str,
+}
+
+/// True when some cause of `err` is a [`NotRegularFile`] (bad input, exit status 2).
+pub fn is_not_regular(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.is::<NotRegularFile>()
+        || err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.get_ref())
+            .is_some_and(|inner| inner.is::<NotRegularFile>())
+}
+
+/// Fails (as an `io::Error` of kind `InvalidInput` wrapping [`NotRegularFile`]) unless `path` is a
+/// regular file after symbolic links; a missing path keeps its `NotFound`.
+pub fn check_regular(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    let kind = {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            let t = meta.file_type();
+            if t.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if t.is_socket() {
+                "a socket"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else if t.is_dir() {
+                "a folder"
+            } else {
+                "not a file"
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if meta.is_dir() {
+                "a folder"
+            } else {
+                "not a file"
+            }
+        }
+    };
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, NotRegularFile { path: path.to_path_buf(), kind }))
+}
+
+/// Opens an input for reading once [`check_regular`] passes.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    check_regular(path)?;
+    File::open(path)
+}
+
+/// `std::fs::read` of a regular file only.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    check_regular(path)?;
+    std::fs::read(path)
+}
+
+/// `std::fs::read_to_string` of a regular file only.
+pub fn read_to_string(path: &Path) -> std::io::Result<String> {
+    check_regular(path)?;
+    std::fs::read_to_string(path)
+}
+
 /// Hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -79,7 +151,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    std::io::copy(&mut File::open(path)?, &mut h)?;
+    std::io::copy(&mut open_regular(path)?, &mut h)?;
     Ok(format!("{:x}", h.finalize()))
 }
 
@@ -107,7 +179,13 @@ pub fn check_empty(dir: &Path, resumable: Option<&str>) -> Result<(), InputError
     let entries =
         real_entries(dir).map_err(|e| InputError(format!("cannot read run directory {}: {e}", dir.display())))?;
     if !entries.is_empty() {
-        let resumable = resumable.is_some_and(|f| dir.join(f).exists());
+        let Some(resumable) = resumable else {
+            return Err(InputError(format!(
+                "output folder {} already holds files; keel does not overwrite results\n  choose another --out, or empty that folder if its files are not needed",
+                dir.display()
+            )));
+        };
+        let resumable = dir.join(resumable).exists();
         return Err(InputError(format!(
             "run directory {} already holds files; keel does not overwrite results\n  {}",
             dir.display(),
@@ -131,7 +209,9 @@ pub fn new_output_dir(dir: &Path) -> Result<(), InputError> {
     if dir.exists() {
         check_empty(dir, None)?;
     }
-    create_output_dir(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        InputError(format!("cannot create output folder {}: {e}\n  choose a writable --out", dir.display()))
+    })?;
     check_writable(dir)
 }
 

@@ -70,6 +70,7 @@ pub fn is_input_error(err: &anyhow::Error) -> bool {
                 || c.is::<config::ConfigError>()
                 || c.is::<placement::UnknownPlacement>()
                 || c.is::<data::DataError>()
+                || files::is_not_regular(c)
         })
 }
 

@@ -20,12 +20,23 @@ fn main() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let cli = Cli::parse();
+    let command = match &cli.command {
+        Command::Train(_) => "train",
+        Command::Bench(_) => "bench",
+        Command::Data(_) => "data prepare",
+        Command::Probe(_) => "probe",
+        Command::Stress(_) => "stress",
+        Command::Sweep(_) => "sweep",
+        Command::Plot(_) => "plot",
+        Command::Eval(_) => "eval",
+        Command::Export(_) => "export",
+    };
     if let Err(why) = keel::ops::simd_limit_from_env() {
-        fail(keel::InputError(why).into());
+        fail(keel::InputError(why).into(), command);
     }
     // Under mpirun / srun: join the job (one rank per process) before anything else.
     if let Err(why) = keel::dist::init() {
-        fail(why.into());
+        fail(why.into(), command);
     }
     // The command runs on a rayon worker, so the fused kernels' and gemm's parallel loops start
     // from inside the pool instead of waking it from outside on every op (on 2 cores: a third off
@@ -50,19 +61,29 @@ fn main() {
             keel::dist::finish();
             std::process::exit(status.code())
         }
-        Err(err) => fail(err),
+        Err(err) => fail(err, command),
+    }
+}
+
+/// What to do after a full disk, for the command that hit it.
+fn disk_full_advice(command: &str) -> String {
+    let free = "the disk is full: free space or choose another output folder";
+    match command {
+        "train" | "sweep" | "stress" => format!("{free}; files keel finished earlier (completed checkpoints, CSV rows) are intact; then a run that has its config.toml continues with `keel train --resume RUN_DIR` (a grid: the same command again), and one stopped before writing it starts again with the same command into the same folder"),
+        "data prepare" => format!("{free}; the partial shards were removed, so the same command starts again into the same folder"),
+        _ => format!("{free}, then run the same command again: keel {command} writes each output file whole, and none was left half-written"),
     }
 }
 
 /// One message, the causes under it, and the documented exit status: 2 for bad input, else 1.
-fn fail(err: anyhow::Error) -> ! {
+fn fail(err: anyhow::Error, command: &str) -> ! {
     let input = keel::is_input_error(&err);
     eprintln!("error: {err}");
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
     if keel::is_disk_full(&err) {
-        eprintln!("  the disk is full: free space or choose another output folder; files keel finished earlier (completed checkpoints, shards) are intact; then a run that has its config.toml continues with `keel train --resume RUN_DIR`, and one stopped before writing it starts again with the same command into the same folder");
+        eprintln!("  {}", disk_full_advice(command));
     }
     let code = if input { 2 } else { 1 };
     // The other ranks of a job may be waiting for this one: end them all, never hang.

@@ -164,7 +164,7 @@ fn verified_prefix(dir: &RunDir, log: Log, max_step: usize, layout: Layout) -> R
     if max_step == 0 {
         return Ok(kept);
     }
-    let text = match std::fs::read(&path) {
+    let text = match crate::files::read(&path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(InputError(format!("cannot read {}: {e}", path.display()))),
@@ -308,7 +308,7 @@ pub fn read_curve(dir: &RunDir) -> std::io::Result<Vec<(usize, f64, f64)>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let mut rd = csv::Reader::from_path(&path).map_err(std::io::Error::other)?;
+    let mut rd = csv::Reader::from_reader(crate::files::open_regular(&path)?);
     let mut out = Vec::new();
     for rec in rd.records() {
         let rec = rec.map_err(std::io::Error::other)?;

@@ -230,8 +230,9 @@ pub fn write(fig: &Figure, out: &Path) -> Result<Vec<PathBuf>> {
 
 /// The header and rows of a CSV file; a malformed one is bad input naming the file and line.
 fn records(path: &Path) -> Result<(csv::StringRecord, Vec<csv::StringRecord>)> {
-    let mut rd =
-        csv::Reader::from_path(path).map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    let file =
+        crate::files::open_regular(path).map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    let mut rd = csv::Reader::from_reader(file);
     let header = rd.headers().map_err(|e| malformed(path, &e))?.clone();
     let rows = rd.records().collect::<Result<Vec<_>, _>>().map_err(|e| malformed(path, &e))?;
     Ok((header, rows))
@@ -527,7 +528,7 @@ pub fn layer_removal_figure(inputs: &[PathBuf]) -> Result<Figure> {
         let (h, rows) = records(&file)?;
         let (l, d) = (col(&h, "sublayer", &file)?, col(&h, "delta_perplexity", &file)?);
         numbers(&file, &h, &rows, &[l, d])?;
-        let placement = std::fs::read_to_string(dir.join(crate::run_dir::RESULTS))
+        let placement = crate::files::read_to_string(&dir.join(crate::run_dir::RESULTS))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.get("placement").and_then(|p| p.as_str()).map(String::from))
@@ -591,8 +592,9 @@ pub fn figures(paths: &[PathBuf], opts: &Options) -> Result<Vec<Figure>> {
     }
     if !runs.is_empty() {
         figures.push(loss_figure(&runs, opts.log_x)?);
-        let has_rows =
-            |r: &PathBuf| std::fs::read_to_string(RunDir::at(r).grad_norms()).is_ok_and(|t| t.lines().count() > 1);
+        let has_rows = |r: &PathBuf| {
+            crate::files::read_to_string(&RunDir::at(r).grad_norms()).is_ok_and(|t| t.lines().count() > 1)
+        };
         if let Some(run) = runs.iter().find(|r| has_rows(r)) {
             figures.push(grad_norm_figure(run, &opts.steps)?);
         }

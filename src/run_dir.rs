@@ -75,7 +75,7 @@ impl RunDir {
 
     /// Takes the run directory's lock, or fails (bad input) naming the process that holds it.
     pub fn lock(&self) -> Result<RunLock, InputError> {
-        use std::io::{Read, Seek, Write};
+        use std::io::{Seek, Write};
         let path = self.root.join(LOCK);
         let mut file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(
@@ -89,22 +89,9 @@ impl RunDir {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                // The holder writes its PID right after locking; give it a moment.
-                let mut holder = String::new();
-                for _ in 0..20 {
-                    holder.clear();
-                    let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
-                    if holder.trim().parse::<u32>().is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                let who = match holder.trim().parse::<u32>() {
-                    Ok(pid) => format!("PID {pid}"),
-                    Err(_) => "another process".to_string(),
-                };
+                let who = holder_of(&mut file);
                 return Err(InputError(format!(
-                    "run directory {} is in use by another keel process ({who})\n  a run directory belongs to one process at a time: wait for it to end (or stop it), or choose another --out",
+                    "run directory {} is in use by another keel process ({who})\n  a run directory belongs to one process at a time: wait for it to end (or stop it); a new run can go to another --out",
                     self.root.display()
                 )));
             }
@@ -122,6 +109,17 @@ impl RunDir {
             .and_then(|()| file.flush())
             .map_err(|e| InputError(format!("cannot write {}: {e}\n  choose a writable --out", path.display())))?;
         Ok(RunLock { _file: file })
+    }
+
+    /// The keel process training this run right now ("PID 4242"), if one is: probed with the lock
+    /// itself, so a lock file left by a process that has ended names nobody. Takes nothing.
+    pub fn holder(&self) -> Option<String> {
+        let mut file = std::fs::File::open(self.root.join(LOCK)).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(std::fs::TryLockError::WouldBlock) => Some(holder_of(&mut file)),
+            Err(std::fs::TryLockError::Error(_)) => None,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -202,9 +200,27 @@ impl RunDir {
         Ok(())
     }
 
-    /// `summary.json`, when it exists and parses.
+    /// `summary.json`, when it exists and parses (for figures, which do without it).
     pub fn read_summary(&self) -> Option<Summary> {
-        std::fs::read(self.summary()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        crate::files::read(&self.summary()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// `summary.json` for checking a finished run: `None` when there is none (an older keel, or a
+    /// keel-format export), an error when one exists but is damaged, since the checksums it
+    /// holds are what vouches for the run's files.
+    pub fn checked_summary(&self) -> Result<Option<Summary>, InputError> {
+        let path = self.summary();
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Ok(None);
+        }
+        let damaged = |why: String| {
+            InputError(format!(
+                "{} is damaged ({why}), and it holds the checksums that vouch for the run's config.toml and {WEIGHTS}\n  restore it from a copy, or re-train the run (keel never scores files it cannot verify)",
+                path.display()
+            ))
+        };
+        let bytes = crate::files::read(&path).map_err(|e| damaged(e.to_string()))?;
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| damaged(format!("it does not parse: {e}")))
     }
 
     /// Writes the final weights through a temporary name and a rename; returns their sha256
@@ -218,24 +234,76 @@ impl RunDir {
         Ok(sha)
     }
 
-    /// Checks `model.safetensors` against the sha256 in `summary.json`.
-    pub fn verify_weights(&self) -> Result<(), InputError> {
-        let path = self.weights();
-        let Some(want) = self.read_summary().and_then(|s| s.weights_sha256) else {
+    /// Checks `model.safetensors` and `config.toml` against the sha256s in `summary.json`.
+    pub fn verify_finished(&self) -> Result<(), InputError> {
+        let Some(summary) = self.checked_summary()? else {
             eprintln!(
-                "warning: {} records no checksum of {WEIGHTS} (written by an older keel, or missing); its weights are not verified",
-                self.summary().display()
+                "warning: {} has no {SUMMARY} (a keel-format export, or a run of an older keel); its {WEIGHTS} and {CONFIG} are not verified",
+                self.root.display()
             );
             return Ok(());
         };
-        let got =
-            crate::files::sha256_file(&path).map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
-        if got != want {
-            return Err(InputError(format!(
-                "{} fails the checksum recorded in {} (sha256 {got}, expected {want}): the file is damaged or was replaced\n  restore the run's own {WEIGHTS} from a copy, or re-train the run",
-                path.display(),
-                self.summary().display()
-            )));
+        let check = |path: PathBuf, want: Option<String>, advice: &str| -> Result<(), InputError> {
+            let Some(want) = want else {
+                eprintln!(
+                    "warning: {} records no checksum of {} (written by an older keel); it is not verified",
+                    self.summary().display(),
+                    path.display()
+                );
+                return Ok(());
+            };
+            let got = crate::files::sha256_file(&path)
+                .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+            if got != want {
+                return Err(InputError(format!(
+                    "{} fails the checksum recorded in {} (sha256 {got}, expected {want}): {advice}",
+                    path.display(),
+                    self.summary().display()
+                )));
+            }
+            Ok(())
+        };
+        check(
+            self.config(),
+            summary.config_sha256,
+            "the file was edited after the run finished, so it may describe another model than the weights\n  restore the config.toml the run finished with (checkpoints/step_*/state.json lists its values); to try other settings, train a new run",
+        )?;
+        check(
+            self.weights(),
+            summary.weights_sha256,
+            "the file is damaged or was replaced\n  restore the run's own model.safetensors from a copy; `keel train --resume` rewrites it from the final checkpoint when that is still there",
+        )
+    }
+
+    /// Fails, as bad input, when a path of the run's layout holds the wrong kind of thing (a file
+    /// where `checkpoints/` belongs, a folder or a FIFO where a CSV belongs): checked before a
+    /// resume changes any file, so that a damaged layout costs nothing.
+    pub fn check_layout(&self) -> Result<(), InputError> {
+        let files = [CONFIG, TOKENIZER, METRICS, EVAL, GRAD_NORMS, WEIGHTS, SUMMARY, DONE];
+        for (name, want_dir) in files.iter().map(|f| (*f, false)).chain([(CHECKPOINTS, true)]) {
+            let path = self.root.join(name);
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let what = if want_dir { "a folder" } else { "a regular file" };
+            let wrong = if want_dir { !meta.is_dir() } else { !meta.is_file() };
+            if wrong {
+                let found = if meta.is_dir() {
+                    "a folder".to_string()
+                } else {
+                    match crate::files::check_regular(&path) {
+                        Err(e) => e
+                            .get_ref()
+                            .and_then(|i| i.downcast_ref::<crate::files::NotRegularFile>())
+                            .map(|n| n.kind.to_string())
+                            .unwrap_or_else(|| "not a folder".into()),
+                        Ok(()) => "a regular file".to_string(),
+                    }
+                };
+                return Err(InputError(format!(
+                    "{} is {found}, where keel keeps {what}: the run directory's layout was changed\n  move it out of the way (keel changed nothing in {}), restore the original if you have it, then run the command again",
+                    path.display(),
+                    self.root.display()
+                )));
+            }
         }
         Ok(())
     }
@@ -243,6 +311,25 @@ impl RunDir {
     /// Writes `DONE`: last, once everything else of a finished run is in place.
     pub fn mark_done(&self) -> std::io::Result<()> {
         write_atomic(&self.done(), b"finished\n")
+    }
+}
+
+/// Who holds a lock file's lock, from the PID its holder writes into it right after locking
+/// (given a moment to do so).
+fn holder_of(file: &mut std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut holder = String::new();
+    for _ in 0..20 {
+        holder.clear();
+        let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
+        if holder.trim().parse::<u32>().is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    match holder.trim().parse::<u32>() {
+        Ok(pid) => format!("PID {pid}"),
+        Err(_) => "another process".to_string(),
     }
 }
 
@@ -276,6 +363,10 @@ pub struct Summary {
     /// sha256 of the final `model.safetensors` (absent after a divergence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_sha256: Option<String>,
+    /// sha256 of `config.toml` as the run finished with it: `keel eval` and `keel export` refuse a
+    /// config edited since, which would describe another model than the weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
 }
 
 /// A trained keel run: its resolved config, model and tokenizer.
@@ -309,6 +400,29 @@ pub fn run_tokenizer(dir: &Path, config: &Config) -> Result<KeelTokenizer> {
     }
 }
 
+/// Why a run has no `model.safetensors`, and what to do: wait for a run in training, resume a
+/// stopped one, restore the file of a finished one; a diverged run has none to give.
+fn missing_weights(run: &RunDir) -> String {
+    let dir = run.path().display();
+    if let Some(who) = run.holder() {
+        return format!(
+            "run {dir} is still training (keel process {who} holds it): it has no {WEIGHTS} until it finishes\n  wait for that process to end, then run this command again"
+        );
+    }
+    let summary = run.read_summary();
+    if let Some(at) = summary.as_ref().and_then(|s| s.diverged_at_step) {
+        return format!(
+            "run {dir} diverged at step {at}, so it has no final weights ({WEIGHTS})\n  score a run that finished, or look at its curves with `keel plot {dir}`"
+        );
+    }
+    if run.is_done() || summary.is_some() {
+        return format!(
+            "run {dir} finished, but its {WEIGHTS} is gone\n  `keel train --resume {dir}` restores it from the run's final checkpoint"
+        );
+    }
+    format!("run {dir} has no {WEIGHTS}: it has not finished\n  finish it with `keel train --resume {dir}`, then run this command again")
+}
+
 /// Loads `dir/config.toml` and `dir/model.safetensors` onto `device`.
 pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
     let run = RunDir::at(dir);
@@ -321,15 +435,11 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
         .into());
     }
     if !weights_path.exists() {
-        return Err(InputError(format!(
-            "run {} has no model.safetensors: the run has not finished (or diverged)\n  finish it with `keel train --resume {}`, or score another run",
-            dir.display(),
-            dir.display()
-        ))
-        .into());
+        return Err(InputError(missing_weights(&run)).into());
     }
+    run.verify_finished()?;
     let config = run.read_config()?;
-    run.verify_weights()?;
+    crate::files::check_regular(&weights_path).map_err(|e| InputError(e.to_string()))?;
     let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
         InputError(format!(
             "{} cannot be read as safetensors: {e}\n  the file is damaged; re-run training or restore it",

@@ -1,7 +1,11 @@
-//! SIGINT / SIGTERM. During start-up (reading data, laying out the run directory, loading a
+//! SIGINT / SIGTERM. `keel train`: during start-up (reading data, laying out the run directory, loading a
 //! checkpoint) keel stops at once: nothing has been trained, and every file it writes is written
 //! atomically. Once training runs, the first signal asks the run to stop after the current step
 //! with a checkpoint; a second one exits at once. Either way the exit status is 130.
+//!
+//! The other commands (eval, data prepare, plot, export, sweep --collect) keep no partial result:
+//! [`install_for`] makes the first signal run the command's own clean-up ([`on_stop`]), say what
+//! is left and how to go on, and exit with 130.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,3 +75,34 @@ fn say(msg: &str) {
 
 /// Set by a grid (`keel sweep`, `keel stress`) in the environment of the runs it starts.
 pub const GRID_CHILD: &str = "KEEL_GRID_CHILD";
+
+type CleanUp = Box<dyn Fn() -> String + Send>;
+/// What a command other than `train` does when stopped: removes its partial output and says so.
+static ON_STOP: Mutex<Option<CleanUp>> = Mutex::new(None);
+
+/// For a command that keeps nothing of a partial result: the first SIGINT or SIGTERM runs the
+/// clean-up registered with [`on_stop`] (else prints `note`), then exits with 130.
+pub fn install_for(command: &'static str, note: &'static str) {
+    let _ = ctrlc::set_handler(move || {
+        let told = ON_STOP.lock().ok().and_then(|f| f.as_ref().map(|f| f())).unwrap_or_else(|| note.to_string());
+        say(&format!("\nsignal received: keel {command} stopped before it finished\n  {told}"));
+        std::process::exit(crate::EXIT_INTERRUPTED);
+    });
+}
+
+/// Replaces what a stop does from now on: `clean_up` removes the partial output and returns the
+/// line telling the user what is left and what to run.
+pub fn on_stop(clean_up: impl Fn() -> String + Send + 'static) {
+    if let Ok(mut f) = ON_STOP.lock() {
+        *f = Some(Box::new(clean_up));
+    }
+}
+
+/// A test hook: when `KEEL_FAULT_PAUSE` names `point`, sleeps for a minute there, so that a test
+/// can signal a command that is otherwise over in milliseconds at a known place.
+pub fn pause_point(point: &str) {
+    if std::env::var("KEEL_FAULT_PAUSE").is_ok_and(|p| p == point) {
+        say(&format!("keel: paused at {point} (KEEL_FAULT_PAUSE)"));
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}

@@ -313,7 +313,7 @@ fn changed_configs_and_foreign_checkpoints_are_refused() {
     let _ = start_run(&other, &["--set", "train.seed=5"]).env("KEEL_FAULT_ABORT_IN_CHECKPOINT", "14").output().unwrap();
     let foreign = dir.join("checkpoints/step_0000013");
     copy_dir(&other.join("checkpoints/step_0000007"), &foreign);
-    expect_exit_2(resume(&dir, &[]), &["step_0000013", "different experiment"]);
+    expect_exit_2(resume(&dir, &[]), &["step_0000013", "trained with another config"]);
     std::fs::remove_dir_all(&foreign).unwrap();
     // A safe change with --force continues, and is recorded in config.toml.
     let out = run_ok(resume(&dir, &["--set", "train.steps=62", "--force"]));

@@ -6,8 +6,30 @@ use crate::data::prepare::{prepare as run_prepare, PrepareOptions};
 use crate::{ExitStatus, InputError};
 use anyhow::Result;
 use std::io::IsTerminal;
+use std::path::Path;
+
+/// Removes what a preparation that did not finish wrote into `out`, and `out` itself when this
+/// command created it; returns the line telling the user what happened.
+fn remove_partial(out: &Path, existed: bool) -> String {
+    let files = crate::data::prepare::unfinished_files(out);
+    let removed = files.iter().filter(|f| std::fs::remove_file(f).is_ok()).count();
+    crate::files::remove_scratch(out);
+    if !existed {
+        let _ = std::fs::remove_dir(out);
+    }
+    if removed < files.len() {
+        format!(
+            "{} holds {} file(s) of the unfinished preparation that keel could not remove; the same command removes them when it runs again",
+            out.display(),
+            files.len() - removed
+        )
+    } else {
+        format!("the partial shards in {} were removed; run the same command again", out.display())
+    }
+}
 
 pub fn prepare(args: &PrepareArgs) -> Result<ExitStatus> {
+    crate::signals::install_for("data prepare", "nothing was written; run the same command again");
     if !(0.0..1.0).contains(&args.val_fraction) {
         return Err(InputError(format!("--val-fraction {} must lie in [0, 1)", args.val_fraction)).into());
     }
@@ -16,7 +38,20 @@ pub fn prepare(args: &PrepareArgs) -> Result<ExitStatus> {
     }
     crate::data::tokenizer::TokenizerSpec::parse(&args.tokenizer)?;
     let inputs = documents::expand(&args.input)?;
+    // A folder holding only what an interrupted preparation left (kill -9, a full disk) counts as
+    // empty: those files are removed and the preparation starts over.
+    let unfinished = crate::data::prepare::unfinished_files(&args.out);
+    if !unfinished.is_empty() {
+        let removed = unfinished.iter().filter(|f| std::fs::remove_file(f).is_ok()).count();
+        eprintln!(
+            "note: {} held an unfinished preparation (no meta.json, {removed} shard or tokenizer file(s)): removed them; preparing again",
+            args.out.display()
+        );
+    }
+    let existed = args.out.exists();
     crate::files::new_output_dir(&args.out)?;
+    let out = args.out.clone();
+    crate::signals::on_stop(move || remove_partial(&out, existed));
     let opts = PrepareOptions {
         tokenizer: args.tokenizer.clone(),
         val_fraction: args.val_fraction,
@@ -25,7 +60,16 @@ pub fn prepare(args: &PrepareArgs) -> Result<ExitStatus> {
         shard_tokens: args.shard_tokens,
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };
-    let meta = run_prepare(&inputs, &args.out, &opts)?;
+    let meta = match run_prepare(&inputs, &args.out, &opts) {
+        Ok(meta) => meta,
+        Err(e) => {
+            // Unless it finished, nothing of it stays: the same command runs again as it is.
+            if !args.out.join(crate::data::prepare::META_FILE).exists() {
+                remove_partial(&args.out, existed);
+            }
+            return Err(e.into());
+        }
+    };
     if !args.quiet {
         let bytes: u64 = meta.inputs.iter().map(|i| i.bytes).sum();
         println!(

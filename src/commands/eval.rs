@@ -23,6 +23,10 @@ fn progress_bar(quiet: bool, what: &str) -> ProgressBar {
 }
 
 pub fn run(args: &EvalArgs) -> Result<ExitStatus> {
+    crate::signals::install_for(
+        "eval",
+        "nothing was written (results.json and the per-item CSV are written once scoring completes); run the same command again",
+    );
     let job = Job {
         bench: args.bench,
         model: match (&args.run, &args.hf_model) {
@@ -51,6 +55,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitStatus> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
+    crate::signals::pause_point("eval-before-write");
     report.write()?;
     let figures = match report.outcome.figure {
         Some(Figure::LayerRemoval) => {

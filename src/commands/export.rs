@@ -7,6 +7,7 @@ use crate::ExitStatus;
 use anyhow::Result;
 
 pub fn run(args: &ExportArgs) -> Result<ExitStatus> {
+    crate::signals::install_for("export", "nothing was written; run the same command again");
     let done = export_dir(&args.run, &args.hf)?;
     match &done.format {
         Format::Llama => println!(

@@ -6,6 +6,10 @@ use crate::{ExitStatus, InputError};
 use anyhow::Result;
 
 pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
+    crate::signals::install_for(
+        "plot",
+        "each figure is written whole, so those already listed are complete and the rest are absent; run the same command again for all of them",
+    );
     let opts = Options {
         log_x: args.log_x,
         column: args.column.clone(),
@@ -19,6 +23,7 @@ pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
         for written in plot::write(f, &args.out)? {
             println!("{}", written.display());
         }
+        crate::signals::pause_point("plot-between-figures");
     }
     Ok(ExitStatus::Success)
 }

@@ -98,7 +98,7 @@ fn trained(dir: &Path, step: Option<usize>, out: &Path) -> Result<ExitStatus> {
                     ))
                     .into());
                 };
-                let loaded = crate::checkpoint::load(path, &resolved.fingerprint())
+                let loaded = crate::checkpoint::load(path, &[&resolved.fingerprint(), &resolved.legacy_fingerprint()])
                     .map_err(|e| InputError(format!("checkpoint {}: {e:?}", path.display())))?;
                 if let Err(why) = model.load_weights(&loaded.model)? {
                     return Err(InputError(format!("checkpoint {}: {why}", path.display())).into());

@@ -56,7 +56,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
         }
     }
     let launch = match &args.resume {
-        None => start::fresh(&super::load_config(&args.config)?, args.out.clone())?,
+        None => start::fresh(&named_by_out(super::load_config(&args.config)?, args), args.out.clone())?,
         Some(dir) => {
             let c = &args.config;
             let how = start::ResumeOptions { force: args.force, accept_data_change: args.accept_data_change };
@@ -88,6 +88,21 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
     let Launch { resolved, corpus, device, run, start, lock: _lock } = launch;
     let outcome = train(&resolved, &corpus, &device, run.path(), progress_mode(args.quiet), start, stop)?;
     Ok(report(&outcome, run.path(), args.quiet))
+}
+
+/// `--out` replaces the run's whole path, so the run is called by its folder's name (in
+/// config.toml, summary.json and the progress lines) unless `--set run.name=...` names it.
+fn named_by_out(mut config: crate::config::Config, args: &TrainArgs) -> crate::config::Config {
+    let Some(out) = &args.out else { return config };
+    let named = args.config.set.iter().any(|s| s.split('=').next().map(str::trim) == Some("run.name"));
+    if !named {
+        if let Some(name) = out.file_name() {
+            config.run.name = name.to_string_lossy().into_owned();
+        }
+        let parent = out.parent().map(|p| p.display().to_string()).filter(|p| !p.is_empty());
+        config.run.out_dir = parent.unwrap_or_else(|| ".".into());
+    }
+    config
 }
 
 /// Every rank of a job must run the same binary on the same data and kind of device: `Err` (exit

@@ -127,7 +127,7 @@ impl Config {
         match path {
             None => Self::parse("", "defaults", overrides),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
+                let text = crate::files::read_to_string(p).map_err(|e| {
                     ConfigError(format!(
                         "cannot read config file {}: {e}\n  check the path (configs/ holds the shipped examples)",
                         p.display()

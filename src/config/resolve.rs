@@ -135,8 +135,25 @@ impl Config {
 }
 
 /// Keys that `keel train --resume --force` accepts changing: they do not alter anything computed
-/// up to the checkpoint (total steps changes the schedule from there on, as the user asked).
-pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 8] = [
+/// up to the checkpoint (total steps changes the schedule from there on, as the user asked). The
+/// data's paths say where the data lives, not what it is: its identity (see
+/// `data::identity`) is checked on its own, so a moved folder resumes and other data does not.
+pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 10] = [
+    "train.steps",
+    "train.recompute",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "run.name",
+    "run.out_dir",
+    "run.device",
+    "data.path",
+    "data.source",
+];
+
+/// [`SAFE_TO_CHANGE_ON_RESUME`] before the data's paths joined it: the fingerprint of checkpoints
+/// written by earlier keels (see [`Resolved::legacy_fingerprint`]).
+const LEGACY_SAFE: [&str; 8] = [
     "train.steps",
     "train.recompute",
     "train.log_every",
@@ -224,10 +241,20 @@ impl Resolved {
     /// [`SAFE_TO_CHANGE_ON_RESUME`]): checkpoints carry it, so one from another experiment is
     /// recognised.
     pub fn fingerprint(&self) -> String {
+        self.fingerprint_without(&SAFE_TO_CHANGE_ON_RESUME)
+    }
+
+    /// The fingerprint as keels before the data's paths became safe to change computed it (with
+    /// the paths as `config.toml` spells them), which their checkpoints carry.
+    pub fn legacy_fingerprint(&self) -> String {
+        self.fingerprint_without(&LEGACY_SAFE)
+    }
+
+    fn fingerprint_without(&self, left_out: &[&str]) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         for (k, v) in self.config.flatten() {
-            if !SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str()) {
+            if !left_out.contains(&k.as_str()) {
                 h.update(format!("{k}={v}\n").as_bytes());
             }
         }

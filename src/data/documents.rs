@@ -37,7 +37,7 @@ fn kind_of(path: &Path) -> InputKind {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    let read = |source| DataError::Read { path: dir.display().to_string(), source };
+    let read = |source| DataError::ReadInput { path: dir.display().to_string(), source };
     let mut entries: Vec<PathBuf> =
         std::fs::read_dir(dir).map_err(read)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(read)?;
     entries.sort();
@@ -92,13 +92,13 @@ pub fn expand(specs: &[String]) -> Result<Vec<Input>, DataError> {
                     return Err(DataError::NoInput(format!("the folder `{spec}` holds no files")));
                 }
             } else {
-                std::fs::metadata(&p).map_err(|source| DataError::Read { path: spec.clone(), source })?;
+                std::fs::metadata(&p).map_err(|source| DataError::ReadInput { path: spec.clone(), source })?;
                 paths.push(p);
             }
         }
         for path in paths {
             let bytes = std::fs::metadata(&path)
-                .map_err(|source| DataError::Read { path: path.display().to_string(), source })?
+                .map_err(|source| DataError::ReadInput { path: path.display().to_string(), source })?
                 .len();
             out.push(Input { origin: spec.clone(), kind: kind_of(&path), path, bytes });
         }
@@ -147,8 +147,8 @@ impl<'a> Documents<'a> {
             return Ok(false);
         }
         let input = &self.inputs[self.next_input];
-        let f = File::open(&input.path)
-            .map_err(|source| DataError::Read { path: input.path.display().to_string(), source })?;
+        let f = crate::files::open_regular(&input.path)
+            .map_err(|source| DataError::ReadInput { path: input.path.display().to_string(), source })?;
         self.reader = Some((BufReader::with_capacity(1 << 20, f), self.next_input));
         self.next_input += 1;
         self.line_no = 0;
@@ -168,7 +168,7 @@ impl<'a> Documents<'a> {
                 self.line.clear();
                 let n = reader
                     .read_until(b'\n', &mut self.line)
-                    .map_err(|source| DataError::Read { path: input.path.display().to_string(), source })?;
+                    .map_err(|source| DataError::ReadInput { path: input.path.display().to_string(), source })?;
                 if n == 0 {
                     break;
                 }

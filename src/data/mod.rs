@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 pub enum DataError {
     #[error("cannot read data file {path}: {source}\n  check data.source (use \"synthetic\" for the built-in corpus)")]
     Read { path: String, source: std::io::Error },
+    #[error("cannot read input {path}: {source}\n  check the --input paths given to keel data prepare")]
+    ReadInput { path: String, source: std::io::Error },
     #[error("data file {path} is not UTF-8 text: invalid bytes at offset {offset}\n  convert it to UTF-8 (e.g. iconv -t UTF-8) or point data.source at a text file")]
     NotUtf8 { path: String, offset: usize },
     #[error("data file {path} is too small: {len} bytes give {split} bytes of {which} data, fewer than train.seq_len + 1 = {need}\n  use a larger file, a smaller train.seq_len, or adjust data.val_fraction")]
@@ -40,6 +42,10 @@ pub enum DataError {
     HubOffline { what: String, cache: String, var: &'static str },
     #[error("dataset {repo} holds none of the files keel reads here ({} files: {})\n  point keel at a repo (or a local folder) in the layout it reads", files.len(), hub::sample(files))]
     HubNoFiles { repo: String, files: Vec<String>, root: Option<PathBuf> },
+    #[error("cannot read shard {path} of prepared data (data.path): {source}\n  the folder's meta.json lists it: restore the shard, or prepare the data again with `keel data prepare`")]
+    ShardUnreadable { path: String, source: std::io::Error },
+    #[error("prepared data folder {path} (data.path) does not exist{seen_from}\n  {fix}")]
+    MissingPrepared { path: String, seen_from: String, fix: String },
     #[error("{path} is not a valid keel token shard: {why}\n  prepare the data again with `keel data prepare`")]
     BadShard { path: String, why: String },
     #[error("{path} holds token id {id} at token {index}, outside the vocabulary of {vocab} (vocab_size in {meta})\n  the shard is damaged or meta.json was edited: prepare the data again with `keel data prepare` (or restore meta.json's vocab_size)")]
@@ -54,8 +60,23 @@ pub enum DataError {
     NoValidation { documents: u64, val_fraction: f64 },
     #[error("prepared data {path} has an empty validation split (0 tokens; prepared with --val-fraction {val_fraction}, {documents} documents in all)\n  prepare it again with a --val-fraction above 0 (e.g. the default 0.05), or prepare a folder with more documents")]
     EmptyValidation { path: String, val_fraction: f64, documents: u64 },
+    #[error("prepared data {path} does not match its meta.json: {changed}\n  its shards were swapped, replaced or modified after `keel data prepare`: restore them, or prepare the data again (a resume that should go on knowingly on the changed data takes --accept-data-change)")]
+    ShardsChanged { path: String, changed: String },
     #[error("cannot write {path}: {source}\n  check that the output folder is writable and has space")]
     Write { path: String, source: std::io::Error },
+}
+
+/// Makes `data.path` and a file `data.source` absolute (against the current folder), so that a
+/// run's `config.toml` names its data from anywhere: `keel eval`, `keel probe --run` and resume
+/// work whatever folder they are started from.
+pub fn absolute_paths(cfg: &mut DataConfig) {
+    let absolute = |p: &str| std::path::absolute(p).map(|a| a.display().to_string()).unwrap_or_else(|_| p.to_string());
+    if let Some(p) = &cfg.path {
+        cfg.path = Some(absolute(p));
+    }
+    if cfg.source != "synthetic" && !cfg.source.is_empty() {
+        cfg.source = absolute(&cfg.source);
+    }
 }
 
 /// Byte-level vocabulary size.
@@ -119,6 +140,11 @@ pub struct Corpus {
     pub vocab_size: usize,
     /// What the corpus is, for provenance.
     pub description: String,
+    /// What it is, as one comparable string (see [`identity`]), so that a resume on other data
+    /// is noticed.
+    pub identity: String,
+    /// Prepared shards that differ from their folder's meta.json (loaded only when accepted).
+    pub changed_shards: Vec<String>,
 }
 
 /// Byte-level ids are below [`BYTE_VOCAB`] by construction (the synthetic corpus and text files),
@@ -130,8 +156,14 @@ fn bytes_to_tokens(s: &[u8]) -> Vec<u32> {
 impl Corpus {
     /// Loads the corpus named by `data.source`; `seq_len` bounds the smallest usable split.
     pub fn load(cfg: &DataConfig, seq_len: usize) -> Result<Corpus, DataError> {
+        Self::load_accepting(cfg, seq_len, false)
+    }
+
+    /// [`Corpus::load`], except that with `accept_changed_shards` prepared shards that differ
+    /// from their meta.json are loaded (and listed in `changed_shards`) instead of refused.
+    pub fn load_accepting(cfg: &DataConfig, seq_len: usize, accept_changed_shards: bool) -> Result<Corpus, DataError> {
         if let Some(path) = &cfg.path {
-            return prepare::load_prepared(Path::new(path), cfg.tokenizer.as_deref(), seq_len);
+            return prepare::load_prepared(Path::new(path), cfg.tokenizer.as_deref(), seq_len, accept_changed_shards);
         }
         if cfg.source == "synthetic" {
             let train =
@@ -143,6 +175,8 @@ impl Corpus {
                 val: bytes_to_tokens(val.as_bytes()).into(),
                 vocab_size: BYTE_VOCAB,
                 description: format!("synthetic tasks (seed {}, {} bytes)", cfg.synthetic_seed, train.len()),
+                identity: identity::synthetic(cfg),
+                changed_shards: Vec::new(),
             });
         }
         Self::from_text_file(Path::new(&cfg.source), cfg.val_fraction, seq_len)
@@ -151,7 +185,7 @@ impl Corpus {
     /// Byte-level tokens of a UTF-8 file; the last `val_fraction` of it is the validation split.
     pub fn from_text_file(path: &Path, val_fraction: f64, seq_len: usize) -> Result<Corpus, DataError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: shown.clone(), source })?;
+        let bytes = crate::files::read(path).map_err(|source| DataError::Read { path: shown.clone(), source })?;
         if let Err(e) = std::str::from_utf8(&bytes) {
             return Err(DataError::NotUtf8 { path: shown, offset: e.valid_up_to() });
         }
@@ -167,6 +201,8 @@ impl Corpus {
             val: bytes_to_tokens(val).into(),
             vocab_size: BYTE_VOCAB,
             description: format!("bytes of {shown} ({} bytes)", bytes.len()),
+            identity: identity::file(&bytes),
+            changed_shards: Vec::new(),
         })
     }
 }

@@ -37,6 +37,13 @@ pub struct SplitMeta {
     pub tokens: u64,
     pub documents: u64,
     pub shards: Vec<String>,
+    /// Each shard's size in bytes, in the order of `shards` (absent from folders of older keels).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_bytes: Vec<u64>,
+    /// Each shard's checksum (see `shard::Scan::sha256`), checked whenever the folder is opened,
+    /// so that a shard swapped, replaced or modified since preparation is noticed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_sha256: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -203,6 +210,7 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
             }
         }
         pb.set_position(docs.bytes_read);
+        crate::signals::pause_point("prepare-batch");
     }
     pb.finish_and_clear();
     // The last document goes where it drew, except that it goes to validation when no earlier
@@ -226,13 +234,20 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
     let mut input_meta = Vec::new();
     for input in inputs {
         let sha256 = crate::files::sha256_file(&input.path)
-            .map_err(|source| DataError::Read { path: input.path.display().to_string(), source })?;
+            .map_err(|source| DataError::ReadInput { path: input.path.display().to_string(), source })?;
         input_meta.push(InputMeta {
             origin: input.origin.clone(),
             path: input.path.display().to_string(),
             bytes: input.bytes,
             sha256,
         });
+    }
+    for split in [&mut train.meta, &mut val.meta] {
+        for f in &split.shards {
+            let scan = Shard::open(&out.join(f))?.scan(u32::MAX);
+            split.shard_bytes.push(scan.bytes);
+            split.shard_sha256.push(scan.sha256);
+        }
     }
     tokenizer.save(&out.join("tokenizer.json"))?;
     let meta = Meta {
@@ -258,10 +273,47 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
     Ok(meta)
 }
 
+/// The files an unfinished preparation left in `dir` (shards, shards being written, its
+/// tokenizer), when `dir` holds no `meta.json` (written last) and nothing else but keel's scratch
+/// files; empty otherwise, so that no other file is ever taken for one.
+pub fn unfinished_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    if dir.join(META_FILE).exists() {
+        return Vec::new();
+    }
+    let Ok(entries) = crate::files::real_entries(dir) else { return Vec::new() };
+    let is_shard = |name: &str| {
+        let stem = name.strip_suffix(".bin.tmp").or_else(|| name.strip_suffix(".bin"));
+        stem.and_then(|s| s.strip_prefix("train_").or_else(|| s.strip_prefix("val_")))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let name = |p: &std::path::PathBuf| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let all_ours = entries.iter().all(|p| p.is_file() && (is_shard(&name(p)) || name(p) == "tokenizer.json"));
+    if all_ours && entries.iter().any(|p| is_shard(&name(p))) {
+        entries
+    } else {
+        Vec::new()
+    }
+}
+
 pub fn read_meta(dir: &Path) -> Result<Meta, DataError> {
     let shown = dir.display().to_string();
+    if std::fs::symlink_metadata(dir).is_err() {
+        let (seen_from, fix) = if dir.is_relative() {
+            let cwd = std::env::current_dir().map(|c| c.display().to_string()).unwrap_or_default();
+            (
+                format!(" as seen from {cwd}: the path is relative to the folder keel was started in"),
+                "run keel from the folder the data path was given in, or give data.path as an absolute path (runs started by this keel record it so)".to_string(),
+            )
+        } else {
+            (
+                String::new(),
+                "it was moved or deleted: point data.path at its new place (a run: keel train --resume RUN --set data.path=NEW --force), or prepare it again with `keel data prepare`".to_string(),
+            )
+        };
+        return Err(DataError::MissingPrepared { path: shown, seen_from, fix });
+    }
     let path = dir.join(META_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| DataError::BadPrepared {
+    let text = crate::files::read_to_string(&path).map_err(|e| DataError::BadPrepared {
         path: shown.clone(),
         why: format!("cannot read {}: {e}", path.display()),
     })?;
@@ -269,10 +321,19 @@ pub fn read_meta(dir: &Path) -> Result<Meta, DataError> {
         .map_err(|e| DataError::BadPrepared { path: shown, why: format!("{} does not parse: {e}", path.display()) })
 }
 
-/// Opens a split's shards and checks them against meta.json: the token count, and every id below
-/// the vocabulary (one pass over the mapped tokens; a damaged shard or an edited vocab_size would
-/// otherwise surface as an index error deep inside the embedding).
-fn open_split(dir: &Path, split: &SplitMeta, which: &str, vocab: usize) -> Result<Vec<Arc<Shard>>, DataError> {
+/// A split's shards, opened and checked.
+struct OpenSplit {
+    shards: Vec<Arc<Shard>>,
+    /// Each shard's checksum as found now.
+    sha256: Vec<String>,
+    /// Each shard whose size or checksum differs from what meta.json recorded, described.
+    changed: Vec<String>,
+}
+
+/// Opens a split's shards and checks them against meta.json: the token count, every id below
+/// the vocabulary (a damaged shard or an edited vocab_size would otherwise surface as an index
+/// error deep inside the embedding), and, in the same parallel pass, each shard's checksum.
+fn open_split(dir: &Path, split: &SplitMeta, which: &str, vocab: usize) -> Result<OpenSplit, DataError> {
     let shards: Vec<Arc<Shard>> =
         split.shards.iter().map(|f| Shard::open(&dir.join(f)).map(Arc::new)).collect::<Result<_, _>>()?;
     let found: u64 = shards.iter().map(|s| s.len() as u64).sum();
@@ -283,8 +344,22 @@ fn open_split(dir: &Path, split: &SplitMeta, which: &str, vocab: usize) -> Resul
         });
     }
     let limit = u32::try_from(vocab).unwrap_or(u32::MAX);
-    for s in &shards {
-        if let Some((index, id)) = s.first_at_or_above(limit) {
+    let (mut sha256, mut changed) = (Vec::new(), Vec::new());
+    for (i, s) in shards.iter().enumerate() {
+        let scan = s.scan(limit);
+        if let (Some(bytes), Some(sum)) = (split.shard_bytes.get(i), split.shard_sha256.get(i)) {
+            if (*bytes, sum) != (scan.bytes, &scan.sha256) {
+                changed.push(format!(
+                    "{}: {} bytes, checksum {}, where meta.json records {bytes} bytes, checksum {}",
+                    split.shards[i],
+                    scan.bytes,
+                    &scan.sha256[..12],
+                    &sum[..sum.len().min(12)]
+                ));
+            }
+        }
+        // Never accepted, changed data or not: the embedding could not look such an id up.
+        if let Some((index, id)) = scan.first_at_or_above {
             return Err(DataError::TokenOutOfRange {
                 path: s.path.display().to_string(),
                 index,
@@ -293,8 +368,9 @@ fn open_split(dir: &Path, split: &SplitMeta, which: &str, vocab: usize) -> Resul
                 meta: dir.join(META_FILE).display().to_string(),
             });
         }
+        sha256.push(scan.sha256);
     }
-    Ok(shards)
+    Ok(OpenSplit { shards, sha256, changed })
 }
 
 /// A prepared folder: its meta and its memory-mapped train and validation shards.
@@ -302,18 +378,56 @@ pub struct Prepared {
     pub meta: Meta,
     pub train: Vec<Arc<Shard>>,
     pub val: Vec<Arc<Shard>>,
+    /// The checksums of the shards as they are now, train then validation.
+    pub sha256: Vec<String>,
+    /// Shards that differ from what meta.json recorded at preparation, described; see
+    /// [`Prepared::check_unchanged`].
+    pub changed: Vec<String>,
 }
 
-pub fn open_prepared(dir: &Path) -> Result<Prepared, DataError> {
+impl Prepared {
+    /// Fails unless every shard matches the size and checksum meta.json recorded.
+    pub fn check_unchanged(&self, dir: &Path) -> Result<(), DataError> {
+        if self.changed.is_empty() {
+            return Ok(());
+        }
+        Err(DataError::ShardsChanged { path: dir.display().to_string(), changed: self.changed.join("; ") })
+    }
+}
+
+/// Opens a prepared folder, checking every shard (see `open_split`); shards that differ from
+/// meta.json are listed in [`Prepared::changed`], not refused: callers decide.
+pub fn open_prepared_unchecked(dir: &Path) -> Result<Prepared, DataError> {
     let meta = read_meta(dir)?;
     let train = open_split(dir, &meta.train, "training", meta.vocab_size)?;
     let val = open_split(dir, &meta.val, "validation", meta.vocab_size)?;
-    Ok(Prepared { meta, train, val })
+    let sha256 = train.sha256.into_iter().chain(val.sha256).collect();
+    let changed = train.changed.into_iter().chain(val.changed).collect();
+    Ok(Prepared { meta, train: train.shards, val: val.shards, sha256, changed })
 }
 
-/// Opens a prepared folder for training: shards memory-mapped, vocabulary from meta.json.
-pub fn load_prepared(dir: &Path, expected_tokenizer: Option<&str>, seq_len: usize) -> Result<Corpus, DataError> {
-    let Prepared { meta, train, val } = open_prepared(dir)?;
+/// Opens a prepared folder whose shards all match meta.json.
+pub fn open_prepared(dir: &Path) -> Result<Prepared, DataError> {
+    let prepared = open_prepared_unchecked(dir)?;
+    prepared.check_unchanged(dir)?;
+    Ok(prepared)
+}
+
+/// Opens a prepared folder for training: shards memory-mapped, vocabulary from meta.json. Shards
+/// that differ from meta.json are refused unless `accept_changed_shards` (a resume with
+/// `--accept-data-change`), which lists them in the corpus's identity instead.
+pub fn load_prepared(
+    dir: &Path,
+    expected_tokenizer: Option<&str>,
+    seq_len: usize,
+    accept_changed_shards: bool,
+) -> Result<Corpus, DataError> {
+    let prepared = open_prepared_unchecked(dir)?;
+    if !accept_changed_shards {
+        prepared.check_unchanged(dir)?;
+    }
+    let identity = super::identity::of_prepared(dir, &prepared.sha256)?;
+    let Prepared { meta, train, val, changed, .. } = prepared;
     if let Some(expected) = expected_tokenizer {
         if expected != meta.tokenizer {
             let path = dir.display().to_string();
@@ -337,6 +451,8 @@ pub fn load_prepared(dir: &Path, expected_tokenizer: Option<&str>, seq_len: usiz
         train: Tokens::Shards(train),
         val: Tokens::Shards(val),
         vocab_size: meta.vocab_size,
+        identity,
+        changed_shards: changed,
         description: format!(
             "{} ({} tokenizer, {} train + {} val tokens)",
             dir.display(),

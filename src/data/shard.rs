@@ -85,6 +85,21 @@ impl ShardWriter {
     }
 }
 
+/// The chunk of [`Shard::scan`] and of its checksum.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// What one pass over a shard finds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    /// The first token at or above the limit, as (index, id).
+    pub first_at_or_above: Option<(usize, u32)>,
+    /// The file's size.
+    pub bytes: u64,
+    /// The file's checksum, recorded in `meta.json`: the sha256 of the concatenated sha256s of its
+    /// 1 MiB chunks (header included), so that checking it costs one parallel pass.
+    pub sha256: String,
+}
+
 /// A memory-mapped shard.
 #[derive(Debug)]
 pub struct Shard {
@@ -98,10 +113,11 @@ impl Shard {
     pub fn open(path: &Path) -> Result<Shard, DataError> {
         let shown = path.display().to_string();
         let corrupt = |why: String| DataError::BadShard { path: shown.clone(), why };
-        let file = File::open(path).map_err(|source| DataError::Read { path: shown.clone(), source })?;
+        let file = crate::files::open_regular(path)
+            .map_err(|source| DataError::ShardUnreadable { path: shown.clone(), source })?;
         // Safety: keel only reads the mapping; shards are written once and renamed into place.
-        let map =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|source| DataError::Read { path: shown.clone(), source })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|source| DataError::ShardUnreadable { path: shown.clone(), source })?;
         if map.len() < HEADER_BYTES {
             return Err(corrupt(format!("{} bytes is shorter than the {HEADER_BYTES}-byte header", map.len())));
         }
@@ -156,11 +172,12 @@ impl Shard {
         }
     }
 
-    /// The first token whose id is `limit` or more, as (index, id): one parallel pass over the
-    /// mapping, a max per 1 MiB chunk (vectorized), then a scan of the first offending chunk.
-    pub fn first_at_or_above(&self, limit: u32) -> Option<(usize, u32)> {
+    /// The first token whose id is `limit` or more, as (index, id), and the file's checksum (see
+    /// [`Scan`]): one parallel pass over the mapping, a max and a sha256 per 1 MiB chunk, then a
+    /// scan of the first offending chunk.
+    pub fn scan(&self, limit: u32) -> Scan {
         use rayon::prelude::*;
-        let body = &self.map[HEADER_BYTES..];
+        use sha2::Digest;
         let w = self.width;
         let max_of = |chunk: &[u8]| -> u32 {
             if w == 2 {
@@ -169,12 +186,35 @@ impl Shard {
                 chunk.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).max().unwrap_or(0)
             }
         };
-        let chunk_bytes = (1 << 20) / w * w;
-        let bad = body.par_chunks(chunk_bytes).position_first(|c| max_of(c) >= limit)?;
-        let start = bad * chunk_bytes / w;
-        let mut tokens = vec![0u32; (chunk_bytes / w).min(self.len - start)];
-        self.read(start, &mut tokens);
-        tokens.iter().position(|&t| t >= limit).map(|i| (start + i, tokens[i]))
+        // Chunks of the whole file: the header (32 bytes) and 1 MiB are multiples of the token
+        // width, so every chunk starts on a token.
+        let chunks: Vec<([u8; 32], u32)> = self
+            .map
+            .par_chunks(CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, c)| {
+                let tokens = if i == 0 { &c[HEADER_BYTES.min(c.len())..] } else { c };
+                (sha2::Sha256::digest(c).into(), max_of(tokens))
+            })
+            .collect();
+        let mut whole = sha2::Sha256::new();
+        for (digest, _) in &chunks {
+            whole.update(digest);
+        }
+        let first_at_or_above = chunks.iter().position(|c| c.1 >= limit).and_then(|bad| {
+            let from_byte = (bad * CHUNK_BYTES).max(HEADER_BYTES);
+            let to_byte = ((bad + 1) * CHUNK_BYTES).min(self.map.len());
+            let start = (from_byte - HEADER_BYTES) / w;
+            let mut tokens = vec![0u32; (to_byte - from_byte) / w];
+            self.read(start, &mut tokens);
+            tokens.iter().position(|&t| t >= limit).map(|i| (start + i, tokens[i]))
+        });
+        Scan { first_at_or_above, bytes: self.map.len() as u64, sha256: format!("{:x}", whole.finalize()) }
+    }
+
+    /// The first token whose id is `limit` or more, as (index, id) (see [`Shard::scan`]).
+    pub fn first_at_or_above(&self, limit: u32) -> Option<(usize, u32)> {
+        self.scan(limit).first_at_or_above
     }
 
     pub fn to_vec(&self) -> Vec<u32> {
@@ -225,6 +265,17 @@ mod tests {
         assert_eq!(s.first_at_or_above(301), Some((1_300_000, 65535)));
         assert_eq!(s.first_at_or_above(65535), Some((1_300_000, 65535)));
         assert_eq!(s.first_at_or_above(1 << 16), None);
+        // The checksum: sha256 over the chunks' sha256s, here two chunks (3 MB in 1 MiB chunks: three).
+        use sha2::Digest;
+        let bytes = std::fs::read(&p).unwrap();
+        let mut whole = sha2::Sha256::new();
+        for c in bytes.chunks(1 << 20) {
+            whole.update(sha2::Sha256::digest(c));
+        }
+        let scan = s.scan(u32::MAX);
+        assert_eq!(scan.sha256, format!("{:x}", whole.finalize()));
+        assert_eq!(scan.bytes, bytes.len() as u64);
+        assert_eq!(scan.first_at_or_above, None);
         assert_eq!(token_width(256), 2);
         assert_eq!(token_width(65536), 2);
         assert_eq!(token_width(65537), 4);

@@ -132,6 +132,7 @@ impl KeelTokenizer {
             TokenizerSpec::Byte => Ok(Self::byte()),
             TokenizerSpec::Bpe(_) => Err(tk_err(raw, "a bpe:N tokenizer must be trained (keel data prepare)")),
             TokenizerSpec::File(p) => {
+                crate::files::check_regular(p).map_err(|e| tk_err(raw, e.to_string()))?;
                 let t = Tokenizer::from_file(p)
                     .map_err(|e| tk_err(raw, format!("{} does not parse as a tokenizer.json: {e}", p.display())))?;
                 Ok(Self::wrap(t, raw, false))
@@ -216,6 +217,7 @@ impl KeelTokenizer {
         if spec == "byte" {
             return Ok(Self::byte());
         }
+        crate::files::check_regular(path).map_err(|e| tk_err(spec, e.to_string()))?;
         let t =
             Tokenizer::from_file(path).map_err(|e| tk_err(spec, format!("{} does not parse: {e}", path.display())))?;
         Ok(Self::wrap(t, spec, false))

@@ -38,7 +38,7 @@ fn usage(spec: &str, why: &str) -> anyhow::Error {
 
 /// Shard file names listed in a `model.safetensors.index.json`, in order, without repeats.
 fn shards(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index)
+    let text = crate::files::read_to_string(index)
         .map_err(|e| InputError(format!("cannot read {}: {e}\n  restore the file", index.display())))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         InputError(format!("{} is not valid JSON: {e}\n  restore the file from the model's source", index.display()))
@@ -147,7 +147,7 @@ fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
 
 /// Reads and checks `config.json` as a Llama config.
 fn read_config(spec: &str, path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_to_string(path)
         .map_err(|e| InputError(format!("cannot read {}: {e}\n  restore the model's config.json", path.display())))?;
     let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         InputError(format!("{} is not valid JSON: {e}\n  restore the model's config.json", path.display()))
@@ -209,6 +209,9 @@ impl HfLlama {
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
         let files = resolve(spec)?;
         let config = read_config(spec, &files.config)?;
+        for w in &files.weights {
+            crate::files::check_regular(w)?;
+        }
         // SAFETY: the files are memory-mapped read-only; keel does not modify them while loaded.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files.weights) }.map_err(|e| {
             InputError(format!(

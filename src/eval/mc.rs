@@ -31,7 +31,7 @@ fn bad(msg: String) -> anyhow::Error {
 /// and either `context` (used verbatim) or `question` (prompted as `Question: {q}\nAnswer:`).
 pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_to_string(path)
         .map_err(|e| bad(format!("cannot read {shown}: {e}\n  pass --data with a JSONL file")))?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -87,7 +87,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
 pub fn read_bigbench(dir: &Path) -> Result<Vec<Item>> {
     let path = if dir.is_dir() { dir.join("task.json") } else { dir.to_path_buf() };
     let shown = path.display();
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = crate::files::read_to_string(&path).map_err(|e| {
         bad(format!("cannot read {shown}: {e}\n  pass --data with a BIG-bench task folder (benchmark_tasks/NAME)"))
     })?;
     let task: serde_json::Value =

@@ -116,11 +116,9 @@ fn bad(msg: String) -> anyhow::Error {
 /// Reads one `{subject}_{split}.csv`: no header, `question,A,B,C,D,answer`, RFC-4180 quoting.
 pub fn read_csv(path: &Path, subject: &str) -> Result<Vec<Question>> {
     let shown = path.display();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_path(path)
+    let file = crate::files::open_regular(path)
         .map_err(|e| bad(format!("cannot read {shown}: {e}\n  check the path given to --data")))?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(file);
     let mut out = Vec::new();
     for (row, record) in reader.records().enumerate() {
         let line = row + 1;

@@ -274,7 +274,8 @@ impl LanguageModel for KeelLm {
 /// Where a benchmark's results go: `--out`, else `RUN/eval/NAME`; an existing folder needs `--force`.
 pub fn results_dir(out: Option<&Path>, default: PathBuf, force: bool) -> Result<PathBuf> {
     let dir = out.map(Path::to_path_buf).unwrap_or(default);
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) && !force {
+    // keel's own scratch files (a temporary results.json of a killed eval) are not results.
+    if dir.exists() && crate::files::real_entries(&dir).is_ok_and(|e| !e.is_empty()) && !force {
         return Err(InputError(format!(
             "results folder {} already holds results; keel does not overwrite them\n  pass --force to replace them, or --out DIR",
             dir.display()

@@ -129,8 +129,8 @@ pub fn tokens(scorer: &mut Scorer, data: Option<&str>, hint: &str) -> Result<(Ve
                 }
                 let tokens = prepared.val.iter().flat_map(|s| s.to_vec()).collect();
                 Ok((tokens, format!("{d} (validation split)")))
-            } else if path.is_file() {
-                let bytes = std::fs::read(&path).map_err(|e| InputError(format!("cannot read {d}: {e}")))?;
+            } else if path.exists() && !path.is_dir() {
+                let bytes = crate::files::read(&path).map_err(|e| InputError(format!("cannot read {d}: {e}")))?;
                 let text = String::from_utf8(bytes).map_err(|e| {
                     InputError(format!(
                         "{d} is not UTF-8 (byte {})\n  convert it to UTF-8 first",

@@ -175,7 +175,7 @@ pub fn scores(run: &Path) -> BTreeMap<String, f64> {
     let Ok(entries) = std::fs::read_dir(RunDir::at(run).eval_results()) else { return out };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Ok(text) = std::fs::read_to_string(e.path().join(RESULTS)) else { continue };
+        let Ok(text) = crate::files::read_to_string(&e.path().join(RESULTS)) else { continue };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         for metric in &metrics {
             if let Some(x) = v.get(metric).and_then(|x| x.as_f64()) {

@@ -234,6 +234,27 @@ fn progress_bar(steps: usize) -> ProgressBar {
     pb
 }
 
+/// A write the operating system refused in the middle of a run (the folder made read-only or
+/// immutable, a file's permissions changed) becomes bad input naming the path and the way back;
+/// other errors pass through.
+fn refused_write(err: anyhow::Error, run: &RunDir) -> anyhow::Error {
+    let refused = err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+                || matches!(e.raw_os_error(), Some(1 | 13 | 30))
+        })
+    });
+    if !refused {
+        return err;
+    }
+    crate::InputError(format!(
+        "{err:#}\n  the run directory {dir} (or a file in it) stopped accepting writes while the run trained: it was made read-only or immutable\n  make it writable again (chmod -R u+w, chattr -R -i, or remount read-write), then continue with `keel train --resume {dir}`; its checkpoints and CSV rows so far are intact",
+        dir = run.path().display()
+    ))
+    .into()
+}
+
 /// How a training call ended.
 pub struct Outcome {
     pub summary: Summary,
@@ -279,6 +300,7 @@ pub fn train(
         train_time_s: 0.0,
         elapsed_s: 0.0,
         config_fingerprint: resolved.fingerprint(),
+        config: resolved.config.flatten(),
         keel_version: env!("CARGO_PKG_VERSION").into(),
     };
     let layout = crate::metrics::Layout::of(resolved);
@@ -301,6 +323,9 @@ pub fn train(
     if let Start::Checkpoint(c) = &start {
         restore(&mut trainer, c)?;
         state = c.state.clone();
+        // The config it goes on with, for the next checkpoints (the fingerprint stays the one
+        // the run's checkpoints carry, which older keels computed otherwise).
+        state.config = resolved.config.flatten();
     }
     // Divergence detection sees every step's loss, those before a resume replayed from metrics.csv.
     let mut detector =
@@ -338,13 +363,15 @@ pub fn train(
             return Ok(());
         }
         checkpoint::save(&run, &trainer.model.params, &trainer.opt, state.clone())
-            .with_context(|| format!("writing the checkpoint of step {}", state.step))?;
+            .with_context(|| format!("writing the checkpoint of step {}", state.step))
+            .map_err(|e| refused_write(e, &run))?;
         checkpoint::prune(
             &run,
             t.keep_checkpoints,
             (state.step == t.steps).then_some(t.steps),
             &state.config_fingerprint,
-        )?;
+        )
+        .map_err(|e| refused_write(e.into(), &run))?;
         Ok(())
     };
     // From here a signal stops the run after a step, with a checkpoint (before, it exits at once).
@@ -359,12 +386,13 @@ pub fn train(
         let tps = tokens_per_step as f64 / dt.as_secs_f64().max(1e-9);
         let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
         if let Some(w) = writers.as_mut() {
-            w.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, elapsed)?;
+            w.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, elapsed)
+                .map_err(|e| refused_write(e.into(), &run))?;
         }
         state.initial_loss.get_or_insert(r.loss);
         if t.grad_norm_every > 0 && (step == 1 || step % t.grad_norm_every == 0 || !r.finite) {
             if let Some(w) = writers.as_mut() {
-                w.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq))?;
+                w.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq)).map_err(|e| refused_write(e.into(), &run))?;
             }
         }
         if !r.finite {
@@ -390,7 +418,7 @@ pub fn train(
         if is_eval {
             let v = trainer.validate(corpus)?;
             if let Some(w) = writers.as_mut() {
-                w.eval(step, v)?;
+                w.eval(step, v).map_err(|e| refused_write(e.into(), &run))?;
             }
             state.last_val = Some(v);
         }
@@ -449,6 +477,7 @@ pub fn train(
         device: format!("{device:?}"),
         peak_rss_mb: crate::metrics::peak_rss_mb(),
         weights_sha256: None,
+        config_sha256: None,
     };
     // Rank 0 alone tells the user and writes the final files.
     if !root {
@@ -467,9 +496,10 @@ pub fn train(
     if diverged_at.is_none() {
         let tensors: std::collections::HashMap<String, Tensor> =
             trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-        summary.weights_sha256 = Some(run.save_weights(&tensors)?);
+        summary.weights_sha256 = Some(run.save_weights(&tensors).map_err(|e| refused_write(e, &run))?);
     }
-    run.write_summary(&summary)?;
+    summary.config_sha256 = Some(crate::files::sha256_file(&run.config())?);
+    run.write_summary(&summary).map_err(|e| refused_write(e, &run))?;
     run.mark_done()?;
     Ok(Outcome { summary, interrupted })
 }

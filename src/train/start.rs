@@ -8,6 +8,7 @@ use crate::run_dir::{RunDir, RunLock};
 use crate::InputError;
 use anyhow::{Context, Result};
 use candle_core::Device;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Where a training call starts.
@@ -69,7 +70,7 @@ fn save_tokenizer(config: &Config, run: &RunDir) -> Result<()> {
     let path = run.tokenizer();
     match &config.data.path {
         Some(dir) => {
-            let bytes = std::fs::read(Path::new(dir).join(crate::run_dir::TOKENIZER))
+            let bytes = crate::files::read(&Path::new(dir).join(crate::run_dir::TOKENIZER))
                 .with_context(|| format!("reading {dir}/tokenizer.json"))?;
             crate::files::write_atomic(&path, &bytes)?;
         }
@@ -80,6 +81,9 @@ fn save_tokenizer(config: &Config, run: &RunDir) -> Result<()> {
 
 /// A new run of `config` in `out` (default `run.out_dir/run.name`), which must be new or empty.
 pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
+    let mut config = config.clone();
+    crate::data::absolute_paths(&mut config.data);
+    let config = &config;
     let seq_len = config.train.seq_len.max(1);
     // Validate what needs no data first, so a bad config (or an absurd size) fails before a large
     // file is read; the memory check runs again with the data's vocabulary.
@@ -90,7 +94,7 @@ pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
     let resolved = config.resolve(corpus.vocab_size)?;
     crate::memory::check(&resolved, &device)?;
     crate::dist::check_batch(resolved.train().batch_size)?;
-    let identity = crate::data::identity::of(&config.data)?;
+    let identity = corpus.identity.clone();
     let out = out.unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
     let (run, lock) = RunDir::create(out)?;
     crate::signals::set_run_dir(run.path());
@@ -115,7 +119,79 @@ pub fn requested_config(
     if let Some(d) = device {
         requested.run.device = d.to_string();
     }
+    crate::data::absolute_paths(&mut requested.data);
     Ok(requested)
+}
+
+/// A run that reached its last step cannot be extended: its learning rate has decayed to
+/// `train.min_lr`, and training on would jump back up the old schedule.
+fn finished_cannot_change(dir: &Path, step: usize, diff: &[(String, String, String)]) -> InputError {
+    let lines: Vec<String> = diff.iter().map(|(k, a, b)| format!("  {k}: {a} -> {b}")).collect();
+    InputError(format!(
+        "{} finished at step {step}: a finished run is not resumed with other settings\n{}\n  its learning-rate schedule ended at train.min_lr, so training on would jump back up the old schedule; keel does not extend finished runs\n  train a new run with the new settings instead, e.g. keel train --config {} --set train.steps=N --out NEW_RUN_DIR (nothing in {} was changed)",
+        dir.display(),
+        lines.join("\n"),
+        RunDir::at(dir).config().display(),
+        dir.display()
+    ))
+}
+
+/// `config.toml` (with `--set`) does not give the config a checkpoint was trained with: names the
+/// keys that differ. Nothing is removed or advised to be removed: the checkpoint and the rows are
+/// the run's results.
+fn other_config(path: &Path, dir: &Path, recorded: &BTreeMap<String, String>, now: &Resolved) -> InputError {
+    let now = now.config.flatten();
+    let lines: Vec<String> = recorded
+        .iter()
+        .filter(|(k, _)| !SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str()))
+        .filter_map(|(k, then)| {
+            let is = now.get(k).cloned().unwrap_or_else(|| "(absent)".into());
+            (&is != then).then(|| format!("  {k}: {then} (checkpoint) -> {is} (now)"))
+        })
+        .collect();
+    let named = if recorded.is_empty() {
+        "  the checkpoint was written by an older keel, which did not record its config, so the keys cannot be named"
+            .to_string()
+    } else {
+        lines.join("\n")
+    };
+    InputError(format!(
+        "checkpoint {} was trained with another config than {} (with any --set) now gives:\n{named}\n  config.toml was edited after the run started, or the checkpoint was copied from another run; keel changed nothing\n  put the checkpoint's values back into config.toml and resume again; a key that is safe to change on resume ({}) is changed with --set KEY=VALUE --force instead; other values need a new run",
+        path.display(),
+        RunDir::at(dir).config().display(),
+        SAFE_TO_CHANGE_ON_RESUME.join(", ")
+    ))
+}
+
+/// Puts back a finished run's deleted `model.safetensors` from its final checkpoint, when that
+/// checkpoint's weights are the ones `summary.json` records.
+fn restore_weights(run: &RunDir, summary: &crate::run_dir::Summary) -> Result<()> {
+    let dir = run.path().display();
+    let step = summary.steps_completed;
+    let source = checkpoint::verified_weights(run, step).map_err(|why| {
+        InputError(format!(
+            "{dir} finished, but its {} is gone, and its final checkpoint (step {step}) cannot restore it: {why}\n  restore model.safetensors from a copy, or train the run again",
+            crate::run_dir::WEIGHTS
+        ))
+    })?;
+    let tmp = run.path().join(".model.safetensors.tmp");
+    std::fs::copy(&source, &tmp).with_context(|| format!("copying {} to {}", source.display(), tmp.display()))?;
+    let sha = crate::files::sha256_file(&tmp)?;
+    if summary.weights_sha256.as_ref().is_some_and(|want| *want != sha) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(InputError(format!(
+            "{dir} finished, but its {} is gone, and the weights of its final checkpoint (step {step}) are not the ones summary.json records\n  restore model.safetensors from a copy, or train the run again",
+            crate::run_dir::WEIGHTS
+        ))
+        .into());
+    }
+    std::fs::rename(&tmp, run.weights())?;
+    crate::files::fsync_dir(run.path());
+    eprintln!(
+        "{dir}: restored {} from checkpoint step {step} (sha256 {sha}, as summary.json records)",
+        crate::run_dir::WEIGHTS
+    );
+    Ok(())
 }
 
 /// `keel train --resume DIR`: the run's own config, with `overrides` (`--set`, on `config_file`
@@ -143,23 +219,43 @@ pub fn resume(
     }
     let lock = run.lock()?;
     crate::signals::set_run_dir(run.path());
-    if run.is_done() {
+    run.check_layout()?;
+    let saved_raw = run.read_config()?;
+    let requested = requested_config(dir, config_file, overrides, device)?;
+    let mut saved = saved_raw.clone();
+    crate::data::absolute_paths(&mut saved.data);
+    // A run that finished (DONE, or its summary.json: DONE is written right after it) takes no
+    // new settings; its deleted final weights are restored from the final checkpoint.
+    let summary = run.checked_summary()?;
+    if run.is_done() || summary.is_some() {
+        // Where it would run is no new work; every other key would be.
+        let diff: Vec<_> = saved.diff(&requested).into_iter().filter(|(k, _, _)| !k.starts_with("run.")).collect();
+        if !diff.is_empty() {
+            let step = summary.as_ref().map(|s| s.steps_completed).unwrap_or(saved.train.steps);
+            return Err(finished_cannot_change(dir, step, &diff).into());
+        }
+        if let Some(s) = summary.as_ref().filter(|s| !s.diverged && !run.has_weights()) {
+            restore_weights(&run, s)?;
+        }
+        if !run.is_done() {
+            run.mark_done()?;
+        }
         return Ok(Resumed::AlreadyFinished);
     }
-    let saved = run.read_config()?;
     let saved_identity =
         saved.meta.as_ref().and_then(|m| m.get(DATA_IDENTITY)).and_then(|v| v.as_str()).map(String::from);
-    let requested = requested_config(dir, config_file, overrides, device)?;
     let device = crate::device::parse(&requested.run.device)?;
     // Before the data is read: an absurd --set must not allocate it.
     crate::memory::check(&requested.resolve(crate::data::BYTE_VOCAB)?, &device)?;
-    let corpus = Corpus::load(&requested.data, requested.train.seq_len.max(1))?;
+    let corpus = Corpus::load_accepting(&requested.data, requested.train.seq_len.max(1), how.accept_data_change)?;
+    let legacy = saved_raw.resolve(corpus.vocab_size)?.legacy_fingerprint();
     let saved = saved.resolve(corpus.vocab_size)?;
     let resolved = requested.resolve(corpus.vocab_size)?;
     crate::memory::check(&resolved, &device)?;
     crate::dist::check_batch(resolved.train().batch_size)?;
-    let identity = crate::data::identity::of(&requested.data)?;
-    let data_changed = saved_identity.as_deref().is_some_and(|s| s != identity);
+    let identity = corpus.identity.clone();
+    let data_changed = !corpus.changed_shards.is_empty()
+        || saved_identity.as_deref().is_some_and(|s| !crate::data::identity::same(s, &identity));
     if data_changed && !how.accept_data_change {
         return Err(InputError(format!(
             "the data differs from what {} was started on:\n  then: {}\n  now:  {identity}\n  resume it on its own data; or, knowingly, add --accept-data-change to continue on the new data (recorded in config.toml)",
@@ -168,17 +264,30 @@ pub fn resume(
         ))
         .into());
     }
+    if !corpus.changed_shards.is_empty() {
+        eprintln!(
+            "warning: continuing on shards that differ from their meta.json (--accept-data-change): {}",
+            corpus.changed_shards.join("; ")
+        );
+    }
     let diff = saved.config.diff(&resolved.config);
     if !diff.is_empty() {
         let forbidden: Vec<&String> =
             diff.iter().map(|(k, _, _)| k).filter(|k| !SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str())).collect();
         if !forbidden.is_empty() || !how.force {
+            let same_data = !data_changed;
             let lines: Vec<String> = diff
                 .iter()
                 .map(|(k, a, b)| {
                     format!(
                         "  {k}: {a} -> {b}{}",
-                        if SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str()) {
+                        if k.starts_with("data.") && SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str()) {
+                            if same_data {
+                                "  (the same data, found elsewhere: safe to change with --force)"
+                            } else {
+                                "  (other data: needs --accept-data-change and --force)"
+                            }
+                        } else if SAFE_TO_CHANGE_ON_RESUME.contains(&k.as_str()) {
                             "  (safe to change with --force)"
                         } else {
                             ""
@@ -206,18 +315,16 @@ pub fn resume(
     let fingerprint = resolved.fingerprint();
     let mut start = Start::Over;
     for (_, path) in checkpoint::list(&run) {
-        match checkpoint::load(&path, &fingerprint) {
+        match checkpoint::load(&path, &[&fingerprint, &legacy]) {
             Ok(loaded) => {
                 start = Start::Checkpoint(Box::new(loaded));
                 break;
             }
-            Err(Unusable::Corrupt(why)) => eprintln!("warning: checkpoint {} is unusable ({why}); trying an older one", path.display()),
-            Err(Unusable::OtherConfig { found }) => {
-                return Err(InputError(format!(
-                    "checkpoint {} was written by a different experiment (config fingerprint {found}, this run's is {fingerprint})\n  resume it from its own run directory, or remove it",
-                    path.display()
-                ))
-                .into())
+            Err(Unusable::Corrupt(why)) => {
+                eprintln!("warning: checkpoint {} is unusable ({why}); trying an older one", path.display())
+            }
+            Err(Unusable::OtherConfig { config, .. }) => {
+                return Err(other_config(&path, dir, &config, &resolved).into())
             }
         }
     }
@@ -225,6 +332,10 @@ pub fn resume(
         Start::Checkpoint(c) => c.state.step,
         _ => 0,
     };
+    // DONE and summary.json removed by hand: the final checkpoint still says the run finished.
+    if from > 0 && from == saved.train().steps && resolved.train().steps > from {
+        return Err(finished_cannot_change(dir, from, &diff).into());
+    }
     let steps = resolved.train().steps;
     if steps < from {
         return Err(InputError(format!(
@@ -239,6 +350,11 @@ pub fn resume(
     }
     if !run.tokenizer().exists() {
         save_tokenizer(&requested, &run)?;
+    }
+    for (k, a, b) in &diff {
+        let note =
+            if k.starts_with("data.") && !data_changed { " (the same data, found at the new place)" } else { "" };
+        eprintln!("{}: continuing with {k}: {a} -> {b}{note}", dir.display());
     }
     match &start {
         Start::Checkpoint(c) => {
@@ -281,13 +397,15 @@ pub fn follow(line: &str) -> Result<Follower> {
     let start = match kind {
         "fresh" => Start::Fresh,
         "over" => Start::Over,
-        "checkpoint" => match checkpoint::load(Path::new(ckpt), &resolved.fingerprint()) {
-            Ok(loaded) => Start::Checkpoint(Box::new(loaded)),
-            Err(Unusable::Corrupt(why)) => anyhow::bail!("checkpoint {ckpt} is unusable on this rank: {why}"),
-            Err(Unusable::OtherConfig { found }) => {
-                anyhow::bail!("checkpoint {ckpt} has config fingerprint {found} on this rank")
+        "checkpoint" => {
+            match checkpoint::load(Path::new(ckpt), &[&resolved.fingerprint(), &resolved.legacy_fingerprint()]) {
+                Ok(loaded) => Start::Checkpoint(Box::new(loaded)),
+                Err(Unusable::Corrupt(why)) => anyhow::bail!("checkpoint {ckpt} is unusable on this rank: {why}"),
+                Err(Unusable::OtherConfig { found, .. }) => {
+                    anyhow::bail!("checkpoint {ckpt} has config fingerprint {found} on this rank")
+                }
             }
-        },
+        }
         other => anyhow::bail!("rank 0 sent an unknown start {other:?}"),
     };
     Ok(Follower { resolved, corpus, device, run, start })
