@@ -19,6 +19,9 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
         lrs: args.lrs.clone(),
         seeds: args.seeds.clone(),
         grid: args.grid.clone(),
+        sets: args.config.set.clone(),
+        device: args.config.device.clone(),
+        devices: args.devices.clone(),
     }
     .axes()?;
     let c = &args.config;
