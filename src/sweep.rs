@@ -12,6 +12,7 @@ use crate::run_dir::{RunDir, Summary};
 use crate::InputError;
 use anyhow::{Context, Result};
 use std::path::Path;
+use std::process::Stdio;
 
 /// `--depths` when it is not given.
 pub const DEFAULT_DEPTHS: &str = "64..1024";
@@ -455,7 +456,14 @@ pub fn evaluate_run(dir: &Path, evals: &Evals) -> Result<(), String> {
         let name = bench.name();
         let mut cmd = crate::child::keel().map_err(|e| e.to_string())?;
         cmd.args(bench.sweep_args(dir, evals.data.as_deref(), evals.shots, evals.limit));
-        let out = cmd.output().map_err(|e| e.to_string())?;
+        let Some(out) =
+            crate::child::run(cmd.stdout(Stdio::piped()).stderr(Stdio::piped())).map_err(|e| e.to_string())?
+        else {
+            return Ok(()); // the sweep is stopping
+        };
+        if crate::child::stopping() && !out.status.success() {
+            return Ok(()); // ended by the stop; the next start scores the run
+        }
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.code() == Some(2) && err.contains("already holds results") {
             continue;

@@ -391,3 +391,47 @@ fn a_key_given_two_sources_is_refused() {
     ));
     assert!(dry.contains("2 runs") && dry.contains("d2-lr1e-3"), "{dry}");
 }
+
+/// Ctrl-C (SIGINT to the sweep alone, as `kill -INT` sends it) stops the sweep only once its runs
+/// have written a checkpoint and exited: run folders are free the moment it returns, it exits 130
+/// and names the command that continues.
+#[test]
+#[cfg(target_os = "linux")]
+fn an_interrupted_sweep_waits_for_its_runs_and_says_how_to_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("int");
+    // Runs long enough to be caught mid-training; their only checkpoint is the one a stop writes.
+    let extra = ["--set", "train.steps=100000", "--set", "train.checkpoint_every=0", "--depths", "2,4", "--jobs", "2"];
+    let mut args: Vec<String> = TINY.iter().chain(&extra).map(|s| s.to_string()).collect();
+    args.extend(["--out".to_string(), out.to_string_lossy().into_owned()]);
+    let sweep = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("sweep")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rows =
+        |run: &str| std::fs::read_to_string(out.join(run).join("metrics.csv")).map(|t| t.lines().count()).unwrap_or(0);
+    wait_for("both runs' first steps", Duration::from_secs(60), || rows("d2") >= 2 && rows("d4") >= 2);
+    let signal = Command::new("kill").args(["-INT", &sweep.id().to_string()]).status().unwrap();
+    assert!(signal.success());
+    let start = Instant::now();
+    let o = sweep.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // At once: no run of the sweep is still alive, and every run folder can be locked.
+    let alive = processes_mentioning(&out);
+    for pid in &alive {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(alive.is_empty(), "keel train {alive:?} outlived its interrupted sweep\n{stdout}\n{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(130), "{stdout}\n{stderr}");
+    for run in ["d2", "d4"] {
+        let lock = std::fs::File::open(out.join(run).join(".keel.lock")).unwrap();
+        assert!(lock.try_lock().is_ok(), "{run} is still locked");
+        drop(lock);
+        assert!(std::fs::read_dir(out.join(run).join("checkpoints")).unwrap().count() > 0, "{run}: no checkpoint");
+    }
+    assert!(stderr.contains("continue with") && stderr.contains(&format!("sweep {}", args.join(" "))), "{stderr}");
+}
