@@ -1,7 +1,100 @@
 //! The `keel train` and `keel eval` subprocesses of a grid (`keel sweep`, `keel stress`): started
-//! from the very binary the grid runs, and ended with it.
+//! from the very binary the grid runs, ended with it, and stopped with it: a signal to the grid
+//! reaches every running child and starts no new one, and the grid waits for them (a run holds
+//! its folder until it has checkpointed and exited).
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The PIDs of the children now running. A PID is listed only while its child is unreaped (it is
+/// reaped and removed under this lock), so a stop never signals a process that reused the number.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Set by a stop: from then on no child starts.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+fn running() -> MutexGuard<'static, Vec<u32>> {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `cmd` to its end with no stdin, collecting what it writes to stdout and stderr where
+/// those are piped (`Command::output` pipes both); `None`, with nothing started, once the grid is
+/// stopping.
+pub fn run(cmd: &mut Command) -> std::io::Result<Option<Output>> {
+    cmd.stdin(Stdio::null());
+    let mut child = {
+        let mut running = running();
+        if stopping() {
+            return Ok(None);
+        }
+        let child = cmd.spawn()?;
+        running.push(child.id());
+        child
+    };
+    let id = child.id();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    std::thread::scope(|s| {
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            s.spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = drain(stdout.map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stderr = drain(stderr.map(|p| Box::new(p) as Box<dyn Read + Send>));
+        // Polled rather than waited on, so that reaping and leaving RUNNING are one step.
+        let status = loop {
+            {
+                let mut running = running();
+                let status = child.try_wait().transpose();
+                if status.is_some() {
+                    running.retain(|&p| p != id);
+                }
+                if let Some(status) = status {
+                    break status;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }?;
+        let join = |h: std::thread::ScopedJoinHandle<Vec<u8>>| h.join().unwrap_or_default();
+        Ok(Some(Output { status, stdout: join(stdout), stderr: join(stderr) }))
+    })
+}
+
+/// Stops the grid: no further child starts, and each running one gets SIGTERM (`keel train`
+/// finishes its step, writes a checkpoint and exits 130; a grid's run counts repeats as one stop).
+/// Returns whether the grid was already stopping, and how many children are running.
+pub fn stop_all() -> (bool, usize) {
+    let running = running();
+    let again = STOPPING.swap(true, Ordering::SeqCst);
+    for &pid in running.iter() {
+        terminate(pid);
+    }
+    (again, running.len())
+}
+
+#[cfg(target_os = "linux")]
+fn terminate(pid: u32) {
+    // SAFETY: kill has no memory effects; the PID is an unreaped child of this process.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn terminate(pid: u32) {
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+}
+
+/// Whether a signal has stopped the grid.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
 
 /// A command that runs this keel binary again, for a grid's children.
 ///

@@ -131,7 +131,7 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Depths in sub-layers: A..B doubles from A to B, or a comma list.
-    #[arg(long, default_value = "64..1024")]
+    #[arg(long, default_value = crate::sweep::DEFAULT_DEPTHS)]
     pub depths: String,
     /// Placements, comma-separated (default: the config's).
     #[arg(long, value_delimiter = ',')]

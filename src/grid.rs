@@ -119,8 +119,40 @@ pub enum Status {
     /// Already finished before this invocation.
     Skipped,
     Finished,
+    /// Stopped by a signal to the grid, with a checkpoint (or before its first step): the grid's
+    /// next start resumes it.
+    Stopped,
+    /// Not started: the grid was stopping.
+    NotStarted,
     /// `keel train` failed or was interrupted; the message says how.
     Failed(String),
+}
+
+/// What a stopped grid says on its way out: how far it got and the command that continues it,
+/// which is the one it was started with (finished runs are skipped, stopped ones resume).
+pub fn stopped_message(statuses: &[Status]) -> String {
+    let count = |f: fn(&Status) -> bool| statuses.iter().filter(|s| f(s)).count();
+    let failed = match count(|s| matches!(s, Status::Failed(_))) {
+        0 => String::new(),
+        n => format!(", {n} failed"),
+    };
+    let command: Vec<String> = std::env::args_os().map(|a| shell_word(&a.to_string_lossy())).collect();
+    format!(
+        "stopped by a signal: {} run(s) finished, {} stopped with a checkpoint, {} not started{failed}\n  continue with: {}\n  (finished runs are skipped, stopped ones resume from their checkpoints)",
+        count(|s| matches!(s, Status::Skipped | Status::Finished)),
+        count(|s| *s == Status::Stopped),
+        count(|s| *s == Status::NotStarted),
+        command.join(" ")
+    )
+}
+
+/// `w` as one word of a POSIX shell command line.
+fn shell_word(w: &str) -> String {
+    if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c)) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
 }
 
 fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&str>) -> Result<Status> {
@@ -142,9 +174,14 @@ fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&st
     if let Some(d) = device {
         cmd.args(["--device", d]);
     }
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting keel train")?;
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let Some(out) = crate::child::run(&mut cmd).context("starting keel train")? else {
+        return Ok(Status::NotStarted);
+    };
     Ok(match out.status.code() {
         Some(0) => Status::Finished,
+        // Stopped with a checkpoint, or ended by the stop's SIGTERM before it could take it.
+        Some(crate::EXIT_INTERRUPTED) | None if crate::child::stopping() => Status::Stopped,
         code => {
             let err = String::from_utf8_lossy(&out.stderr);
             Status::Failed(format!("exit {code:?}: {}", err.lines().last().unwrap_or("")))
@@ -153,7 +190,9 @@ fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&st
 }
 
 /// Runs `jobs` with up to `parallel` at once; `report` sees each as it ends. With `devices`, one
-/// run per device at a time (`parallel` is then the number of devices).
+/// run per device at a time (`parallel` is then the number of devices). Once a signal stops the
+/// grid (`signals::install_grid`), no job starts and the running ones are waited for: the jobs
+/// left are `NotStarted`.
 pub fn run(
     jobs: &[Job],
     parallel: usize,
@@ -175,16 +214,21 @@ pub fn run(
             let device = devices.get(worker).map(String::as_str);
             let (next, results, configs) = (&next, &results, &configs);
             s.spawn(move || loop {
+                if crate::child::stopping() {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(job) = jobs.get(i) else { break };
                 let status =
                     run_one(job, configs, threads, device).unwrap_or_else(|e| Status::Failed(format!("{e:#}")));
-                report(job, &status);
+                if status != Status::NotStarted {
+                    report(job, &status);
+                }
                 results.lock().expect("results")[i] = Some(status);
             });
         }
     });
-    Ok(results.into_inner().expect("results").into_iter().map(|s| s.expect("every job ran")).collect())
+    Ok(results.into_inner().expect("results").into_iter().map(|s| s.unwrap_or(Status::NotStarted)).collect())
 }
 
 #[cfg(test)]
@@ -221,6 +265,15 @@ mod tests {
         assert_eq!(runs[0].1, "d8-keel-lr0.001-normrms_norm");
         assert_eq!(runs[3].1, "d16-pre_ln-lr0.001-normrms_norm");
         assert_eq!(runs[1].0, ["model.depth=8", "model.placement=pre_ln", "train.lr=0.001", "model.norm=rms_norm"]);
+    }
+
+    #[test]
+    fn a_stopped_grid_names_its_command_as_a_shell_reads_it() {
+        assert_eq!(shell_word("--depths"), "--depths");
+        assert_eq!(shell_word("train.lr=1e-3"), "train.lr=1e-3");
+        assert_eq!(shell_word("runs/my sweep"), "'runs/my sweep'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

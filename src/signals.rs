@@ -1,7 +1,8 @@
 //! SIGINT / SIGTERM. `keel train`: during start-up (reading data, laying out the run directory, loading a
 //! checkpoint) keel stops at once: nothing has been trained, and every file it writes is written
 //! atomically. Once training runs, the first signal asks the run to stop after the current step
-//! with a checkpoint; a second one exits at once. Either way the exit status is 130.
+//! with a checkpoint; a second one exits at once. Either way the exit status is 130. A grid
+//! (`keel sweep`, `keel stress`) passes a stop on to its runs and waits for them instead.
 //!
 //! The other commands (eval, data prepare, plot, export, sweep --collect) keep no partial result:
 //! [`install_for`] makes the first signal run the command's own clean-up ([`on_stop`]), say what
@@ -53,6 +54,21 @@ pub fn install() -> &'static AtomicBool {
         say("\nsignal received: finishing the current step and writing a checkpoint (send it again to stop at once)");
     });
     &STOP
+}
+
+/// Installs a grid's handler (`keel sweep`, `keel stress`), in place of [`install`]: a signal
+/// starts no further run and asks each running one to checkpoint and stop (`child::stop_all`);
+/// the grid waits for them, so that when it exits their folders are free to resume. Its runs stop
+/// once, however many signals come.
+pub fn install_grid() {
+    let _ = ctrlc::set_handler(|| {
+        let waiting = |n| format!("waiting for the {n} running run(s) to write a checkpoint and stop");
+        say(&match crate::child::stop_all() {
+            (false, 0) => "\nsignal received: starting no further run".to_string(),
+            (false, n) => format!("\nsignal received: starting no further run; {}", waiting(n)),
+            (true, n) => format!("\nstill {}", waiting(n)),
+        });
+    });
 }
 
 /// The run directory a start-up stop should point to.

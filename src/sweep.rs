@@ -12,8 +12,13 @@ use crate::run_dir::{RunDir, Summary};
 use crate::InputError;
 use anyhow::{Context, Result};
 use std::path::Path;
+use std::process::Stdio;
 
-/// The axes of a sweep, in the order they vary (depth outermost).
+/// `--depths` when it is not given.
+pub const DEFAULT_DEPTHS: &str = "64..1024";
+
+/// The axes of a sweep, in the order they vary (depth outermost), and the other flags that give a
+/// run's config keys their values: each key takes its values from one of them, never two.
 #[derive(Debug, Clone, Default)]
 pub struct Axes {
     /// `A..B` (doubling) or a comma list.
@@ -23,37 +28,209 @@ pub struct Axes {
     pub seeds: Vec<u64>,
     /// `section.key=v1,v2`, each another axis.
     pub grid: Vec<String>,
+    /// `--set section.key=value`: one value for every run.
+    pub sets: Vec<String>,
+    /// `--device` and `--devices`, which choose each run's `run.device`.
+    pub device: Option<String>,
+    pub devices: Vec<String>,
+}
+
+/// Where one config key gets values in a sweep.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// `--depths`, `--placements`, `--lrs` or `--seeds` (the flag).
+    Axis(&'static str),
+    /// `--grid key=v1,v2`.
+    Grid,
+    /// `--set key=v`.
+    Set,
+    /// `--device` or `--devices`.
+    Device,
+    /// The sweep itself: it names each run and places it in `--out`.
+    Sweep,
+}
+
+/// One flag's values for one key.
+#[derive(Debug, Clone)]
+struct Given {
+    key: String,
+    /// As the user wrote it (`--lrs 2e-3`, `--grid train.lr=1e-3`), for messages.
+    flag: String,
+    values: Vec<String>,
+    source: Source,
+}
+
+impl Given {
+    fn varies(&self) -> bool {
+        matches!(self.source, Source::Axis(_) | Source::Grid)
+    }
 }
 
 impl Axes {
-    /// The grid axes; an axis left empty takes the config's value.
+    /// The grid axes; an axis left empty takes the config's value. A key given values by two
+    /// flags is refused (keel would train one and name the run after the other, or both), and so
+    /// is an axis listing one value twice (two grid points, one config, one folder).
     pub fn axes(&self) -> Result<Vec<Axis>> {
-        let mut axes = vec![Axis {
-            key: "model.depth".into(),
-            values: parse_depths(&self.depths)?.iter().map(|d| d.to_string()).collect(),
-        }];
+        let given = self.given()?;
+        one_source_per_key(&given, self.depths == DEFAULT_DEPTHS)?;
+        let mut axes = Vec::new();
+        for g in given.iter().filter(|g| g.varies()) {
+            distinct(g)?;
+            axes.push(Axis { key: g.key.clone(), values: g.values.clone() });
+        }
+        Ok(axes)
+    }
+
+    /// Every flag that gives a key values, axes first in the order they vary.
+    fn given(&self) -> Result<Vec<Given>> {
+        let axis = |key: &str, flag: &'static str, values: Vec<String>| Given {
+            key: key.into(),
+            flag: format!("{flag} {}", values.join(",")),
+            values,
+            source: Source::Axis(flag),
+        };
+        let mut depth =
+            axis("model.depth", "--depths", parse_depths(&self.depths)?.iter().map(|d| d.to_string()).collect());
+        depth.flag = format!("--depths {}", self.depths);
+        if self.depths == DEFAULT_DEPTHS {
+            depth.flag.push_str(" (the default)");
+        }
+        let mut given = vec![depth];
         if !self.placements.is_empty() {
-            for p in &self.placements {
-                Placement::parse(p)?;
-            }
-            axes.push(Axis { key: "model.placement".into(), values: self.placements.clone() });
+            let names = self.placements.iter().map(|p| Ok(Placement::parse(p)?.as_str().to_string()));
+            given.push(axis("model.placement", "--placements", names.collect::<Result<_>>()?));
         }
         if !self.lrs.is_empty() {
-            axes.push(Axis { key: "train.lr".into(), values: self.lrs.iter().map(|x| format!("{x:e}")).collect() });
+            given.push(axis("train.lr", "--lrs", self.lrs.iter().map(|x| format!("{x:e}")).collect()));
         }
         if !self.seeds.is_empty() {
-            axes.push(Axis { key: "train.seed".into(), values: self.seeds.iter().map(|x| x.to_string()).collect() });
+            given.push(axis("train.seed", "--seeds", self.seeds.iter().map(|x| x.to_string()).collect()));
         }
         for g in &self.grid {
             let Some((key, values)) = g.split_once('=') else {
                 return Err(InputError(format!("--grid `{g}`: write it as section.key=v1,v2")).into());
             };
-            axes.push(Axis {
-                key: key.trim().into(),
-                values: values.split(',').map(|v| v.trim().to_string()).collect(),
-            });
+            let values = values.split(',').map(|v| v.trim().to_string()).collect();
+            given.push(Given { key: key.trim().into(), flag: format!("--grid {g}"), values, source: Source::Grid });
         }
-        Ok(axes)
+        // A --set without `=` is left to the config loader's message.
+        for s in &self.sets {
+            if let Some((key, value)) = s.split_once('=') {
+                let values = vec![value.trim().to_string()];
+                given.push(Given { key: key.trim().into(), flag: format!("--set {s}"), values, source: Source::Set });
+            }
+        }
+        let device = |flag: String, values: Vec<String>| Given {
+            key: "run.device".into(),
+            flag,
+            values,
+            source: Source::Device,
+        };
+        if let Some(d) = &self.device {
+            given.push(device(format!("--device {d}"), vec![d.clone()]));
+        }
+        if !self.devices.is_empty() {
+            given.push(device(format!("--devices {}", self.devices.join(",")), self.devices.clone()));
+        }
+        let sweep = |key: &str, flag: &str| Given {
+            key: key.into(),
+            flag: flag.into(),
+            values: Vec::new(),
+            source: Source::Sweep,
+        };
+        given.push(sweep("run.name", "the sweep, which names each run after its grid point (d64-keel-lr3e-3)"));
+        given.push(sweep("run.out_dir", "--out, which holds the sweep's runs"));
+        Ok(given)
+    }
+}
+
+/// `Err` naming the first key that two flags give values, both flags, and the one flag to give
+/// instead. Two fixed values (`--set` and `--device`) are not the sweep's concern: the later one
+/// wins there as in `keel train`.
+fn one_source_per_key(given: &[Given], default_depths: bool) -> Result<(), InputError> {
+    for (i, first) in given.iter().enumerate() {
+        let owns = |g: &Given| g.varies() || g.source == Source::Sweep;
+        let Some(second) = given[i + 1..].iter().find(|g| g.key == first.key && (owns(first) || owns(g))) else {
+            continue;
+        };
+        let key = &first.key;
+        let fix = if [first, second].iter().any(|g| g.source == Source::Sweep) {
+            let other = if first.source == Source::Sweep { second } else { first };
+            format!(
+                "drop {}: {}",
+                other.flag,
+                if key == "run.name" { "the sweep names each run" } else { "choose the sweep's folder with --out" }
+            )
+        } else if [first, second].iter().any(|g| g.source == Source::Device) {
+            let (device, grid) = if first.source == Source::Device { (first, second) } else { (second, first) };
+            format!("drop {} (the grid gives each run its device), or {}", device.flag, grid.flag)
+        } else {
+            // Both sets of values, the default depths left out: the fix keeps what was asked for.
+            let mut values: Vec<String> = Vec::new();
+            for g in [first, second] {
+                if !(default_depths && g.source == Source::Axis("--depths")) {
+                    for v in &g.values {
+                        if !values.iter().any(|w| same_value(key, w, v)) {
+                            values.push(v.clone());
+                        }
+                    }
+                }
+            }
+            let flag = [first, second].iter().find_map(|g| match g.source {
+                Source::Axis(flag) => Some(flag),
+                _ => None,
+            });
+            match flag {
+                Some(flag) => format!("{flag} {}", values.join(",")),
+                None => format!("--grid {key}={}", values.join(",")),
+            }
+        };
+        return Err(InputError(format!(
+            "{key} is given twice, by {} and by {}: a sweep takes each key's values from one flag (keel would use only one of them)\n  give {key} once: {fix}",
+            first.flag, second.flag
+        )));
+    }
+    Ok(())
+}
+
+/// `Err` when an axis lists one value twice, compared as the config reads them (`0.001` is
+/// `1e-3`), naming the values and the list without repeats.
+fn distinct(g: &Given) -> Result<()> {
+    let mut kept: Vec<(&str, String)> = Vec::new();
+    let mut repeat = None;
+    for v in &g.values {
+        let value = config_value(&g.key, v)?;
+        match kept.iter().find(|(_, w)| *w == value) {
+            Some(&(first, _)) => repeat = repeat.or(Some((first, v.as_str(), value))),
+            None => kept.push((v, value)),
+        }
+    }
+    let Some((first, again, value)) = repeat else { return Ok(()) };
+    let values = kept.iter().map(|(v, _)| *v).collect::<Vec<_>>().join(",");
+    let fix = match g.source {
+        Source::Axis(flag) => format!("{flag} {values}"),
+        _ => format!("--grid {}={values}", g.key),
+    };
+    let twice =
+        if first == again { format!("{again} twice") } else { format!("{value} twice, as {first} and {again}") };
+    Err(InputError(format!(
+        "{} gives {} the value {twice}: two grid points would be one run, in one folder\n  give each value once: {fix}",
+        g.flag, g.key
+    ))
+    .into())
+}
+
+/// `v` as the config holds it at `key` (the defaults otherwise), in the config's own text.
+fn config_value(key: &str, v: &str) -> Result<String> {
+    let text = Config::load(None, &[format!("{key}={v}")])?.flatten().remove(key).unwrap_or_else(|| v.to_string());
+    Ok(serde_json::from_str::<String>(&text).unwrap_or(text))
+}
+
+/// Whether `a` and `b` are one value of `key`; text that does not load compares as text.
+fn same_value(key: &str, a: &str, b: &str) -> bool {
+    match (config_value(key, a), config_value(key, b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -69,7 +246,19 @@ pub fn jobs(
     let mut jobs = Vec::new();
     // Each distinct [data] section is loaded once, for its vocabulary (a --grid may vary it).
     let mut vocab_by_data: Vec<(String, usize)> = Vec::new();
+    let mut points: Vec<(String, Vec<String>)> = Vec::new();
     for (point, name) in grid::expand(axes) {
+        // Distinct values can still give one name (names keep only `A-Za-z0-9._-`): one folder.
+        if let Some((_, other)) = points.iter().find(|(n, _)| *n == name) {
+            return Err(InputError(format!(
+                "grid points {} and {} would share the folder {}: a run's name keeps only letters, digits, `.`, `-` and `_`\n  give that axis values that differ in those characters, or sweep them into separate --out folders",
+                other.join(" "),
+                point.join(" "),
+                out.join(&name).display()
+            ))
+            .into());
+        }
+        points.push((name.clone(), point.clone()));
         let mut all = sets.to_vec();
         all.extend(point);
         all.push(format!("run.name={name}"));
@@ -267,7 +456,14 @@ pub fn evaluate_run(dir: &Path, evals: &Evals) -> Result<(), String> {
         let name = bench.name();
         let mut cmd = crate::child::keel().map_err(|e| e.to_string())?;
         cmd.args(bench.sweep_args(dir, evals.data.as_deref(), evals.shots, evals.limit));
-        let out = cmd.output().map_err(|e| e.to_string())?;
+        let Some(out) =
+            crate::child::run(cmd.stdout(Stdio::piped()).stderr(Stdio::piped())).map_err(|e| e.to_string())?
+        else {
+            return Ok(()); // the sweep is stopping
+        };
+        if crate::child::stopping() && !out.status.success() {
+            return Ok(()); // ended by the stop; the next start scores the run
+        }
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.code() == Some(2) && err.contains("already holds results") {
             continue;

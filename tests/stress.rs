@@ -68,3 +68,43 @@ fn stress_writes_table_one_and_skips_finished_runs() {
     assert_eq!(std::fs::read_to_string(d.join("st/stress.csv")).unwrap(), csv);
     assert_eq!(std::fs::metadata(d.join("st/keel-d8/metrics.csv")).unwrap().modified().unwrap(), before);
 }
+
+/// Ctrl-C on `keel stress` (SIGINT to it alone, as `kill -INT` sends it) starts no further run and
+/// returns only once the running ones have checkpointed and exited: exit status 130, no table
+/// from a partial grid, and the command that continues.
+#[test]
+#[cfg(target_os = "linux")]
+fn an_interrupted_stress_waits_for_its_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let stress = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["stress", "--placements", "keel,pre_ln", "--depths", "2,4", "--jobs", "2", "--out", "st"])
+        // A ramp far too long to end, and no stall to stop it: the runs train until stopped.
+        .args(["--warmup-steps", "1000000", "--peak-lr", "1e-3", "--stall-window", "10000000"])
+        .args(["--set", "model.d_model=16", "--set", "model.n_heads=2", "--set", "train.seq_len=16"])
+        .args(["--set", "data.synthetic_bytes=20000", "--set", "train.checkpoint_every=0"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rows = |run: &str| {
+        std::fs::read_to_string(d.join("st").join(run).join("metrics.csv")).map(|t| t.lines().count()).unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while rows("keel-d2") < 2 || rows("pre_ln-d2") < 2 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "the runs never took a step");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-INT", &stress.id().to_string()]).status().unwrap().success());
+    let o = stress.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{}\n{stderr}", String::from_utf8_lossy(&o.stdout));
+    for run in ["keel-d2", "pre_ln-d2"] {
+        let lock = std::fs::File::open(d.join("st").join(run).join(".keel.lock")).unwrap();
+        assert!(lock.try_lock().is_ok(), "{run} is still held by its keel train");
+        assert!(std::fs::read_dir(d.join("st").join(run).join("checkpoints")).unwrap().count() > 0, "{run}");
+    }
+    assert!(!d.join("st/keel-d4").exists() && !d.join("st/stress.csv").exists());
+    assert!(stderr.contains("continue with: ") && stderr.contains("stress --placements keel,pre_ln"), "{stderr}");
+}

@@ -289,3 +289,149 @@ fn summary_rows_are_in_grid_order() {
     let alphas: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').nth(alpha).unwrap()).collect();
     assert_eq!(alphas, ["1", "2", "4", "16"], "{csv}");
 }
+
+/// A refused sweep: exit status 2, nothing written, and the message on stderr.
+fn refused(d: &Path, extra: &[&str]) -> String {
+    let o = sweep(d, &[extra, &["--out", "refused"]].concat());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}{}", String::from_utf8_lossy(&o.stdout));
+    assert!(!d.join("refused").exists(), "{extra:?}: a refused sweep wrote its folder");
+    err
+}
+
+/// Two grid points with equal values (compared as values: 0.001 is 1e-3) would be one run trained
+/// twice into one folder, or one config under two names.
+#[test]
+fn duplicate_grid_values_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for (args, key, fix) in [
+        (&["--depths", "2", "--lrs", "1e-3,1e-3"][..], "train.lr", "--lrs 1e-3"),
+        (&["--depths", "2", "--lrs", "0.001,1e-3,2e-3"], "train.lr", "--lrs 1e-3,2e-3"),
+        (&["--depths", "4,2,4"], "model.depth", "--depths 4,2"),
+        (&["--depths", "2", "--placements", "keel,pre_ln,keel"], "model.placement", "--placements keel,pre_ln"),
+        (&["--depths", "2", "--seeds", "0,0"], "train.seed", "--seeds 0"),
+        (&["--depths", "2", "--grid", "train.lr=0.001,1e-3"], "train.lr", "--grid train.lr=0.001"),
+        (&["--depths", "2", "--grid", "model.norm=rms_norm, rms_norm"], "model.norm", "--grid model.norm=rms_norm"),
+    ] {
+        let err = refused(d, args);
+        assert!(err.contains(key) && err.contains("twice") && err.contains(fix), "{args:?}: {err}");
+    }
+    // Distinct values are fine, however they are written.
+    let dry = ok(&sweep(d, &["--depths", "2", "--grid", "train.lr=0.001,2e-3", "--out", "x", "--dry-run"]));
+    assert!(dry.contains("2 runs"), "{dry}");
+}
+
+/// One key given values by two flags: keel used to train one of them silently (and name the run
+/// after the other); now it refuses, naming the key, both flags and the one flag to write instead.
+#[test]
+fn a_key_given_two_sources_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for (args, key, sources, fix) in [
+        (
+            &["--depths", "2", "--lrs", "2e-3", "--grid", "train.lr=1e-3"][..],
+            "train.lr",
+            ["--lrs 2e-3", "--grid train.lr=1e-3"],
+            "--lrs 2e-3,1e-3",
+        ),
+        (
+            &["--depths", "4", "--grid", "model.depth=6"],
+            "model.depth",
+            ["--depths 4", "--grid model.depth=6"],
+            "--depths 4,6",
+        ),
+        (&["--grid", "model.depth=6"], "model.depth", ["--depths 64..1024", "--grid model.depth=6"], "--depths 6"),
+        (
+            &["--depths", "2", "--seeds", "1", "--grid", "train.seed=0,2"],
+            "train.seed",
+            ["--seeds 1", "--grid train.seed=0,2"],
+            "--seeds 1,0,2",
+        ),
+        (
+            &["--depths", "2", "--placements", "keel", "--grid", "model.placement=pre_ln"],
+            "model.placement",
+            ["--placements keel", "--grid model.placement=pre_ln"],
+            "--placements keel,pre_ln",
+        ),
+        (
+            &["--depths", "2", "--grid", "model.norm=rms_norm", "--grid", "model.norm=layer_norm"],
+            "model.norm",
+            ["--grid model.norm=rms_norm", "--grid model.norm=layer_norm"],
+            "--grid model.norm=rms_norm,layer_norm",
+        ),
+        (
+            &["--depths", "2", "--lrs", "1e-3", "--set", "train.lr=2e-3"],
+            "train.lr",
+            ["--lrs 1e-3", "--set train.lr=2e-3"],
+            "--lrs 1e-3,2e-3",
+        ),
+        (&["--set", "model.depth=4"], "model.depth", ["--depths 64..1024", "--set model.depth=4"], "--depths 4"),
+        (
+            &["--depths", "2", "--grid", "model.norm=rms_norm,layer_norm", "--set", "model.norm=rms_norm"],
+            "model.norm",
+            ["--grid model.norm=rms_norm,layer_norm", "--set model.norm=rms_norm"],
+            "--grid model.norm=rms_norm,layer_norm",
+        ),
+        (
+            &["--depths", "2", "--grid", "run.device=cpu", "--device", "cpu"],
+            "run.device",
+            ["--grid run.device=cpu", "--device cpu"],
+            "once",
+        ),
+        (&["--depths", "2", "--set", "run.name=mine"], "run.name", ["--set run.name=mine", "grid point"], "once"),
+    ] {
+        let err = refused(d, args);
+        assert!(err.contains(key) && sources.iter().all(|s| err.contains(s)) && err.contains(fix), "{args:?}: {err}");
+    }
+    // A key the sweep does not otherwise vary may be an axis of --grid alone, or fixed by --set.
+    let dry = ok(&sweep(
+        d,
+        &["--depths", "2", "--grid", "train.lr=1e-3,2e-3", "--set", "model.norm=rms_norm", "--out", "x", "--dry-run"],
+    ));
+    assert!(dry.contains("2 runs") && dry.contains("d2-lr1e-3"), "{dry}");
+}
+
+/// Ctrl-C (SIGINT to the sweep alone, as `kill -INT` sends it) stops the sweep only once its runs
+/// have written a checkpoint and exited: run folders are free the moment it returns, it exits 130
+/// and names the command that continues.
+#[test]
+#[cfg(target_os = "linux")]
+fn an_interrupted_sweep_waits_for_its_runs_and_says_how_to_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("int");
+    // Runs long enough to be caught mid-training; their only checkpoint is the one a stop writes.
+    let extra = ["--set", "train.steps=100000", "--set", "train.checkpoint_every=0", "--depths", "2,4", "--jobs", "2"];
+    let mut args: Vec<String> = TINY.iter().chain(&extra).map(|s| s.to_string()).collect();
+    args.extend(["--out".to_string(), out.to_string_lossy().into_owned()]);
+    let sweep = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("sweep")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rows =
+        |run: &str| std::fs::read_to_string(out.join(run).join("metrics.csv")).map(|t| t.lines().count()).unwrap_or(0);
+    wait_for("both runs' first steps", Duration::from_secs(60), || rows("d2") >= 2 && rows("d4") >= 2);
+    let signal = Command::new("kill").args(["-INT", &sweep.id().to_string()]).status().unwrap();
+    assert!(signal.success());
+    let start = Instant::now();
+    let o = sweep.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // At once: no run of the sweep is still alive, and every run folder can be locked.
+    let alive = processes_mentioning(&out);
+    for pid in &alive {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(alive.is_empty(), "keel train {alive:?} outlived its interrupted sweep\n{stdout}\n{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(130), "{stdout}\n{stderr}");
+    for run in ["d2", "d4"] {
+        let lock = std::fs::File::open(out.join(run).join(".keel.lock")).unwrap();
+        assert!(lock.try_lock().is_ok(), "{run} is still locked");
+        drop(lock);
+        assert!(std::fs::read_dir(out.join(run).join("checkpoints")).unwrap().count() > 0, "{run}: no checkpoint");
+    }
+    assert!(stderr.contains("continue with") && stderr.contains(&format!("sweep {}", args.join(" "))), "{stderr}");
+}

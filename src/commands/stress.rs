@@ -51,11 +51,19 @@ pub fn run(args: &StressArgs) -> Result<ExitStatus> {
         args.warmup_steps,
         args.jobs
     );
+    crate::signals::install_grid();
     let statuses = grid::run(&jobs, args.jobs, &[], &args.out, &|job, status| match status {
         Status::Skipped => println!("  {:<24} already finished", job.name),
         Status::Finished => println!("  {:<24} done", job.name),
+        Status::Stopped => println!("  {:<24} stopped (resumes from its checkpoint)", job.name),
+        Status::NotStarted => {}
         Status::Failed(why) => println!("  {:<24} FAILED: {why}", job.name),
     })?;
+    // The table needs every run: a stopped grid writes none, and says how to finish it.
+    if crate::child::stopping() {
+        eprintln!("keel stress {}", grid::stopped_message(&statuses));
+        return Ok(ExitStatus::Interrupted);
+    }
     let (rows, failed) = stress::analyze_all(&jobs, &statuses, &detector)?;
     write_atomic(&args.out.join("stress.csv"), stress::csv(&rows).as_bytes())?;
     let table = stress::markdown_table(&rows, &placements, &args.depths);

@@ -19,6 +19,9 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
         lrs: args.lrs.clone(),
         seeds: args.seeds.clone(),
         grid: args.grid.clone(),
+        sets: args.config.set.clone(),
+        device: args.config.device.clone(),
+        devices: args.devices.clone(),
     }
     .axes()?;
     let c = &args.config;
@@ -89,13 +92,16 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
         shots: args.eval_shots,
         limit: args.eval_limit,
     };
+    crate::signals::install_grid();
     let statuses = grid::run(&jobs, args.jobs, &devices, &args.out, &|job, status| {
         match status {
             Status::Skipped => println!("  {:<40} already finished", job.name),
             Status::Finished => println!("  {:<40} done", job.name),
+            Status::Stopped => println!("  {:<40} stopped (resumes from its checkpoint)", job.name),
+            Status::NotStarted => {}
             Status::Failed(why) => println!("  {:<40} FAILED: {why}", job.name),
         }
-        if !evals.benches.is_empty() && !matches!(status, Status::Failed(_)) {
+        if !evals.benches.is_empty() && matches!(status, Status::Skipped | Status::Finished) {
             if let Err(why) = sweep::evaluate_run(&job.dir, &evals) {
                 println!("  {:<40} evaluation FAILED: {why}", job.name);
             }
@@ -112,5 +118,9 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
         args.out.display(),
         if failed > 0 { format!(" ({failed} run(s) failed)") } else { String::new() }
     );
+    if crate::child::stopping() {
+        eprintln!("keel sweep {}", grid::stopped_message(&statuses));
+        return Ok(ExitStatus::Interrupted);
+    }
     Ok(if failed > 0 { ExitStatus::RunsFailed } else { ExitStatus::Success })
 }
