@@ -330,6 +330,38 @@ fn flags_that_would_have_no_effect_exit_2() {
     assert!(!d.join("run/eval").exists(), "no evaluation was written");
 }
 
+/// `[meta]` is what keel records about a run, not a setting: a `--set` into it is refused (a
+/// run's config.toml, `[meta]` included, still loads); `--force` and `--accept-data-change` only
+/// mean something with `--resume`, whatever else is on the line.
+#[test]
+fn meta_sets_and_resume_flags_without_resume_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("x.toml"), "[train]\nsteps = 3\n[meta]\nseed = 5\nbogus = 1\n").unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["train", "--out", "m1", "--set", "meta.seed=5"], &["meta.seed", "[meta]", "train.seed"]),
+        (&["train", "--out", "m2", "--set", "meta.bogus=1"], &["meta.bogus", "[meta]"]),
+        (&["train", "--config", "x.toml", "--force", "--out", "f1"], &["--force", "--resume"]),
+        (&["train", "--out", "f2", "--force"], &["--force", "--resume"]),
+        (&["train", "--force", "--config", "x.toml", "--quiet", "--out", "f3"], &["--force", "--resume"]),
+        (
+            &["train", "--config", "x.toml", "--accept-data-change", "--out", "f4"],
+            &["--accept-data-change", "--resume"],
+        ),
+        (&["train", "--accept-data-change", "--force"], &["--resume"]),
+        (&["train", "--accept-data-change"], &["--accept-data-change", "--resume"]),
+    ];
+    for (args, needles) in cases {
+        expect_input_error(&with_tiny(args), d, needles);
+    }
+    for dir in ["m1", "m2", "f1", "f2", "f3", "f4", "runs"] {
+        assert!(!d.join(dir).exists(), "{dir}: nothing was started");
+    }
+    // A config file's [meta] (a run's config.toml passed back) is accepted and ignored.
+    let out = keel(&with_tiny(&["train", "--config", "x.toml", "--quiet", "--out", "ok"]), d);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Started by a launcher as one rank of several, a build without MPI says so instead of training
 /// the whole experiment once per rank.
 #[cfg(not(feature = "mpi"))]

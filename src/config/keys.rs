@@ -100,6 +100,18 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
         if section.is_empty() || key.is_empty() || key.contains('.') {
             return err(format!("--set `{item}`: expected exactly section.key, e.g. model.depth=64"));
         }
+        // [meta] records how a run was made (resume compares the data's identity against it): a
+        // --set there would change nothing but that record, so it is refused rather than ignored.
+        if section == "meta" {
+            let hint = known_keys()
+                .into_iter()
+                .find(|(_, keys)| keys.iter().any(|k| k == key))
+                .map(|(s, _)| format!("; for the setting, use --set {s}.{key}=..."))
+                .unwrap_or_default();
+            return err(format!(
+                "--set `{item}`: [meta] is keel's record of a run (written into its config.toml), not a setting: remove this --set{hint} ([meta] in a --config file is accepted and ignored)"
+            ));
+        }
         let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section_table) = entry.as_table_mut() else {
             return err(format!("--set `{item}`: `{section}` is not a section"));

@@ -107,6 +107,19 @@ mod tests {
     }
 
     #[test]
+    fn meta_is_keel_s_and_cannot_be_set() {
+        for set in ["meta.seed=5", "meta.bogus=1", "meta.data_identity=x"] {
+            let e = Config::parse("", "test", &[set.to_string()]).unwrap_err().0;
+            assert!(e.contains("[meta]") && e.contains("--config"), "{set}: {e}");
+        }
+        let e = Config::parse("", "test", &["meta.seed=5".to_string()]).unwrap_err().0;
+        assert!(e.contains("train.seed"), "{e}");
+        // A run's config.toml, [meta] and all, is still a valid --config.
+        let c = Config::parse("[meta]\nseed = 5\nbogus = 1\n", "test", &["train.seed=3".to_string()]).unwrap();
+        assert_eq!(c.train.seed, 3);
+    }
+
+    #[test]
     fn resolved_round_trips_through_toml() {
         let r = Config::default().resolve(256).unwrap();
         let mut meta = toml::Table::new();
