@@ -2,7 +2,7 @@
 
 use crate::cli::PlotArgs;
 use crate::plot::{self, Options};
-use crate::{ExitStatus, InputError};
+use crate::ExitStatus;
 use anyhow::Result;
 
 pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
@@ -12,13 +12,11 @@ pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
         against: args.against.clone(),
         steps: args.steps.clone(),
     };
-    // Every input is read (and a damaged one refused) before the output folder is made.
+    // Every input is read (and a damaged one refused), and every figure drawn, before the output
+    // folder is made or anything written.
     let figures = plot::figures(&args.paths, &opts)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
-    for f in &figures {
-        for written in plot::write(f, &args.out)? {
-            println!("{}", written.display());
-        }
+    for written in plot::write(&figures, &args.out)? {
+        println!("{}", written.display());
     }
     Ok(ExitStatus::Success)
 }
