@@ -362,6 +362,27 @@ fn meta_sets_and_resume_flags_without_resume_exit_2() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Float keys take finite numbers in a documented range, written as decimals.
+#[test]
+fn non_finite_out_of_range_and_hex_floats_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("hex.toml"), "[train]\nlr = 0x10\n").unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["train", "--out", "a", "--set", "model.norm_eps=inf"], &["model.norm_eps = inf", "finite"]),
+        (&["train", "--out", "b", "--set", "model.norm_eps=1e308"], &["model.norm_eps = 1e308", "<= 1"]),
+        (&["train", "--out", "c", "--set", "train.lr=nan"], &["train.lr = NaN"]),
+        (&["train", "--out", "d", "--config", "hex.toml"], &["train.lr = 0x10", "hexadecimal", "16"]),
+        (&["train", "--out", "e", "--set", "train.lr=0x10"], &["train.lr = 0x10", "decimal"]),
+    ];
+    for (args, needles) in cases {
+        expect_input_error(&with_tiny(args), d, needles);
+    }
+    for dir in ["a", "b", "c", "d", "e"] {
+        assert!(!d.join(dir).exists(), "{dir}: nothing was started");
+    }
+}
+
 /// Started by a launcher as one rank of several, a build without MPI says so instead of training
 /// the whole experiment once per rank.
 #[cfg(not(feature = "mpi"))]

@@ -332,4 +332,8 @@ pub struct Config {
     /// config.toml can be passed back to `--config`, and never a `--set` target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<toml::Table>,
+    /// Float keys written as integers in another radix, `(key, literal, radix)`: found while the
+    /// text is at hand (parsing keeps only the value), refused by [`Config::resolve`].
+    #[serde(skip)]
+    pub(crate) radix_floats: Vec<(String, String, String)>,
 }
