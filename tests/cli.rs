@@ -383,6 +383,19 @@ fn non_finite_out_of_range_and_hex_floats_exit_2() {
     }
 }
 
+/// Mix-LN whose Post-LN fraction rounds down to no block is Pre-LN under another name.
+#[test]
+fn mix_ln_without_a_post_ln_block_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // TINY first, so that the case's own model.depth wins.
+    let mut args = vec!["train"];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(&["--out", "m", "--set", "model.placement=mix_ln", "--set", "model.depth=4"]);
+    expect_input_error(&args, d, &["mix_ln_fraction = 0.25 of 2 blocks", "Post-LN", ">= 0.5", ">= 8", "pre_ln"]);
+    assert!(!d.join("m").exists(), "nothing was started");
+}
+
 /// Started by a launcher as one rank of several, a build without MPI says so instead of training
 /// the whole experiment once per rank.
 #[cfg(not(feature = "mpi"))]

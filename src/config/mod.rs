@@ -188,6 +188,22 @@ mod tests {
     }
 
     #[test]
+    fn mix_ln_needs_a_post_ln_block() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::parse("", "test", &sets).unwrap().resolve(256)
+        };
+        let e = load(&["model.placement=mix_ln", "model.depth=4"]).unwrap_err().0;
+        assert!(e.contains("mix_ln_fraction") && e.contains("pre_ln") && e.contains("model.depth"), "{e}");
+        let e = load(&["model.placement=mix_ln", "model.depth=8", "model.mix_ln_fraction=0"]).unwrap_err().0;
+        assert!(e.contains("mix_ln_fraction"), "{e}");
+        assert!(load(&["model.placement=mix_ln", "model.depth=8"]).is_ok());
+        assert!(load(&["model.placement=mix_ln", "model.depth=4", "model.mix_ln_fraction=0.5"]).is_ok());
+        // Other placements do not read the fraction.
+        assert!(load(&["model.placement=pre_ln", "model.depth=4"]).is_ok());
+    }
+
+    #[test]
     fn resolved_round_trips_through_toml() {
         let r = Config::default().resolve(256).unwrap();
         let mut meta = toml::Table::new();

@@ -4,7 +4,8 @@
 // `!(x > 0.0)` is deliberate below: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use super::schema::{err, Alpha, Config, ConfigError, FfnKind, ModelConfig, TrainConfig};
+use super::schema::{err, Alpha, Config, ConfigError, FfnKind, ModelConfig, Placement, TrainConfig};
+use crate::placement::mix_ln_post_blocks;
 
 impl Config {
     /// Validates every field once and fills derived values.
@@ -80,6 +81,14 @@ impl Config {
                     "model.alpha = {} gives {alpha}, which is not positive: use \"L\" (the paper's choice), a positive multiple such as \"4L\" or \"sqrtL\", or a number > 0", m.alpha
                 ),
             ),
+        }
+        if m.placement == Placement::MixLn
+            && m.depth >= 2
+            && m.depth.is_multiple_of(2)
+            && (0.0..=1.0).contains(&m.mix_ln_fraction)
+            && mix_ln_post_blocks(m.mix_ln_fraction, m.depth / 2) == 0
+        {
+            bad(true, all_pre_ln_mix_ln(m.mix_ln_fraction, m.depth));
         }
         let vocab_size = m.vocab_size.unwrap_or(data_vocab);
         bad(vocab_size < data_vocab, format!("model.vocab_size = {vocab_size} is smaller than the data's vocabulary ({data_vocab}); remove the key to use the data's"));
@@ -250,6 +259,37 @@ impl Config {
         ];
         FLOAT_RANGES.iter().zip(values).map(|(&(key, range), v)| (key, v, range)).collect()
     }
+}
+
+/// Mix-LN whose Post-LN share rounds down to no block is Pre-LN under another name: the message
+/// names the smallest fraction and depth that give one Post-LN block.
+fn all_pre_ln_mix_ln(fraction: f64, depth: usize) -> String {
+    let blocks = depth / 2;
+    let mut fixes = Vec::new();
+    // In thousandths, rounded up, then checked with the placement's own rounding.
+    let mut thousandths = (1000.0 / blocks as f64).ceil() as usize;
+    while thousandths <= 1000 && mix_ln_post_blocks(thousandths as f64 / 1000.0, blocks) == 0 {
+        thousandths += 1;
+    }
+    if thousandths <= 1000 {
+        fixes.push(format!("model.mix_ln_fraction >= {}", number(thousandths as f64 / 1000.0)));
+    }
+    // Past keel's depth limit, no depth is a fix.
+    let enough = (1.0 / fraction).ceil().max(1.0);
+    if fraction > 0.0 && 2.0 * enough <= crate::grid::MAX_DEPTH as f64 {
+        let mut b = enough as usize;
+        while mix_ln_post_blocks(fraction, b) == 0 {
+            b += 1;
+        }
+        fixes.push(format!("model.depth >= {}", 2 * b));
+    }
+    fixes.push("model.placement = \"pre_ln\"".into());
+    format!(
+        "model.placement = \"mix_ln\" with model.mix_ln_fraction = {} of {blocks} block{} (model.depth = {depth}) rounds down to no Post-LN block: that is Pre-LN exactly; use {}",
+        number(fraction),
+        if blocks == 1 { "" } else { "s" },
+        fixes.join(", or ")
+    )
 }
 
 /// Keys that `keel train --resume --force` accepts changing: they do not alter anything computed
