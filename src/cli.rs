@@ -304,11 +304,13 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     /// With --resume: accept changes to keys that are safe to change (train.steps, log_every,
     /// checkpoint_every, keep_checkpoints, run.device).
-    #[arg(long, requires = "resume")]
+    // Not `requires = "resume"`: clap drops that requirement whenever `--out`, which conflicts
+    // with `--resume`, is present; `commands::train` checks both flags itself.
+    #[arg(long)]
     pub force: bool,
     /// With --resume: continue although the data differs from what the run was started on (its
     /// identity is recorded in config.toml's [meta]); the new data's identity is recorded.
-    #[arg(long, requires = "resume")]
+    #[arg(long)]
     pub accept_data_change: bool,
     /// No progress output.
     #[arg(long, short)]

@@ -9,6 +9,43 @@ use std::path::{Path, PathBuf};
 /// Writes `contents` to `path` through a temporary file and a rename, so a crash never leaves a
 /// half-written file under the final name.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = write_temp(path, contents)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Writes several files so that either all of them appear or none does (a figure's PNG and SVG,
+/// several figures): each goes to a temporary file first, and only once every one is on disk are
+/// they renamed into place, so a full disk half-way changes nothing.
+pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> {
+    let mut temps = Vec::new();
+    let remove = |temps: &[PathBuf]| {
+        for t in temps {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    for (path, contents) in files {
+        match write_temp(path, contents) {
+            Ok(t) => temps.push(t),
+            Err(e) => {
+                remove(&temps);
+                return Err(e);
+            }
+        }
+    }
+    for (i, ((path, _), tmp)) in files.iter().zip(&temps).enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            remove(&temps[i..]);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `contents` written and synced to a temporary file beside `path` (one of keel's scratch names,
+/// see [`is_keel_scratch`]); removed again if that fails.
+fn write_temp(path: &Path, contents: &[u8]) -> std::io::Result<PathBuf> {
     // A temporary name per process and call, so concurrent writers of one file never collide.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -20,8 +57,8 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         f.write_all(contents)?;
         f.sync_all()
     });
-    match written.and_then(|()| std::fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
+    match written {
+        Ok(()) => Ok(tmp),
         Err(e) => {
             // A full disk must not leave a stray temporary file that makes the folder look used.
             let _ = std::fs::remove_file(&tmp);

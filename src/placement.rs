@@ -177,6 +177,12 @@ impl Stack {
     }
 }
 
+/// Mix-LN's Post-LN blocks (from the bottom): `fraction` of `blocks`, rounded down. Config
+/// validation refuses a Mix-LN that this leaves with none.
+pub fn mix_ln_post_blocks(fraction: f64, blocks: usize) -> usize {
+    (fraction * blocks as f64).floor() as usize
+}
+
 /// DeepNet's residual scale for a decoder of `blocks` blocks: (2N)^(1/4).
 pub fn deepnorm_alpha(blocks: usize) -> f64 {
     (2.0 * blocks as f64).powf(0.25)
@@ -211,8 +217,7 @@ impl Placement {
             },
             Placement::Deepnorm => ResidualForm::Post { alpha: deepnorm_alpha(s.blocks()) },
             Placement::MixLn => {
-                let post_blocks = (s.mix_ln_fraction * s.blocks() as f64).floor() as usize;
-                if index / 2 < post_blocks {
+                if index / 2 < mix_ln_post_blocks(s.mix_ln_fraction, s.blocks()) {
                     ResidualForm::Post { alpha: 1.0 }
                 } else {
                     ResidualForm::Pre

@@ -16,6 +16,7 @@
 //! SVG text with its metrics too): keel uses `KEEL_FONT` or the first DejaVu/Liberation font in the
 //! usual system folders.
 
+use crate::files::write_all_atomic;
 use crate::placement::Placement;
 use crate::run_dir::RunDir;
 use crate::InputError;
@@ -217,15 +218,44 @@ fn ensure_font() -> Result<()> {
     .map_err(|m| InputError(m).into())
 }
 
-/// Writes `fig` as OUT/NAME.svg and OUT/NAME.png.
-pub fn write(fig: &Figure, out: &Path) -> Result<Vec<PathBuf>> {
+/// Every figure's size in pixels.
+const SIZE: (u32, u32) = (960, 600);
+
+/// `fig` drawn in memory, as `NAME.png` and `NAME.svg` with their bytes: a figure that fails
+/// half-way (nothing finite to plot) is an error, never a blank file.
+pub fn draw(fig: &Figure) -> Result<Vec<(String, Vec<u8>)>> {
+    use image::ImageEncoder;
     // Both backends lay text out with the font's metrics.
     ensure_font()?;
-    let svg = out.join(format!("{}.svg", fig.name));
-    render(SVGBackend::new(&svg, (960, 600)).into_drawing_area(), fig)?;
-    let png = out.join(format!("{}.png", fig.name));
-    render(BitMapBackend::new(&png, (960, 600)).into_drawing_area(), fig)?;
-    Ok(vec![png, svg])
+    let mut svg = String::new();
+    render(SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(), fig)?;
+    let mut rgb = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+    render(BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(), fig)?;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&rgb, SIZE.0, SIZE.1, image::ColorType::Rgb8)
+        .map_err(|e| anyhow::anyhow!("encoding {}.png: {e}", fig.name))?;
+    Ok(vec![(format!("{}.png", fig.name), png), (format!("{}.svg", fig.name), svg.into_bytes())])
+}
+
+/// Writes `figs` as OUT/NAME.png and OUT/NAME.svg, making `out` if needed, only once every figure
+/// is drawn, and all files at once ([`write_all_atomic`]): a plot that fails leaves no new file,
+/// and no folder it made.
+pub fn write(figs: &[Figure], out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for fig in figs {
+        files.extend(draw(fig)?.into_iter().map(|(name, bytes)| (out.join(name), bytes)));
+    }
+    // The folders this call makes, innermost first, to be removed again if the writes fail.
+    let made: Vec<&Path> = out.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).collect();
+    std::fs::create_dir_all(out).map_err(|e| InputError(format!("cannot create {}: {e}", out.display())))?;
+    if let Err(e) = write_all_atomic(&files) {
+        for dir in &made {
+            let _ = std::fs::remove_dir(dir);
+        }
+        return Err(anyhow::Error::new(e).context(format!("writing figures into {}", out.display())));
+    }
+    Ok(files.into_iter().map(|(path, _)| path).collect())
 }
 
 /// The header and rows of a CSV file; a malformed one is bad input naming the file and line.

@@ -366,7 +366,7 @@ pub fn summary_row(dir: &Path) -> Result<Option<(GridOrder, String)>> {
     }
     let c = run.read_config()?;
     let s: Summary =
-        serde_json::from_slice(&std::fs::read(&sum)?).with_context(|| format!("reading {}", sum.display()))?;
+        serde_json::from_slice(&crate::files::read(&sum)?).with_context(|| format!("reading {}", sum.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
     let placement = crate::placement::Placement::parse(&s.placement)
         .ok()
@@ -432,6 +432,7 @@ pub fn collect(out: &Path) -> Result<usize> {
         }
         text.push('\n');
     }
+    crate::signals::pause_point("collect-before-write");
     write_atomic(&out.join("summary.csv"), text.as_bytes())?;
     Ok(rows.len())
 }

@@ -330,6 +330,72 @@ fn flags_that_would_have_no_effect_exit_2() {
     assert!(!d.join("run/eval").exists(), "no evaluation was written");
 }
 
+/// `[meta]` is what keel records about a run, not a setting: a `--set` into it is refused (a
+/// run's config.toml, `[meta]` included, still loads); `--force` and `--accept-data-change` only
+/// mean something with `--resume`, whatever else is on the line.
+#[test]
+fn meta_sets_and_resume_flags_without_resume_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("x.toml"), "[train]\nsteps = 3\n[meta]\nseed = 5\nbogus = 1\n").unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["train", "--out", "m1", "--set", "meta.seed=5"], &["meta.seed", "[meta]", "train.seed"]),
+        (&["train", "--out", "m2", "--set", "meta.bogus=1"], &["meta.bogus", "[meta]"]),
+        (&["train", "--config", "x.toml", "--force", "--out", "f1"], &["--force", "--resume"]),
+        (&["train", "--out", "f2", "--force"], &["--force", "--resume"]),
+        (&["train", "--force", "--config", "x.toml", "--quiet", "--out", "f3"], &["--force", "--resume"]),
+        (
+            &["train", "--config", "x.toml", "--accept-data-change", "--out", "f4"],
+            &["--accept-data-change", "--resume"],
+        ),
+        (&["train", "--accept-data-change", "--force"], &["--resume"]),
+        (&["train", "--accept-data-change"], &["--accept-data-change", "--resume"]),
+    ];
+    for (args, needles) in cases {
+        expect_input_error(&with_tiny(args), d, needles);
+    }
+    for dir in ["m1", "m2", "f1", "f2", "f3", "f4", "runs"] {
+        assert!(!d.join(dir).exists(), "{dir}: nothing was started");
+    }
+    // A config file's [meta] (a run's config.toml passed back) is accepted and ignored.
+    let out = keel(&with_tiny(&["train", "--config", "x.toml", "--quiet", "--out", "ok"]), d);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Float keys take finite numbers in a documented range, written as decimals.
+#[test]
+fn non_finite_out_of_range_and_hex_floats_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("hex.toml"), "[train]\nlr = 0x10\n").unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["train", "--out", "a", "--set", "model.norm_eps=inf"], &["model.norm_eps = inf", "finite"]),
+        (&["train", "--out", "b", "--set", "model.norm_eps=1e308"], &["model.norm_eps = 1e308", "<= 1"]),
+        (&["train", "--out", "c", "--set", "train.lr=nan"], &["train.lr = NaN"]),
+        (&["train", "--out", "d", "--config", "hex.toml"], &["train.lr = 0x10", "hexadecimal", "16"]),
+        (&["train", "--out", "e", "--set", "train.lr=0x10"], &["train.lr = 0x10", "decimal"]),
+    ];
+    for (args, needles) in cases {
+        expect_input_error(&with_tiny(args), d, needles);
+    }
+    for dir in ["a", "b", "c", "d", "e"] {
+        assert!(!d.join(dir).exists(), "{dir}: nothing was started");
+    }
+}
+
+/// Mix-LN whose Post-LN fraction rounds down to no block is Pre-LN under another name.
+#[test]
+fn mix_ln_without_a_post_ln_block_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // TINY first, so that the case's own model.depth wins.
+    let mut args = vec!["train"];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(&["--out", "m", "--set", "model.placement=mix_ln", "--set", "model.depth=4"]);
+    expect_input_error(&args, d, &["mix_ln_fraction = 0.25 of 2 blocks", "Post-LN", ">= 0.5", ">= 8", "pre_ln"]);
+    assert!(!d.join("m").exists(), "nothing was started");
+}
+
 /// Started by a launcher as one rank of several, a build without MPI says so instead of training
 /// the whole experiment once per rank.
 #[cfg(not(feature = "mpi"))]

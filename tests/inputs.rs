@@ -517,7 +517,7 @@ fn stopped_at(c: Command, point: &str) -> String {
 
 // 14.
 #[test]
-fn eval_plot_and_export_stop_cleanly_on_sigterm() {
+fn eval_plot_export_and_collect_stop_cleanly_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let dir = finished(d, "run");
@@ -531,19 +531,29 @@ fn eval_plot_and_export_stop_cleanly_on_sigterm() {
     let mut c = eval_synthetic(&dir);
     c.arg("--out").arg(&results);
     run_ok(c);
-    // plot: paused after its first figure.
+    // plot: paused with every figure drawn, before any is written.
     let figs = d.join("fig");
     let mut c = keel();
     c.args(["plot", "--out"]).arg(&figs).arg(&dir);
-    let err = stopped_at(c, "plot-between-figures");
-    assert!(figs.join("loss.svg").exists() && figs.join("loss.png").exists());
-    assert!(err.contains("written whole"), "{err}");
+    let err = stopped_at(c, "plot-before-write");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(!figs.join("loss.svg").exists(), "a figure was written");
     // export: paused after the weights; the partial export is removed.
     let hf = d.join("hf");
     let err = stopped_at(export(&dir, &hf), "export-after-weights");
     assert!(err.contains("was removed"), "{err}");
     assert!(!hf.exists(), "the partial export is still there");
     run_ok(export(&dir, &hf));
+    // sweep --collect over the folder holding the run: summary.csv is written whole or not at all.
+    let mut c = keel();
+    c.args(["sweep", "--collect", "--out"]).arg(d);
+    let err = stopped_at(c, "collect-before-write");
+    assert!(err.contains("summary.csv is as it was"), "{err}");
+    assert!(!d.join("summary.csv").exists());
+    let mut c = keel();
+    c.args(["sweep", "--collect", "--out"]).arg(d);
+    run_ok(c);
+    assert!(std::fs::read_to_string(d.join("summary.csv")).unwrap().lines().count() >= 2);
 }
 
 // 16.

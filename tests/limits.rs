@@ -118,7 +118,8 @@ fn the_analytic_parameter_count_is_the_models() {
     ];
     for p in Placement::ALL {
         for sets in shapes {
-            let mut all = vec![format!("model.placement={}", p.as_str())];
+            // Half the blocks Post-LN, so that Mix-LN has one at depth 4 and 6 too.
+            let mut all = vec![format!("model.placement={}", p.as_str()), "model.mix_ln_fraction=0.5".to_string()];
             all.extend(sets.iter().map(|s| s.to_string()));
             let all: Vec<&str> = all.iter().map(String::as_str).collect();
             let r = common::tiny(&all);

@@ -215,3 +215,27 @@ fn damaged_csvs_exit_2_naming_the_file_and_line() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("sw/summary.csv, line 2: `deep` in column depth"), "{err}");
 }
+
+/// A figure that cannot be drawn (a run whose metrics.csv holds only its header) fails the
+/// command, and nothing is written: no blank figure, and not the figures drawn before it.
+#[test]
+fn a_failed_plot_writes_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fixtures(d);
+    write(&d.join("empty_run/metrics.csv"), "step,tokens,lr,loss,grad_norm,tokens_per_s,elapsed_s\n");
+    let plot = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_keel")).arg("plot").args(args).current_dir(d).output().unwrap()
+    };
+    let out = plot(&["empty_run", "--out", "figs"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no finite points"), "{err}");
+    assert!(!d.join("figs").exists(), "nothing is written for a figure that cannot be drawn");
+    // Into an existing folder, with a figure that can be drawn before the one that cannot.
+    write(&d.join("old/notes.txt"), "mine");
+    let out = plot(&["probe.csv", "empty_run", "--out", "old"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(d.join("old")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["notes.txt"], "no new file in the output folder");
+}

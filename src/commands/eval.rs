@@ -60,7 +60,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitStatus> {
     let figures = match report.outcome.figure {
         Some(Figure::LayerRemoval) => {
             let fig = crate::plot::layer_removal_figure(std::slice::from_ref(&report.out))?;
-            crate::plot::write(&fig, &report.out)?
+            crate::plot::write(std::slice::from_ref(&fig), &report.out)?
         }
         None => Vec::new(),
     };

@@ -2,13 +2,13 @@
 
 use crate::cli::PlotArgs;
 use crate::plot::{self, Options};
-use crate::{ExitStatus, InputError};
+use crate::ExitStatus;
 use anyhow::Result;
 
 pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
     crate::signals::install_for(
         "plot",
-        "each figure is written whole, so those already listed are complete and the rest are absent; run the same command again for all of them",
+        "nothing was written (the figures are written together, once all are drawn); run the same command again",
     );
     let opts = Options {
         log_x: args.log_x,
@@ -16,14 +16,12 @@ pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
         against: args.against.clone(),
         steps: args.steps.clone(),
     };
-    // Every input is read (and a damaged one refused) before the output folder is made.
+    // Every input is read (and a damaged one refused), and every figure drawn, before the output
+    // folder is made or anything written.
     let figures = plot::figures(&args.paths, &opts)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| InputError(format!("cannot create {}: {e}", args.out.display())))?;
-    for f in &figures {
-        for written in plot::write(f, &args.out)? {
-            println!("{}", written.display());
-        }
-        crate::signals::pause_point("plot-between-figures");
+    crate::signals::pause_point("plot-before-write");
+    for written in plot::write(&figures, &args.out)? {
+        println!("{}", written.display());
     }
     Ok(ExitStatus::Success)
 }

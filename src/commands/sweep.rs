@@ -9,6 +9,10 @@ use anyhow::Result;
 
 pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
     if args.collect {
+        crate::signals::install_for(
+            "sweep --collect",
+            "summary.csv is as it was (it is written whole, at the end); run the same command again",
+        );
         let n = sweep::collect(&args.out)?;
         println!("summary.csv rebuilt from {n} run(s) in {}", args.out.display());
         return Ok(ExitStatus::Success);

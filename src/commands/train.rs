@@ -3,7 +3,7 @@
 use crate::cli::TrainArgs;
 use crate::train::start::{self, Launch, Resumed};
 use crate::train::{train, Outcome, ProgressMode};
-use crate::ExitStatus;
+use crate::{ExitStatus, InputError};
 use anyhow::Result;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -45,6 +45,7 @@ fn report(o: &Outcome, out: &Path, quiet: bool) -> ExitStatus {
 }
 
 pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
+    resume_flags_need_resume(args)?;
     // First, so that a signal during start-up (a large file being read) exits 130 with a message.
     let stop = crate::signals::install();
     let world = crate::dist::world();
@@ -103,6 +104,28 @@ fn named_by_out(mut config: crate::config::Config, args: &TrainArgs) -> crate::c
         config.run.out_dir = parent.unwrap_or_else(|| ".".into());
     }
     config
+}
+
+/// `--force` and `--accept-data-change` without `--resume`: refused, because a fresh run would
+/// otherwise start as if they were understood (clap's `requires` misses `--out` combinations).
+fn resume_flags_need_resume(args: &TrainArgs) -> Result<()> {
+    if args.resume.is_some() {
+        return Ok(());
+    }
+    let given: Vec<&str> = [(args.force, "--force"), (args.accept_data_change, "--accept-data-change")]
+        .into_iter()
+        .filter_map(|(on, flag)| on.then_some(flag))
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    let (verb, them) = if given.len() == 1 { ("applies", "it") } else { ("apply", "them") };
+    Err(InputError(format!(
+        "{} only {verb} with --resume RUN_DIR (to let a resumed run accept changed settings or data); a new run takes neither: remove {them}, or continue a run with `keel train --resume RUN_DIR {}`",
+        given.join(" and "),
+        given.join(" ")
+    ))
+    .into())
 }
 
 /// Every rank of a job must run the same binary on the same data and kind of device: `Err` (exit

@@ -17,6 +17,64 @@ pub fn known_keys() -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// The keys that hold a real number, as `section.key`: every `f64` field (from the defaults, like
+/// [`known_keys`]), and `model.alpha`, a number unless written as a multiple of L.
+pub(crate) fn float_keys() -> Vec<String> {
+    let value = serde_json::to_value(Config::default()).expect("config serializes");
+    let mut out = vec!["model.alpha".to_string()];
+    for (section, body) in value.as_object().expect("object") {
+        for (key, v) in body.as_object().into_iter().flatten() {
+            if v.is_f64() {
+                out.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    out
+}
+
+/// `0x10`, `0o17`, `0b1`: the radix of an integer literal, or `None` for any other text.
+fn radix_of(literal: &str) -> Option<&'static str> {
+    let t = literal.trim();
+    [("0x", "hexadecimal"), ("0o", "octal"), ("0b", "binary")]
+        .into_iter()
+        .find(|(prefix, _)| t.starts_with(prefix))
+        .map(|(_, radix)| radix)
+}
+
+/// Float keys whose final value is an integer written in another radix (`lr = 0x10`, read by
+/// TOML as 16), as `(key, literal, radix)`: the radix is gone once the text is parsed into a table,
+/// so it is looked up here, in the file and the `--set` values (the last one for a key wins, as
+/// it does for the value), and reported by [`Config::resolve`] with the other problems.
+fn radix_floats(text: &str, overrides: &[String]) -> Vec<(String, String, String)> {
+    let floats = float_keys();
+    let mut literal: std::collections::BTreeMap<String, String> = Default::default();
+    // A text that does not parse was refused before this is called.
+    if let Ok(doc) = text.parse::<toml_edit::DocumentMut>() {
+        for key in &floats {
+            let (section, name) = key.split_once('.').expect("section.key");
+            let value = doc.get(section).and_then(|s| s.get(name)).and_then(|item| item.as_value());
+            if let Some(toml_edit::Value::Integer(i)) = value {
+                if let Some(raw) = i.as_repr().and_then(|r| r.as_raw().as_str()) {
+                    literal.insert(key.clone(), raw.to_string());
+                }
+            }
+        }
+    }
+    for item in overrides {
+        if let Some((path, raw)) = item.split_once('=') {
+            if floats.iter().any(|k| k == path.trim()) {
+                let raw = raw.trim();
+                let integer = matches!(parse_override_value(raw), toml::Value::Integer(_));
+                literal.insert(path.trim().to_string(), if integer { raw.to_string() } else { String::new() });
+            }
+        }
+    }
+    literal
+        .into_iter()
+        .filter_map(|(key, raw)| radix_of(&raw).map(|radix| (key, raw.clone(), radix.to_string())))
+        .collect()
+}
+
 /// Levenshtein distance, for "did you mean" hints.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -100,6 +158,18 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
         if section.is_empty() || key.is_empty() || key.contains('.') {
             return err(format!("--set `{item}`: expected exactly section.key, e.g. model.depth=64"));
         }
+        // [meta] records how a run was made (resume compares the data's identity against it): a
+        // --set there would change nothing but that record, so it is refused rather than ignored.
+        if section == "meta" {
+            let hint = known_keys()
+                .into_iter()
+                .find(|(_, keys)| keys.iter().any(|k| k == key))
+                .map(|(s, _)| format!("; for the setting, use --set {s}.{key}=..."))
+                .unwrap_or_default();
+            return err(format!(
+                "--set `{item}`: [meta] is keel's record of a run (written into its config.toml), not a setting: remove this --set{hint} ([meta] in a --config file is accepted and ignored)"
+            ));
+        }
         let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section_table) = entry.as_table_mut() else {
             return err(format!("--set `{item}`: `{section}` is not a section"));
@@ -142,7 +212,9 @@ impl Config {
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Config, ConfigError> {
         let mut table = Self::parse_table(text, origin)?;
         apply_overrides(&mut table, overrides)?;
-        from_table(table)
+        let mut config = from_table(table)?;
+        config.radix_floats = radix_floats(text, overrides);
+        Ok(config)
     }
 
     pub fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
@@ -151,6 +223,6 @@ impl Config {
 
     /// Parses TOML text (no overrides); for tests and tools.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        from_table(Self::parse_table(text, "config")?)
+        Self::parse(text, "config", &[])
     }
 }

@@ -26,9 +26,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
-        let mut t = Config::parse_table(text, "test")?;
-        apply_overrides(&mut t, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        from_table(t)
+        Config::parse(text, "test", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
     #[test]
@@ -104,6 +102,105 @@ mod tests {
         let mut c = Config::default();
         c.model.n_kv_heads = Some(3);
         assert!(c.resolve(256).unwrap_err().0.contains("n_kv_heads"));
+    }
+
+    #[test]
+    fn meta_is_keel_s_and_cannot_be_set() {
+        for set in ["meta.seed=5", "meta.bogus=1", "meta.data_identity=x"] {
+            let e = Config::parse("", "test", &[set.to_string()]).unwrap_err().0;
+            assert!(e.contains("[meta]") && e.contains("--config"), "{set}: {e}");
+        }
+        let e = Config::parse("", "test", &["meta.seed=5".to_string()]).unwrap_err().0;
+        assert!(e.contains("train.seed"), "{e}");
+        // A run's config.toml, [meta] and all, is still a valid --config.
+        let c = Config::parse("[meta]\nseed = 5\nbogus = 1\n", "test", &["train.seed=3".to_string()]).unwrap();
+        assert_eq!(c.train.seed, 3);
+    }
+
+    #[test]
+    fn float_keys_are_finite_and_in_range() {
+        let floats = [
+            "model.norm_eps",
+            "model.rope_theta",
+            "model.init_std",
+            "model.mix_ln_fraction",
+            "model.alpha",
+            "train.lr",
+            "train.min_lr",
+            "train.weight_decay",
+            "train.beta1",
+            "train.beta2",
+            "train.eps",
+            "train.grad_clip",
+            "data.val_fraction",
+            "divergence.spike_factor",
+            "divergence.recover_factor",
+            "divergence.ema",
+            "divergence.stall_tolerance",
+            "divergence.min_improvement",
+        ];
+        // Every float key is in this list and has a range: a new one fails here until it has.
+        let mut known = super::keys::float_keys();
+        known.sort();
+        let mut listed: Vec<String> = floats.iter().map(|k| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(known, listed);
+        let mut ranged: Vec<String> = super::resolve::FLOAT_RANGES.iter().map(|(k, _)| k.to_string()).collect();
+        ranged.push("model.alpha".into());
+        ranged.sort();
+        assert_eq!(known, ranged);
+        for bad in ["inf", "-inf", "nan", "1e308"] {
+            let sets: Vec<String> = floats.iter().map(|k| format!("{k}={bad}")).collect();
+            let e = Config::parse("", "test", &sets).unwrap().resolve(256).unwrap_err().0;
+            for k in floats {
+                assert!(e.contains(&format!("{k} = ")), "{bad}: {k} not named:\n{e}");
+            }
+        }
+        // One key per section, out of range but finite.
+        for (set, needle) in [
+            ("model.norm_eps=2", "model.norm_eps"),
+            ("model.init_std=5", "model.init_std"),
+            ("train.lr=1e31", "train.lr"),
+            ("data.val_fraction=1", "data.val_fraction"),
+            ("divergence.spike_factor=1e9", "divergence.spike_factor"),
+        ] {
+            let e = Config::parse("", "test", &[set.to_string()]).unwrap().resolve(256).unwrap_err().0;
+            assert!(e.contains(needle), "{set}: {e}");
+        }
+        // Integers in another radix are not numbers a float key means, in a file or a --set.
+        for literal in ["0x10", "0o10", "0b1"] {
+            let e = Config::parse(&format!("[train]\nlr = {literal}\n"), "test", &[])
+                .and_then(|c| c.resolve(256).map(|_| ()))
+                .unwrap_err()
+                .0;
+            assert!(e.contains("train.lr") && e.contains(literal), "{literal}: {e}");
+            let e = Config::parse("", "test", &[format!("model.alpha={literal}"), "train.beta1=2".into()])
+                .and_then(|c| c.resolve(256).map(|_| ()))
+                .unwrap_err()
+                .0;
+            assert!(e.contains("model.alpha") && e.contains(literal) && e.contains("train.beta1"), "{literal}: {e}");
+        }
+        // A later --set replaces the file's literal; decimal integers stay numbers.
+        let c = Config::parse("[train]\nlr = 0x10\n", "test", &["train.lr=1".into(), "model.alpha=3".into()]).unwrap();
+        assert_eq!(c.resolve(256).unwrap().alpha, 3.0);
+        let c = Config::parse("model = { init_std = 1 }\ntrain.grad_clip = 2\n", "test", &[]).unwrap();
+        assert!(c.resolve(256).is_ok());
+    }
+
+    #[test]
+    fn mix_ln_needs_a_post_ln_block() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::parse("", "test", &sets).unwrap().resolve(256)
+        };
+        let e = load(&["model.placement=mix_ln", "model.depth=4"]).unwrap_err().0;
+        assert!(e.contains("mix_ln_fraction") && e.contains("pre_ln") && e.contains("model.depth"), "{e}");
+        let e = load(&["model.placement=mix_ln", "model.depth=8", "model.mix_ln_fraction=0"]).unwrap_err().0;
+        assert!(e.contains("mix_ln_fraction"), "{e}");
+        assert!(load(&["model.placement=mix_ln", "model.depth=8"]).is_ok());
+        assert!(load(&["model.placement=mix_ln", "model.depth=4", "model.mix_ln_fraction=0.5"]).is_ok());
+        // Other placements do not read the fraction.
+        assert!(load(&["model.placement=pre_ln", "model.depth=4"]).is_ok());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 // `!(x > 0.0)` is deliberate below: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use super::schema::{err, Config, ConfigError, FfnKind, ModelConfig, TrainConfig};
+use super::schema::{err, Alpha, Config, ConfigError, FfnKind, ModelConfig, Placement, TrainConfig};
+use crate::placement::mix_ln_post_blocks;
 
 impl Config {
     /// Validates every field once and fills derived values.
@@ -53,58 +54,61 @@ impl Config {
             FfnKind::Gelu => 4 * m.d_model,
         });
         bad(d_ff == 0, "model.d_ff must be positive".into());
-        bad(!(m.norm_eps > 0.0), "model.norm_eps must be > 0".into());
-        bad(!(m.rope_theta > 0.0), "model.rope_theta must be > 0".into());
-        bad(!(m.init_std > 0.0 && m.init_std.is_finite()), "model.init_std must be > 0".into());
+        // A value written as 0x10 gets the one message that says so, not a range besides.
+        let radix = |key: &str| self.radix_floats.iter().any(|(k, _, _)| k == key);
+        for (key, value, range) in self.floats() {
+            bad(!radix(key) && !range.holds(value), range.refusal(key, value));
+        }
+        for (key, literal, radix) in &self.radix_floats {
+            let read = parse_radix(literal).map(|v| v.to_string()).unwrap_or_else(|| "an integer".into());
+            bad(
+                true,
+                format!("{key} = {literal} is an integer in {radix}, which TOML reads as {read}: write the number in decimal ({read}.0, if that is what you meant)"),
+            );
+        }
         let alpha = m.alpha.at_depth(m.depth);
-        bad(
-            !(alpha > 0.0 && alpha.is_finite()),
-            format!(
-                "model.alpha = {} gives {alpha}, which is not positive: use \"L\" (the paper's choice), a positive multiple such as \"4L\" or \"sqrtL\", or a number > 0", m.alpha
+        match m.alpha {
+            Alpha::Value(v) => bad(
+                !radix("model.alpha") && !ALPHA_NUMBER.holds(v),
+                format!(
+                    "model.alpha = {} must be {ALPHA_NUMBER}: use \"L\" (the paper's choice), a multiple such as \"4L\" or \"sqrtL\", or a number in that range (above 1e6, alpha * x drowns the branch in f32 rounding)",
+                    number(v)
+                ),
             ),
-        );
-        bad(
-            !(0.0..=1.0).contains(&m.mix_ln_fraction),
-            format!("model.mix_ln_fraction = {} must lie in [0, 1]", m.mix_ln_fraction),
-        );
+            _ => bad(
+                !(alpha > 0.0 && alpha.is_finite()),
+                format!(
+                    "model.alpha = {} gives {alpha}, which is not positive: use \"L\" (the paper's choice), a positive multiple such as \"4L\" or \"sqrtL\", or a number > 0", m.alpha
+                ),
+            ),
+        }
+        if m.placement == Placement::MixLn
+            && m.depth >= 2
+            && m.depth.is_multiple_of(2)
+            && (0.0..=1.0).contains(&m.mix_ln_fraction)
+            && mix_ln_post_blocks(m.mix_ln_fraction, m.depth / 2) == 0
+        {
+            bad(true, all_pre_ln_mix_ln(m.mix_ln_fraction, m.depth));
+        }
         let vocab_size = m.vocab_size.unwrap_or(data_vocab);
         bad(vocab_size < data_vocab, format!("model.vocab_size = {vocab_size} is smaller than the data's vocabulary ({data_vocab}); remove the key to use the data's"));
         bad(t.steps == 0, "train.steps must be at least 1".into());
         bad(t.batch_size == 0, "train.batch_size must be at least 1".into());
         bad(t.seq_len < 2, "train.seq_len must be at least 2".into());
-        bad(!(t.lr > 0.0 && t.lr.is_finite()), format!("train.lr = {} must be > 0", t.lr));
         bad(
-            !(t.min_lr >= 0.0 && t.min_lr <= t.lr),
-            format!("train.min_lr = {} must lie in [0, train.lr = {}]", t.min_lr, t.lr),
+            t.min_lr > t.lr && t.min_lr.is_finite(),
+            format!("train.min_lr = {} must be <= train.lr ({})", number(t.min_lr), number(t.lr)),
         );
-        bad(!(0.0..1.0).contains(&t.beta1), format!("train.beta1 = {} must lie in [0, 1)", t.beta1));
-        bad(!(0.0..1.0).contains(&t.beta2), format!("train.beta2 = {} must lie in [0, 1)", t.beta2));
-        bad(!(t.eps > 0.0), "train.eps must be > 0".into());
-        bad(!(t.weight_decay >= 0.0), "train.weight_decay must be >= 0".into());
-        bad(!(t.grad_clip >= 0.0), "train.grad_clip must be >= 0 (0 disables clipping)".into());
         bad(t.grad_accum == 0, "train.grad_accum must be at least 1".into());
         bad(t.log_every == 0, "train.log_every must be at least 1".into());
         bad(t.eval_batches == 0, "train.eval_batches must be at least 1".into());
         bad(t.keep_checkpoints == 0, "train.keep_checkpoints must be at least 1".into());
         let dv = &self.divergence;
         bad(
-            !(dv.spike_factor > 1.0 && dv.recover_factor >= 1.0),
-            "divergence.spike_factor must be > 1 and divergence.recover_factor >= 1".into(),
-        );
-        bad(!(0.0..1.0).contains(&dv.ema), "divergence.ema must lie in [0, 1)".into());
-        bad(
-            !(dv.stall_tolerance > 0.0 && dv.min_improvement >= 0.0 && dv.min_improvement < 1.0),
-            "divergence.stall_tolerance must be > 0 and divergence.min_improvement in [0, 1)".into(),
-        );
-        bad(
             dv.stall_window == 0 || dv.recover_window == 0,
             "divergence.stall_window and divergence.recover_window must be at least 1".into(),
         );
         let d = &self.data;
-        bad(
-            !(d.val_fraction > 0.0 && d.val_fraction < 1.0),
-            format!("data.val_fraction = {} must lie in (0, 1)", d.val_fraction),
-        );
         bad(d.source.is_empty(), "data.source is empty: use \"synthetic\" or a path to a text file".into());
         bad(d.path.is_some() && d.source != "synthetic", format!("both data.path ({:?}) and data.source ({:?}) are set: keep one (data.path for prepared shards, data.source for synthetic or a text file)", d.path.as_deref().unwrap_or(""), d.source));
         bad(
@@ -132,6 +136,160 @@ impl Config {
         resolved.meta = None;
         Ok(Resolved { config: resolved, alpha })
     }
+}
+
+/// The values a float key accepts: finite, and between two bounds, each included or not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Range {
+    lo: f64,
+    lo_included: bool,
+    hi: f64,
+    hi_included: bool,
+}
+
+impl Range {
+    const fn closed(lo: f64, hi: f64) -> Range {
+        Range { lo, lo_included: true, hi, hi_included: true }
+    }
+    const fn left_open(lo: f64, hi: f64) -> Range {
+        Range { lo, lo_included: false, hi, hi_included: true }
+    }
+    const fn right_open(lo: f64, hi: f64) -> Range {
+        Range { lo, lo_included: true, hi, hi_included: false }
+    }
+    const fn open(lo: f64, hi: f64) -> Range {
+        Range { lo, lo_included: false, hi, hi_included: false }
+    }
+
+    /// False for NaN and the infinities too.
+    pub(crate) fn holds(self, v: f64) -> bool {
+        v.is_finite()
+            && (if self.lo_included { v >= self.lo } else { v > self.lo })
+            && (if self.hi_included { v <= self.hi } else { v < self.hi })
+    }
+
+    fn refusal(self, key: &str, v: f64) -> String {
+        if v.is_finite() {
+            format!("{key} = {} must be {self}", number(v))
+        } else {
+            format!("{key} = {} is not a finite number: it must be {self}", number(v))
+        }
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (lo, hi) = (if self.lo_included { ">=" } else { ">" }, if self.hi_included { "<=" } else { "<" });
+        write!(f, "{lo} {} and {hi} {}", number(self.lo), number(self.hi))
+    }
+}
+
+/// `1e30` and `1e-8` rather than 31 digits, and the rest as Rust prints them (`0.25`, `NaN`, `inf`).
+fn number(v: f64) -> String {
+    if v.is_finite() && v != 0.0 && !(1e-3..1e5).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
+/// The value of an integer literal in another radix (`0x10` is 16).
+fn parse_radix(literal: &str) -> Option<i64> {
+    let t = literal.replace('_', "");
+    let (digits, radix) = match t.get(..2)? {
+        "0x" => (&t[2..], 16),
+        "0o" => (&t[2..], 8),
+        "0b" => (&t[2..], 2),
+        _ => return None,
+    };
+    i64::from_str_radix(digits, radix).ok()
+}
+
+/// A number for `model.alpha`: above about 1e6, alpha * x leaves nothing of the branch F(x) in
+/// f32's 24-bit mantissa.
+pub(crate) const ALPHA_NUMBER: Range = Range::left_open(0.0, 1e6);
+
+/// The ranges of the float keys (but `model.alpha`, [`ALPHA_NUMBER`] when a number; and
+/// `train.min_lr` must not exceed `train.lr` either). Finite and bounded, because TOML happily
+/// reads `inf` and `1e308`, and such a value trains nothing or overflows the f32 the devices
+/// compute in. The lower bounds of the two epsilons keep them nonzero in f32 (an all-zero row
+/// divides by them); the learning rate goes up to 1e30 for tests that make a run diverge at once.
+pub(crate) const FLOAT_RANGES: [(&str, Range); 17] = [
+    ("model.norm_eps", Range::closed(1e-30, 1.0)),
+    ("model.rope_theta", Range::closed(1.0, 1e9)),
+    ("model.init_std", Range::left_open(0.0, 1.0)),
+    ("model.mix_ln_fraction", Range::closed(0.0, 1.0)),
+    ("train.lr", Range::left_open(0.0, 1e30)),
+    ("train.min_lr", Range::closed(0.0, 1e30)),
+    ("train.weight_decay", Range::closed(0.0, 1.0)),
+    ("train.beta1", Range::right_open(0.0, 1.0)),
+    ("train.beta2", Range::right_open(0.0, 1.0)),
+    ("train.eps", Range::closed(1e-30, 1.0)),
+    ("train.grad_clip", Range::closed(0.0, 1e6)),
+    ("data.val_fraction", Range::open(0.0, 1.0)),
+    ("divergence.spike_factor", Range::left_open(1.0, 100.0)),
+    ("divergence.recover_factor", Range::closed(1.0, 100.0)),
+    ("divergence.ema", Range::right_open(0.0, 1.0)),
+    ("divergence.stall_tolerance", Range::left_open(0.0, 100.0)),
+    ("divergence.min_improvement", Range::right_open(0.0, 1.0)),
+];
+
+impl Config {
+    /// Each key of [`FLOAT_RANGES`] with its value and range.
+    fn floats(&self) -> Vec<(&'static str, f64, Range)> {
+        let (m, t, d, dv) = (&self.model, &self.train, &self.data, &self.divergence);
+        let values = [
+            m.norm_eps,
+            m.rope_theta,
+            m.init_std,
+            m.mix_ln_fraction,
+            t.lr,
+            t.min_lr,
+            t.weight_decay,
+            t.beta1,
+            t.beta2,
+            t.eps,
+            t.grad_clip,
+            d.val_fraction,
+            dv.spike_factor,
+            dv.recover_factor,
+            dv.ema,
+            dv.stall_tolerance,
+            dv.min_improvement,
+        ];
+        FLOAT_RANGES.iter().zip(values).map(|(&(key, range), v)| (key, v, range)).collect()
+    }
+}
+
+/// Mix-LN whose Post-LN share rounds down to no block is Pre-LN under another name: the message
+/// names the smallest fraction and depth that give one Post-LN block.
+fn all_pre_ln_mix_ln(fraction: f64, depth: usize) -> String {
+    let blocks = depth / 2;
+    let mut fixes = Vec::new();
+    // In thousandths, rounded up, then checked with the placement's own rounding.
+    let mut thousandths = (1000.0 / blocks as f64).ceil() as usize;
+    while thousandths <= 1000 && mix_ln_post_blocks(thousandths as f64 / 1000.0, blocks) == 0 {
+        thousandths += 1;
+    }
+    if thousandths <= 1000 {
+        fixes.push(format!("model.mix_ln_fraction >= {}", number(thousandths as f64 / 1000.0)));
+    }
+    // Past keel's depth limit, no depth is a fix.
+    let enough = (1.0 / fraction).ceil().max(1.0);
+    if fraction > 0.0 && 2.0 * enough <= crate::grid::MAX_DEPTH as f64 {
+        let mut b = enough as usize;
+        while mix_ln_post_blocks(fraction, b) == 0 {
+            b += 1;
+        }
+        fixes.push(format!("model.depth >= {}", 2 * b));
+    }
+    fixes.push("model.placement = \"pre_ln\"".into());
+    format!(
+        "model.placement = \"mix_ln\" with model.mix_ln_fraction = {} of {blocks} block{} (model.depth = {depth}) rounds down to no Post-LN block: that is Pre-LN exactly; use {}",
+        number(fraction),
+        if blocks == 1 { "" } else { "s" },
+        fixes.join(", or ")
+    )
 }
 
 /// Keys that `keel train --resume --force` accepts changing: they do not alter anything computed

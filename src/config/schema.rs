@@ -328,7 +328,12 @@ pub struct Config {
     pub data: DataConfig,
     pub run: RunConfig,
     pub divergence: DivergenceConfig,
-    /// Provenance written by keel into a run's `config.toml`; ignored on input.
+    /// Provenance written by keel into a run's `config.toml`; ignored on input, so that a run's
+    /// config.toml can be passed back to `--config`, and never a `--set` target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<toml::Table>,
+    /// Float keys written as integers in another radix, `(key, literal, radix)`: found while the
+    /// text is at hand (parsing keeps only the value), refused by [`Config::resolve`].
+    #[serde(skip)]
+    pub(crate) radix_floats: Vec<(String, String, String)>,
 }
