@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+/// Set by a grid (`keel sweep`, `keel stress`) in the environment of the runs it starts, whose
+/// signal handling differs (see `signals::install`).
+pub const GRID_CHILD: &str = "KEEL_GRID_CHILD";
+
 /// The PIDs of the children now running. A PID is listed only while its child is unreaped (it is
 /// reaped and removed under this lock), so a stop never signals a process that reused the number.
 static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -109,7 +113,7 @@ pub fn stopping() -> bool {
 pub fn keel() -> std::io::Result<Command> {
     let mut cmd = this_binary()?;
     // Repeated stop signals (one per exiting thread of a killed grid) are one stop for the run.
-    cmd.env(crate::signals::GRID_CHILD, "1");
+    cmd.env(GRID_CHILD, "1");
     Ok(cmd)
 }
 

@@ -341,7 +341,7 @@ pub fn export(run: &LoadedRun, out: &Path) -> Result<Exported> {
             Format::Keel { reason }
         }
     };
-    crate::signals::pause_point("export-after-weights");
+    crate::fault::pause_point("export-after-weights");
     // Llama's folder names its tokenizer as keel's run directory does.
     let tok_path = out.join(run_dir::TOKENIZER);
     run.tokenizer.save(&tok_path).map_err(|e| write_err(&tok_path, e))?;

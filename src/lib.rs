@@ -13,6 +13,7 @@ pub mod dist;
 pub mod divergence;
 pub mod eval;
 pub mod export;
+pub mod fault;
 pub mod files;
 pub mod grid;
 pub mod memory;

@@ -31,7 +31,7 @@ fn start_up_advice() -> String {
 /// Installs the handler (once per process, as early as possible) and returns the flag the
 /// training loop watches.
 pub fn install() -> &'static AtomicBool {
-    let grid_child = std::env::var_os(GRID_CHILD).is_some();
+    let grid_child = std::env::var_os(crate::child::GRID_CHILD).is_some();
     let _ = ctrlc::set_handler(move || {
         if !TRAINING.load(Ordering::SeqCst) {
             say(&format!(
@@ -89,9 +89,6 @@ fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
-/// Set by a grid (`keel sweep`, `keel stress`) in the environment of the runs it starts.
-pub const GRID_CHILD: &str = "KEEL_GRID_CHILD";
-
 type CleanUp = Box<dyn Fn() -> String + Send>;
 /// What a command other than `train` does when stopped: removes its partial output and says so.
 static ON_STOP: Mutex<Option<CleanUp>> = Mutex::new(None);
@@ -111,14 +108,5 @@ pub fn install_for(command: &'static str, note: &'static str) {
 pub fn on_stop(clean_up: impl Fn() -> String + Send + 'static) {
     if let Ok(mut f) = ON_STOP.lock() {
         *f = Some(Box::new(clean_up));
-    }
-}
-
-/// A test hook: when `KEEL_FAULT_PAUSE` names `point`, sleeps for a minute there, so that a test
-/// can signal a command that is otherwise over in milliseconds at a known place.
-pub fn pause_point(point: &str) {
-    if std::env::var("KEEL_FAULT_PAUSE").is_ok_and(|p| p == point) {
-        say(&format!("keel: paused at {point} (KEEL_FAULT_PAUSE)"));
-        std::thread::sleep(std::time::Duration::from_secs(60));
     }
 }

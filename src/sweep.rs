@@ -432,7 +432,7 @@ pub fn collect(out: &Path) -> Result<usize> {
         }
         text.push('\n');
     }
-    crate::signals::pause_point("collect-before-write");
+    crate::fault::pause_point("collect-before-write");
     write_atomic(&out.join("summary.csv"), text.as_bytes())?;
     Ok(rows.len())
 }

@@ -55,7 +55,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitStatus> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    crate::signals::pause_point("eval-before-write");
+    crate::fault::pause_point("eval-before-write");
     report.write()?;
     let figures = match report.outcome.figure {
         Some(Figure::LayerRemoval) => {

@@ -19,7 +19,7 @@ pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
     // Every input is read (and a damaged one refused), and every figure drawn, before the output
     // folder is made or anything written.
     let figures = plot::figures(&args.paths, &opts)?;
-    crate::signals::pause_point("plot-before-write");
+    crate::fault::pause_point("plot-before-write");
     for written in plot::write(&figures, &args.out)? {
         println!("{}", written.display());
     }

@@ -141,7 +141,7 @@ fn preflight(args: &TrainArgs) -> Result<()> {
     // Each rank's own config (file and --set), as it would train it; rank 0's is the one trained.
     let flat: Vec<String> = config.flatten().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     world.agree("config", &format!("sha256 {}", crate::files::sha256_hex(flat.join("\n").as_bytes())))?;
-    world.agree("data", &crate::data::identity::of(&config.data)?)?;
+    world.agree("data", &crate::data::identity_of(&config.data)?)?;
     world.agree("device", &config.run.device)?;
     Ok(())
 }

@@ -3,37 +3,17 @@
 //! (its inputs' checksums, tokenizer, split, shard counts and recorded shard checksums; not its
 //! timing), of `tokenizer.json`, and of the shards' checksums as found when opened; or the
 //! synthetic corpus's seed and size. Where the data lives is not part of it: a folder moved
-//! elsewhere is the same data.
+//! elsewhere is the same data. (`data::identity_of` reads the data a config names.)
 
-use super::prepare::META_FILE;
-use super::DataError;
-use crate::config::DataConfig;
 use crate::files::sha256_hex as sha256;
-use std::path::Path;
-
-fn read(path: &Path) -> Result<Vec<u8>, DataError> {
-    crate::files::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })
-}
 
 /// What separates the shards' part of a prepared folder's identity; identities recorded by older
 /// keels end before it.
 const SHARDS: &str = " shards sha256 ";
 
-/// The identity of the data `cfg` names (opening a prepared folder's shards to checksum them).
-pub fn of(cfg: &DataConfig) -> Result<String, DataError> {
-    if let Some(dir) = &cfg.path {
-        let prepared = super::prepare::open_prepared_unchecked(Path::new(dir))?;
-        return of_prepared(Path::new(dir), &prepared.sha256);
-    }
-    if cfg.source == "synthetic" {
-        return Ok(synthetic(cfg));
-    }
-    Ok(file(&read(Path::new(&cfg.source))?))
-}
-
-/// The built-in synthetic corpus.
-pub fn synthetic(cfg: &DataConfig) -> String {
-    format!("synthetic seed {} bytes {}", cfg.synthetic_seed, cfg.synthetic_bytes)
+/// The built-in synthetic corpus of `seed` and `bytes`.
+pub fn synthetic(seed: u64, bytes: usize) -> String {
+    format!("synthetic seed {seed} bytes {bytes}")
 }
 
 /// A text file's bytes.
@@ -41,29 +21,20 @@ pub fn file(bytes: &[u8]) -> String {
     format!("file bytes {} sha256 {}", bytes.len(), sha256(bytes))
 }
 
-/// A prepared folder whose shards have the checksums `shard_sha256` (as found, train then val).
-pub fn of_prepared(dir: &Path, shard_sha256: &[String]) -> Result<String, DataError> {
-    let meta_path = dir.join(META_FILE);
-    let bytes = crate::files::read(&meta_path).map_err(|e| DataError::BadPrepared {
-        path: dir.display().to_string(),
-        why: format!("cannot read {}: {e}", meta_path.display()),
-    })?;
-    let mut meta: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| DataError::BadPrepared {
-        path: dir.display().to_string(),
-        why: format!("{META_FILE} does not parse: {e}"),
-    })?;
+/// A prepared folder: its `meta.json` (parsed), its `tokenizer.json` and its shards' checksums as
+/// found (train then validation).
+pub fn prepared(mut meta: serde_json::Value, tokenizer: &[u8], shard_sha256: &[String]) -> String {
     // Re-preparing the same inputs the same way gives the same data; only these differ.
     if let Some(m) = meta.as_object_mut() {
         m.remove("seconds");
         m.remove("keel_version");
     }
-    let tokenizer = crate::files::read(&dir.join(crate::run_dir::TOKENIZER)).unwrap_or_default();
-    Ok(format!(
+    format!(
         "prepared meta sha256 {} tokenizer sha256 {}{SHARDS}{}",
         sha256(meta.to_string().as_bytes()),
-        sha256(&tokenizer),
+        sha256(tokenizer),
         sha256(shard_sha256.join("\n").as_bytes())
-    ))
+    )
 }
 
 /// True when the identity `now` is the data recorded as `then`. An identity recorded by an older

@@ -79,6 +79,21 @@ pub fn absolute_paths(cfg: &mut DataConfig) {
     }
 }
 
+/// The identity (see [`identity`]) of the data `cfg` names, read from disk (a prepared folder's
+/// shards are opened to checksum them).
+pub fn identity_of(cfg: &DataConfig) -> Result<String, DataError> {
+    if let Some(dir) = &cfg.path {
+        let dir = Path::new(dir);
+        return prepare::identity(dir, &prepare::open_prepared_unchecked(dir)?.sha256);
+    }
+    if cfg.source == "synthetic" {
+        return Ok(identity::synthetic(cfg.synthetic_seed, cfg.synthetic_bytes));
+    }
+    let path = Path::new(&cfg.source);
+    let bytes = crate::files::read(path).map_err(|source| DataError::Read { path: cfg.source.clone(), source })?;
+    Ok(identity::file(&bytes))
+}
+
 /// Byte-level vocabulary size.
 pub const BYTE_VOCAB: usize = 256;
 
@@ -175,7 +190,7 @@ impl Corpus {
                 val: bytes_to_tokens(val.as_bytes()).into(),
                 vocab_size: BYTE_VOCAB,
                 description: format!("synthetic tasks (seed {}, {} bytes)", cfg.synthetic_seed, train.len()),
-                identity: identity::synthetic(cfg),
+                identity: identity::synthetic(cfg.synthetic_seed, cfg.synthetic_bytes),
                 changed_shards: Vec::new(),
             });
         }

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub const META_FILE: &str = "meta.json";
+/// The tokenizer a prepared folder was made with (also a run directory's name for its own copy).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InputMeta {
@@ -210,7 +212,7 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
             }
         }
         pb.set_position(docs.bytes_read);
-        crate::signals::pause_point("prepare-batch");
+        crate::fault::pause_point("prepare-batch");
     }
     pb.finish_and_clear();
     // The last document goes where it drew, except that it goes to validation when no earlier
@@ -249,7 +251,7 @@ pub fn prepare(inputs: &[Input], out: &Path, opts: &PrepareOptions) -> Result<Me
             split.shard_sha256.push(scan.sha256);
         }
     }
-    tokenizer.save(&out.join("tokenizer.json"))?;
+    tokenizer.save(&out.join(TOKENIZER_FILE))?;
     let meta = Meta {
         keel_version: env!("CARGO_PKG_VERSION").into(),
         shard_format_version: super::shard::VERSION,
@@ -287,12 +289,23 @@ pub fn unfinished_files(dir: &Path) -> Vec<std::path::PathBuf> {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
     let name = |p: &std::path::PathBuf| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-    let all_ours = entries.iter().all(|p| p.is_file() && (is_shard(&name(p)) || name(p) == "tokenizer.json"));
+    let all_ours = entries.iter().all(|p| p.is_file() && (is_shard(&name(p)) || name(p) == TOKENIZER_FILE));
     if all_ours && entries.iter().any(|p| is_shard(&name(p))) {
         entries
     } else {
         Vec::new()
     }
+}
+
+/// The identity (see `data::identity`) of the prepared folder `dir` whose shards have the
+/// checksums `shard_sha256` (as found, train then validation).
+pub fn identity(dir: &Path, shard_sha256: &[String]) -> Result<String, DataError> {
+    let meta_path = dir.join(META_FILE);
+    let bad = |why: String| DataError::BadPrepared { path: dir.display().to_string(), why };
+    let bytes = crate::files::read(&meta_path).map_err(|e| bad(format!("cannot read {}: {e}", meta_path.display())))?;
+    let meta = serde_json::from_slice(&bytes).map_err(|e| bad(format!("{META_FILE} does not parse: {e}")))?;
+    let tokenizer = crate::files::read(&dir.join(TOKENIZER_FILE)).unwrap_or_default();
+    Ok(super::identity::prepared(meta, &tokenizer, shard_sha256))
 }
 
 pub fn read_meta(dir: &Path) -> Result<Meta, DataError> {
@@ -426,7 +439,7 @@ pub fn load_prepared(
     if !accept_changed_shards {
         prepared.check_unchanged(dir)?;
     }
-    let identity = super::identity::of_prepared(dir, &prepared.sha256)?;
+    let identity = identity(dir, &prepared.sha256)?;
     let Prepared { meta, train, val, changed, .. } = prepared;
     if let Some(expected) = expected_tokenizer {
         if expected != meta.tokenizer {
