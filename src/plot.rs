@@ -161,7 +161,7 @@ where
                 .label(s.label.as_str())
                 // The legend's sample stroked like the line (18 px: two dashes, or four dots).
                 .legend(move |(x, y)| {
-                    DashedPathElement::new(vec![(x, y), (x + 20, y)].into_iter(), dash, gap, color.stroke_width(2))
+                    DashedPathElement::new(vec![(x, y), (x + 20, y)], dash, gap, color.stroke_width(2))
                 });
             continue;
         }
