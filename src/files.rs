@@ -131,33 +131,31 @@ pub fn check_regular(path: &Path) -> std::io::Result<()> {
     if meta.is_file() {
         return Ok(());
     }
-    let kind = {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::FileTypeExt;
-            let t = meta.file_type();
-            if t.is_fifo() {
-                "a FIFO (named pipe)"
-            } else if t.is_socket() {
-                "a socket"
-            } else if t.is_char_device() || t.is_block_device() {
-                "a device"
-            } else if t.is_dir() {
-                "a folder"
-            } else {
-                "not a file"
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            if meta.is_dir() {
-                "a folder"
-            } else {
-                "not a file"
-            }
-        }
-    };
+    let kind = kind_of(&meta);
     Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, NotRegularFile { path: path.to_path_buf(), kind }))
+}
+
+/// What a path is, for messages: "a regular file", "a folder", "a FIFO (named pipe)", ...
+pub fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    if meta.is_file() {
+        return "a regular file";
+    }
+    if meta.is_dir() {
+        return "a folder";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        } else if t.is_socket() {
+            return "a socket";
+        } else if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    "not a file"
 }
 
 /// Opens an input for reading once [`check_regular`] passes.

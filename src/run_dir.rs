@@ -284,20 +284,8 @@ impl RunDir {
             let path = self.root.join(name);
             let Ok(meta) = std::fs::metadata(&path) else { continue };
             let what = if want_dir { "a folder" } else { "a regular file" };
-            let wrong = if want_dir { !meta.is_dir() } else { !meta.is_file() };
-            if wrong {
-                let found = if meta.is_dir() {
-                    "a folder".to_string()
-                } else {
-                    match crate::files::check_regular(&path) {
-                        Err(e) => e
-                            .get_ref()
-                            .and_then(|i| i.downcast_ref::<crate::files::NotRegularFile>())
-                            .map(|n| n.kind.to_string())
-                            .unwrap_or_else(|| "not a folder".into()),
-                        Ok(()) => "a regular file".to_string(),
-                    }
-                };
+            let found = crate::files::kind_of(&meta);
+            if found != what {
                 return Err(InputError(format!(
                     "{} is {found}, where keel keeps {what}: the run directory's layout was changed\n  move it out of the way (keel changed nothing in {}), restore the original if you have it, then run the command again",
                     path.display(),

@@ -11,17 +11,16 @@ use std::path::Path;
 /// Removes what a preparation that did not finish wrote into `out`, and `out` itself when this
 /// command created it; returns the line telling the user what happened.
 fn remove_partial(out: &Path, existed: bool) -> String {
-    let files = crate::data::prepare::unfinished_files(out);
-    let removed = files.iter().filter(|f| std::fs::remove_file(f).is_ok()).count();
+    let (removed, found) = crate::data::prepare::remove_unfinished(out);
     crate::files::remove_scratch(out);
     if !existed {
         let _ = std::fs::remove_dir(out);
     }
-    if removed < files.len() {
+    if removed < found {
         format!(
             "{} holds {} file(s) of the unfinished preparation that keel could not remove; the same command removes them when it runs again",
             out.display(),
-            files.len() - removed
+            found - removed
         )
     } else {
         format!("the partial shards in {} were removed; run the same command again", out.display())
@@ -40,9 +39,8 @@ pub fn prepare(args: &PrepareArgs) -> Result<ExitStatus> {
     let inputs = documents::expand(&args.input)?;
     // A folder holding only what an interrupted preparation left (kill -9, a full disk) counts as
     // empty: those files are removed and the preparation starts over.
-    let unfinished = crate::data::prepare::unfinished_files(&args.out);
-    if !unfinished.is_empty() {
-        let removed = unfinished.iter().filter(|f| std::fs::remove_file(f).is_ok()).count();
+    let (removed, found) = crate::data::prepare::remove_unfinished(&args.out);
+    if found > 0 {
         eprintln!(
             "note: {} held an unfinished preparation (no meta.json, {removed} shard or tokenizer file(s)): removed them; preparing again",
             args.out.display()

@@ -308,6 +308,13 @@ pub fn identity(dir: &Path, shard_sha256: &[String]) -> Result<String, DataError
     Ok(super::identity::prepared(meta, &tokenizer, shard_sha256))
 }
 
+/// Removes the [`unfinished_files`] of `dir`: how many were removed, of how many.
+pub fn remove_unfinished(dir: &Path) -> (usize, usize) {
+    let files = unfinished_files(dir);
+    let removed = files.iter().filter(|f| std::fs::remove_file(f).is_ok()).count();
+    (removed, files.len())
+}
+
 pub fn read_meta(dir: &Path) -> Result<Meta, DataError> {
     let shown = dir.display().to_string();
     if std::fs::symlink_metadata(dir).is_err() {

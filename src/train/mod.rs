@@ -282,6 +282,18 @@ pub fn train(
     start: Start,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Outcome> {
+    train_into(resolved, corpus, device, out, progress, start, stop).map_err(|e| refused_write(e, &RunDir::at(out)))
+}
+
+fn train_into(
+    resolved: &Resolved,
+    corpus: &Corpus,
+    device: &Device,
+    out: &Path,
+    progress: ProgressMode,
+    start: Start,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Outcome> {
     use crate::checkpoint::{self, TrainState};
     let run = RunDir::at(out);
     let t = resolved.train().clone();
@@ -363,15 +375,13 @@ pub fn train(
             return Ok(());
         }
         checkpoint::save(&run, &trainer.model.params, &trainer.opt, state.clone())
-            .with_context(|| format!("writing the checkpoint of step {}", state.step))
-            .map_err(|e| refused_write(e, &run))?;
+            .with_context(|| format!("writing the checkpoint of step {}", state.step))?;
         checkpoint::prune(
             &run,
             t.keep_checkpoints,
             (state.step == t.steps).then_some(t.steps),
             &state.config_fingerprint,
-        )
-        .map_err(|e| refused_write(e.into(), &run))?;
+        )?;
         Ok(())
     };
     // From here a signal stops the run after a step, with a checkpoint (before, it exits at once).
@@ -386,13 +396,12 @@ pub fn train(
         let tps = tokens_per_step as f64 / dt.as_secs_f64().max(1e-9);
         let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
         if let Some(w) = writers.as_mut() {
-            w.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, elapsed)
-                .map_err(|e| refused_write(e.into(), &run))?;
+            w.metrics(step, tokens, lr, r.loss, r.grad_norm, tps, elapsed)?;
         }
         state.initial_loss.get_or_insert(r.loss);
         if t.grad_norm_every > 0 && (step == 1 || step % t.grad_norm_every == 0 || !r.finite) {
             if let Some(w) = writers.as_mut() {
-                w.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq)).map_err(|e| refused_write(e.into(), &run))?;
+                w.grad_norms(step, &trainer.grad_norm_rows(&r.param_sq))?;
             }
         }
         if !r.finite {
@@ -418,7 +427,7 @@ pub fn train(
         if is_eval {
             let v = trainer.validate(corpus)?;
             if let Some(w) = writers.as_mut() {
-                w.eval(step, v).map_err(|e| refused_write(e.into(), &run))?;
+                w.eval(step, v)?;
             }
             state.last_val = Some(v);
         }
@@ -496,11 +505,11 @@ pub fn train(
     if diverged_at.is_none() {
         let tensors: std::collections::HashMap<String, Tensor> =
             trainer.model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-        summary.weights_sha256 = Some(run.save_weights(&tensors).map_err(|e| refused_write(e, &run))?);
+        summary.weights_sha256 = Some(run.save_weights(&tensors)?);
     }
     // Absent only where a library caller trains into a bare folder.
     summary.config_sha256 = crate::files::sha256_file(&run.config()).ok();
-    run.write_summary(&summary).map_err(|e| refused_write(e, &run))?;
+    run.write_summary(&summary)?;
     run.mark_done()?;
     Ok(Outcome { summary, interrupted })
 }
