@@ -29,6 +29,7 @@ fn main() {
         Command::Sweep(_) => "sweep",
         Command::Plot(_) => "plot",
         Command::Eval(_) => "eval",
+        Command::Generate(_) => "generate",
         Command::Export(_) => "export",
     };
     if let Err(why) = keel::ops::simd_limit_from_env() {
@@ -53,6 +54,7 @@ fn main() {
         Command::Sweep(args) => commands::sweep::run(&args),
         Command::Plot(args) => commands::plot::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
+        Command::Generate(args) => commands::generate::run(&args),
         Command::Export(args) => commands::export::run(&args),
     });
     match result {

@@ -86,29 +86,56 @@ pub mod composite {
     }
 
     pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope_table: &Rope) -> Result<Tensor> {
+        Ok(attention_at(qkv, s, rope_table, 0, None)?.0)
+    }
+
+    /// Keys and values of earlier positions, as [`attention_at`] returns and takes them: k after
+    /// RoPE, both (B, Hkv, S, D).
+    pub type Past = (Tensor, Tensor);
+
+    /// Causal attention of `s.seq` new positions `start..start + T` against the `start` earlier
+    /// ones in `past` and themselves (incremental decoding with a KV cache; `start` = 0 and no
+    /// past is the plain causal attention). qkv: (B*T, (H + 2 Hkv) D) of the new positions.
+    /// Returns (B*T, H D) and the keys and values of all `start + T` positions.
+    pub fn attention_at(
+        qkv: &Tensor,
+        s: AttnShape,
+        rope_table: &Rope,
+        start: usize,
+        past: Option<&Past>,
+    ) -> Result<(Tensor, Past)> {
         let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
-        let (cos, sin) = rope_table.tensors(t, qkv.dtype(), qkv.device())?;
+        let past_len = past.map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0);
+        if past_len != start {
+            candle_core::bail!("attention at position {start} given {past_len} cached positions");
+        }
+        let (cos, sin) = rope_table.tensors_at(start, t, qkv.dtype(), qkv.device())?;
         let qkv = qkv.reshape((b, t, h + 2 * hkv, d))?;
         let heads =
-            |start: usize, n: usize| -> Result<Tensor> { qkv.narrow(2, start, n)?.transpose(1, 2)?.contiguous() };
+            |first: usize, n: usize| -> Result<Tensor> { qkv.narrow(2, first, n)?.transpose(1, 2)?.contiguous() };
         let q = rope(&heads(0, h)?, &cos, &sin)?;
-        let k = rope(&heads(h, hkv)?, &cos, &sin)?;
-        let v = heads(h + hkv, hkv)?;
+        let mut k = rope(&heads(h, hkv)?, &cos, &sin)?;
+        let mut v = heads(h + hkv, hkv)?;
+        if let Some((pk, pv)) = past {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
+        let total = start + t;
         let rep = h / hkv;
-        let expand = |x: Tensor| -> Result<Tensor> {
+        let expand = |x: &Tensor| -> Result<Tensor> {
             if rep == 1 {
-                return Ok(x);
+                return Ok(x.clone());
             }
-            x.unsqueeze(2)?.broadcast_as((b, hkv, rep, t, d))?.contiguous()?.reshape((b, h, t, d))
+            x.unsqueeze(2)?.broadcast_as((b, hkv, rep, total, d))?.contiguous()?.reshape((b, h, total, d))
         };
-        let (k, v) = (expand(k)?, expand(v)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
+        let scores = (q.matmul(&expand(&k)?.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
+        // New position i (absolute start + i) sees keys 0..=start + i.
         let mask: Vec<f32> =
-            (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (t, t), qkv.device())?.to_dtype(qkv.dtype())?;
+            (0..t).flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask = Tensor::from_vec(mask, (t, total), qkv.device())?.to_dtype(qkv.dtype())?;
         let p = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
-        let o = p.matmul(&v)?; // (B, H, T, D)
-        o.transpose(1, 2)?.contiguous()?.reshape((b * t, h * d))
+        let o = p.matmul(&expand(&v)?)?; // (B, H, T, D)
+        Ok((o.transpose(1, 2)?.contiguous()?.reshape((b * t, h * d))?, (k, v)))
     }
 }
 

@@ -73,9 +73,28 @@ impl Rope {
 
     /// The tables as (T, D/2) tensors, for the composite path.
     pub fn tensors(&self, t: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        self.tensors_at(0, t, dtype, device)
+    }
+
+    /// The rows of positions `start..start + t` as (t, D/2) tensors (incremental decoding).
+    pub fn tensors_at(
+        &self,
+        start: usize,
+        t: usize,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<(Tensor, Tensor)> {
+        if start + t > self.seq_len {
+            candle_core::bail!(
+                "RoPE has angles for {} positions; positions {start}..{} asked for",
+                self.seq_len,
+                start + t
+            );
+        }
         let half = self.head_dim / 2;
-        let cos = Tensor::from_slice(&self.cos[..t * half], (t, half), &candle_core::Device::Cpu)?;
-        let sin = Tensor::from_slice(&self.sin[..t * half], (t, half), &candle_core::Device::Cpu)?;
+        let rows = start * half..(start + t) * half;
+        let cos = Tensor::from_slice(&self.cos[rows.clone()], (t, half), &candle_core::Device::Cpu)?;
+        let sin = Tensor::from_slice(&self.sin[rows], (t, half), &candle_core::Device::Cpu)?;
         Ok((cos.to_dtype(dtype)?.to_device(device)?, sin.to_dtype(dtype)?.to_device(device)?))
     }
 }
