@@ -133,12 +133,14 @@ impl SamplingOptions {
     fn sampling(&self) -> Sampling {
         let temperature = self.temperature;
         let top_p = self.top_p.filter(|&p| p < 1.0);
-        match (temperature, self.top_k, top_p) {
-            (t, _, _) if t == 0.0 => Sampling::ArgMax,
-            (_, None, None) => Sampling::All { temperature },
-            (_, Some(k), None) => Sampling::TopK { k, temperature },
-            (_, None, Some(p)) => Sampling::TopP { p, temperature },
-            (_, Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+        if temperature == 0.0 {
+            return Sampling::ArgMax;
+        }
+        match (self.top_k, top_p) {
+            (None, None) => Sampling::All { temperature },
+            (Some(k), None) => Sampling::TopK { k, temperature },
+            (None, Some(p)) => Sampling::TopP { p, temperature },
+            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
         }
     }
 
@@ -290,7 +292,7 @@ pub fn generate(
             let (kept, stopped) = cut_at_stop(&text, &req.stop);
             let end = if stopped { kept.len() } else { safe_to_show(&text, &req.stop) };
             if end > shown {
-                out.write_all(text[shown..end].as_bytes())?;
+                out.write_all(&text.as_bytes()[shown..end])?;
                 out.flush()?;
                 shown = end;
             }
@@ -315,7 +317,7 @@ pub fn generate(
             if finish == Finish::EndOfText { decoder.tokenizer().decode(&tokens[..tokens.len() - 1])? } else { text };
         let text = cut_at_stop(&decoded, &req.stop).0.to_string();
         if text.len() > shown {
-            out.write_all(text[shown.min(text.len())..].as_bytes())?;
+            out.write_all(&text.as_bytes()[shown..])?;
             out.flush()?;
         }
         samples.push(Sample { tokens, text, finish, prefill_s, decode_s: t1.elapsed().as_secs_f64(), slides });

@@ -231,22 +231,22 @@ impl Attention {
     }
 
     /// x: (B*T, C), the T new positions `start..start + T` -> (B*T, C), attending to the keys and
-    /// values of the `start` earlier positions in `past`, which then holds all `start + T`.
+    /// values of the `start` earlier positions in `cache`, which then holds all `start + T`.
     fn forward_cached(
         &self,
         x: &Tensor,
-        batch: usize,
-        seq: usize,
+        (batch, seq): (usize, usize),
         start: usize,
         rope: &Rope,
         k: Kernels,
-        past: &mut Option<ops::composite::Past>,
+        cache: &mut candle_nn::kv_cache::KvCache,
     ) -> Result<Tensor> {
         let shape =
             AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
-        let qkv = self.project_qkv(x, k)?;
-        let (a, kv) = ops::composite::attention_at(&qkv, shape, rope, start, past.as_ref())?;
-        *past = Some(kv);
+        // Detached: a cached key that remembered how it was computed would keep every earlier
+        // step's activations alive through its graph.
+        let qkv = self.project_qkv(x, k)?.detach();
+        let a = ops::composite::attention_at(&qkv, shape, rope, start, cache)?;
         ops::linear_in(&a, &self.wo, k, self.compute)
     }
 }
@@ -365,10 +365,11 @@ impl SubLayer {
     }
 }
 
-/// Keys and values of the positions decoded so far, one entry per sub-layer (`None` for FFNs).
-#[derive(Debug, Clone, Default)]
+/// Keys and values of the positions decoded so far, one candle-nn cache per sub-layer (FFNs leave
+/// theirs empty), each preallocated for the model's context on its first use.
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<ops::composite::Past>>,
+    layers: Vec<candle_nn::kv_cache::KvCache>,
     len: usize,
 }
 
@@ -636,14 +637,17 @@ impl Model {
         if start + seq > self.context_len() {
             candle_core::bail!("{} positions asked of a model whose context is {}", start + seq, self.context_len());
         }
-        cache.layers.resize(self.sublayers.len(), None);
+        if cache.layers.is_empty() {
+            let n = self.sublayers.len();
+            cache.layers = (0..n).map(|_| candle_nn::kv_cache::KvCache::new(2, self.context_len())).collect();
+        }
         let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?.detach();
         for sl in &self.sublayers {
             x = match &sl.branch {
                 Branch::Attn(a) => {
-                    let past = &mut cache.layers[sl.index];
+                    let layer = &mut cache.layers[sl.index];
                     sl.residual_step(&x, self.kernels, |h| {
-                        a.forward_cached(h, batch, seq, start, &self.rope, self.kernels, past)
+                        a.forward_cached(h, (batch, seq), start, &self.rope, self.kernels, layer)
                     })?
                 }
                 Branch::Ffn(_) => sl.forward(&x, batch, seq, &self.rope, self.kernels)?,

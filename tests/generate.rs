@@ -327,3 +327,28 @@ fn the_command_samples_and_refuses_bad_inputs() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not finished"), "{err}");
 }
+
+/// A Pre-LN run exported as a Llama folder samples the same greedy tokens through
+/// candle-transformers' Llama (`--hf-model`) as the run itself.
+#[test]
+fn a_llama_export_generates_as_its_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = keel()
+        .args(["train", "--quiet", "--out"])
+        .arg(&dir)
+        .args(["--set", "model.placement=pre_ln", "--set", "model.depth=4", "--set", "model.d_model=32"])
+        .args(["--set", "model.n_heads=2", "--set", "train.seq_len=32", "--set", "train.steps=20"])
+        .args(["--set", "train.batch_size=4", "--set", "train.eval_every=0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hf = tmp.path().join("hf");
+    let out = keel().args(["export", "--run"]).arg(&dir).arg("--hf").arg(&hf).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let greedy = ["generate", "--prompt", "ab", "--temperature", "0", "--max-new-tokens", "40", "--json"];
+    let from_run = json(&keel().args(greedy).arg("--run").arg(&dir).output().unwrap());
+    let from_hf = json(&keel().args(greedy).arg("--hf-model").arg(&hf).output().unwrap());
+    assert_eq!(from_run["samples"][0]["tokens"], from_hf["samples"][0]["tokens"]);
+    assert_eq!(from_hf["samples"][0]["tokens"].as_array().unwrap().len(), 40);
+}
