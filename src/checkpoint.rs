@@ -197,6 +197,25 @@ pub fn verified_weights(run: &RunDir, step: usize) -> Result<PathBuf, String> {
     Ok(dir.join(MODEL))
 }
 
+/// The weights of the checkpoint in `dir` (a `step_NNNNNNN` folder), read once into memory and
+/// verified against its `SHA256SUMS` (which `state.json` must match, at the folder's step): its
+/// state, the bytes and their sha256. What a fine-tune from a checkpoint starts from.
+pub fn read_weights(dir: &Path) -> Result<(TrainState, Vec<u8>, String), String> {
+    let (state, sums) = verified_state(dir)?;
+    let named = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step_")?.parse::<usize>().ok());
+    if named != Some(state.step) {
+        return Err(format!("{STATE} says step {}, but the folder is named for another", state.step));
+    }
+    let path = dir.join(MODEL);
+    crate::files::check_regular(&path).map_err(|e| e.to_string())?;
+    let bytes = crate::files::read(&path).map_err(|e| format!("cannot read {MODEL}: {e}"))?;
+    let sha = crate::files::sha256_hex(&bytes);
+    if sums.get(MODEL) != Some(&sha) {
+        return Err(format!("{MODEL} fails its checksum (truncated or modified)"));
+    }
+    Ok((state, bytes, sha))
+}
+
 /// Keeps the newest `keep` of this run's own checkpoints and the one of `final_step`; folders
 /// that are not keel's checkpoints of this experiment are never touched.
 pub fn prune(run: &RunDir, keep: usize, final_step: Option<usize>, fingerprint: &str) -> std::io::Result<()> {

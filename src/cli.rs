@@ -357,6 +357,10 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its newest valid checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Fine-tune: start from a finished run's weights (RUN) or a checkpoint's (RUN@STEP); the
+    /// same as --set train.init_from=RUN.
+    #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+    pub init_from: Option<String>,
     /// With --resume: accept changes to keys that are safe to change (train.steps, log_every,
     /// checkpoint_every, keep_checkpoints, run.device).
     // Not `requires = "resume"`: clap drops that requirement whenever `--out`, which conflicts

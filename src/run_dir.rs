@@ -390,7 +390,7 @@ pub fn run_tokenizer(dir: &Path, config: &Config) -> Result<KeelTokenizer> {
 
 /// Why a run has no `model.safetensors`, and what to do: wait for a run in training, resume a
 /// stopped one, restore the file of a finished one; a diverged run has none to give.
-fn missing_weights(run: &RunDir) -> String {
+pub(crate) fn missing_weights(run: &RunDir) -> String {
     let dir = run.path().display();
     if let Some(who) = run.holder() {
         return format!(

@@ -57,7 +57,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
         }
     }
     let launch = match &args.resume {
-        None => start::fresh(&named_by_out(super::load_config(&args.config)?, args), args.out.clone())?,
+        None => start::fresh(&named_by_out(new_run_config(args)?, args), args.out.clone())?,
         Some(dir) => {
             let c = &args.config;
             let how = start::ResumeOptions { force: args.force, accept_data_change: args.accept_data_change };
@@ -89,6 +89,16 @@ pub fn run(args: &TrainArgs) -> Result<ExitStatus> {
     let Launch { resolved, corpus, device, run, start, lock: _lock } = launch;
     let outcome = train(&resolved, &corpus, &device, run.path(), progress_mode(args.quiet), start, stop)?;
     Ok(report(&outcome, run.path(), args.quiet))
+}
+
+/// A new run's config: `--config`, `--set`, `--device`, and `--init-from` (which is
+/// `--set train.init_from=RUN`, without TOML's reading of the value).
+fn new_run_config(args: &TrainArgs) -> Result<crate::config::Config> {
+    let mut config = super::load_config(&args.config)?;
+    if let Some(source) = &args.init_from {
+        config.train.init_from = Some(source.clone());
+    }
+    Ok(config)
 }
 
 /// `--out` replaces the run's whole path, so the run is called by its folder's name (in
@@ -134,7 +144,7 @@ fn preflight(args: &TrainArgs) -> Result<()> {
     let world = crate::dist::world();
     let c = &args.config;
     let config = match &args.resume {
-        None => super::load_config(c)?,
+        None => new_run_config(args)?,
         Some(dir) => start::requested_config(dir, c.config.as_deref(), &c.set, c.device.as_deref())?,
     };
     world.agree("keel binary", &format!("keel {} ({})", env!("CARGO_PKG_VERSION"), env!("KEEL_GIT_REV")))?;

@@ -214,6 +214,36 @@ mod tests {
     }
 
     #[test]
+    fn init_from_leaves_earlier_fingerprints_alone() {
+        let sets = [
+            "model.depth=2",
+            "model.d_model=16",
+            "model.n_heads=2",
+            "train.steps=1",
+            "train.seq_len=8",
+            "train.batch_size=2",
+            "data.synthetic_bytes=10000",
+        ];
+        let r = load("", &sets).unwrap().resolve(256).unwrap();
+        // What keel computed before train.init_from existed (its checkpoints carry it, and must
+        // still resume).
+        assert_eq!(r.fingerprint(), "08deb859e297364cf51674c91fa2eebe29a123c65abaa16026580fdfd440391f");
+        // Set, the source is part of the experiment: another source is another experiment, which
+        // a resume refuses.
+        let mut with = sets.to_vec();
+        with.push("train.init_from=runs/base");
+        let f = load("", &with).unwrap().resolve(256).unwrap();
+        assert_eq!(f.train().init_from.as_deref(), Some("runs/base"));
+        assert_ne!(f.fingerprint(), r.fingerprint());
+        assert!(!SAFE_TO_CHANGE_ON_RESUME.contains(&"train.init_from"));
+        // Written into config.toml and read back.
+        let back = Config::from_toml_str(&f.to_toml(toml::Table::new())).unwrap().resolve(256).unwrap();
+        assert_eq!(back, f);
+        let e = load("", &["train.init_from=\"  \""]).unwrap().resolve(256).unwrap_err().0;
+        assert!(e.contains("train.init_from is empty"), "{e}");
+    }
+
+    #[test]
     fn known_keys_cover_issue_names() {
         let keys = known_keys();
         let has = |s: &str, k: &str| keys.iter().any(|(a, ks)| a == s && ks.iter().any(|x| x == k));

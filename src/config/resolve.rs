@@ -103,6 +103,10 @@ impl Config {
         bad(t.log_every == 0, "train.log_every must be at least 1".into());
         bad(t.eval_batches == 0, "train.eval_batches must be at least 1".into());
         bad(t.keep_checkpoints == 0, "train.keep_checkpoints must be at least 1".into());
+        bad(
+            t.init_from.as_deref().is_some_and(|s| s.trim().is_empty()),
+            "train.init_from is empty: give a finished run's directory (RUN), one of its checkpoints (RUN@STEP or RUN/checkpoints/step_NNNNNNN), or remove the key to start from random weights".into(),
+        );
         let dv = &self.divergence;
         bad(
             dv.stall_window == 0 || dv.recover_window == 0,
@@ -309,6 +313,9 @@ pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 10] = [
     "data.source",
 ];
 
+/// The key of fine-tuning's source (see `train::init_from`).
+pub const INIT_FROM: &str = "train.init_from";
+
 /// [`SAFE_TO_CHANGE_ON_RESUME`] before the data's paths joined it: the fingerprint of checkpoints
 /// written by earlier keels (see [`Resolved::legacy_fingerprint`]).
 const LEGACY_SAFE: [&str; 8] = [
@@ -412,7 +419,10 @@ impl Resolved {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         for (k, v) in self.config.flatten() {
-            if !left_out.contains(&k.as_str()) {
+            // Unset, train.init_from leaves the fingerprint as keels before the key computed it,
+            // so their checkpoints still resume.
+            let unset_new_key = k == INIT_FROM && v == "null";
+            if !left_out.contains(&k.as_str()) && !unset_new_key {
                 h.update(format!("{k}={v}\n").as_bytes());
             }
         }

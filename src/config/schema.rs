@@ -238,6 +238,10 @@ pub struct TrainConfig {
     /// `"fused"` (keel's kernels: CPU, and CUDA from src/ops/cuda/) or `"composite"` (Candle's
     /// stock ops everywhere): the switch that isolates a wrong kernel and times both.
     pub kernels: crate::ops::KernelChoice,
+    /// Fine-tuning: start from the weights of a finished run (`RUN`, its `model.safetensors`) or
+    /// of one of its checkpoints (`RUN@STEP`, or the folder `RUN/checkpoints/step_NNNNNNN`); only
+    /// the weights: the optimizer, schedule, data and seed are this run's own. Unset: random init.
+    pub init_from: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -267,6 +271,7 @@ impl Default for TrainConfig {
             recompute: Recompute::None,
             attention: crate::ops::AttentionKernel::SavedProbs,
             kernels: crate::ops::KernelChoice::Fused,
+            init_from: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The training loop: sample, forward, backward, clip, AdamW, log; validate periodically.
 //! Divergence (a non-finite loss or gradient) is a result: the run stops cleanly and says where.
 
+pub mod init_from;
 pub mod start;
 
 pub use start::Start;
@@ -326,12 +327,21 @@ fn train_into(
                 Start::Fresh => RunWriters::create(&run).map_err(anyhow::Error::from),
                 Start::Over => RunWriters::resume(&run, 0, layout),
                 Start::Checkpoint(c) => RunWriters::resume(&run, c.state.step, layout),
+                Start::Init { over: false, .. } => RunWriters::create(&run).map_err(anyhow::Error::from),
+                Start::Init { over: true, .. } => RunWriters::resume(&run, 0, layout),
             }
             .with_context(|| format!("preparing output files in {}", out.display()))?,
         )
     } else {
         None
     };
+    // Fine-tuning: the source's weights replace the random ones; the optimizer, the sampler and
+    // everything else start fresh.
+    if let Start::Init { weights, .. } = &start {
+        if let Err(why) = trainer.model.load_weights(&weights.tensors)? {
+            return Err(anyhow!("train.init_from: {}: {why}", weights.file.display()));
+        }
+    }
     if let Start::Checkpoint(c) = &start {
         restore(&mut trainer, c)?;
         state = c.state.clone();

@@ -1,6 +1,7 @@
 //! Where a training run starts: a new run directory laid out and its config written, or an
 //! existing one resumed from its newest checkpoint that passes its checksums.
 
+use super::init_from::{self, InitWeights};
 use crate::checkpoint::{self, Unusable};
 use crate::config::{Config, Resolved, SAFE_TO_CHANGE_ON_RESUME};
 use crate::data::Corpus;
@@ -19,6 +20,9 @@ pub enum Start {
     Over,
     /// Continue from a checkpoint; CSV rows after its step are dropped.
     Checkpoint(Box<checkpoint::Loaded>),
+    /// From step 0 with another run's weights (`train.init_from`): a new run, or (`over`) one
+    /// without a usable checkpoint, whose CSVs are cut back to the header.
+    Init { weights: Box<InitWeights>, over: bool },
 }
 
 /// A run ready to train: everything `train::train` takes.
@@ -83,27 +87,40 @@ fn save_tokenizer(config: &Config, run: &RunDir) -> Result<()> {
 pub fn fresh(config: &Config, out: Option<PathBuf>) -> Result<Launch> {
     let mut config = config.clone();
     crate::data::absolute_paths(&mut config.data);
-    let config = &config;
     let seq_len = config.train.seq_len.max(1);
     // Validate what needs no data first, so a bad config (or an absurd size) fails before a large
     // file is read; the memory check runs again with the data's vocabulary.
     let without_data = config.resolve(crate::data::BYTE_VOCAB)?;
+    // A fine-tune's source is found (and its config read) before the data is: its weights are
+    // read once the new run is resolved, and everything is checked before the run directory is
+    // made.
+    config.train.init_from = config.train.init_from.as_deref().map(init_from::absolute);
+    let config = &config;
+    let source = config.train.init_from.as_deref().map(init_from::locate).transpose()?;
     let device = crate::device::parse(&config.run.device)?;
     crate::memory::check(&without_data, &device)?;
     let corpus = Corpus::load(&config.data, seq_len)?;
     let resolved = config.resolve(corpus.vocab_size)?;
     crate::memory::check(&resolved, &device)?;
     crate::dist::check_batch(resolved.train().batch_size)?;
+    let init = source.map(|s| init_from::load(&s, &resolved, config)).transpose()?;
     let identity = corpus.identity.clone();
     let out = out.unwrap_or_else(|| Path::new(&config.run.out_dir).join(&config.run.name));
     let (run, lock) = RunDir::create(out)?;
     crate::signals::set_run_dir(run.path());
     // The config first: with it the folder is a started run, which `--resume` completes (it
     // writes a tokenizer.json that a stop right after the config left missing).
-    run.write_config(&resolved, provenance(&resolved, &device, &corpus, &identity))
-        .with_context(|| format!("writing {}", run.config().display()))?;
+    let mut meta = provenance(&resolved, &device, &corpus, &identity);
+    if let Some(w) = &init {
+        init_from::record(w, &mut meta);
+    }
+    run.write_config(&resolved, meta).with_context(|| format!("writing {}", run.config().display()))?;
     save_tokenizer(config, &run)?;
-    Ok(Launch { resolved, corpus, device, run, start: Start::Fresh, lock })
+    let start = match init {
+        Some(w) => Start::Init { weights: Box::new(w), over: false },
+        None => Start::Fresh,
+    };
+    Ok(Launch { resolved, corpus, device, run, start, lock })
 }
 
 /// The config `--resume DIR` asks for: the run's own `config.toml` (or `config_file`) with
@@ -120,6 +137,7 @@ pub fn requested_config(
         requested.run.device = d.to_string();
     }
     crate::data::absolute_paths(&mut requested.data);
+    requested.train.init_from = requested.train.init_from.as_deref().map(init_from::absolute);
     Ok(requested)
 }
 
@@ -328,6 +346,18 @@ pub fn resume(
             }
         }
     }
+    // A fine-tune without a usable checkpoint starts over from the weights it started from: the
+    // same file, with the sha256 its [meta] records (with a checkpoint, the source is not read).
+    if matches!(start, Start::Over) && resolved.train().init_from.is_some() {
+        let weights = init_from::reload(&saved_raw).map_err(|why| {
+            InputError(format!(
+                "{} has no usable checkpoint, so it starts over from step 0, from the weights it was started from (train.init_from = {:?}), which cannot be read again: {why}\n  put the source's weights back where they were, or start a new run",
+                dir.display(),
+                resolved.train().init_from.as_deref().unwrap_or_default()
+            ))
+        })?;
+        start = Start::Init { weights: Box::new(weights), over: true };
+    }
     let from = match &start {
         Start::Checkpoint(c) => c.state.step,
         _ => 0,
@@ -346,7 +376,9 @@ pub fn resume(
     // Every check passed: only now is anything in the run directory changed.
     crate::metrics::verify_for_resume(&run, from, crate::metrics::Layout::of(&resolved))?;
     if !diff.is_empty() || data_changed {
-        run.write_config(&resolved, provenance(&resolved, &device, &corpus, &identity))?;
+        let mut meta = provenance(&resolved, &device, &corpus, &identity);
+        init_from::carry(saved_raw.meta.as_ref(), &mut meta);
+        run.write_config(&resolved, meta)?;
     }
     if !run.tokenizer().exists() {
         save_tokenizer(&requested, &run)?;
@@ -360,6 +392,11 @@ pub fn resume(
         Start::Checkpoint(c) => {
             eprintln!("resuming {} from {} (step {})", dir.display(), c.path.display(), c.state.step)
         }
+        Start::Init { weights, .. } => eprintln!(
+            "no usable checkpoint in {}: starting it over from step 0, from {} (train.init_from)",
+            dir.display(),
+            weights.file.display()
+        ),
         _ => eprintln!("no usable checkpoint in {}: starting it over from step 0", dir.display()),
     }
     Ok(Resumed::Ready(Box::new(Launch { resolved, corpus, device, run, start, lock })))
@@ -371,6 +408,7 @@ pub fn describe(launch: &Launch) -> String {
         Start::Fresh => ("fresh", String::new()),
         Start::Over => ("over", String::new()),
         Start::Checkpoint(c) => ("checkpoint", c.path.display().to_string()),
+        Start::Init { weights, over } => (if *over { "init_over" } else { "init" }, weights.file.display().to_string()),
     };
     format!("{kind}\n{}\n{checkpoint}", launch.run.path().display())
 }
@@ -405,6 +443,12 @@ pub fn follow(line: &str) -> Result<Follower> {
                     anyhow::bail!("checkpoint {ckpt} has config fingerprint {found} on this rank")
                 }
             }
+        }
+        "init" | "init_over" => {
+            // The file rank 0 read, checked against the sha256 it recorded.
+            let weights =
+                init_from::reload(&config).map_err(|why| anyhow::anyhow!("train.init_from on this rank: {why}"))?;
+            Start::Init { weights: Box::new(weights), over: kind == "init_over" }
         }
         other => anyhow::bail!("rank 0 sent an unknown start {other:?}"),
     };
