@@ -420,3 +420,44 @@ fn binary_export_exit_codes_and_messages() {
     assert!(stdout.contains("LlamaForCausalLM"), "{stdout}");
     assert_eq!(read_json(&d.join("out4").join("config.json"))["model_type"], "llama");
 }
+
+/// Not a check: the keel side of `scripts/hf_export_check.py`, which runs
+/// `KEEL_DUMP_REQUEST=req.json KEEL_DUMP_OUT=out.json cargo test --release --test export
+/// dump_keel_logits -- --ignored --exact`. The request is `{"run": DIR, "sequences": [[ids]],
+/// "greedy": [{"tokens": [ids], "n": N}]}`; the answer `{"logits": [[[f32; V]; T]], "greedy":
+/// [[ids]]}`: keel's logits at every position of each sequence (one forward pass each), and N
+/// greedy tokens after each prompt, each from a full forward pass over the sequence so far.
+#[test]
+#[ignore]
+fn dump_keel_logits() {
+    let (Some(req), Some(out)) = (std::env::var_os("KEEL_DUMP_REQUEST"), std::env::var_os("KEEL_DUMP_OUT")) else {
+        return;
+    };
+    let req = read_json(Path::new(&req));
+    let run = eval::load_run(Path::new(req["run"].as_str().unwrap()), &Device::Cpu).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let all_logits = |tokens: &[u32]| -> Vec<Vec<f32>> {
+        let x = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        run.model.forward(&x).unwrap().to_dtype(DType::F32).unwrap().to_vec2().unwrap()
+    };
+    let logits: Vec<Vec<Vec<f32>>> = req["sequences"].as_array().unwrap().iter().map(|s| all_logits(&ids(s))).collect();
+    let greedy: Vec<Vec<u32>> = req["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let mut tokens = ids(&g["tokens"]);
+            let start = tokens.len();
+            for _ in 0..g["n"].as_u64().unwrap() {
+                let last = keel_last_logits(&run.model, &tokens);
+                let arg = last.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+                tokens.push(arg as u32);
+            }
+            tokens[start..].to_vec()
+        })
+        .collect();
+    let answer = serde_json::json!({ "logits": logits, "greedy": greedy });
+    std::fs::write(out, answer.to_string()).unwrap();
+}
