@@ -196,7 +196,7 @@ pub fn readme(r: &Resolved, model: &Model, source: &str, reason: &str) -> String
          ```python\n\
          from transformers import AutoModelForCausalLM, AutoTokenizer\n\
          model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)\n\
-         tokenizer = AutoTokenizer.from_pretrained(DIR)\n\
+         tokenizer = AutoTokenizer.from_pretrained(DIR, trust_remote_code=True)\n\
          ```\n\n\
          `AutoModel` gives the decoder without its head (what vLLM's Transformers backend loads), and \
          lm-evaluation-harness takes `--model hf --model_args pretrained=DIR,trust_remote_code=True`.\n\n\

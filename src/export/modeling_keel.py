@@ -46,11 +46,16 @@ except ImportError:  # transformers 4.x
 from .configuration_keel import KeelConfig
 
 
-def _output(cls, cache, **fields):
-    """An output object holding the cache under the name this transformers version declares
-    (`cache` in 5.x, `past_key_values` before)."""
+def _cache_field(cls):
+    """The name this transformers version gives the cache in output objects (`cache` in recent
+    5.x, `past_key_values` before)."""
     names = getattr(cls, "__dataclass_fields__", {})
-    fields["cache" if "cache" in names and "past_key_values" not in names else "past_key_values"] = cache
+    return "cache" if "cache" in names and "past_key_values" not in names else "past_key_values"
+
+
+def _output(cls, cache, **fields):
+    """An output object of class `cls` holding `cache` under the name this version declares."""
+    fields[_cache_field(cls)] = cache
     return cls(**fields)
 
 
@@ -442,7 +447,7 @@ class KeelForCausalLM(KeelPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 shift_logits.view(-1, shift_logits.shape[-1]), shift_labels.view(-1), ignore_index=-100
             )
-        cache_out = out["cache"] if "cache" in out else out.get("past_key_values")
+        cache_out = getattr(out, _cache_field(type(out)), None)
         if not return_dict:
             rest = tuple(v for v in (cache_out, out.hidden_states, out.attentions) if v is not None)
             return ((loss,) if loss is not None else ()) + (logits,) + rest
