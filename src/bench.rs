@@ -247,3 +247,37 @@ pub fn append_csv(path: &Path, config: &Config, device_name: &str, peak: f64, ro
     }
     Ok(())
 }
+
+/// The prompt length `keel bench --decode` uses.
+pub const DECODE_PROMPT: usize = 16;
+
+/// One round of [`decode_speed`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeSpeed {
+    pub cached_tokens_per_s: f64,
+    pub uncached_tokens_per_s: f64,
+}
+
+/// Greedy generation of `new_tokens` from a freshly initialized model of `config` (batch 1, a
+/// [`DECODE_PROMPT`]-token prompt), once with the KV cache and once re-running the full forward per
+/// token; the two must produce the same tokens.
+pub fn decode_speed(config: &Config, device: &candle_core::Device, new_tokens: usize) -> Result<DecodeSpeed> {
+    use crate::decode::{generate, Cached, Request, SamplingOptions, Uncached};
+    let r = config.resolve(crate::data::BYTE_VOCAB)?;
+    let model = crate::model::Model::new(&r, device)?;
+    let tok = crate::data::tokenizer::KeelTokenizer::byte();
+    let mut rng = crate::rng::Rng::new(r.train().seed);
+    let prompt: Vec<u32> = (0..DECODE_PROMPT.min(r.train().seq_len)).map(|_| rng.below(256) as u32).collect();
+    let req = Request {
+        prompt,
+        max_new_tokens: new_tokens,
+        sampling: SamplingOptions { temperature: 0.0, top_k: None, top_p: None, seed: 0 },
+        stop: vec![],
+        stop_at_eot: false,
+        num_samples: 1,
+    };
+    let cached = generate(&mut Cached::new(&model, &tok, String::new()), &req, |_| {}, &mut std::io::sink())?;
+    let uncached = generate(&mut Uncached::new(&model, &tok, String::new()), &req, |_| {}, &mut std::io::sink())?;
+    anyhow::ensure!(cached[0].tokens == uncached[0].tokens, "cached and uncached greedy decoding disagree");
+    Ok(DecodeSpeed { cached_tokens_per_s: cached[0].tokens_per_s(), uncached_tokens_per_s: uncached[0].tokens_per_s() })
+}

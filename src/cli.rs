@@ -30,6 +30,8 @@ pub enum Command {
     /// Score a run (or a Hugging Face Llama model) on benchmarks: MMLU, perplexity, multiple choice,
     /// BIG-bench, the synthetic tasks, and the layer-removal study.
     Eval(EvalArgs),
+    /// Sample text from a run (or a Hugging Face Llama model), decoding with a KV cache.
+    Generate(GenerateArgs),
     /// Export a run's weights: Llama-compatible for Pre-LN/RMSNorm/RoPE/SwiGLU runs, keel's own
     /// documented format otherwise.
     Export(ExportArgs),
@@ -88,6 +90,59 @@ pub struct EvalArgs {
     #[arg(long)]
     pub force: bool,
     /// No progress bar or table.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The run directory to sample from (its config.toml, model.safetensors and tokenizer.json).
+    #[arg(long, conflicts_with = "hf_model", required_unless_present = "hf_model")]
+    pub run: Option<PathBuf>,
+    /// Sample from a Llama-family model instead: a folder with config.json, *.safetensors and
+    /// tokenizer.json (e.g. from `keel export`), or ORG/NAME from the Hugging Face hub cache.
+    #[arg(long, value_name = "DIR_OR_ORG/NAME")]
+    pub hf_model: Option<String>,
+    /// The prompt (default: read from standard input; an empty prompt starts from the
+    /// end-of-text token, or a newline for tokenizers without one).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Tokens to generate per sample.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 = greedy (argmax).
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    pub temperature: f64,
+    /// Sample among the K most likely tokens only.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: among the most likely tokens whose probability adds up to P, in (0, 1].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub top_p: Option<f64>,
+    /// Seed of the sampler: the same seed, prompt and settings give the same samples.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Stop a sample at this string (cut before it). Repeatable.
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Keep going past the end-of-text token.
+    #[arg(long)]
+    pub ignore_eot: bool,
+    /// Samples to draw, one after another from the same sampler.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub num_samples: usize,
+    /// Re-run the whole sequence for every token instead of using the KV cache (slow; the
+    /// reference the cache is checked against).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print one JSON object (prompt tokens, each sample's tokens and text, speed) instead of
+    /// streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: cpu, cuda, cuda:N, metal or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No speed line on standard error.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -337,4 +392,11 @@ pub struct BenchArgs {
     /// of training steps; scripts/matmul_torch.py times the same list with PyTorch.
     #[arg(long, conflicts_with_all = ["placements", "csv"])]
     pub matmul: bool,
+    /// Time text generation instead: N new tokens (greedy, batch 1, a 16-token prompt) with the
+    /// KV cache and by re-running the full forward per token, in alternating rounds.
+    #[arg(long, value_name = "N", conflicts_with_all = ["matmul", "csv"])]
+    pub decode: Option<usize>,
+    /// Rounds of each decoding mode (with --decode).
+    #[arg(long, default_value_t = 3, requires = "decode")]
+    pub rounds: usize,
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod decode;
 pub mod device;
 pub mod dist;
 pub mod divergence;

@@ -19,6 +19,13 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // Candle's CPU matmul asks for its thread count on every call, and without RAYON_NUM_THREADS
+    // that means parsing /proc/cpuinfo (num_cpus::get_physical): about a millisecond per product,
+    // which dominated decoding one token at a time. rayon's own default is the same number.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let cli = Cli::parse();
     let command = match &cli.command {
         Command::Train(_) => "train",
@@ -29,6 +36,7 @@ fn main() {
         Command::Sweep(_) => "sweep",
         Command::Plot(_) => "plot",
         Command::Eval(_) => "eval",
+        Command::Generate(_) => "generate",
         Command::Export(_) => "export",
     };
     if let Err(why) = keel::ops::simd_limit_from_env() {
@@ -53,6 +61,7 @@ fn main() {
         Command::Sweep(args) => commands::sweep::run(&args),
         Command::Plot(args) => commands::plot::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
+        Command::Generate(args) => commands::generate::run(&args),
         Command::Export(args) => commands::export::run(&args),
     });
     match result {

@@ -210,6 +210,12 @@ impl Attention {
             let a = ops::causal_attention(&qkv, shape, rope, k, self.kernel)?;
             return a.matmul(&self.wo.to_dtype(bf16)?)?.to_dtype(x.dtype());
         }
+        let qkv = self.project_qkv(x, k)?;
+        ops::linear_in(&ops::causal_attention(&qkv, shape, rope, k, self.kernel)?, &self.wo, k, self.compute)
+    }
+
+    /// x (B*T, C) -> qkv (B*T, (H + 2 Hkv) D), with HybridNorm's q, k and v norms applied.
+    fn project_qkv(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
         let mut qkv = ops::linear_in(x, &self.wqkv, k, self.compute)?;
         if let Some(norms) = &self.qkv_norm {
             let widths = [self.n_heads, self.n_kv_heads, self.n_kv_heads].map(|h| h * self.head_dim);
@@ -221,7 +227,27 @@ impl Attention {
             }
             qkv = Tensor::cat(&parts, 1)?;
         }
-        ops::linear_in(&ops::causal_attention(&qkv, shape, rope, k, self.kernel)?, &self.wo, k, self.compute)
+        Ok(qkv)
+    }
+
+    /// x: (B*T, C), the T new positions `start..start + T` -> (B*T, C), attending to the keys and
+    /// values of the `start` earlier positions in `cache`, which then holds all `start + T`.
+    fn forward_cached(
+        &self,
+        x: &Tensor,
+        (batch, seq): (usize, usize),
+        start: usize,
+        rope: &Rope,
+        k: Kernels,
+        cache: &mut candle_nn::kv_cache::KvCache,
+    ) -> Result<Tensor> {
+        let shape =
+            AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
+        // Detached: a cached key that remembered how it was computed would keep every earlier
+        // step's activations alive through its graph.
+        let qkv = self.project_qkv(x, k)?.detach();
+        let a = ops::composite::attention_at(&qkv, shape, rope, start, cache)?;
+        ops::linear_in(&a, &self.wo, k, self.compute)
     }
 }
 
@@ -308,17 +334,21 @@ impl SubLayer {
 
     /// x: (B*T, C) -> (B*T, C), one residual step of the paper's equations.
     pub fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &Arc<Rope>, k: Kernels) -> Result<Tensor> {
+        self.residual_step(x, k, |h| self.branch(h, batch, seq, rope, k))
+    }
+
+    /// The residual step with the branch F given as `f` (the full pass, or a cached one).
+    fn residual_step(&self, x: &Tensor, k: Kernels, mut f: impl FnMut(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         match &self.residual {
-            Residual::Pre { norm } => x + self.branch(&norm.forward(x, k)?, batch, seq, rope, k)?,
-            Residual::Post { alpha, norm } => norm.residual(x, &self.branch(x, batch, seq, rope, k)?, *alpha, k),
+            Residual::Pre { norm } => x + f(&norm.forward(x, k)?)?,
+            Residual::Post { alpha, norm } => norm.residual(x, &f(x)?, *alpha, k),
             Residual::Keel { alpha, norm_in, norm_out } => {
-                let f = self.branch(&norm_in.forward(x, k)?, batch, seq, rope, k)?;
-                norm_out.residual(x, &f, *alpha, k)
+                norm_out.residual(x, &f(&norm_in.forward(x, k)?)?, *alpha, k)
             }
-            Residual::Plain => x + self.branch(x, batch, seq, rope, k)?,
+            Residual::Plain => x + f(x)?,
             Residual::NormedShortcut { norm } => {
                 let h = norm.forward(x, k)?;
-                &h + self.branch(&h, batch, seq, rope, k)?
+                &h + f(&h)?
             }
         }
     }
@@ -332,6 +362,29 @@ impl SubLayer {
             Residual::Keel { alpha, norm_out, .. } => norm_out.forward(&(x * *alpha)?, k),
             Residual::NormedShortcut { norm } => norm.forward(x, k),
         }
+    }
+}
+
+/// Keys and values of the positions decoded so far, one candle-nn cache per sub-layer (FFNs leave
+/// theirs empty), each preallocated for the model's context on its first use.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<candle_nn::kv_cache::KvCache>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -567,6 +620,46 @@ impl Model {
     /// tokens: (B, T) u32 -> logits (B*T, V).
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         self.logits(&self.hidden(tokens)?)
+    }
+
+    /// The longest sequence the model takes: its RoPE table's length, `train.seq_len`.
+    pub fn context_len(&self) -> usize {
+        self.rope.seq_len
+    }
+
+    /// Incremental decoding: tokens (B, T) u32 at positions `cache.len()..cache.len() + T`, after
+    /// the positions the cache holds -> logits (B*T, V), equal to the rows of [`Model::forward`]
+    /// over the whole sequence. Every placement caches alike: the norms act per position, so only
+    /// attention looks back, and it reads the cached keys and values (B, Hkv, S, D).
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (batch, seq) = tokens.dims2()?;
+        let start = cache.len;
+        if start + seq > self.context_len() {
+            candle_core::bail!("{} positions asked of a model whose context is {}", start + seq, self.context_len());
+        }
+        if cache.layers.is_empty() {
+            let n = self.sublayers.len();
+            cache.layers = (0..n).map(|_| candle_nn::kv_cache::KvCache::new(2, self.context_len())).collect();
+        }
+        let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?.detach();
+        for sl in &self.sublayers {
+            x = match &sl.branch {
+                Branch::Attn(a) => {
+                    let layer = &mut cache.layers[sl.index];
+                    sl.residual_step(&x, self.kernels, |h| {
+                        a.forward_cached(h, (batch, seq), start, &self.rope, self.kernels, layer)
+                    })?
+                }
+                Branch::Ffn(_) => sl.forward(&x, batch, seq, &self.rope, self.kernels)?,
+            }
+            .detach();
+        }
+        cache.len += seq;
+        let x = match &self.final_norm {
+            Some(n) => n.forward(&x, self.kernels)?,
+            None => x,
+        };
+        self.logits(&x)
     }
 
     /// Mean next-token cross-entropy; tokens and targets: (B, T) u32.

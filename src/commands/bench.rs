@@ -22,6 +22,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
     if args.matmul {
         return matmul_table(&device);
     }
+    if let Some(new_tokens) = args.decode {
+        return decode_table(&config, &placements, &device, new_tokens, args.rounds);
+    }
     if let Some(path) = &args.csv {
         bench::check_csv(path)?;
     }
@@ -89,6 +92,45 @@ pub fn run(args: &BenchArgs) -> Result<ExitStatus> {
     }
     if let Some(path) = args.csv.as_ref().filter(|_| root) {
         bench::append_csv(path, &config, &crate::device::name(&device), peak, &rows)?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// `keel bench --decode N`: generation speed with and without the KV cache, every round shown.
+fn decode_table(
+    config: &Config,
+    placements: &[String],
+    device: &candle_core::Device,
+    new_tokens: usize,
+    rounds: usize,
+) -> Result<ExitStatus> {
+    if new_tokens == 0 || rounds == 0 {
+        return Err(InputError("--decode and --rounds must be at least 1".into()).into());
+    }
+    println!(
+        "keel bench --decode {new_tokens}: d_model {} heads {} depth {} context {}, {:?}, greedy, batch 1, prompt {} tokens, {rounds} rounds (threads: {}); cpu: {}",
+        config.model.d_model,
+        config.model.n_heads,
+        config.model.depth,
+        config.train.seq_len,
+        config.train.precision,
+        bench::DECODE_PROMPT,
+        rayon::current_num_threads(),
+        bench::cpu_name(),
+    );
+    println!("{:<10} {:>6} {:>14} {:>14} {:>8}", "placement", "round", "cache tok/s", "no-cache tok/s", "speed-up");
+    for p in placements {
+        let mut c = config.clone();
+        c.model.placement = Placement::parse(p)?;
+        for round in 1..=rounds {
+            let r = bench::decode_speed(&c, device, new_tokens)?;
+            println!(
+                "{p:<10} {round:>6} {:>14.1} {:>14.1} {:>7.1}x",
+                r.cached_tokens_per_s,
+                r.uncached_tokens_per_s,
+                r.cached_tokens_per_s / r.uncached_tokens_per_s
+            );
+        }
     }
     Ok(ExitStatus::Success)
 }

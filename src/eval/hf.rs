@@ -206,6 +206,8 @@ pub struct HfLlama {
     n_params: usize,
     /// The last scored context, its last-position logits and its KV cache.
     last: Option<(Vec<u32>, Vec<f32>, Cache)>,
+    /// `keel generate`: the cache and the next position.
+    decoding: Option<(Cache, usize)>,
 }
 
 /// Loads `spec` (a local folder, or ORG/NAME from the hub cache) as a scorer.
@@ -249,7 +251,7 @@ impl HfLlama {
         let tok_spec = if Path::new(spec).is_dir() { spec.to_string() } else { format!("hf:{spec}") };
         let tokenizer = load_tokenizer(&files.tokenizer, &tok_spec, &config)?;
         let name = if Path::new(spec).is_dir() { format!("Llama folder {spec}") } else { format!("hub model {spec}") };
-        Ok(HfLlama { name, model, config, tokenizer, device: device.clone(), n_params, last: None })
+        Ok(HfLlama { name, model, config, tokenizer, device: device.clone(), n_params, last: None, decoding: None })
     }
 
     /// Last-position logits of `tokens` fed at positions `pos..`.
@@ -341,5 +343,33 @@ impl LanguageModel for HfLlama {
             done(1);
         }
         Ok(out)
+    }
+}
+
+impl crate::decode::Decoder for HfLlama {
+    fn describe(&self) -> String {
+        format!("{} (KV cache)", LanguageModel::describe(self))
+    }
+
+    fn context_len(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn tokenizer(&self) -> &KeelTokenizer {
+        &self.tokenizer
+    }
+
+    fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut cache = Cache::new(true, DType::F32, &self.config, &self.device)?;
+        let logits = self.forward(tokens, 0, &mut cache)?;
+        self.decoding = Some((cache, tokens.len()));
+        Ok(logits)
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        let (mut cache, pos) = self.decoding.take().context("internal: a step before the prefill")?;
+        let logits = self.forward(&[token], pos, &mut cache)?;
+        self.decoding = Some((cache, pos + 1));
+        Ok(logits)
     }
 }

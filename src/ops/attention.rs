@@ -86,28 +86,64 @@ pub mod composite {
     }
 
     pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope_table: &Rope) -> Result<Tensor> {
+        let (q, k, v) = project(qkv, s, rope_table, 0)?;
+        attend(&q, &k, &v, s, 0)
+    }
+
+    /// Causal attention of `s.seq` new positions `start..start + T` against the `start` earlier
+    /// positions held in `cache` and themselves, as incremental decoding runs it; the new keys
+    /// and values are appended to `cache` (keys after RoPE, both (B, Hkv, S, D) along dim 2).
+    /// qkv: (B*T, (H + 2 Hkv) D) of the new positions; returns (B*T, H D).
+    pub fn attention_at(
+        qkv: &Tensor,
+        s: AttnShape,
+        rope_table: &Rope,
+        start: usize,
+        cache: &mut candle_nn::kv_cache::KvCache,
+    ) -> Result<Tensor> {
+        if cache.current_seq_len() != start {
+            candle_core::bail!("attention at position {start} given {} cached positions", cache.current_seq_len());
+        }
+        let (q, k, v) = project(qkv, s, rope_table, start)?;
+        let (k, v) = cache.append(&k, &v)?;
+        attend(&q, &k, &v, s, start)
+    }
+
+    /// qkv (B*T, (H + 2 Hkv) D) of positions `start..start + T` -> rope(q) (B, H, T, D),
+    /// rope(k) and v (B, Hkv, T, D).
+    fn project(qkv: &Tensor, s: AttnShape, rope_table: &Rope, start: usize) -> Result<(Tensor, Tensor, Tensor)> {
         let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
-        let (cos, sin) = rope_table.tensors(t, qkv.dtype(), qkv.device())?;
+        let (cos, sin) = rope_table.tensors_at(start, t, qkv.dtype(), qkv.device())?;
         let qkv = qkv.reshape((b, t, h + 2 * hkv, d))?;
         let heads =
-            |start: usize, n: usize| -> Result<Tensor> { qkv.narrow(2, start, n)?.transpose(1, 2)?.contiguous() };
+            |first: usize, n: usize| -> Result<Tensor> { qkv.narrow(2, first, n)?.transpose(1, 2)?.contiguous() };
         let q = rope(&heads(0, h)?, &cos, &sin)?;
         let k = rope(&heads(h, hkv)?, &cos, &sin)?;
-        let v = heads(h + hkv, hkv)?;
-        let rep = h / hkv;
-        let expand = |x: Tensor| -> Result<Tensor> {
-            if rep == 1 {
-                return Ok(x);
-            }
-            x.unsqueeze(2)?.broadcast_as((b, hkv, rep, t, d))?.contiguous()?.reshape((b, h, t, d))
-        };
-        let (k, v) = (expand(k)?, expand(v)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
-        let mask: Vec<f32> =
-            (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (t, t), qkv.device())?.to_dtype(qkv.dtype())?;
-        let p = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
-        let o = p.matmul(&v)?; // (B, H, T, D)
+        Ok((q, k, heads(h + hkv, hkv)?))
+    }
+
+    /// softmax(q k^T / sqrt(D) + causal mask) v for queries q (B, H, T, D) at positions
+    /// `start..start + T` and keys and values k, v (B, Hkv, start + T, D) -> (B*T, H D). Query
+    /// head h reads KV head h / (H / Hkv): the H/Hkv query heads of a group are stacked as rows
+    /// against their shared keys, so nothing is copied per query head.
+    fn attend(q: &Tensor, k: &Tensor, v: &Tensor, s: AttnShape, start: usize) -> Result<Tensor> {
+        let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
+        let (rep, total) = (h / hkv, start + t);
+        let q = q.reshape((b, hkv, rep * t, d))?;
+        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // (B, Hkv, rep T, S)
+        if t > 1 {
+            // Query row r * T + i (position start + i) sees keys 0..=start + i.
+            let mask: Vec<f32> = (0..rep * t)
+                .flat_map(|row| {
+                    let i = row % t;
+                    (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (rep * t, total), q.device())?.to_dtype(q.dtype())?;
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let o = p.matmul(v)?.reshape((b, h, t, d))?;
         o.transpose(1, 2)?.contiguous()?.reshape((b * t, h * d))
     }
 }

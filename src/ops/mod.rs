@@ -49,7 +49,7 @@ pub use swiglu::swiglu;
 /// Composite reference implementations (differentiable with stock Candle ops). Each lives in its
 /// op's file, beside the fused kernel it is the reference for.
 pub mod composite {
-    pub use super::attention::composite::causal_attention;
+    pub use super::attention::composite::{attention_at, causal_attention};
     pub use super::layer_norm::composite::layer_norm;
     pub use super::rms_norm::composite::rms_norm;
     pub use super::swiglu::composite::swiglu;

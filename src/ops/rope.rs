@@ -20,7 +20,13 @@ pub struct Rope {
     /// every clone (one Rope serves all layers: no host-to-device copy per attention call).
     #[cfg(feature = "cuda")]
     device_tables: std::sync::Arc<std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, DeviceTables)>>>,
+    /// The whole tables as (seq_len, D/2) tensors, one pair per dtype and device asked for, made on
+    /// first use: incremental decoding asks for one row per layer and step.
+    tensor_tables: std::sync::Arc<std::sync::Mutex<Vec<TensorTables>>>,
 }
+
+/// The (cos, sin) tables as tensors of one dtype on one device.
+type TensorTables = (DType, candle_core::Device, Tensor, Tensor);
 
 /// The f32 (cos, sin) tables on one CUDA device, each (seq_len, D/2) row-major.
 #[cfg(feature = "cuda")]
@@ -50,6 +56,7 @@ impl Rope {
             sin_f32,
             #[cfg(feature = "cuda")]
             device_tables: Default::default(),
+            tensor_tables: Default::default(),
         }
     }
 
@@ -73,9 +80,37 @@ impl Rope {
 
     /// The tables as (T, D/2) tensors, for the composite path.
     pub fn tensors(&self, t: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
-        let half = self.head_dim / 2;
-        let cos = Tensor::from_slice(&self.cos[..t * half], (t, half), &candle_core::Device::Cpu)?;
-        let sin = Tensor::from_slice(&self.sin[..t * half], (t, half), &candle_core::Device::Cpu)?;
-        Ok((cos.to_dtype(dtype)?.to_device(device)?, sin.to_dtype(dtype)?.to_device(device)?))
+        self.tensors_at(0, t, dtype, device)
+    }
+
+    /// The rows of positions `start..start + t` as (t, D/2) tensors (incremental decoding).
+    pub fn tensors_at(
+        &self,
+        start: usize,
+        t: usize,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<(Tensor, Tensor)> {
+        if start + t > self.seq_len {
+            candle_core::bail!(
+                "RoPE has angles for {} positions; positions {start}..{} asked for",
+                self.seq_len,
+                start + t
+            );
+        }
+        let mut tables = self.tensor_tables.lock().expect("rope's tensor tables");
+        let found = tables.iter().find(|(dt, dev, _, _)| *dt == dtype && dev.same_device(device));
+        let (cos, sin) = match found {
+            Some((_, _, cos, sin)) => (cos.clone(), sin.clone()),
+            None => {
+                let shape = (self.seq_len, self.head_dim / 2);
+                let cpu = &candle_core::Device::Cpu;
+                let cos = Tensor::from_slice(&self.cos, shape, cpu)?.to_dtype(dtype)?.to_device(device)?;
+                let sin = Tensor::from_slice(&self.sin, shape, cpu)?.to_dtype(dtype)?.to_device(device)?;
+                tables.push((dtype, device.clone(), cos.clone(), sin.clone()));
+                (cos, sin)
+            }
+        };
+        Ok((cos.narrow(0, start, t)?, sin.narrow(0, start, t)?))
     }
 }
