@@ -16,7 +16,7 @@
 # as a plain Llama), plus keel_ln_tied (LayerNorm, tied embeddings) and pre_ln_gelu_ln (LayerNorm,
 # GELU FFN, no final norm: a Pre-LN run that is not a Llama).
 #
-# Environment: CASES (default all, comma-separated), OUT (runs/hf_export_check), STEPS (40),
+# Environment: CASES (default all, comma-separated), OUT (runs/hf_export_check), STEPS (200),
 # VENV (default /work/torchenv when it exists, else data/hf-check-venv, created with
 # `pip install torch transformers safetensors accelerate`), PYTHONPATH (e.g. a folder holding
 # another transformers version), CARGO_FEATURES. Reruns reuse the trained runs and exports.
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 OUT=${OUT:-runs/hf_export_check}
-STEPS=${STEPS:-40}
+STEPS=${STEPS:-200}
 CASES=${CASES:-keel,pre_ln,post_ln,deepnorm,mix_ln,hybrid_norm,keel_ln_tied,pre_ln_gelu_ln}
 if [ -z "${VENV:-}" ]; then
   if [ -x /work/torchenv/bin/python ]; then VENV=/work/torchenv; else VENV=$root/data/hf-check-venv; fi
