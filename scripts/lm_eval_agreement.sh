@@ -27,8 +27,9 @@
 #
 # Environment: PLACEMENT (pre_ln; any of keel, pre_ln, post_ln, deepnorm, mix_ln, hybrid_norm),
 # RUN (default runs/agree, runs/agree-$PLACEMENT for other placements), SUBJECTS (comma-separated
-# MMLU subjects; default all: both evaluators then read data/mmlu-subsets/NAME, links to those
-# subjects' files, and results go to *-subjects-NAME folders), STEPS (70), SEQ_LEN (1024: no MMLU prompt is truncated;
+# MMLU subjects, default all; when given, both evaluators read data/mmlu-subsets/NAME, links to
+# those subjects' files, and results go to *-subjects-NAME folders), INIT_STD (model.init_std; e.g. 0.2
+# with STEPS=1 gives a random model whose answers vary by question), STEPS (70), SEQ_LEN (1024: no MMLU prompt is truncated;
 # e.g. 256 exercises both sides' left truncation), BATCH (16, both evaluators), LIMIT (score only
 # the first LIMIT questions of each subject on both sides, for a quick check; results then go to
 # *-limitLIMIT folders), VENV, CARGO_FEATURES (e.g. "--features cuda"). The config is written to
@@ -40,6 +41,7 @@ root=$PWD
 PLACEMENT=${PLACEMENT:-pre_ln}
 if [ "$PLACEMENT" = pre_ln ]; then RUN=${RUN:-runs/agree}; else RUN=${RUN:-runs/agree-$PLACEMENT}; fi
 SUBJECTS=${SUBJECTS:-}
+INIT_STD=${INIT_STD:-}
 STEPS=${STEPS:-70}
 SEQ_LEN=${SEQ_LEN:-1024}
 BATCH=${BATCH:-16}
@@ -103,6 +105,7 @@ ffn = "swiglu"
 depth = 8
 d_model = 128
 n_heads = 4
+${INIT_STD:+init_std = $INIT_STD}
 
 [train]
 seq_len = $SEQ_LEN
