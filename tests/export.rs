@@ -1,7 +1,8 @@
 //! `keel export` and the Hugging Face Llama scorer: a Pre-LN RMSNorm SwiGLU run exported as a
 //! Llama folder computes the same logits in candle-transformers' own `Llama` as in keel, scores
-//! requests like `KeelLm` (from a folder, shards or the hub cache), and every other placement is
-//! written in keel's own format. Tiny models only.
+//! requests like `KeelLm` (from a folder, shards or the hub cache), and every other run is written
+//! as `KeelForCausalLM` with remote code (files, config, tensors; keel's logits against values
+//! transformers computed from such exports). Tiny models only.
 
 mod common;
 use candle_core::{DType, Device, Tensor};
@@ -281,43 +282,372 @@ fn hf_scorer_uses_the_models_end_of_text_token() {
     assert_eq!(hf.tokenizer().encode("a</s>").unwrap(), vec![b'a' as u32, 256]);
 }
 
+/// The non-Llama cases: their `--set`s, the reason `keel export` gives, the residual forms and
+/// alphas `config.json` must list (depth 4: two blocks), and whether attention normalizes q, k, v.
+struct Case {
+    name: &'static str,
+    sets: &'static [&'static str],
+    reason: &'static str,
+    forms: [(&'static str, f64); 4],
+    qkv_norm: bool,
+}
+
+const SQRT2: f64 = std::f64::consts::SQRT_2;
+
+const CASES: [Case; 8] = [
+    Case {
+        name: "keel",
+        sets: &["model.placement=keel"],
+        reason: "Keel's residual x' = LN(alpha*x + F(LN(x)))",
+        // Paper v2: the first attention is Pre-LN, the first FFN alpha 1, then alpha = L = 4.
+        forms: [("pre", 1.0), ("keel", 1.0), ("keel", 4.0), ("keel", 4.0)],
+        qkv_norm: false,
+    },
+    Case {
+        name: "keel_v1",
+        sets: &["model.placement=keel", "model.keel_first_layer=v1", "model.alpha=3"],
+        reason: "Keel's residual",
+        forms: [("pre", 1.0), ("pre", 1.0), ("keel", 3.0), ("keel", 3.0)],
+        qkv_norm: false,
+    },
+    Case {
+        name: "post_ln",
+        sets: &["model.placement=post_ln"],
+        reason: "Post-LN",
+        forms: [("post", 1.0), ("post", 1.0), ("post", 1.0), ("post", 1.0)],
+        qkv_norm: false,
+    },
+    Case {
+        name: "deepnorm",
+        sets: &["model.placement=deepnorm"],
+        reason: "a*x + F(x)",
+        // (2 N)^(1/4) with N = 2 blocks.
+        forms: [("post", SQRT2), ("post", SQRT2), ("post", SQRT2), ("post", SQRT2)],
+        qkv_norm: false,
+    },
+    Case {
+        name: "mix_ln",
+        sets: &["model.placement=mix_ln", "model.mix_ln_fraction=0.5"],
+        reason: "Post-LN",
+        forms: [("post", 1.0), ("post", 1.0), ("pre", 1.0), ("pre", 1.0)],
+        qkv_norm: false,
+    },
+    Case {
+        name: "hybrid_norm",
+        sets: &["model.placement=hybrid_norm"],
+        reason: "HybridNorm",
+        forms: [("plain", 1.0), ("normed_shortcut", 1.0), ("plain", 1.0), ("normed_shortcut", 1.0)],
+        qkv_norm: true,
+    },
+    Case {
+        name: "pre_ln_layer_norm_tied",
+        sets: &["model.norm=layer_norm", "model.tie_embeddings=true"],
+        reason: "LayerNorm",
+        forms: [("pre", 1.0), ("pre", 1.0), ("pre", 1.0), ("pre", 1.0)],
+        qkv_norm: false,
+    },
+    Case {
+        name: "pre_ln_gelu_no_final_norm",
+        sets: &["model.ffn=gelu", "model.d_ff=64", "model.final_norm=false"],
+        reason: "GELU",
+        forms: [("pre", 1.0), ("pre", 1.0), ("pre", 1.0), ("pre", 1.0)],
+        qkv_norm: false,
+    },
+];
+
+fn repo_file(rel: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+/// The tensors `modeling_keel.py` declares for a config.json, with their shapes, worked out from
+/// the config alone (not from keel's export code).
+fn expected_tensors(cfg: &serde_json::Value) -> HashMap<String, Vec<usize>> {
+    let n = |k: &str| cfg[k].as_u64().unwrap() as usize;
+    let (c, f, v) = (n("hidden_size"), n("intermediate_size"), n("vocab_size"));
+    let (h, hkv, d) = (n("num_attention_heads"), n("num_key_value_heads"), n("head_dim"));
+    let ln = cfg["norm_type"] == "layer_norm";
+    let mut out = HashMap::new();
+    let norm = |out: &mut HashMap<String, Vec<usize>>, name: String, width: usize| {
+        out.insert(format!("{name}.weight"), vec![width]);
+        if ln {
+            out.insert(format!("{name}.bias"), vec![width]);
+        }
+    };
+    out.insert("model.embed_tokens.weight".into(), vec![v, c]);
+    let forms = cfg["residual_forms"].as_array().unwrap();
+    for i in 0..n("num_hidden_layers") {
+        let p = format!("model.layers.{i}");
+        for (j, which) in ["attn", "ffn"].into_iter().enumerate() {
+            let form = forms[2 * i + j].as_str().unwrap();
+            if ["pre", "keel", "normed_shortcut"].contains(&form) {
+                norm(&mut out, format!("{p}.{which}_norm_in"), c);
+            }
+            if ["post", "keel"].contains(&form) {
+                norm(&mut out, format!("{p}.{which}_norm_out"), c);
+            }
+        }
+        out.insert(format!("{p}.self_attn.q_proj.weight"), vec![h * d, c]);
+        out.insert(format!("{p}.self_attn.k_proj.weight"), vec![hkv * d, c]);
+        out.insert(format!("{p}.self_attn.v_proj.weight"), vec![hkv * d, c]);
+        out.insert(format!("{p}.self_attn.o_proj.weight"), vec![c, h * d]);
+        if cfg["qkv_norm"] == true {
+            norm(&mut out, format!("{p}.self_attn.q_norm"), h * d);
+            norm(&mut out, format!("{p}.self_attn.k_norm"), hkv * d);
+            norm(&mut out, format!("{p}.self_attn.v_norm"), hkv * d);
+        }
+        if cfg["ffn_type"] == "swiglu" {
+            out.insert(format!("{p}.mlp.gate_proj.weight"), vec![f, c]);
+        }
+        out.insert(format!("{p}.mlp.up_proj.weight"), vec![f, c]);
+        out.insert(format!("{p}.mlp.down_proj.weight"), vec![c, f]);
+    }
+    if cfg["final_norm"] == true {
+        norm(&mut out, "model.norm".into(), c);
+    }
+    if cfg["tie_word_embeddings"] == false {
+        out.insert("lm_head.weight".into(), vec![v, c]);
+    }
+    out
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Every non-Llama case: the folder's files, config.json's keys, the Python files as in the
+/// repository, the tensors' names, shapes and values (keel's (in, out) weights transposed and
+/// split), and the tokenizer files.
 #[test]
-fn non_llama_runs_export_keel_format() {
-    let cases: [(&[&str], &str); 6] = [
-        (&["model.placement=keel"], "Keel's residual x' = LN(alpha*x + F(LN(x)))"),
-        (&["model.placement=post_ln"], "Post-LN"),
-        (&["model.placement=deepnorm"], "a*x + F(x)"),
-        (&["model.placement=hybrid_norm"], "HybridNorm"),
-        (&["model.norm=layer_norm"], "LayerNorm"),
-        (&["model.ffn=gelu", "model.d_ff=64"], "GELU"),
-    ];
-    for (sets, reason) in cases {
+fn non_llama_runs_export_keel_for_causal_lm() {
+    for case in &CASES {
         let tmp = tempfile::tempdir().unwrap();
         let (run_dir, out) = (tmp.path().join("run"), tmp.path().join("hf"));
-        make_run(&run_dir, &resolved(sets), 13);
+        let r = resolved(case.sets);
+        make_run(&run_dir, &r, 13);
         let done = export_dir(&run_dir, &out).unwrap();
+        let what = case.name;
         match &done.format {
-            Format::Keel { reason: why } => assert!(why.contains(reason), "{sets:?}: {why}"),
-            Format::Llama => panic!("{sets:?} exported as Llama"),
+            Format::Keel { reason: why } => assert!(why.contains(case.reason), "{what}: {why}"),
+            Format::Llama => panic!("{what} exported as Llama"),
         }
-        for f in ["model.safetensors", "config.toml", "tokenizer.json", "README.md"] {
-            assert!(out.join(f).is_file(), "{sets:?}: {f} missing");
+        let mut files: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "README.md",
+                "config.json",
+                "configuration_keel.py",
+                "generation_config.json",
+                "model.safetensors",
+                "modeling_keel.py",
+                "tokenizer.json",
+                "tokenizer_config.json"
+            ],
+            "{what}"
+        );
+        assert_eq!(done.files.len(), files.len(), "{what}: {:?}", done.files);
+        for py in ["configuration_keel.py", "modeling_keel.py"] {
+            assert_eq!(std::fs::read(out.join(py)).unwrap(), repo_file(&format!("src/export/{py}")), "{what}: {py}");
         }
-        assert!(!out.join("config.json").exists(), "{sets:?}: a keel-format export has no config.json");
+
+        let cfg = read_json(&out.join("config.json"));
+        assert_eq!(cfg["model_type"], "keel", "{what}");
+        assert_eq!(cfg["architectures"], serde_json::json!(["KeelForCausalLM"]), "{what}");
+        assert_eq!(
+            cfg["auto_map"],
+            serde_json::json!({
+                "AutoConfig": "configuration_keel.KeelConfig",
+                "AutoModel": "modeling_keel.KeelModel",
+                "AutoModelForCausalLM": "modeling_keel.KeelForCausalLM",
+            }),
+            "{what}"
+        );
+        let m = r.model();
+        assert_eq!(cfg["vocab_size"], 256);
+        assert_eq!(cfg["hidden_size"], 32);
+        assert_eq!(cfg["num_hidden_layers"], 2);
+        assert_eq!(cfg["num_attention_heads"], 4);
+        assert_eq!(cfg["num_key_value_heads"], 2);
+        assert_eq!(cfg["head_dim"], 8);
+        assert_eq!(cfg["intermediate_size"], r.d_ff());
+        assert_eq!(cfg["max_position_embeddings"], 16);
+        assert_eq!(cfg["norm_eps"], m.norm_eps);
+        assert_eq!(cfg["rope_theta"], m.rope_theta);
+        assert_eq!(cfg["torch_dtype"], "float32");
+        assert_eq!(cfg["use_cache"], true);
+        assert_eq!(cfg["bos_token_id"], serde_json::Value::Null, "a byte tokenizer has no end-of-text token");
+        assert_eq!(
+            cfg["norm_type"],
+            if case.sets.contains(&"model.norm=layer_norm") { "layer_norm" } else { "rms_norm" }
+        );
+        assert_eq!(cfg["ffn_type"], if case.sets.contains(&"model.ffn=gelu") { "gelu" } else { "swiglu" });
+        assert_eq!(cfg["tie_word_embeddings"], case.sets.contains(&"model.tie_embeddings=true"), "{what}");
+        assert_eq!(cfg["qkv_norm"], case.qkv_norm, "{what}");
+        let final_norm =
+            !matches!(case.name, "keel" | "keel_v1" | "post_ln" | "deepnorm" | "pre_ln_gelu_no_final_norm");
+        assert_eq!(cfg["final_norm"], final_norm, "{what}");
+        let forms: Vec<&str> = case.forms.iter().map(|f| f.0).collect();
+        assert_eq!(cfg["residual_forms"], serde_json::json!(forms), "{what}");
+        let alphas: Vec<f64> = cfg["residual_alphas"].as_array().unwrap().iter().map(|a| a.as_f64().unwrap()).collect();
+        for (got, want) in alphas.iter().zip(case.forms.iter().map(|f| f.1)) {
+            assert!((got - want).abs() < 1e-12, "{what}: alphas {alphas:?}");
+        }
+        let keel = &cfg["keel"];
+        assert_eq!(keel["version"], keel::VERSION);
+        assert_eq!(keel["placement"], m.placement.as_str());
+        assert_eq!(keel["source_run"], run_dir.display().to_string());
+        assert_eq!(keel["config"]["model"]["depth"], 4);
+
+        // Tensors: exactly the names and shapes the Python declares, f32.
+        let weights = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let want = expected_tensors(&cfg);
+        let mut got_names: Vec<&String> = weights.keys().collect();
+        let mut want_names: Vec<&String> = want.keys().collect();
+        got_names.sort();
+        want_names.sort();
+        assert_eq!(got_names, want_names, "{what}");
+        for (name, t) in &weights {
+            assert_eq!(t.dims(), want[name].as_slice(), "{what}: {name}");
+            assert_eq!(t.dtype(), DType::F32, "{what}: {name}");
+        }
+        // Values: keel's (in, out) weights transposed, wqkv split [q | k | v], w_in [gate | up].
+        let run = candle_core::safetensors::load(run_dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let hf = |n: &str| values(&weights[n]);
+        let keel_t = |n: &str, start: usize, len: usize| values(&run[n].narrow(1, start, len).unwrap().t().unwrap());
+        assert_eq!(hf("model.embed_tokens.weight"), values(&run["tok_emb"]));
+        assert_eq!(hf("model.layers.1.self_attn.q_proj.weight"), keel_t("blocks.1.attn.wqkv", 0, 32));
+        assert_eq!(hf("model.layers.1.self_attn.k_proj.weight"), keel_t("blocks.1.attn.wqkv", 32, 16));
+        assert_eq!(hf("model.layers.1.self_attn.v_proj.weight"), keel_t("blocks.1.attn.wqkv", 48, 16));
+        assert_eq!(hf("model.layers.1.self_attn.o_proj.weight"), keel_t("blocks.1.attn.wo", 0, 32));
+        let d_ff = r.d_ff();
+        if cfg["ffn_type"] == "swiglu" {
+            assert_eq!(hf("model.layers.0.mlp.gate_proj.weight"), keel_t("blocks.0.ffn.w_in", 0, d_ff));
+            assert_eq!(hf("model.layers.0.mlp.up_proj.weight"), keel_t("blocks.0.ffn.w_in", d_ff, d_ff));
+        } else {
+            assert_eq!(hf("model.layers.0.mlp.up_proj.weight"), keel_t("blocks.0.ffn.w_in", 0, d_ff));
+        }
+        assert_eq!(hf("model.layers.0.mlp.down_proj.weight"), keel_t("blocks.0.ffn.w_out", 0, 32));
+        if let Some(head) = run.get("lm_head") {
+            assert_eq!(hf("lm_head.weight"), values(&head.t().unwrap()));
+        }
+        // Norms (randomized by make_run, so each is distinct): keel's name -> the Python's.
+        for (i, which) in [(0, "attn"), (1, "ffn"), (2, "attn"), (3, "ffn")] {
+            let (k, p) = (format!("blocks.{}.{which}", i / 2), format!("model.layers.{}.{which}", i / 2));
+            let pairs: Vec<(String, String)> = match case.forms[i].0 {
+                "pre" | "normed_shortcut" => vec![(format!("{k}.norm"), format!("{p}_norm_in"))],
+                "post" => vec![(format!("{k}.norm"), format!("{p}_norm_out"))],
+                "keel" => vec![
+                    (format!("{k}.norm_in"), format!("{p}_norm_in")),
+                    (format!("{k}.norm_out"), format!("{p}_norm_out")),
+                ],
+                _ => vec![],
+            };
+            for (kn, pn) in pairs {
+                assert_eq!(hf(&format!("{pn}.weight")), values(&run[&format!("{kn}.weight")]), "{what}: {pn}");
+                if let Some(b) = run.get(&format!("{kn}.bias")) {
+                    assert_eq!(hf(&format!("{pn}.bias")), values(b), "{what}: {pn}");
+                }
+            }
+        }
+        if case.qkv_norm {
+            for x in ["q", "k", "v"] {
+                let kn = format!("blocks.0.attn.{x}_norm.weight");
+                assert_eq!(hf(&format!("model.layers.0.self_attn.{x}_norm.weight")), values(&run[&kn]), "{what}");
+            }
+        }
+        if final_norm {
+            assert_eq!(hf("model.norm.weight"), values(&run["final_norm.weight"]), "{what}");
+        }
+
+        // Tokenizer files and generation config.
+        let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+        assert_eq!(tokenizer.encode("keel", false).unwrap().get_ids(), &[107, 101, 101, 108]);
+        let tc = read_json(&out.join("tokenizer_config.json"));
+        assert_eq!(tc["tokenizer_class"], "PreTrainedTokenizerFast");
+        assert_eq!(tc["eos_token"], "\u{10a}");
+        assert_eq!(tc["model_max_length"], 16);
+        assert_eq!(read_json(&out.join("generation_config.json"))["do_sample"], false);
         let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
-        assert!(readme.contains("keel format") && readme.contains(reason), "{readme}");
-        let saved = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
-        let orig = candle_core::safetensors::load(run_dir.join("model.safetensors"), &Device::Cpu).unwrap();
-        assert_eq!(saved.len(), orig.len());
-        for (name, t) in &orig {
-            let s = &saved[name];
-            assert_eq!(common::to_vec(s), common::to_vec(t), "{sets:?}: {name}");
+        assert!(readme.contains("KeelForCausalLM") && readme.contains("trust_remote_code=True"), "{readme}");
+        assert!(readme.contains(case.reason), "{what}: {readme}");
+        // `keel eval --hf-model` runs Llama folders only, and says where to score this one.
+        let err = eval::hf::load(&out.display().to_string(), &Device::Cpu).err().unwrap();
+        let msg = err.to_string();
+        assert!(keel::is_input_error(&err), "{what}: {msg}");
+        assert!(
+            msg.contains("KeelForCausalLM") && msg.contains(&format!("keel eval --run {}", run_dir.display())),
+            "{msg}"
+        );
+    }
+}
+
+/// transformers' logits for each case of [`CASES`]: `[position 0, position 11]`, each at the ids
+/// of `exported_logits_equal_transformers`'s `IDS`. Printed by `scripts/hf_export_reference.py`.
+#[rustfmt::skip]
+#[allow(clippy::excessive_precision)]
+const REFERENCE: [(&str, [[f32; 6]; 2]); 8] = [
+    ("keel", [[-2.4714792, 0.35659081, -5.1100125, 1.2581934, -2.4259672, -0.23206708], [0.70420903, 0.91092229, 1.0692878, 0.44983983, 0.87844151, 0.8978141]]),
+    ("keel_v1", [[-2.2547908, -0.92388779, -1.8856332, 0.17484675, -0.60214883, -0.40712258], [-1.864656, -0.93308556, 1.6224785, 0.40523908, 0.10220709, 2.1299627]]),
+    ("post_ln", [[-0.68132651, 1.8618265, -1.0510426, 0.62142795, 0.9429363, 1.3187706], [-0.89604306, 2.4700153, -0.29416218, 1.2694745, 0.64455098, -0.020387851]]),
+    ("deepnorm", [[-1.6189802, 0.13363552, 0.81871605, -0.21105605, -1.4980679, 0.12482905], [-3.6459677, 0.0047746687, -0.47713438, 0.8690573, -1.783493, 2.0138533]]),
+    ("mix_ln", [[0.39127281, 3.0533397, -0.46707019, 0.18405518, -0.36207315, 1.9877566], [0.28322673, 2.8476353, 1.6115042, -0.22419348, -0.13169068, 1.9917734]]),
+    ("hybrid_norm", [[-3.1442678, -1.7614199, 1.19484, 0.74855834, -0.065638423, -2.5493913], [-4.7585096, -0.67514664, 0.6396113, -1.1843115, 1.2404225, 0.92984056]]),
+    ("pre_ln_layer_norm_tied", [[0.64300686, 2.2001529, -1.0182045, 0.47219634, 0.82697976, -1.7969521], [-0.77879441, -1.2089034, -0.99565428, 1.7861753, 2.9067619, -1.1850569]]),
+    ("pre_ln_gelu_no_final_norm", [[5.833313, 8.286993, -13.108224, -6.94803, 2.0729959, 6.906004], [-6.3013706, 2.4640937, -2.4740338, -6.029983, 10.358102, 6.6759119]]),
+];
+
+/// The fixed tokens of the pasted reference logits.
+fn reference_tokens() -> Vec<u32> {
+    random_tokens(99, 12)
+}
+
+/// Writes the export of every case in [`CASES`] to `$KEEL_REFERENCE_OUT/NAME` (with the tokens in
+/// `tokens.json`), for `scripts/hf_export_reference.py`; see [`exported_logits_equal_transformers`].
+#[test]
+#[ignore]
+fn write_reference_exports() {
+    let Some(dir) = std::env::var_os("KEEL_REFERENCE_OUT") else { return };
+    let dir = Path::new(&dir);
+    for case in &CASES {
+        let run_dir = dir.join(format!("{}-run", case.name));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let _ = std::fs::remove_dir_all(dir.join(case.name));
+        make_run(&run_dir, &resolved(case.sets), 21);
+        export_dir(&run_dir, &dir.join(case.name)).unwrap();
+    }
+    std::fs::write(dir.join("tokens.json"), serde_json::json!(reference_tokens()).to_string()).unwrap();
+}
+
+/// keel's logits on the fixed tiny model of each case equal the logits transformers computed from
+/// that case's export (values pasted below, at positions 0 and 11 of [`reference_tokens`], for
+/// the token ids in `IDS`). The values came from these commands (transformers 5.25.0 and 4.57.6 print
+/// the same digits; eager and sdpa attention agree):
+///
+/// ```text
+/// KEEL_REFERENCE_OUT=/tmp/keel-ref cargo test --release --test export write_reference_exports -- --ignored --exact
+/// python scripts/hf_export_reference.py /tmp/keel-ref
+/// ```
+#[test]
+fn exported_logits_equal_transformers() {
+    const IDS: [usize; 6] = [0, 7, 42, 97, 128, 255];
+    for (case, (name, want)) in CASES.iter().zip(REFERENCE) {
+        assert_eq!(case.name, name);
+        let tmp = tempfile::tempdir().unwrap();
+        make_run(tmp.path(), &resolved(case.sets), 21);
+        let run = eval::load_run(tmp.path(), &Device::Cpu).unwrap();
+        let x = Tensor::new(reference_tokens().as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits: Vec<Vec<f32>> = run.model.forward(&x).unwrap().to_vec2().unwrap();
+        let last = &logits[11];
+        let spread = last.iter().cloned().fold(f32::MIN, f32::max) - last.iter().cloned().fold(f32::MAX, f32::min);
+        assert!(spread > 1.0, "{name}: logits too flat to test anything (spread {spread})");
+        for (row, (pos, wants)) in [(0, want[0]), (11, want[1])].into_iter().enumerate() {
+            for (&id, w) in IDS.iter().zip(wants) {
+                let got = logits[pos][id];
+                assert!((got - w).abs() < 1e-4, "{name}: position {pos} id {id}: keel {got}, transformers {w} ({row})");
+            }
         }
-        // The export is itself a loadable run with the same outputs.
-        let a = eval::load_run(&run_dir, &Device::Cpu).unwrap();
-        let b = eval::load_run(&out, &Device::Cpu).unwrap();
-        let tokens = random_tokens(5, 9);
-        assert_eq!(keel_last_logits(&a.model, &tokens), keel_last_logits(&b.model, &tokens));
     }
 }
 
@@ -405,12 +735,23 @@ fn binary_export_exit_codes_and_messages() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("config.toml") && err.contains("--run"), "{err}");
 
-    // A keel run exports in keel's format, saying why in one line.
+    // A run that has not finished (no model.safetensors yet): nothing is created.
+    std::fs::create_dir_all(d.join("unfinished")).unwrap();
+    std::fs::copy(d.join("run").join("config.toml"), d.join("unfinished").join("config.toml")).unwrap();
+    let out = keel_bin(&["export", "--run", &p("unfinished"), "--hf", &p("out5")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("has not finished") && err.contains("keel train --resume"), "{err}");
+    assert!(!d.join("out5").exists(), "nothing is created for an unfinished run");
+
+    // A keel run exports as KeelForCausalLM (remote code), saying why it is not a Llama.
     let out = keel_bin(&["export", "--run", &p("run"), "--hf", &p("out3")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("not a Llama model: Keel's residual x' = LN(alpha*x + F(LN(x)))"), "{stdout}");
-    assert!(d.join("out3").join("README.md").is_file());
+    assert!(stdout.contains("as KeelForCausalLM") && stdout.contains("trust_remote_code=True"), "{stdout}");
+    assert_eq!(read_json(&d.join("out3").join("config.json"))["model_type"], "keel");
+    assert!(d.join("out3").join("modeling_keel.py").is_file());
 
     // A pre_ln run exports as Llama.
     make_run(&d.join("pre"), &resolved(&[]), 16);
@@ -419,4 +760,45 @@ fn binary_export_exit_codes_and_messages() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("LlamaForCausalLM"), "{stdout}");
     assert_eq!(read_json(&d.join("out4").join("config.json"))["model_type"], "llama");
+}
+
+/// Not a check: the keel side of `scripts/hf_export_check.py`, which runs
+/// `KEEL_DUMP_REQUEST=req.json KEEL_DUMP_OUT=out.json cargo test --release --test export
+/// dump_keel_logits -- --ignored --exact`. The request is `{"run": DIR, "sequences": [[ids]],
+/// "greedy": [{"tokens": [ids], "n": N}]}`; the answer `{"logits": [[[f32; V]; T]], "greedy":
+/// [[ids]]}`: keel's logits at every position of each sequence (one forward pass each), and N
+/// greedy tokens after each prompt, each from a full forward pass over the sequence so far.
+#[test]
+#[ignore]
+fn dump_keel_logits() {
+    let (Some(req), Some(out)) = (std::env::var_os("KEEL_DUMP_REQUEST"), std::env::var_os("KEEL_DUMP_OUT")) else {
+        return;
+    };
+    let req = read_json(Path::new(&req));
+    let run = eval::load_run(Path::new(req["run"].as_str().unwrap()), &Device::Cpu).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let all_logits = |tokens: &[u32]| -> Vec<Vec<f32>> {
+        let x = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        run.model.forward(&x).unwrap().to_dtype(DType::F32).unwrap().to_vec2().unwrap()
+    };
+    let logits: Vec<Vec<Vec<f32>>> = req["sequences"].as_array().unwrap().iter().map(|s| all_logits(&ids(s))).collect();
+    let greedy: Vec<Vec<u32>> = req["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let mut tokens = ids(&g["tokens"]);
+            let start = tokens.len();
+            for _ in 0..g["n"].as_u64().unwrap() {
+                let last = keel_last_logits(&run.model, &tokens);
+                let arg = last.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+                tokens.push(arg as u32);
+            }
+            tokens[start..].to_vec()
+        })
+        .collect();
+    let answer = serde_json::json!({ "logits": logits, "greedy": greedy });
+    std::fs::write(out, answer.to_string()).unwrap();
 }

@@ -1,5 +1,5 @@
-//! `keel export --run RUN --hf OUT`: the run as a Hugging Face Llama folder when it is one, else in
-//! keel's own documented format (see `crate::export`).
+//! `keel export --run RUN --hf OUT`: the run as a Hugging Face Llama folder when it is one, else as
+//! a transformers model with remote code, `KeelForCausalLM` (see `crate::export`).
 
 use crate::cli::ExportArgs;
 use crate::export::{export_dir, Format};
@@ -20,7 +20,7 @@ pub fn run(args: &ExportArgs) -> Result<ExitStatus> {
         Format::Keel { reason } => {
             println!("not a Llama model: {reason}");
             println!(
-                "exported {} in keel's format ({} params) to {}: {} (see README.md)",
+                "exported {} as KeelForCausalLM ({} params; load with trust_remote_code=True) to {}: {}",
                 args.run.display(),
                 done.n_params,
                 done.out.display(),

@@ -153,6 +153,14 @@ fn read_config(spec: &str, path: &Path) -> Result<Config> {
         InputError(format!("{} is not valid JSON: {e}\n  restore the model's config.json", path.display()))
     })?;
     if let Some(t) = raw.get("model_type").and_then(|t| t.as_str()) {
+        if t == "keel" {
+            // `keel export` of a run that is not a Llama (KeelForCausalLM, transformers remote code).
+            let source = raw.pointer("/keel/source_run").and_then(|s| s.as_str()).unwrap_or("RUN");
+            return Err(InputError(format!(
+                "--hf-model {spec}: a KeelForCausalLM export (transformers remote code), which candle's Llama cannot run\n  score its source run with `keel eval --run {source}`, or the folder with lm-evaluation-harness (trust_remote_code=True)"
+            ))
+            .into());
+        }
         if t != "llama" {
             return Err(usage(
                 spec,

@@ -26,14 +26,17 @@
 //! candle-transformers' Llama equal keel's for sequences of 1 to 16 tokens, and an interleaving permutation
 //! breaks them. Grouped KV heads match too: query head h reads KV head h / (H / Hkv) in both.
 //!
-//! Every other run (Keel, Post-LN, DeepNorm, Mix-LN, HybridNorm, LayerNorm, GELU, no final norm)
-//! has no Llama equivalent; it is written in keel's own documented format instead: the run's
-//! `model.safetensors` under keel's parameter names, its `config.toml` and `tokenizer.json`, and a
-//! `README.md` describing both.
+//! Every other run (Keel, Post-LN, DeepNorm, Mix-LN, HybridNorm, and Pre-LN runs with LayerNorm,
+//! GELU or no final norm) has no Llama equivalent; it is written as a transformers model with
+//! remote code ([`hf`]): `config.json` (`model_type` "keel", `auto_map`), keel's own
+//! `configuration_keel.py` and `modeling_keel.py`, `model.safetensors` under the names that code
+//! declares, and the tokenizer files. transformers loads it with `trust_remote_code=True`.
+
+pub mod hf;
 
 use crate::config::{FfnKind, NormKind, Resolved};
 use crate::model::{Branch, Model, Residual};
-use crate::run_dir::{self, LoadedRun, RunDir};
+use crate::run_dir::{self, LoadedRun};
 use crate::InputError;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -45,7 +48,8 @@ use std::path::{Path, PathBuf};
 pub enum Format {
     /// Hugging Face `LlamaForCausalLM`.
     Llama,
-    /// keel's own format; `reason` says why the run is not a Llama.
+    /// `KeelForCausalLM`, transformers with remote code ([`hf`]); `reason` says why the run is not
+    /// a Llama.
     Keel { reason: String },
 }
 
@@ -271,86 +275,40 @@ fn llama_readme(run: &LoadedRun) -> String {
     )
 }
 
-fn keel_readme(run: &LoadedRun, reason: &str) -> String {
-    let m = run.resolved.model();
-    format!(
-        "# keel export: keel format\n\n\
-         Exported by keel {} from run `{}` (placement `{}`, norm `{}`, ffn `{}`, depth {}, d_model {}, {} params).\n\n\
-         This run cannot be written as a Llama model: {reason}.\n\n\
-         ## Format\n\n\
-         - `config.toml`: the run's resolved keel config; `keel eval --run` and `keel::eval::load_run` load this \
-         folder as a run.\n\
-         - `model.safetensors`: every parameter under keel's names, in the run's precision. Weights are stored \
-         (in, out) and applied as `x W`:\n  \
-         `tok_emb` (V, C); `blocks.I.attn.wqkv` (C, (H + 2 Hkv) D), columns [q | k | v], heads side by side; \
-         `blocks.I.attn.wo` (H D, C); `blocks.I.ffn.w_in` (C, 2 F) = [W_gate | W_up] for SwiGLU \
-         (silu(x W_gate) * x W_up), (C, F) for GELU; `blocks.I.ffn.w_out` (F, C); norms `*.norm`, `*.norm_in`, \
-         `*.norm_out`, `*.{{q,k,v}}_norm`, `final_norm` with `.weight` (and `.bias` for LayerNorm); `lm_head` \
-         (C, V) unless embeddings are tied.\n\
-         - `tokenizer.json`: the run's tokenizer (Hugging Face tokenizers format).\n\n\
-         The forward pass is keel's `model.rs`: sub-layer 2I is block I's attention, 2I + 1 its FFN; RoPE \
-         rotates the halves of each head (`rotate_half`) with base {}.\n",
-        crate::VERSION,
-        run.dir.display(),
-        m.placement.as_str(),
-        serde_json::to_value(m.norm).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-        serde_json::to_value(m.ffn).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-        m.depth,
-        m.d_model,
-        run.model.n_params(),
-        m.rope_theta,
-    )
-}
-
-/// Exports `run` into `out` (absent or empty): Llama when [`llama_compatible`], else keel's
-/// format.
+/// Exports `run` into `out` (absent or empty): Llama when [`llama_compatible`], else
+/// `KeelForCausalLM` with remote code.
 pub fn export(run: &LoadedRun, out: &Path) -> Result<Exported> {
     prepare_out(out)?;
     let mut files = Vec::new();
-    let format = match llama_compatible(&run.resolved, &run.model) {
-        Ok(()) => {
-            let tensors = llama_tensors(&run.model)?;
-            write_safetensors(out, "model.safetensors", &tensors, &mut files)?;
-            let eos = run.tokenizer.eot;
-            let config = llama_config(&run.resolved, eos);
-            write_file(out, "config.json", serde_json::to_string_pretty(&config)?.as_bytes(), &mut files)?;
-            let generation = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos, "do_sample": false });
-            write_file(
-                out,
-                "generation_config.json",
-                serde_json::to_string_pretty(&generation)?.as_bytes(),
-                &mut files,
-            )?;
-            Format::Llama
-        }
+    let eos = run.tokenizer.eot;
+    let source = run.dir.display().to_string();
+    let (format, tensors, config) = match llama_compatible(&run.resolved, &run.model) {
+        Ok(()) => (Format::Llama, llama_tensors(&run.model)?, llama_config(&run.resolved, eos)),
         Err(reason) => {
-            let tensors: HashMap<String, Tensor> = run
-                .model
-                .params
-                .iter()
-                .map(|p| Ok((p.name.clone(), p.var.as_tensor().to_device(&Device::Cpu)?.contiguous()?)))
-                .collect::<candle_core::Result<_>>()?;
-            // A keel-format export is itself a run directory that `keel eval --run` loads.
-            write_safetensors(out, run_dir::WEIGHTS, &tensors, &mut files)?;
-            let config_path = RunDir::at(&run.dir).config();
-            let config = crate::files::read(&config_path).map_err(|e| {
-                InputError(format!("cannot read {}: {e}\n  restore the run's config.toml", config_path.display()))
-            })?;
-            write_file(out, run_dir::CONFIG, &config, &mut files)?;
-            write_file(out, "README.md", keel_readme(run, &reason).as_bytes(), &mut files)?;
-            Format::Keel { reason }
+            let config = hf::config(&run.resolved, &run.model, eos, &source);
+            (Format::Keel { reason }, hf::tensors(&run.model)?, config)
         }
     };
+    write_safetensors(out, "model.safetensors", &tensors, &mut files)?;
     crate::fault::pause_point("export-after-weights");
+    write_file(out, "config.json", serde_json::to_string_pretty(&config)?.as_bytes(), &mut files)?;
+    if let Format::Keel { .. } = &format {
+        write_file(out, "configuration_keel.py", hf::CONFIGURATION_PY.as_bytes(), &mut files)?;
+        write_file(out, "modeling_keel.py", hf::MODELING_PY.as_bytes(), &mut files)?;
+    }
+    let generation = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos, "do_sample": false });
+    write_file(out, "generation_config.json", serde_json::to_string_pretty(&generation)?.as_bytes(), &mut files)?;
     // Llama's folder names its tokenizer as keel's run directory does.
     let tok_path = out.join(run_dir::TOKENIZER);
     run.tokenizer.save(&tok_path).map_err(|e| write_err(&tok_path, e))?;
     files.push(run_dir::TOKENIZER.to_string());
-    if format == Format::Llama {
-        let tc = serde_json::to_string_pretty(&tokenizer_config(run))?;
-        write_file(out, "tokenizer_config.json", tc.as_bytes(), &mut files)?;
-        write_file(out, "README.md", llama_readme(run).as_bytes(), &mut files)?;
-    }
+    let tc = serde_json::to_string_pretty(&tokenizer_config(run))?;
+    write_file(out, "tokenizer_config.json", tc.as_bytes(), &mut files)?;
+    let readme = match &format {
+        Format::Llama => llama_readme(run),
+        Format::Keel { reason } => hf::readme(&run.resolved, &run.model, &source, reason),
+    };
+    write_file(out, "README.md", readme.as_bytes(), &mut files)?;
     Ok(Exported { format, out: out.to_path_buf(), files, n_params: run.model.n_params() })
 }
 
