@@ -32,8 +32,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Sample text from a run (or a Hugging Face Llama model), decoding with a KV cache.
     Generate(GenerateArgs),
-    /// Export a run's weights: Llama-compatible for Pre-LN/RMSNorm/RoPE/SwiGLU runs, keel's own
-    /// documented format otherwise.
+    /// Export a run for Hugging Face: a Llama folder for Pre-LN/RMSNorm/SwiGLU runs,
+    /// KeelForCausalLM (transformers remote code) for every other placement.
     Export(ExportArgs),
 }
 
