@@ -27,11 +27,12 @@
 //!
 //! Norms are `.weight`, plus `.bias` for LayerNorm.
 
-use crate::config::{FfnKind, Resolved};
+use super::{f32_cpu, insert_attention_projections, insert_mlp, torch};
+use crate::config::Resolved;
 use crate::model::{Branch, Model, Norm, Residual, SubLayerKind};
 use crate::placement::ResidualForm;
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use std::collections::HashMap;
 
 /// `configuration_keel.py`, as written into every remote-code export.
@@ -48,14 +49,6 @@ pub fn form_name(form: ResidualForm) -> (&'static str, f64) {
         ResidualForm::Plain => ("plain", 1.0),
         ResidualForm::NormedShortcut => ("normed_shortcut", 1.0),
     }
-}
-
-fn torch(w: &Tensor) -> candle_core::Result<Tensor> {
-    w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.t()?.contiguous()
-}
-
-fn f32_cpu(w: &Tensor) -> candle_core::Result<Tensor> {
-    w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()
 }
 
 fn insert_norm(out: &mut HashMap<String, Tensor>, name: &str, norm: &Norm) -> candle_core::Result<()> {
@@ -89,34 +82,14 @@ pub fn tensors(model: &Model) -> Result<HashMap<String, Tensor>> {
         }
         match &sl.branch {
             Branch::Attn(a) => {
-                let (q, kv) = (a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim);
-                anyhow::ensure!(a.wqkv.dim(1)? == q + 2 * kv, "internal: wqkv width");
-                out.insert(format!("{p}.self_attn.q_proj.weight"), torch(&a.wqkv.narrow(1, 0, q)?)?);
-                out.insert(format!("{p}.self_attn.k_proj.weight"), torch(&a.wqkv.narrow(1, q, kv)?)?);
-                out.insert(format!("{p}.self_attn.v_proj.weight"), torch(&a.wqkv.narrow(1, q + kv, kv)?)?);
-                out.insert(format!("{p}.self_attn.o_proj.weight"), torch(&a.wo)?);
+                insert_attention_projections(&mut out, &p, a)?;
                 if let Some([qn, kn, vn]) = &a.qkv_norm {
                     insert_norm(&mut out, &format!("{p}.self_attn.q_norm"), qn)?;
                     insert_norm(&mut out, &format!("{p}.self_attn.k_norm"), kn)?;
                     insert_norm(&mut out, &format!("{p}.self_attn.v_norm"), vn)?;
                 }
             }
-            Branch::Ffn(f) => {
-                let d_ff = f.w_out.dim(0)?;
-                match f.kind {
-                    // ops::swiglu: silu(h[.., ..F]) * h[.., F..], so columns are [gate | up].
-                    FfnKind::Swiglu => {
-                        anyhow::ensure!(f.w_in.dim(1)? == 2 * d_ff, "internal: w_in width");
-                        out.insert(format!("{p}.mlp.gate_proj.weight"), torch(&f.w_in.narrow(1, 0, d_ff)?)?);
-                        out.insert(format!("{p}.mlp.up_proj.weight"), torch(&f.w_in.narrow(1, d_ff, d_ff)?)?);
-                    }
-                    FfnKind::Gelu => {
-                        anyhow::ensure!(f.w_in.dim(1)? == d_ff, "internal: w_in width");
-                        out.insert(format!("{p}.mlp.up_proj.weight"), torch(&f.w_in)?);
-                    }
-                }
-                out.insert(format!("{p}.mlp.down_proj.weight"), torch(&f.w_out)?);
-            }
+            Branch::Ffn(f) => insert_mlp(&mut out, &p, f)?,
         }
     }
     if let Some(norm) = &model.final_norm {

@@ -92,12 +92,49 @@ pub fn llama_compatible(r: &Resolved, model: &Model) -> Result<(), String> {
 }
 
 /// keel's (in, out) weight as PyTorch's (out, in), in f32.
-fn torch(w: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn torch(w: &Tensor) -> candle_core::Result<Tensor> {
     w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.t()?.contiguous()
 }
 
-fn f32_cpu(w: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn f32_cpu(w: &Tensor) -> candle_core::Result<Tensor> {
     w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()
+}
+
+/// An attention branch's projections as PyTorch (out, in) weights `{p}.self_attn.{q,k,v,o}_proj.weight`
+/// (Llama's names, which the Keel export shares).
+pub(super) fn insert_attention_projections(
+    out: &mut HashMap<String, Tensor>,
+    p: &str,
+    a: &crate::model::Attention,
+) -> Result<()> {
+    let (q, kv) = (a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim);
+    anyhow::ensure!(a.wqkv.dim(1)? == q + 2 * kv, "internal: wqkv width");
+    // Columns [q | k | v]; within each, head-major (head h at h*D..(h+1)*D), as Llama.
+    out.insert(format!("{p}.self_attn.q_proj.weight"), torch(&a.wqkv.narrow(1, 0, q)?)?);
+    out.insert(format!("{p}.self_attn.k_proj.weight"), torch(&a.wqkv.narrow(1, q, kv)?)?);
+    out.insert(format!("{p}.self_attn.v_proj.weight"), torch(&a.wqkv.narrow(1, q + kv, kv)?)?);
+    out.insert(format!("{p}.self_attn.o_proj.weight"), torch(&a.wo)?);
+    Ok(())
+}
+
+/// An FFN branch as `{p}.mlp.{gate,up,down}_proj.weight` (SwiGLU) or `{p}.mlp.{up,down}_proj.weight`
+/// (GELU), PyTorch (out, in).
+pub(super) fn insert_mlp(out: &mut HashMap<String, Tensor>, p: &str, f: &crate::model::Ffn) -> Result<()> {
+    let d_ff = f.w_out.dim(0)?;
+    match f.kind {
+        // ops::swiglu: silu(h[.., ..F]) * h[.., F..], so columns are [gate | up].
+        FfnKind::Swiglu => {
+            anyhow::ensure!(f.w_in.dim(1)? == 2 * d_ff, "internal: w_in width");
+            out.insert(format!("{p}.mlp.gate_proj.weight"), torch(&f.w_in.narrow(1, 0, d_ff)?)?);
+            out.insert(format!("{p}.mlp.up_proj.weight"), torch(&f.w_in.narrow(1, d_ff, d_ff)?)?);
+        }
+        FfnKind::Gelu => {
+            anyhow::ensure!(f.w_in.dim(1)? == d_ff, "internal: w_in width");
+            out.insert(format!("{p}.mlp.up_proj.weight"), torch(&f.w_in)?);
+        }
+    }
+    out.insert(format!("{p}.mlp.down_proj.weight"), torch(&f.w_out)?);
+    Ok(())
 }
 
 /// The model's tensors under Llama's names, f32, (out, in). The model must pass
@@ -113,22 +150,12 @@ pub fn llama_tensors(model: &Model) -> Result<HashMap<String, Tensor>> {
         match &sl.branch {
             Branch::Attn(a) => {
                 out.insert(format!("{p}.input_layernorm.weight"), f32_cpu(&norm.gamma)?);
-                let (q, kv) = (a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim);
-                anyhow::ensure!(a.wqkv.dim(1)? == q + 2 * kv, "internal: wqkv width");
-                // Columns [q | k | v]; within each, head-major (head h at h*D..(h+1)*D), as Llama.
-                out.insert(format!("{p}.self_attn.q_proj.weight"), torch(&a.wqkv.narrow(1, 0, q)?)?);
-                out.insert(format!("{p}.self_attn.k_proj.weight"), torch(&a.wqkv.narrow(1, q, kv)?)?);
-                out.insert(format!("{p}.self_attn.v_proj.weight"), torch(&a.wqkv.narrow(1, q + kv, kv)?)?);
-                out.insert(format!("{p}.self_attn.o_proj.weight"), torch(&a.wo)?);
+                insert_attention_projections(&mut out, &p, a)?;
             }
             Branch::Ffn(f) => {
                 out.insert(format!("{p}.post_attention_layernorm.weight"), f32_cpu(&norm.gamma)?);
-                // ops::swiglu: silu(h[.., ..F]) * h[.., F..], so columns are [gate | up].
-                let d_ff = f.w_out.dim(0)?;
-                anyhow::ensure!(f.kind == FfnKind::Swiglu && f.w_in.dim(1)? == 2 * d_ff, "internal: w_in width");
-                out.insert(format!("{p}.mlp.gate_proj.weight"), torch(&f.w_in.narrow(1, 0, d_ff)?)?);
-                out.insert(format!("{p}.mlp.up_proj.weight"), torch(&f.w_in.narrow(1, d_ff, d_ff)?)?);
-                out.insert(format!("{p}.mlp.down_proj.weight"), torch(&f.w_out)?);
+                anyhow::ensure!(f.kind == FfnKind::Swiglu, "internal: a Llama MLP is SwiGLU");
+                insert_mlp(&mut out, &p, f)?;
             }
         }
     }
