@@ -237,16 +237,16 @@ impl Attention {
         x: &Tensor,
         (batch, seq): (usize, usize),
         start: usize,
-        rope: &Rope,
+        rope: &Arc<Rope>,
         k: Kernels,
-        cache: &mut candle_nn::kv_cache::KvCache,
+        cache: &mut ops::AttentionCache,
     ) -> Result<Tensor> {
         let shape =
             AttnShape { batch, seq, n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim };
         // Detached: a cached key that remembered how it was computed would keep every earlier
         // step's activations alive through its graph.
         let qkv = self.project_qkv(x, k)?.detach();
-        let a = ops::composite::attention_at(&qkv, shape, rope, start, cache)?;
+        let a = ops::attention_at(&qkv, shape, rope, start, cache, k)?;
         ops::linear_in(&a, &self.wo, k, self.compute)
     }
 }
@@ -365,11 +365,11 @@ impl SubLayer {
     }
 }
 
-/// Keys and values of the positions decoded so far, one candle-nn cache per sub-layer (FFNs leave
-/// theirs empty), each preallocated for the model's context on its first use.
+/// Keys and values of the positions decoded so far, one [`ops::AttentionCache`] per sub-layer
+/// (FFNs leave theirs empty), each sized for the model's context on its first use.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<candle_nn::kv_cache::KvCache>,
+    layers: Vec<ops::AttentionCache>,
     len: usize,
 }
 
@@ -630,7 +630,7 @@ impl Model {
     /// Incremental decoding: tokens (B, T) u32 at positions `cache.len()..cache.len() + T`, after
     /// the positions the cache holds -> logits (B*T, V), equal to the rows of [`Model::forward`]
     /// over the whole sequence. Every placement caches alike: the norms act per position, so only
-    /// attention looks back, and it reads the cached keys and values (B, Hkv, S, D).
+    /// attention looks back, and it reads each layer's cached keys and values ([`ops::attention_at`]).
     pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (batch, seq) = tokens.dims2()?;
         let start = cache.len;
@@ -639,7 +639,7 @@ impl Model {
         }
         if cache.layers.is_empty() {
             let n = self.sublayers.len();
-            cache.layers = (0..n).map(|_| candle_nn::kv_cache::KvCache::new(2, self.context_len())).collect();
+            cache.layers = (0..n).map(|_| ops::AttentionCache::new(self.context_len())).collect();
         }
         let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?.detach();
         for sl in &self.sublayers {

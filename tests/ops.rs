@@ -451,3 +451,42 @@ fn f32_matrix_products_agree_with_f64_at_the_models_shapes() {
         }
     }
 }
+
+/// Incremental-decoding attention, fused (the CPU kernel with its own cache) and composite
+/// (candle-nn's cache): fed a sequence in pieces (a prompt, single tokens, a longer piece), each
+/// piece's rows equal those rows of one full causal pass. Grouped and multi-query heads, a batch
+/// of two, a context that is not a multiple of the kernel's key block, f64 and f32.
+#[test]
+fn decode_attention_in_pieces_matches_the_full_pass() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        for (h, hkv, d) in [(4, 2, 8), (3, 1, 6), (2, 2, 16)] {
+            let (b, t) = (2, 37);
+            let full = AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d };
+            let rope = Arc::new(Rope::new(t, d, 10_000.0));
+            let w = (h + 2 * hkv) * d;
+            let qkv = randn(21, &[b * t, w], dtype);
+            let want = composite::causal_attention(&qkv, full, &rope).unwrap().reshape((b, t, h * d)).unwrap();
+            for k in [Kernels::Fused, Kernels::Composite] {
+                let mut cache = ops::AttentionCache::new(t);
+                let mut start = 0;
+                for piece in [5, 1, 1, 17, 1, 12] {
+                    let s = AttnShape { seq: piece, ..full };
+                    let rows = qkv.reshape((b, t, w)).unwrap().narrow(1, start, piece).unwrap();
+                    let rows = rows.contiguous().unwrap().reshape((b * piece, w)).unwrap();
+                    let got = ops::attention_at(&rows, s, &rope, start, &mut cache, k).unwrap();
+                    let want = want.narrow(1, start, piece).unwrap().contiguous().unwrap();
+                    let d = max_rel_diff(&got.reshape((b, piece, h * d)).unwrap(), &want);
+                    assert!(d < tol, "{k:?} {dtype:?} heads {h}/{hkv}: positions {start}.. differ by {d}");
+                    start += piece;
+                    assert_eq!(cache.len(), start);
+                }
+                // Full: the next position has nowhere to go, and a wrong position is refused.
+                let one = qkv.narrow(0, 0, b).unwrap();
+                let s = AttnShape { seq: 1, ..full };
+                assert!(ops::attention_at(&one, s, &rope, t, &mut cache, k).is_err());
+                let mut fresh = ops::AttentionCache::new(t);
+                assert!(ops::attention_at(&one, s, &rope, 3, &mut fresh, k).is_err());
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    fn qkv_width(&self) -> usize {
+    pub(super) fn qkv_width(&self) -> usize {
         (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
     }
 }
@@ -246,7 +246,7 @@ unsafe fn mm<T: 'static + Real>(
 /// RoPE on one head vector: out = R x, or R^T x when `inverse` (the backward), with
 /// R rotating the pairs (x[j], x[j + D/2]) by the angles whose cos and sin are given.
 #[inline(always)]
-fn rotate<T: Real>(out: &mut [T], x: &[T], cos: &[T], sin: &[T], inverse: bool) {
+pub(super) fn rotate<T: Real>(out: &mut [T], x: &[T], cos: &[T], sin: &[T], inverse: bool) {
     let half = cos.len();
     let (o1, o2) = out.split_at_mut(half);
     let (x1, x2) = x.split_at(half);

@@ -15,9 +15,12 @@
 //! `kernels` (the [`Kernels`] switch), `real` (the float types, vectorizable math and the SIMD
 //! level switch), `custom` (the CustomOp plumbing), `cuda_kernels` (the CUDA sources' loading and
 //! launches) and `rope` (the RoPE tables); those never use an op file, and no op file uses this one.
-//! `attention_mma` holds the tensor-core attention kernels' launches, which only `attention` calls.
+//! `attention_mma` holds the tensor-core attention kernels' launches, which only `attention` calls;
+//! `attention_decode` is incremental decoding's attention against a KV cache, whose composite twin
+//! shares `attention`'s projections and so lives there.
 
 mod attention;
+mod attention_decode;
 mod attention_mma;
 mod cross_entropy;
 pub mod cuda_kernels;
@@ -32,6 +35,7 @@ mod rope;
 mod swiglu;
 
 pub use attention::{causal_attention, AttentionKernel, AttnShape};
+pub use attention_decode::{attention_at, AttentionCache};
 pub use cross_entropy::cross_entropy;
 pub use gelu::gelu;
 pub use kernels::{KernelChoice, Kernels};

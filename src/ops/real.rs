@@ -59,17 +59,14 @@ impl Real for f64 {
 #[inline(always)]
 pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
+    let (a, b) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let tail = a.remainder().iter().zip(b.remainder()).fold(T::zero(), |t, (&x, &y)| t + x * y);
     let mut acc = [T::zero(); 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
+    // chunks_exact, not indexing: with indices the bounds checks kept some inlined copies scalar.
+    for (x, y) in a.zip(b) {
         for l in 0..8 {
-            acc[l] += a[i * 8 + l] * b[i * 8 + l];
+            acc[l] += x[l] * y[l];
         }
-    }
-    let mut tail = T::zero();
-    for i in chunks * 8..n {
-        tail += a[i] * b[i];
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
@@ -77,16 +74,13 @@ pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 /// Sum of elements, vectorizable (see [`dot`]).
 #[inline(always)]
 pub fn sum<T: Real>(a: &[T]) -> T {
+    let chunks = a.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(T::zero(), |t, &v| t + v);
     let mut acc = [T::zero(); 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
+    for x in chunks {
         for l in 0..8 {
-            acc[l] += a[i * 8 + l];
+            acc[l] += x[l];
         }
-    }
-    let mut tail = T::zero();
-    for v in &a[chunks * 8..] {
-        tail += *v;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
