@@ -325,6 +325,59 @@ pub fn generate(
     Ok(samples)
 }
 
+/// Greedy decoding of several prompts at once, left-padded to the longest as
+/// lm-evaluation-harness batches `generate_until`: each row attends only to its own tokens and
+/// counts positions from its first, so it gets the tokens it would get decoded alone. Row i stops
+/// when `done(i, its new tokens)` says so or at `max_new_tokens`; the batch ends when every row
+/// has. Prompt and budget must fit the context (the caller truncates, as the harness does).
+/// Returns each row's new tokens, argmax over the first `vocab` logits as [`generate`] takes it.
+pub fn greedy_batch(
+    model: &Model,
+    vocab: usize,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    mut done: impl FnMut(usize, &[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>> {
+    let batch = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    anyhow::ensure!(prompts.iter().all(|p| !p.is_empty()), "internal: an empty prompt in a batch");
+    anyhow::ensure!(
+        width + max_new_tokens <= model.context_len(),
+        "internal: a prompt of {width} tokens and {max_new_tokens} new ones exceed the context of {}",
+        model.context_len()
+    );
+    let mut out = vec![Vec::new(); batch];
+    if batch == 0 || max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let device = model.tok_emb.device();
+    let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let grid: Vec<u32> =
+        prompts.iter().flat_map(|p| std::iter::repeat_n(0, width - p.len()).chain(p.iter().copied())).collect();
+    let mut cache = KvCache::left_padded(pads);
+    let logits = model.forward_cached(&Tensor::from_vec(grid, (batch, width), device)?, &mut cache)?;
+    let last_rows = Tensor::from_vec((0..batch).map(|b| (b * width + width - 1) as u32).collect(), batch, device)?;
+    let mut logits = logits.index_select(&last_rows, 0)?;
+    let mut argmax = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
+    let mut active = vec![true; batch];
+    loop {
+        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()?;
+        for (i, row) in rows.iter().enumerate() {
+            if !active[i] {
+                continue;
+            }
+            out[i].push(sample_from(&mut argmax, row, vocab)?);
+            active[i] = out[i].len() < max_new_tokens && !done(i, &out[i]);
+        }
+        if !active.contains(&true) {
+            return Ok(out);
+        }
+        // Finished rows are fed their last token again; what follows it is never read.
+        let next: Vec<u32> = out.iter().map(|t| *t.last().expect("every row has a token")).collect();
+        logits = model.forward_cached(&Tensor::from_vec(next, (batch, 1), device)?, &mut cache)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -371,11 +371,19 @@ impl SubLayer {
 pub struct KvCache {
     layers: Vec<ops::AttentionCache>,
     len: usize,
+    left_padding: Vec<usize>,
 }
 
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cache for a left-padded batch: row b's first `left_padding[b]` tokens are padding, and
+    /// its logits after them are those of the row decoded alone (see
+    /// [`ops::AttentionCache::left_padded`]).
+    pub fn left_padded(left_padding: Vec<usize>) -> Self {
+        KvCache { left_padding, ..Self::default() }
     }
 
     /// Positions held.
@@ -637,9 +645,13 @@ impl Model {
         if start + seq > self.context_len() {
             candle_core::bail!("{} positions asked of a model whose context is {}", start + seq, self.context_len());
         }
+        if !cache.left_padding.is_empty() && cache.left_padding.len() != batch {
+            candle_core::bail!("a cache padded for {} rows given a batch of {batch}", cache.left_padding.len());
+        }
         if cache.layers.is_empty() {
             let n = self.sublayers.len();
-            cache.layers = (0..n).map(|_| ops::AttentionCache::new(self.context_len())).collect();
+            let layer = || ops::AttentionCache::left_padded(self.context_len(), cache.left_padding.clone());
+            cache.layers = (0..n).map(|_| layer()).collect();
         }
         let mut x = self.tok_emb.embedding(&tokens.flatten_all()?)?.detach();
         for sl in &self.sublayers {

@@ -112,6 +112,75 @@ fn a_batch_decodes_through_the_cache_as_the_full_forward() {
     assert!(d < 1e-10, "batch: max |diff| {d:e}");
 }
 
+/// A left-padded batch (rows of 5, 2 and 9 tokens padded to 9, then 3 more tokens each) gives
+/// every row the logits it gets alone, at every real position: RoPE counts from each row's first
+/// token and padding is never attended to. Fused and composite kernels, f64 and f32.
+#[test]
+fn a_left_padded_batch_gives_each_row_its_own_logits() {
+    let lens = [5usize, 2, 9];
+    let width = 9;
+    for kernels in ["train.kernels=fused", "train.kernels=composite"] {
+        for (precision, tol) in [("f64", 1e-10), ("f32", 1e-5)] {
+            let m = model("keel", precision, 16, &[kernels]);
+            let rows: Vec<Vec<u32>> =
+                lens.iter().enumerate().map(|(i, &n)| random_tokens(30 + i as u64, n + 3)).collect();
+            let pads: Vec<usize> = lens.iter().map(|&n| width - n).collect();
+            let grid: Vec<u32> = rows
+                .iter()
+                .zip(&pads)
+                .flat_map(|(r, &p)| std::iter::repeat_n(255, p).chain(r[..r.len() - 3].iter().copied()))
+                .collect();
+            let mut cache = KvCache::left_padded(pads.clone());
+            let mut got = vec![m
+                .forward_cached(&Tensor::from_vec(grid, (3, width), &Device::Cpu).unwrap(), &mut cache)
+                .unwrap()
+                .reshape((3, width, 256))
+                .unwrap()];
+            for step in 0..3 {
+                let next: Vec<u32> = rows.iter().map(|r| r[r.len() - 3 + step]).collect();
+                let x = Tensor::from_vec(next, (3, 1), &Device::Cpu).unwrap();
+                got.push(m.forward_cached(&x, &mut cache).unwrap().reshape((3, 1, 256)).unwrap());
+            }
+            let got = Tensor::cat(&got, 1).unwrap();
+            for (b, row) in rows.iter().enumerate() {
+                let alone =
+                    m.forward(&Tensor::new(row.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap();
+                let padded = got.get(b).unwrap().narrow(0, pads[b], row.len()).unwrap();
+                let d = to_vec(&alone).iter().zip(to_vec(&padded)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(d <= tol, "{kernels} {precision} row {b}: max |diff| {d:e} > {tol:e}");
+            }
+        }
+    }
+}
+
+/// Greedy decoding of a batch returns, for every row, the tokens that row gets decoded alone by
+/// the batch decoder and by `keel generate`'s decoder; a row that is done stops growing.
+#[test]
+fn a_greedy_batch_decodes_each_prompt_as_alone() {
+    let tok = KeelTokenizer::byte();
+    for kernels in ["train.kernels=fused", "train.kernels=composite"] {
+        let m = model("keel", "f64", 32, &[kernels]);
+        let prompts: Vec<Vec<u32>> =
+            [6usize, 1, 11, 3].iter().enumerate().map(|(i, &n)| random_tokens(40 + i as u64, n)).collect();
+        let batch = decode::greedy_batch(&m, 256, &prompts, 12, |i, t| i == 3 && t.len() == 4).unwrap();
+        assert_eq!(batch.iter().map(Vec::len).collect::<Vec<_>>(), [12, 12, 12, 4], "{kernels}");
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = decode::greedy_batch(&m, 256, std::slice::from_ref(p), 12, |_, _| false).unwrap();
+            let generated = run(
+                &mut Cached::new(&m, &tok, "m".into()),
+                &Request { stop_at_eot: false, ..request(p.clone(), 12, greedy()) },
+            );
+            assert_eq!(batch[i], alone[0][..batch[i].len()], "{kernels} row {i}");
+            assert_eq!(alone[0], generated[0].tokens, "{kernels} row {i}");
+        }
+        let distinct: std::collections::BTreeSet<_> = batch.iter().flatten().collect();
+        assert!(distinct.len() > 5, "the model should not emit one token only: {batch:?}");
+    }
+    // A prompt and budget past the context are refused, not decoded wrongly.
+    let m = model("keel", "f64", 8, &[]);
+    assert!(decode::greedy_batch(&m, 256, &[random_tokens(1, 6)], 3, |_, _| false).is_err());
+}
+
 /// Asking the cache for a position past the context is an error, not a wrong answer.
 #[test]
 fn the_cache_refuses_positions_past_the_context() {

@@ -86,39 +86,54 @@ pub mod composite {
     }
 
     pub fn causal_attention(qkv: &Tensor, s: AttnShape, rope_table: &Rope) -> Result<Tensor> {
-        let (q, k, v) = project(qkv, s, rope_table, 0)?;
-        attend(&q, &k, &v, s, 0)
+        let (cos, sin) = rope_table.tensors_at(0, s.seq, qkv.dtype(), qkv.device())?;
+        let (q, k, v) = project(qkv, s, &cos, &sin)?;
+        attend(&q, &k, &v, s, 0, &[])
     }
 
     /// Causal attention of `s.seq` new positions `start..start + T` against the `start` earlier
     /// positions held in `cache` and themselves, as incremental decoding runs it; the new keys
     /// and values are appended to `cache` (keys after RoPE, both (B, Hkv, S, D) along dim 2).
-    /// qkv: (B*T, (H + 2 Hkv) D) of the new positions; returns (B*T, H D).
+    /// `left_padding` (empty, or one count per batch row) as for
+    /// [`crate::ops::AttentionCache::left_padded`]. qkv: (B*T, (H + 2 Hkv) D) of the new
+    /// positions; returns (B*T, H D).
     pub fn attention_at(
         qkv: &Tensor,
         s: AttnShape,
         rope_table: &Rope,
         start: usize,
         cache: &mut candle_nn::kv_cache::KvCache,
+        left_padding: &[usize],
     ) -> Result<Tensor> {
         if cache.current_seq_len() != start {
             candle_core::bail!("attention at position {start} given {} cached positions", cache.current_seq_len());
         }
-        let (q, k, v) = project(qkv, s, rope_table, start)?;
+        let (cos, sin) = if left_padding.iter().all(|&p| p == 0) {
+            rope_table.tensors_at(start, s.seq, qkv.dtype(), qkv.device())?
+        } else {
+            // Row b's angles count from its first real token: (B, 1, T, D/2) gathered per row.
+            let positions: Vec<u32> = (0..s.batch)
+                .flat_map(|b| (start..start + s.seq).map(move |p| p.saturating_sub(left_padding[b]) as u32))
+                .collect();
+            let idx = Tensor::from_vec(positions, s.batch * s.seq, qkv.device())?;
+            let (cos, sin) = rope_table.tensors_at(0, rope_table.seq_len, qkv.dtype(), qkv.device())?;
+            let per_row = |t: &Tensor| t.index_select(&idx, 0)?.reshape((s.batch, 1, s.seq, s.head_dim / 2));
+            (per_row(&cos)?, per_row(&sin)?)
+        };
+        let (q, k, v) = project(qkv, s, &cos, &sin)?;
         let (k, v) = cache.append(&k, &v)?;
-        attend(&q, &k, &v, s, start)
+        attend(&q, &k, &v, s, start, left_padding)
     }
 
-    /// qkv (B*T, (H + 2 Hkv) D) of positions `start..start + T` -> rope(q) (B, H, T, D),
-    /// rope(k) and v (B, Hkv, T, D).
-    fn project(qkv: &Tensor, s: AttnShape, rope_table: &Rope, start: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    /// qkv (B*T, (H + 2 Hkv) D) -> rope(q) (B, H, T, D), rope(k) and v (B, Hkv, T, D), with the
+    /// RoPE angles' cos and sin given as (T, D/2), or (B, 1, T, D/2) per batch row.
+    fn project(qkv: &Tensor, s: AttnShape, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
-        let (cos, sin) = rope_table.tensors_at(start, t, qkv.dtype(), qkv.device())?;
         let qkv = qkv.reshape((b, t, h + 2 * hkv, d))?;
         let heads =
             |first: usize, n: usize| -> Result<Tensor> { qkv.narrow(2, first, n)?.transpose(1, 2)?.contiguous() };
-        let q = rope(&heads(0, h)?, &cos, &sin)?;
-        let k = rope(&heads(h, hkv)?, &cos, &sin)?;
+        let q = rope(&heads(0, h)?, cos, sin)?;
+        let k = rope(&heads(h, hkv)?, cos, sin)?;
         Ok((q, k, heads(h + hkv, hkv)?))
     }
 
@@ -126,12 +141,33 @@ pub mod composite {
     /// `start..start + T` and keys and values k, v (B, Hkv, start + T, D) -> (B*T, H D). Query
     /// head h reads KV head h / (H / Hkv): the H/Hkv query heads of a group are stacked as rows
     /// against their shared keys, so nothing is copied per query head.
-    fn attend(q: &Tensor, k: &Tensor, v: &Tensor, s: AttnShape, start: usize) -> Result<Tensor> {
+    fn attend(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        s: AttnShape,
+        start: usize,
+        left_padding: &[usize],
+    ) -> Result<Tensor> {
         let AttnShape { batch: b, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = s;
         let (rep, total) = (h / hkv, start + t);
         let q = q.reshape((b, hkv, rep * t, d))?;
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // (B, Hkv, rep T, S)
-        if t > 1 {
+        if left_padding.iter().any(|&p| p > 0) {
+            // Row b's position p sees keys pad_b..=p; a padding position sees itself only.
+            let mask: Vec<f32> = (0..b)
+                .flat_map(|bi| {
+                    let pad = left_padding[bi];
+                    (0..rep * t).flat_map(move |row| {
+                        let p = start + row % t;
+                        let lo = if p >= pad { pad } else { p };
+                        (0..total).map(move |j| if j < lo || j > p { f32::NEG_INFINITY } else { 0.0 })
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (b, 1, rep * t, total), q.device())?.to_dtype(q.dtype())?;
+            scores = scores.broadcast_add(&mask)?;
+        } else if t > 1 {
             // Query row r * T + i (position start + i) sees keys 0..=start + i.
             let mask: Vec<f32> = (0..rep * t)
                 .flat_map(|row| {

@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 pub struct AttentionCache {
     capacity: usize,
     len: usize,
+    /// Per batch row, how many positions at its start are padding (empty: none in any row).
+    left_padding: Vec<usize>,
     store: Store,
 }
 
@@ -53,7 +55,20 @@ impl std::fmt::Debug for FusedKv {
 impl AttentionCache {
     /// An empty cache for up to `capacity` positions.
     pub fn new(capacity: usize) -> Self {
-        AttentionCache { capacity, len: 0, store: Store::Empty }
+        Self::left_padded(capacity, Vec::new())
+    }
+
+    /// An empty cache for a left-padded batch, as lm-evaluation-harness batches generation: row b's
+    /// first `left_padding[b]` positions are padding. Its tokens then count positions from its
+    /// first real one (RoPE angle 0 there) and never attend to the padding, so each row computes
+    /// what it would alone. A padding position attends to itself only (its output is never read).
+    pub fn left_padded(capacity: usize, left_padding: Vec<usize>) -> Self {
+        AttentionCache { capacity, len: 0, left_padding, store: Store::Empty }
+    }
+
+    /// Row b's padding, 0 without any.
+    fn pad(&self, b: usize) -> usize {
+        self.left_padding.get(b).copied().unwrap_or(0)
     }
 
     /// Positions held.
@@ -89,6 +104,9 @@ pub fn attention_at(
             cache.capacity.min(rope.seq_len)
         );
     }
+    if !cache.left_padding.is_empty() && cache.left_padding.len() != s.batch {
+        candle_core::bail!("a cache padded for {} rows given a batch of {}", cache.left_padding.len(), s.batch);
+    }
     if matches!(cache.store, Store::Empty) {
         let fused = k == Kernels::Fused && qkv.device().is_cpu() && matches!(qkv.dtype(), DType::F32 | DType::F64);
         cache.store = if fused {
@@ -103,12 +121,13 @@ pub fn attention_at(
             Store::Composite(candle_nn::kv_cache::KvCache::new(2, cache.capacity))
         };
     }
+    let pads = (0..s.batch).map(|b| cache.pad(b)).collect();
     let out = match &mut cache.store {
         Store::Fused(kv) => {
-            let op = DecodeAttention { s, rope: rope.clone(), start, capacity: cache.capacity, kv: kv.clone() };
+            let op = DecodeAttention { s, rope: rope.clone(), start, capacity: cache.capacity, pads, kv: kv.clone() };
             qkv.contiguous()?.apply_op1_no_bwd(&Fused(op))?
         }
-        Store::Composite(c) => super::attention::composite::attention_at(qkv, s, rope, start, c)?,
+        Store::Composite(c) => super::attention::composite::attention_at(qkv, s, rope, start, c, &cache.left_padding)?,
         Store::Empty => unreachable!("the store was chosen above"),
     };
     cache.len += s.seq;
@@ -121,6 +140,8 @@ struct DecodeAttention {
     rope: Arc<Rope>,
     start: usize,
     capacity: usize,
+    /// Left padding per batch row.
+    pads: Vec<usize>,
     kv: Arc<Mutex<FusedKv>>,
 }
 
@@ -145,7 +166,8 @@ impl FusedOp1 for DecodeAttention {
         let keys = buffer::<T>(keys)?;
         let values = kv.values.get_or_insert_with(|| Box::new(vec![T::zero(); n]));
         let values = buffer::<T>(values)?;
-        let layout = CacheLayout { s, start: self.start, capacity: self.capacity.next_multiple_of(BLOCK) };
+        let layout =
+            CacheLayout { s, start: self.start, capacity: self.capacity.next_multiple_of(BLOCK), pads: &self.pads };
         vectorized(
             #[inline(always)]
             || append(qkv.slice()?, layout, &self.rope, keys, values),
@@ -169,26 +191,39 @@ fn buffer<T: Real>(b: &mut Box<dyn Any + Send>) -> Result<&mut [T]> {
 /// Values stay (B, Hkv, capacity, D): a score times a value row. Either way the positions filled
 /// so far are one contiguous prefix per head, which is what the memory system streams best.
 #[derive(Clone, Copy)]
-struct CacheLayout {
+struct CacheLayout<'a> {
     s: AttnShape,
     start: usize,
     capacity: usize,
+    pads: &'a [usize],
 }
 
 /// Positions per key block: one AVX-512 vector of f32.
 const BLOCK: usize = 16;
 
-impl CacheLayout {
+impl CacheLayout<'_> {
     /// Where (b, g)'s keys and values start (both buffers have the same size).
     #[inline(always)]
     fn head(&self, b: usize, g: usize) -> usize {
         (b * self.s.n_kv_heads + g) * self.s.head_dim * self.capacity
     }
+
+    /// Cache position p of batch row b: its RoPE position (counted from the row's first real
+    /// token) and the cache positions it attends to, `lo..=p`.
+    #[inline(always)]
+    fn position(&self, b: usize, p: usize) -> (usize, usize) {
+        let pad = self.pads[b];
+        if p >= pad {
+            (p - pad, pad)
+        } else {
+            (0, p)
+        }
+    }
 }
 
 /// Writes the new positions' rope(k) and v into the cache.
 #[inline(always)]
-fn append<T: Real>(qkv: &[T], l: CacheLayout, rope: &Rope, keys: &mut [T], values: &mut [T]) -> Result<()> {
+fn append<T: Real>(qkv: &[T], l: CacheLayout<'_>, rope: &Rope, keys: &mut [T], values: &mut [T]) -> Result<()> {
     let AttnShape { batch, seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d } = l.s;
     let (w, half) = (l.s.qkv_width(), d / 2);
     let (cos, sin) = T::rope_tables(rope);
@@ -196,7 +231,8 @@ fn append<T: Real>(qkv: &[T], l: CacheLayout, rope: &Rope, keys: &mut [T], value
     for b in 0..batch {
         for i in 0..t {
             let (row, p) = (&qkv[(b * t + i) * w..(b * t + i + 1) * w], l.start + i);
-            let (cos, sin) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+            let (angle, _) = l.position(b, p);
+            let (cos, sin) = (&cos[angle * half..(angle + 1) * half], &sin[angle * half..(angle + 1) * half]);
             for g in 0..hkv {
                 rotate(&mut k, &row[(h + g) * d..(h + g + 1) * d], cos, sin, false);
                 let block = l.head(b, g) + (p / BLOCK) * d * BLOCK + p % BLOCK;
@@ -214,7 +250,7 @@ fn append<T: Real>(qkv: &[T], l: CacheLayout, rope: &Rope, keys: &mut [T], value
 /// Every new row's heads: softmax(rope(q) K^T / sqrt(D)) V over the positions up to its own.
 /// One task per (row, head), run in parallel only when there is enough work (a prompt, a batch):
 /// a single decoded token's heads finish sooner on the calling thread.
-fn attend<T: Real>(qkv: &[T], l: CacheLayout, rope: &Rope, keys: &[T], values: &[T]) -> Vec<T> {
+fn attend<T: Real>(qkv: &[T], l: CacheLayout<'_>, rope: &Rope, keys: &[T], values: &[T]) -> Vec<T> {
     let AttnShape { batch, seq: t, n_heads: h, head_dim: d, .. } = l.s;
     let mut out = unfilled::<T>(batch * t * h * d);
     let task = |(task, o): (usize, &mut [T])| {
@@ -236,7 +272,7 @@ fn attend<T: Real>(qkv: &[T], l: CacheLayout, rope: &Rope, keys: &[T], values: &
 #[inline(always)]
 fn attend_head<T: Real>(
     qkv: &[T],
-    l: CacheLayout,
+    l: CacheLayout<'_>,
     rope: &Rope,
     keys: &[T],
     values: &[T],
@@ -245,16 +281,20 @@ fn attend_head<T: Real>(
 ) {
     let AttnShape { seq: t, n_heads: h, n_kv_heads: hkv, head_dim: d, .. } = l.s;
     let (w, half, p) = (l.s.qkv_width(), d / 2, l.start + i);
-    let n = p + 1;
+    let (angle, lo) = l.position(b, p);
     let (cos, sin) = T::rope_tables(rope);
-    let (cos, sin) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+    let (cos, sin) = (&cos[angle * half..(angle + 1) * half], &sin[angle * half..(angle + 1) * half]);
     let scale = T::from_f64(1.0 / (d as f64).sqrt());
     let row = &qkv[(b * t + i) * w..(b * t + i + 1) * w];
     let base = l.head(b, head / (h / hkv));
     let mut q = vec![T::zero(); d];
     rotate(&mut q, &row[head * d..(head + 1) * d], cos, sin, false);
-    let mut scores = vec![T::zero(); n.next_multiple_of(BLOCK)];
-    for (blk, sc) in scores.chunks_exact_mut(BLOCK).enumerate() {
+    // Scores of the whole key blocks covering lo..=p, then the slice lo..=p of them: a row's sums
+    // run over the same keys in the same order whatever its padding.
+    let first = lo / BLOCK;
+    let mut blocks = vec![T::zero(); (p + 1).next_multiple_of(BLOCK) - first * BLOCK];
+    for (blk, sc) in blocks.chunks_exact_mut(BLOCK).enumerate() {
+        let blk = first + blk;
         let kb = &keys[base + blk * d * BLOCK..base + (blk + 1) * d * BLOCK];
         let mut acc = [T::zero(); BLOCK];
         for (&qc, kc) in q.iter().zip(kb.chunks_exact(BLOCK)) {
@@ -264,16 +304,16 @@ fn attend_head<T: Real>(
         }
         sc.copy_from_slice(&acc);
     }
-    scores.truncate(n);
+    let scores = &mut blocks[lo - first * BLOCK..p + 1 - first * BLOCK];
     let mut mx = T::neg_infinity();
     for sc in scores.iter_mut() {
         *sc *= scale;
         mx = num_traits::Float::max(mx, *sc);
     }
-    T::exp_shifted(&mut scores, mx);
-    let inv = sum(&scores).recip();
+    T::exp_shifted(scores, mx);
+    let inv = sum(scores).recip();
     out.fill(T::zero());
-    for (&pj, v) in scores.iter().zip(values[base..base + n * d].chunks_exact(d)) {
+    for (&pj, v) in scores.iter().zip(values[base + lo * d..base + (p + 1) * d].chunks_exact(d)) {
         for (o, &vc) in out.iter_mut().zip(v) {
             *o += pj * vc;
         }
