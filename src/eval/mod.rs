@@ -10,6 +10,7 @@
 //! lists them all.
 
 pub mod bench;
+pub mod generative;
 pub mod hf;
 pub mod layer_removal;
 pub mod mc;
