@@ -48,6 +48,9 @@ pub enum Found {
     Groups(Vec<String>),
 }
 
+/// The byte ranges of one match: the whole match, then each group (`None` when it took no part).
+type Spans = Vec<Option<(usize, usize)>>;
+
 /// A Python `re` pattern compiled with Python's semantics (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct PyRegex {
@@ -78,15 +81,12 @@ impl PyRegex {
     /// One difference remains: at a place where the preferred match is empty but must not be,
     /// CPython backtracks into a lower-priority non-empty match there (possible only for patterns
     /// that can match the empty string, e.g. `a??`); here the search moves on one character.
-    fn spans(&self, text: &str) -> Result<Vec<Vec<Option<(usize, usize)>>>, RegexError> {
+    fn spans(&self, text: &str) -> Result<Vec<Spans>, RegexError> {
         let mut out = Vec::new();
         let mut pos = 0;
         let mut must_advance = false;
         while pos <= text.len() {
-            let caps = self
-                .re
-                .captures_from_pos(text, pos)
-                .map_err(|e| regex_err(&self.pattern, e.to_string()))?;
+            let caps = self.re.captures_from_pos(text, pos).map_err(|e| regex_err(&self.pattern, e.to_string()))?;
             let Some(caps) = caps else { break };
             let whole = caps.get(0).expect("group 0 always matches");
             if must_advance && whole.start() == pos && whole.end() == pos {
@@ -200,7 +200,8 @@ pub fn translate(pattern: &str) -> Result<String, RegexError> {
                     out.push(e);
                 }
                 's' => out.push_str(if in_class { "\\s\\x1C-\\x1F" } else { "[\\s\\x1C-\\x1F]" }),
-                'S' => out.push_str(if in_class { "[^\\s\\x1C-\\x1F]" } else { "[^\\s\\x1C-\\x1F]" }),
+                // A nested negated class, which the Rust dialect also allows inside a class.
+                'S' => out.push_str("[^\\s\\x1C-\\x1F]"),
                 'b' if in_class => push_code(8, &mut out),
                 'A' | 'b' | 'B' if !in_class => {
                     out.push('\\');
@@ -444,7 +445,7 @@ impl RegexFilter {
 /// One step of a filter pipeline.
 #[derive(Debug, Clone)]
 pub enum FilterStep {
-    Regex(RegexFilter),
+    Regex(Box<RegexFilter>),
     /// `take_first`: keeps the first of a document's responses (`TakeFirstFilter`).
     TakeFirst,
 }

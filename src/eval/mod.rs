@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod generative;
+pub mod gsm8k;
 pub mod hf;
 pub mod layer_removal;
 pub mod mc;
