@@ -10,6 +10,8 @@
 //! lists them all.
 
 pub mod bench;
+pub mod generative;
+pub mod gsm8k;
 pub mod hf;
 pub mod layer_removal;
 pub mod mc;
