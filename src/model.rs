@@ -645,9 +645,6 @@ impl Model {
         if start + seq > self.context_len() {
             candle_core::bail!("{} positions asked of a model whose context is {}", start + seq, self.context_len());
         }
-        if !cache.left_padding.is_empty() && cache.left_padding.len() != batch {
-            candle_core::bail!("a cache padded for {} rows given a batch of {batch}", cache.left_padding.len());
-        }
         if cache.layers.is_empty() {
             let n = self.sublayers.len();
             let layer = || ops::AttentionCache::left_padded(self.context_len(), cache.left_padding.clone());

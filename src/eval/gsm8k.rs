@@ -41,16 +41,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
              (needs pandas and pyarrow), then pass gsm8k.jsonl"
         )));
     }
-    let text = crate::files::read_to_string(path)
-        .map_err(|e| bad(format!("cannot read {shown}: {e}\n  pass a JSONL file with question and answer per line")))?;
     let mut items = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| bad(format!("{shown}, line {n}: not JSON: {e}\n  each line must be one JSON object")))?;
+    for (n, v) in super::jsonl_objects(path, "pass a JSONL file with question and answer per line")? {
         let field = |k: &str| -> Result<String> {
             v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| {
                 bad(format!(

@@ -31,16 +31,8 @@ fn bad(msg: String) -> anyhow::Error {
 /// and either `context` (used verbatim) or `question` (prompted as `Question: {q}\nAnswer:`).
 pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
     let shown = path.display();
-    let text = crate::files::read_to_string(path)
-        .map_err(|e| bad(format!("cannot read {shown}: {e}\n  pass --data with a JSONL file")))?;
     let mut items = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| bad(format!("{shown}, line {n}: not JSON: {e}\n  each line must be one JSON object")))?;
+    for (n, v) in super::jsonl_objects(path, "pass --data with a JSONL file")? {
         let context = match (v.get("context").and_then(|c| c.as_str()), v.get("question").and_then(|q| q.as_str())) {
             (Some(c), _) => c.to_string(),
             (None, Some(q)) => format!("Question: {}\nAnswer:", q.trim()),

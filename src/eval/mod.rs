@@ -56,6 +56,22 @@ pub trait LanguageModel {
     fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> Result<Vec<Scored>>;
 }
 
+/// The objects of a JSONL file with their 1-based line numbers, blank lines skipped. A file that
+/// cannot be read is an input error ending in `fix`; a line that is not JSON, one naming its line.
+pub fn jsonl_objects(path: &Path, fix: &str) -> Result<Vec<(usize, serde_json::Value)>> {
+    let shown = path.display();
+    let bad = |msg: String| -> anyhow::Error { InputError(msg).into() };
+    let text = crate::files::read_to_string(path).map_err(|e| bad(format!("cannot read {shown}: {e}\n  {fix}")))?;
+    let mut objects = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let n = i + 1;
+        let v = serde_json::from_str(line)
+            .map_err(|e| bad(format!("{shown}, line {n}: not JSON: {e}\n  each line must be one JSON object")))?;
+        objects.push((n, v));
+    }
+    Ok(objects)
+}
+
 /// Encodes a (context, continuation) pair as lm-evaluation-harness does: trailing whitespace of the
 /// context moves to the front of the continuation, the whole string is encoded once, and the
 /// continuation is what follows the separately encoded context. An empty context becomes the
