@@ -58,9 +58,10 @@ pub struct EvalArgs {
     /// folder or text file (ppl, layer-removal; default: the run's own validation data).
     #[arg(long)]
     pub data: Option<String>,
-    /// Few-shot exemplars per question (MMLU, mc-jsonl, bigbench).
-    #[arg(long, default_value_t = 0)]
-    pub shots: usize,
+    /// Few-shot exemplars per question (default: the task's lm-evaluation-harness default, 0 for
+    /// MMLU, mc-jsonl and bigbench).
+    #[arg(long)]
+    pub shots: Option<usize>,
     /// Where MMLU exemplars come from when a subject has no dev split.
     #[arg(long, value_enum, default_value = "dev")]
     pub shots_from: ShotSource,
@@ -68,9 +69,13 @@ pub struct EvalArgs {
     /// tokens from the left) or drop-shots (drop whole exemplars from the front first).
     #[arg(long, value_enum, default_value = "truncate-left")]
     pub overflow: crate::eval::bench::Overflow,
-    /// MMLU subjects to score, comma-separated (default: all found).
-    #[arg(long, value_delimiter = ',')]
+    /// Subjects or subtasks to score, comma-separated (MMLU, MMLU-Pro, CMMLU, BBH; default: all).
+    #[arg(long, value_delimiter = ',', visible_alias = "subtasks")]
     pub subjects: Vec<String>,
+    /// Generative tasks: most new tokens per answer (default: the task's, 256 for GSM8K). The
+    /// prompt keeps the last (context - N) tokens, as lm-evaluation-harness does.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_gen_toks: Option<usize>,
     /// Score at most N questions per subject/task (or N windows for ppl).
     #[arg(long)]
     pub limit: Option<usize>,

@@ -46,6 +46,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitStatus> {
             subjects: args.subjects.clone(),
             limit: args.limit,
             stride: args.stride,
+            max_gen_toks: args.max_gen_toks,
         },
     };
     let mut eval = Evaluation::open(&job)?;

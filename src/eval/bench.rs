@@ -87,8 +87,9 @@ impl Overflow {
 pub struct Settings {
     /// `--data` (checked to be present for [`Data::Required`] benchmarks before `run`).
     pub data: Option<String>,
-    /// `--shots`: few-shot exemplars per question.
-    pub shots: usize,
+    /// `--shots`: few-shot exemplars per question (`None`: the task's lm-evaluation-harness default,
+    /// see [`Settings::shots_or`]).
+    pub shots: Option<usize>,
     /// `--shots-from`.
     pub shots_from: ShotSource,
     /// `--overflow` (MMLU).
@@ -99,6 +100,15 @@ pub struct Settings {
     pub limit: Option<usize>,
     /// `--stride` (perplexity windows).
     pub stride: Option<usize>,
+    /// `--max-gen-toks`: the generation budget of generative tasks (`None`: the task's default).
+    pub max_gen_toks: Option<usize>,
+}
+
+impl Settings {
+    /// `--shots`, else the task's default (`num_fewshot` of its lm-evaluation-harness YAML).
+    pub fn shots_or(&self, default: usize) -> usize {
+        self.shots.unwrap_or(default)
+    }
 }
 
 /// The model being scored: a keel run, or a Llama-family model.

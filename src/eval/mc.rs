@@ -239,7 +239,7 @@ fn run_with(bench: &dyn Benchmark, s: &mut Session, read: fn(&Path) -> Result<Ve
     let items = read(Path::new(&data))?;
     s.start()?;
     let (results, answered) =
-        evaluate(s.scorer.lm(), &name, &data, &items, s.settings.shots, s.settings.limit, s.progress)?;
+        evaluate(s.scorer.lm(), &name, &data, &items, s.settings.shots_or(0), s.settings.limit, s.progress)?;
     let summary = format!(
         "{name}: acc {:.4}, acc_norm {:.4} over {} questions ({} truncated), {:.1} questions/s; ",
         results.acc, results.acc_norm, results.questions, results.truncated, results.questions_per_s
@@ -275,7 +275,7 @@ impl Benchmark for McJsonl {
     fn folder(&self, s: &Settings) -> String {
         let data = s.data.as_deref().unwrap_or("");
         let stem = Path::new(data).file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        format!("mc-{stem}-{}shot", s.shots)
+        format!("mc-{stem}-{}shot", s.shots_or(0))
     }
 
     fn run(&self, s: &mut Session) -> Result<Outcome> {
@@ -314,7 +314,7 @@ impl Benchmark for Bigbench {
         format!(
             "bigbench-{}-{}shot",
             Path::new(d).file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
-            s.shots
+            s.shots_or(0)
         )
     }
 

@@ -545,14 +545,14 @@ impl Benchmark for Mmlu {
 
     /// `mmlu-{shots}shot`.
     fn folder(&self, s: &Settings) -> String {
-        format!("mmlu-{}shot", s.shots)
+        format!("mmlu-{}shot", s.shots_or(0))
     }
 
     fn run(&self, s: &mut Session) -> Result<Outcome> {
         let data = resolve_data(s.data())?;
         let subjects = load_dir(&data, &s.settings.subjects)?;
         let opts = Options {
-            shots: s.settings.shots,
+            shots: s.settings.shots_or(0),
             shots_from: s.settings.shots_from,
             overflow: s.settings.overflow,
             limit: s.settings.limit,

@@ -17,6 +17,7 @@ pub mod layer_removal;
 pub mod mc;
 pub mod mmlu;
 pub mod ppl;
+pub mod records;
 pub mod registry;
 pub mod synthetic;
 
