@@ -76,3 +76,44 @@ pub fn string_field(path: &Path, r: &Record, key: &str) -> Result<String> {
         ))
     })
 }
+
+/// The file holding split `split` of a task: `data` itself when it is a file, else the first (in
+/// name order) of `{split}-*.parquet`, `{split}.parquet`, `{split}.jsonl`, `{split}.json` found in
+/// `data/{subdir}`, `data/{subdir}/data`, `data` or `data/data` (the layouts the hub uses, e.g.
+/// `ARC-Easy/test-00000-of-00001.parquet`, `data/validation-00000-of-00001.parquet`). A folder
+/// without it is an input error listing what the task looks for.
+pub fn split_file(data: &Path, subdir: Option<&str>, split: &str) -> Result<std::path::PathBuf> {
+    if data.is_file() {
+        return Ok(data.to_path_buf());
+    }
+    if !data.is_dir() {
+        return Err(bad(format!(
+            "{} does not exist\n  pass --data with the task's split file (parquet, JSONL or JSON) or the folder holding it",
+            data.display()
+        )));
+    }
+    let mut dirs = Vec::new();
+    if let Some(sub) = subdir {
+        dirs.push(data.join(sub));
+        dirs.push(data.join(sub).join("data"));
+    }
+    dirs.push(data.to_path_buf());
+    dirs.push(data.join("data"));
+    for dir in &dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        let sharded = format!("{split}-");
+        let found = names.iter().find(|n| n.starts_with(&sharded) && n.ends_with(".parquet")).or_else(|| {
+            ["parquet", "jsonl", "json"].iter().find_map(|ext| names.iter().find(|n| **n == format!("{split}.{ext}")))
+        });
+        if let Some(name) = found {
+            return Ok(dir.join(name));
+        }
+    }
+    let sub = subdir.map(|s| format!("{s}/")).unwrap_or_default();
+    Err(bad(format!(
+        "{} holds no {split} split: looked for {sub}{split}-*.parquet, {sub}{split}.parquet, {sub}{split}.jsonl or {sub}{split}.json (also under data/)\n  pass --data with the split's file, or the folder the hub's dataset was downloaded to",
+        data.display()
+    )))
+}
