@@ -325,6 +325,37 @@ pub fn generate(
     Ok(samples)
 }
 
+/// Greedy decoding of one prompt on any [`Decoder`]: new tokens until `done(its new tokens)` or
+/// `max_new_tokens`. Prompt and budget must fit the context (the caller truncates).
+pub fn greedy_one(
+    decoder: &mut dyn Decoder,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    mut done: impl FnMut(&[u32]) -> bool,
+) -> Result<Vec<u32>> {
+    anyhow::ensure!(!prompt.is_empty(), "internal: an empty prompt");
+    anyhow::ensure!(
+        prompt.len() + max_new_tokens <= decoder.context_len(),
+        "internal: a prompt of {} tokens and {max_new_tokens} new ones exceed the context of {}",
+        prompt.len(),
+        decoder.context_len()
+    );
+    let vocab = decoder.tokenizer().vocab_size();
+    let mut argmax = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
+    let mut out = Vec::new();
+    if max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let mut logits = decoder.prefill(prompt)?;
+    loop {
+        out.push(sample_from(&mut argmax, &logits, vocab)?);
+        if out.len() >= max_new_tokens || done(&out) {
+            return Ok(out);
+        }
+        logits = decoder.step(*out.last().expect("a token"))?;
+    }
+}
+
 /// Greedy decoding of several prompts at once, left-padded to the longest as
 /// lm-evaluation-harness batches `generate_until`: each row attends only to its own tokens and
 /// counts positions from its first, so it gets the tokens it would get decoded alone. Row i stops

@@ -95,6 +95,7 @@ fn byte_level() -> ByteLevel {
 }
 
 /// A loaded tokenizer and what keel needs to know about it.
+#[derive(Clone)]
 pub struct KeelTokenizer {
     pub inner: Tokenizer,
     /// Encode bytes directly (the `byte` spec): identical ids, much faster.

@@ -344,6 +344,19 @@ impl LanguageModel for HfLlama {
         }
         Ok(out)
     }
+
+    fn greedy(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        done: &mut dyn FnMut(usize, &[u32]) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            out.push(crate::decode::greedy_one(self, p, max_new, |new| done(i, new))?);
+        }
+        Ok(out)
+    }
 }
 
 impl crate::decode::Decoder for HfLlama {

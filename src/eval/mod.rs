@@ -10,6 +10,7 @@
 //! lists them all.
 
 pub mod bench;
+pub mod generation;
 pub mod generative;
 pub mod gsm8k;
 pub mod hf;
@@ -55,6 +56,21 @@ pub trait LanguageModel {
     fn tokenizer(&self) -> &KeelTokenizer;
     /// Scores `requests` in order; `done(n)` reports progress as requests finish.
     fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> Result<Vec<Scored>>;
+    /// Greedy decoding of `prompts` (each with its budget fitting the context): row i's new
+    /// tokens, until `done(i, its new tokens)` or `max_new` (see `generation::generate_until`).
+    fn greedy(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        done: &mut dyn FnMut(usize, &[u32]) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        let _ = (prompts, max_new, done);
+        anyhow::bail!("internal: {} does not generate text", self.describe())
+    }
+    /// Prompts [`LanguageModel::greedy`] takes at once.
+    fn generation_batch(&self) -> usize {
+        1
+    }
 }
 
 /// The objects of a JSONL file with their 1-based line numbers, blank lines skipped. A file that
@@ -251,6 +267,19 @@ impl LanguageModel for KeelLm {
 
     fn tokenizer(&self) -> &KeelTokenizer {
         &self.run.tokenizer
+    }
+
+    fn greedy(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        done: &mut dyn FnMut(usize, &[u32]) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        crate::decode::greedy_batch(&self.run.model, self.run.tokenizer.vocab_size(), prompts, max_new, done)
+    }
+
+    fn generation_batch(&self) -> usize {
+        self.batch_size
     }
 
     fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> Result<Vec<Scored>> {
