@@ -200,28 +200,28 @@ fn reads_jsonl_and_reports_bad_lines() {
         "{\"question\": \"q\", \"answer\": \"a\\n#### 3\"}\n\n{\"question\": \"r\", \"answer\": \"#### 4\"}\n",
         "ok.jsonl",
     );
-    let items = gsm8k::read_jsonl(&p).unwrap();
+    let items = gsm8k::read(&p).unwrap();
     assert_eq!(items.len(), 2);
     assert_eq!(items[0], Item { question: "q".into(), answer: "a\n#### 3".into() });
 
     let (_d, p) = jsonl("{\"question\": \"q\", \"answer\": \"a\"}\n{not json\n", "bad.jsonl");
-    let err = gsm8k::read_jsonl(&p).unwrap_err();
+    let err = gsm8k::read(&p).unwrap_err();
     let msg = err.to_string();
     assert!(keel::is_input_error(&err));
     assert!(msg.contains("bad.jsonl") && msg.contains("line 2") && msg.contains("not JSON"), "{msg}");
 
     let (_d, p) = jsonl("{\"question\": \"q\", \"answer\": \"a\"}\n{\"question\": \"q\"}\n", "missing.jsonl");
-    let msg = gsm8k::read_jsonl(&p).unwrap_err().to_string();
+    let msg = gsm8k::read(&p).unwrap_err().to_string();
     assert!(msg.contains("missing.jsonl, line 2") && msg.contains("\"answer\""), "{msg}");
 
     let (_d, p) = jsonl("\n", "empty.jsonl");
-    assert!(gsm8k::read_jsonl(&p).unwrap_err().to_string().contains("no problems"));
+    assert!(gsm8k::read(&p).unwrap_err().to_string().contains("no problems"));
 
     let (_d, p) = jsonl("PAR1", "test-00000-of-00001.parquet");
-    let err = gsm8k::read_jsonl(&p).unwrap_err();
+    let err = gsm8k::read(&p).unwrap_err();
     assert!(keel::is_input_error(&err));
     let msg = err.to_string();
-    assert!(msg.contains("python3 -c") && msg.contains("read_parquet") && msg.contains("lines=True"), "{msg}");
+    assert!(msg.contains("test-00000-of-00001.parquet is not a readable parquet file"), "{msg}");
 }
 
 #[test]
@@ -262,4 +262,156 @@ fn evaluate_scores_each_filter() {
 
     let err = gsm8k::evaluate(Variant::Gsm8kCot, &items, vec![], &until, |_| Ok(vec![])).unwrap_err();
     assert!(err.to_string().contains("0 prompts for 3 items"));
+}
+
+#[test]
+fn python_random_sample_is_reproduced_draw_for_draw() {
+    // python3 -c "import random; r=random.Random(1234); print(r.sample(range(7473),5));
+    //   print(r.sample(range(7473),5)); print(r.sample(range(30),5)); print(r.sample(range(10),5));
+    //   print(r.sample(range(100),8))"
+    let mut r = keel::eval::py_random::PyRandom::new(1234);
+    assert_eq!(r.sample(7473, 5), [6374, 3610, 957, 61, 742]);
+    assert_eq!(r.sample(7473, 5), [7462, 6610, 4769, 286, 5501]);
+    assert_eq!(r.sample(30, 5), [22, 2, 3, 24, 11]);
+    assert_eq!(r.sample(10, 5), [3, 0, 8, 6, 7]);
+    assert_eq!(r.sample(100, 8), [44, 82, 79, 61, 78, 59, 19, 11]);
+    // The harness's draws for the first test problems of GSM8K (7473 train problems, 5 shots).
+    assert_eq!(
+        gsm8k::harness_shots(7473, 5, 2),
+        vec![vec![6374, 3610, 957, 61, 742], vec![7462, 6610, 4769, 286, 5501]]
+    );
+}
+
+mod common;
+
+fn keel_bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("keel-gen-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn gsm8k_files(dir: &std::path::Path) {
+    let row = |a: u32, b: u32| {
+        serde_json::json!({
+            "question": format!("Tom has {a} apples and buys {b} more. How many apples?"),
+            "answer": format!("{a}+{b}=<<{a}+{b}={}>>{}\n#### {}", a + b, a + b, a + b),
+        })
+        .to_string()
+    };
+    std::fs::create_dir_all(dir.join("main")).unwrap();
+    let test: Vec<String> = (0..5).map(|i| row(i, 2 * i + 1)).collect();
+    let train: Vec<String> = (0..7).map(|i| row(10 + i, i)).collect();
+    std::fs::write(dir.join("main/test.jsonl"), test.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("main/train.jsonl"), train.join("\n") + "\n").unwrap();
+}
+
+fn samples(dir: &std::path::Path) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(dir.join("samples.csv")).unwrap();
+    r.records().map(|x| x.unwrap().iter().map(String::from).collect()).collect()
+}
+
+/// `keel eval --bench gsm8k` end to end: prompts with the harness's exemplar draws, generations
+/// independent of the batch size and equal to `keel generate` (greedy, one prompt at a time, on
+/// the prompt's last `context - budget` tokens), and bad input exiting 2.
+#[test]
+fn gsm8k_generates_as_keel_generate_does_whatever_the_batch_size() {
+    let root = temp_dir("gsm8k");
+    let run = common::tiny_run(&root.join("run"), "keel", 96);
+    let data = root.join("data");
+    gsm8k_files(&data);
+    let eval = |bench: &str, batch: &str, out: &str, extra: &[&str]| {
+        let o = keel_bin()
+            .args(["eval", "--quiet", "--bench", bench, "--run"])
+            .arg(&run)
+            .arg("--data")
+            .arg(&data)
+            .args(["--max-gen-toks", "24", "--batch-size", batch, "--out"])
+            .arg(root.join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        samples(&root.join(out))
+    };
+    let one = eval("gsm8k", "1", "b1", &[]);
+    let three = eval("gsm8k", "3", "b3", &[]);
+    assert_eq!(one.len(), 5);
+    assert_eq!(one, three, "generations depend on the batch size");
+
+    // Each prompt holds the train problems Random(1234).sample(range(7), 5) draws, in order:
+    // python3 -c "import random; r=random.Random(1234); [print(r.sample(range(7),5)) for _ in range(2)]"
+    // [6, 3, 0, 4, 5] then [6, 4, 0, 5, 3].
+    let train: Vec<Item> = gsm8k::read(&data.join("main/train.jsonl")).unwrap();
+    let test: Vec<Item> = gsm8k::read(&data.join("main/test.jsonl")).unwrap();
+    assert_eq!(gsm8k::harness_shots(7, 5, 2), vec![vec![6, 3, 0, 4, 5], vec![6, 4, 0, 5, 3]]);
+    for (i, shots) in gsm8k::harness_shots(7, 5, 2).iter().enumerate() {
+        let expected = gsm8k::fewshot_prompt_from_train(&train, shots, &test[i].question).unwrap();
+        assert_eq!(one[i][1], expected);
+    }
+
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("b1/results.json")).unwrap()).unwrap();
+    assert_eq!(results["questions"], 5);
+    assert_eq!(results["shots"], 5);
+    assert_eq!(results["max_gen_toks"], 24);
+    // Every 5-shot prompt is longer than 96 - 24 bytes, so every one lost its head.
+    assert_eq!(results["questions_truncated"], 5);
+    let strict: f64 = one.iter().map(|r| if r[5] == "true" { 1.0 } else { 0.0 }).sum::<f64>() / 5.0;
+    assert_eq!(results["exact_match_strict_match"].as_f64().unwrap(), strict);
+
+    for row in one.iter().take(2) {
+        let prompt = &row[1];
+        let kept = &prompt[prompt.len() - (96 - 24)..];
+        let o = keel_bin()
+            .args(["generate", "--run"])
+            .arg(&run)
+            .args(["--prompt", kept, "--temperature", "0", "--max-new-tokens", "24", "--stop", "Question:"])
+            .args(["--stop", "</s>", "--stop", "<|im_end|>"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // `keel generate` prints the prompt, then the generation.
+        let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+        let generation = shown.strip_prefix(kept).expect("the prompt is printed first");
+        assert_eq!(generation.trim_end_matches('\n'), row[3].trim_end_matches('\n'));
+    }
+
+    // gsm8k_cot: the fixed exemplars; --shots 9 is more than it has.
+    let cot = eval("gsm8k_cot", "2", "cot", &["--shots", "2"]);
+    assert!(cot[0][1].starts_with("Q: There are 15 trees in the grove."));
+    assert_eq!(cot[0][1].matches("\nA: ").count(), 2);
+    for (args, needle) in [
+        (vec!["--bench", "gsm8k_cot", "--shots", "9"], "gsm8k_cot has 8 fixed exemplars"),
+        (vec!["--bench", "gsm8k", "--shots", "8"], "holds only 7 problems"),
+        (vec!["--bench", "gsm8k", "--max-gen-toks", "96"], "leaves no room for the prompt"),
+    ] {
+        let o = keel_bin()
+            .args(["eval", "--quiet", "--run"])
+            .arg(&run)
+            .arg("--data")
+            .arg(&data)
+            .args(&args)
+            .arg("--out")
+            .arg(root.join("bad"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::fs::remove_file(data.join("main/train.jsonl")).unwrap();
+    let o = keel_bin()
+        .args(["eval", "--quiet", "--bench", "gsm8k", "--run"])
+        .arg(&run)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no train split"), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&root).unwrap();
 }

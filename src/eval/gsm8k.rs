@@ -3,16 +3,22 @@
 //! the `strict-match` and `flexible-extract` filters, and `exact_match` with the tasks' ignore
 //! rules (see `generative.rs`).
 //!
-//! Items come from a local JSONL file (`question`, `answer` per line). Generation is a closure from
-//! prompts to raw generations, so the scoring runs without a model.
+//! Items come from the hub's files (`openai/gsm8k`: `main/{train,test}-00000-of-00001.parquet`) or
+//! JSONL/JSON copies (`question`, `answer` per row). Scoring takes a closure from prompts to
+//! generations, so it runs without a model; `--bench gsm8k` generates with
+//! `generation::generate_until`.
 //!
-//! `gsm8k` draws its 5 exemplars from the train split with Python's `random.Random(1234)`; that draw
-//! is not reproduced here: the caller passes the train indices to use. `gsm8k_cot` uses 8 fixed
-//! exemplars (`first_n`), reproduced byte for byte.
+//! `gsm8k` draws 5 exemplars from the train split per test problem, in test order, from one
+//! `random.Random(1234)` as lm-evaluation-harness's default sampler does; `py_random.rs`
+//! reproduces those draws. `gsm8k_cot` uses 8 fixed exemplars (`first_n`), reproduced byte for
+//! byte.
 
+use super::bench::{Benchmark, Data, Outcome, Session, Settings};
+use super::generation::{generate_until, Until};
 use super::generative::{
     cut_at_stop, mean_and_stderr, py_strip, ExactMatch, FilterPipeline, FilterStep, PyRegex, RegexError, RegexFilter,
 };
+use super::records;
 use crate::InputError;
 use anyhow::Result;
 use serde::Serialize;
@@ -29,31 +35,19 @@ fn bad(msg: String) -> anyhow::Error {
     InputError(msg).into()
 }
 
-/// Reads GSM8K items from a JSONL file (one object per line with `question` and `answer` strings;
-/// blank lines are skipped). A `.parquet` file (the hub's `main/test-*.parquet`) is refused with the
-/// conversion command.
-pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
-    let shown = path.display();
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
-        return Err(bad(format!(
-            "{shown} is parquet, which keel does not read\n  convert it to JSONL once: python3 -c \"import pandas as pd; \
-             pd.read_parquet('{shown}').to_json('gsm8k.jsonl', orient='records', lines=True, force_ascii=False)\" \
-             (needs pandas and pyarrow), then pass gsm8k.jsonl"
-        )));
-    }
+/// Reads GSM8K items from a split file: parquet as the hub stores it (`main/test-*.parquet`),
+/// JSONL or a JSON array, each row with `question` and `answer` strings.
+pub fn read(path: &Path) -> Result<Vec<Item>> {
+    let fix = "pass --data with GSM8K's folder (main/test-*.parquet, main/train-*.parquet) or a split file";
     let mut items = Vec::new();
-    for (n, v) in super::jsonl_objects(path, "pass a JSONL file with question and answer per line")? {
-        let field = |k: &str| -> Result<String> {
-            v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| {
-                bad(format!(
-                    "{shown}, line {n}: no \"{k}\" string\n  every line needs \"question\" and \"answer\" strings"
-                ))
-            })
-        };
-        items.push(Item { question: field("question")?, answer: field("answer")? });
+    for r in records::read(path, fix)? {
+        items.push(Item {
+            question: records::string_field(path, &r, "question")?,
+            answer: records::string_field(path, &r, "answer")?,
+        });
     }
     if items.is_empty() {
-        return Err(bad(format!("{shown} holds no problems\n  pass a JSONL file with one problem per line")));
+        return Err(bad(format!("{} holds no problems\n  pass a file with one problem per row", path.display())));
     }
     Ok(items)
 }
@@ -133,9 +127,9 @@ pub fn cot_prompt(question: &str) -> String {
 }
 
 /// The `gsm8k` prompt with the train items at `shots` (in that order) as exemplars, each target the
-/// full solution. lm-evaluation-harness picks 5 with `random.Random(1234).sample`; keel does not
-/// reproduce that draw, so the indices are the caller's. (The fewshot split is train and the test
-/// split test, so the harness never has to drop the evaluated item from the exemplars.)
+/// full solution ([`harness_shots`] gives the indices lm-evaluation-harness draws). (The fewshot
+/// split is train and the test split test, so the harness never has to drop the evaluated item
+/// from the exemplars.)
 pub fn fewshot_prompt_from_train(train: &[Item], shots: &[usize], question: &str) -> Result<String> {
     if let Some(&i) = shots.iter().find(|&&i| i >= train.len()) {
         return Err(bad(format!("few-shot index {i} is past the {} train items", train.len())));
@@ -257,4 +251,222 @@ pub fn evaluate(
         })
         .collect();
     Ok(Report { rows, scores })
+}
+
+/// lm-evaluation-harness's `fewshot_random_seed` default.
+pub const FEWSHOT_SEED: u64 = 1234;
+
+/// The train indices lm-evaluation-harness's default sampler draws for each of the first
+/// `problems` test problems: `Random(1234).sample(train, shots)` once per problem, in order.
+pub fn harness_shots(train_len: usize, shots: usize, problems: usize) -> Vec<Vec<usize>> {
+    let mut rnd = super::py_random::PyRandom::new(FEWSHOT_SEED);
+    (0..problems).map(|_| rnd.sample(train_len, shots)).collect()
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Gsm8k => "gsm8k",
+            Variant::Gsm8kCot => "gsm8k_cot",
+        }
+    }
+
+    /// `num_fewshot` of the task's YAML.
+    fn default_shots(self) -> usize {
+        match self {
+            Variant::Gsm8k => 5,
+            Variant::Gsm8kCot => COT_EXEMPLARS.len(),
+        }
+    }
+}
+
+/// One problem of `samples.csv`.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    id: usize,
+    prompt: String,
+    target: String,
+    generation: String,
+    strict_match_extracted: String,
+    strict_match: bool,
+    flexible_extract_extracted: String,
+    flexible_extract: bool,
+    generated_tokens: usize,
+    truncated_tokens: usize,
+}
+
+/// Everything `results.json` records.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub bench: &'static str,
+    pub model: String,
+    pub data: String,
+    pub shots: usize,
+    /// How exemplars were chosen.
+    pub shots_source: String,
+    pub max_gen_toks: usize,
+    pub questions: usize,
+    /// `exact_match` after the `strict-match` filter, with its standard error.
+    pub exact_match_strict_match: f64,
+    pub exact_match_strict_match_stderr: Option<f64>,
+    /// `exact_match` after the `flexible-extract` filter.
+    pub exact_match_flexible_extract: f64,
+    pub exact_match_flexible_extract_stderr: Option<f64>,
+    /// Problems whose prompt lost tokens from the left to fit the context.
+    pub questions_truncated: usize,
+    pub generated_tokens: usize,
+    pub elapsed_s: f64,
+    pub questions_per_s: f64,
+    pub generated_tokens_per_s: f64,
+    pub keel_version: &'static str,
+}
+
+/// `--bench gsm8k` and `--bench gsm8k_cot`.
+pub struct Gsm8kBench(pub Variant);
+
+impl Benchmark for Gsm8kBench {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn about(&self) -> &'static str {
+        match self.0 {
+            Variant::Gsm8k => "GSM8K, generative: 5 exemplars drawn as lm-evaluation-harness draws them, strict and flexible exact_match",
+            Variant::Gsm8kCot => "GSM8K with the 8 fixed chain-of-thought exemplars (lm-evaluation-harness's gsm8k_cot)",
+        }
+    }
+
+    fn data(&self) -> Data {
+        Data::Required(
+            "pass --data with GSM8K's folder (main/test-*.parquet and main/train-*.parquet, as the hub's openai/gsm8k has them) or the test split's file (parquet, JSONL or JSON)",
+        )
+    }
+
+    fn takes_shots(&self) -> bool {
+        true
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        &["exact_match_strict_match", "exact_match_flexible_extract"]
+    }
+
+    /// `{task}-{shots}shot`.
+    fn folder(&self, s: &Settings) -> String {
+        format!("{}-{}shot", self.0.name(), s.shots_or(self.0.default_shots()))
+    }
+
+    fn run(&self, s: &mut Session) -> Result<Outcome> {
+        let variant = self.0;
+        let data = s.data().to_string();
+        let shots = s.settings.shots_or(variant.default_shots());
+        let max_gen_toks = s.settings.max_gen_toks.unwrap_or(MAX_GEN_TOKS);
+        let test_path = records::split_file(Path::new(&data), Some("main"), "test")?;
+        let mut items = read(&test_path)?;
+        items.truncate(s.settings.limit.unwrap_or(usize::MAX));
+        let (prompts, shots_source) = match variant {
+            Variant::Gsm8kCot => {
+                if shots > COT_EXEMPLARS.len() {
+                    return Err(bad(format!(
+                        "--shots {shots}: gsm8k_cot has {} fixed exemplars\n  pass --shots {} or fewer",
+                        COT_EXEMPLARS.len(),
+                        COT_EXEMPLARS.len()
+                    )));
+                }
+                let prompts =
+                    items.iter().map(|i| fewshot_prompt(variant, COT_EXEMPLARS[..shots].iter().copied(), &i.question));
+                (prompts.collect::<Vec<_>>(), format!("the task's {shots} fixed exemplars (first_n)"))
+            }
+            Variant::Gsm8k if shots == 0 => {
+                (items.iter().map(|i| doc_to_text(variant, &i.question)).collect(), "none".to_string())
+            }
+            Variant::Gsm8k => {
+                let dir = if Path::new(&data).is_file() {
+                    test_path.parent().map(Path::to_path_buf).unwrap_or_default()
+                } else {
+                    Path::new(&data).to_path_buf()
+                };
+                let train_path = records::split_file(&dir, Some("main"), "train").map_err(|e| {
+                    bad(format!(
+                        "{e}\n  gsm8k draws its exemplars from the train split; put it beside the test split, or pass --shots 0"
+                    ))
+                })?;
+                let train = read(&train_path)?;
+                if shots > train.len() {
+                    return Err(bad(format!(
+                        "--shots {shots}: {} holds only {} problems\n  pass --shots {} or fewer",
+                        train_path.display(),
+                        train.len(),
+                        train.len()
+                    )));
+                }
+                let draws = harness_shots(train.len(), shots, items.len());
+                let prompts = items
+                    .iter()
+                    .zip(&draws)
+                    .map(|(i, d)| fewshot_prompt_from_train(&train, d, &i.question))
+                    .collect::<Result<Vec<_>>>()?;
+                (prompts, format!("{shots} per problem from {} drawn as lm-evaluation-harness draws them (Random({FEWSHOT_SEED}).sample in test order)", train_path.display()))
+            }
+        };
+        let eos_until = until(variant).map(String::from).to_vec();
+        let requests: Vec<Until> =
+            prompts.iter().map(|p| Until { context: p.clone(), until: eos_until.clone(), max_gen_toks }).collect();
+        s.start()?;
+        let start = std::time::Instant::now();
+        let lm = s.scorer.lm();
+        let model = lm.describe();
+        let generated = generate_until(lm, &requests, s.progress)?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let texts: Vec<String> = generated.iter().map(|g| g.text.clone()).collect();
+        // The texts are already cut at the stops, end-of-text included.
+        let report = evaluate(variant, &items, prompts, &eos_until, |_| Ok(texts))?;
+        let samples: Vec<Sample> = report
+            .rows
+            .iter()
+            .zip(&generated)
+            .map(|(r, g)| Sample {
+                id: r.id,
+                prompt: r.prompt.clone(),
+                target: r.target.clone(),
+                generation: r.generation.clone(),
+                strict_match_extracted: r.extracted[0].clone(),
+                strict_match: r.scores[0],
+                flexible_extract_extracted: r.extracted[1].clone(),
+                flexible_extract: r.scores[1],
+                generated_tokens: g.tokens,
+                truncated_tokens: g.truncated_tokens,
+            })
+            .collect();
+        let generated_tokens: usize = generated.iter().map(|g| g.tokens).sum();
+        let n = items.len();
+        let results = Results {
+            bench: variant.name(),
+            model,
+            data,
+            shots,
+            shots_source,
+            max_gen_toks,
+            questions: n,
+            exact_match_strict_match: report.scores[0].exact_match,
+            exact_match_strict_match_stderr: report.scores[0].stderr,
+            exact_match_flexible_extract: report.scores[1].exact_match,
+            exact_match_flexible_extract_stderr: report.scores[1].stderr,
+            questions_truncated: generated.iter().filter(|g| g.truncated_tokens > 0).count(),
+            generated_tokens,
+            elapsed_s: elapsed,
+            questions_per_s: n as f64 / elapsed.max(1e-9),
+            generated_tokens_per_s: generated_tokens as f64 / elapsed.max(1e-9),
+            keel_version: crate::VERSION,
+        };
+        let summary = format!(
+            "{}: exact_match strict-match {:.4}, flexible-extract {:.4} over {n} problems ({} truncated), {:.2} problems/s, {:.1} tokens/s; ",
+            variant.name(),
+            results.exact_match_strict_match,
+            results.exact_match_flexible_extract,
+            results.questions_truncated,
+            results.questions_per_s,
+            results.generated_tokens_per_s
+        );
+        Outcome::new(&results, summary)?.rows("samples.csv", &samples)
+    }
 }

@@ -18,6 +18,7 @@ pub mod layer_removal;
 pub mod mc;
 pub mod mmlu;
 pub mod ppl;
+pub mod py_random;
 pub mod records;
 pub mod registry;
 pub mod synthetic;

@@ -33,7 +33,10 @@ pub fn read(path: &Path, fix: &str) -> Result<Vec<Record>> {
     };
     let shown = path.display();
     if let Some(r) = records.iter().find(|r| !r.value.is_object()) {
-        return Err(bad(format!("{shown}, row {}: not a JSON object\n  each row must be an object of named fields", r.line)));
+        return Err(bad(format!(
+            "{shown}, row {}: not a JSON object\n  each row must be an object of named fields",
+            r.line
+        )));
     }
     Ok(records)
 }
@@ -66,13 +69,19 @@ fn read_parquet(path: &Path, fix: &str) -> Result<Vec<Record>> {
     Ok(out)
 }
 
+/// Where row `r` of `path` is, for messages: `FILE, line N` (JSONL) or `FILE, row N`.
+pub fn place(path: &Path, r: &Record) -> String {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let unit = if ext == "parquet" || ext == "json" { "row" } else { "line" };
+    format!("{}, {unit} {}", path.display(), r.line)
+}
+
 /// Field `key` of a row as a string, or an input error naming file, row and field.
 pub fn string_field(path: &Path, r: &Record, key: &str) -> Result<String> {
     r.value.get(key).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
         bad(format!(
-            "{}, row {}: no \"{key}\" string\n  every row of this task needs a \"{key}\" field holding text",
-            path.display(),
-            r.line
+            "{}: no \"{key}\" string\n  every row of this task needs a \"{key}\" field holding text",
+            place(path, r)
         ))
     })
 }

@@ -53,3 +53,18 @@ pub fn tokens(seed: u64, b: usize, t: usize, vocab: usize) -> (Tensor, Tensor) {
     let y: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
     (Tensor::from_vec(x, (b, t), &Device::Cpu).unwrap(), Tensor::from_vec(y, (b, t), &Device::Cpu).unwrap())
 }
+
+/// A run directory holding an untrained tiny model (byte tokenizer, depth 4, d_model 16) with
+/// `placement` and context `seq_len`: enough for `keel eval` and `keel generate`.
+pub fn tiny_run(dir: &std::path::Path, placement: &str, seq_len: usize) -> std::path::PathBuf {
+    let base = ["model.depth=4", "model.d_model=16", "model.n_heads=2", "model.n_kv_heads=1", "model.init_std=0.3"];
+    let (placement, seq_len) = (format!("model.placement=\"{placement}\""), format!("train.seq_len={seq_len}"));
+    let resolved = resolve_with(&base, &[&placement, &seq_len], 256);
+    let model = keel::model::Model::new(&resolved, &Device::Cpu).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.toml"), resolved.to_toml(toml::Table::new())).unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> =
+        model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    dir.to_path_buf()
+}
