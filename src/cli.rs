@@ -231,12 +231,16 @@ pub struct SweepArgs {
     /// bigbench); summary.csv gains one column per score.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub eval: Vec<Bench>,
-    /// --data for the evaluations that need it (mmlu, mc-jsonl, bigbench).
+    /// --data for the evaluations that need it: PATH for every one, or BENCH=PATH for one
+    /// (repeatable, e.g. --eval-data gsm8k=data/gsm8k --eval-data mmlu=data/mmlu).
+    #[arg(long, value_name = "[BENCH=]PATH")]
+    pub eval_data: Vec<String>,
+    /// --shots for the evaluations (default: each task's own).
     #[arg(long)]
-    pub eval_data: Option<String>,
-    /// --shots for the evaluations.
-    #[arg(long, default_value_t = 0)]
-    pub eval_shots: usize,
+    pub eval_shots: Option<usize>,
+    /// --max-gen-toks for the generative evaluations (default: each task's own).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub eval_max_gen_toks: Option<usize>,
     /// --limit for the evaluations.
     #[arg(long)]
     pub eval_limit: Option<usize>,

@@ -442,9 +442,11 @@ pub fn collect(out: &Path) -> Result<usize> {
 pub struct Evals {
     pub benches: Vec<Bench>,
     /// `--data` for the benchmarks that need it.
-    pub data: Option<String>,
-    /// `--shots` (from the test split) for the benchmarks that take them.
-    pub shots: usize,
+    pub data: crate::eval::registry::EvalData,
+    /// `--shots` (from the test split) for the benchmarks that take them (`None`: their own).
+    pub shots: Option<usize>,
+    /// `--max-gen-toks` for the generative benchmarks (`None`: their own).
+    pub max_gen_toks: Option<usize>,
     pub limit: Option<usize>,
 }
 
@@ -456,7 +458,7 @@ pub fn evaluate_run(dir: &Path, evals: &Evals) -> Result<(), String> {
     for bench in &evals.benches {
         let name = bench.name();
         let mut cmd = crate::child::keel().map_err(|e| e.to_string())?;
-        cmd.args(bench.sweep_args(dir, evals.data.as_deref(), evals.shots, evals.limit));
+        cmd.args(bench.sweep_args(dir, evals));
         let Some(out) =
             crate::child::run(cmd.stdout(Stdio::piped()).stderr(Stdio::piped())).map_err(|e| e.to_string())?
         else {

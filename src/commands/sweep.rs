@@ -89,11 +89,13 @@ pub fn run(args: &SweepArgs) -> Result<ExitStatus> {
         return Err(InputError(format!("--emit {other}: the only target is slurm")).into());
     }
     println!("keel sweep: {} runs, {} at once, in {}", jobs.len(), args.jobs, args.out.display());
-    crate::eval::registry::check_sweep(&args.eval, args.eval_data.is_some())?;
+    let data = crate::eval::registry::EvalData::parse(&args.eval_data)?;
+    crate::eval::registry::check_sweep(&args.eval, &data)?;
     let evals = Evals {
         benches: args.eval.clone(),
-        data: args.eval_data.clone(),
+        data,
         shots: args.eval_shots,
+        max_gen_toks: args.eval_max_gen_toks,
         limit: args.eval_limit,
     };
     crate::signals::install_grid();

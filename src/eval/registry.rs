@@ -188,39 +188,87 @@ pub fn scores(run: &Path) -> BTreeMap<String, f64> {
     out
 }
 
+/// `keel sweep --eval-data`: one path for every benchmark that needs data, and/or `BENCH=PATH`
+/// for one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvalData {
+    pub all: Option<String>,
+    pub per_bench: BTreeMap<String, String>,
+}
+
+impl EvalData {
+    /// Reads the `--eval-data` values; `NAME=` with a benchmark's name sets that benchmark's data.
+    pub fn parse(values: &[String]) -> Result<Self, InputError> {
+        let mut data = EvalData::default();
+        for v in values {
+            match v.split_once('=') {
+                Some((name, path)) if ALL.iter().any(|b| b.name() == name) => {
+                    data.per_bench.insert(name.to_string(), path.to_string());
+                }
+                Some((name, _)) if !name.contains('/') && !Path::new(v).exists() => {
+                    let names: Vec<&str> = ALL.iter().map(|b| b.name()).collect();
+                    return Err(InputError(format!(
+                        "--eval-data {v}: {name} is not a benchmark\n  pass PATH, or BENCH=PATH with BENCH one of {}",
+                        names.join(", ")
+                    )));
+                }
+                _ if data.all.is_some() => {
+                    return Err(InputError(format!(
+                        "--eval-data {v}: a second path for every benchmark\n  pass one PATH, and BENCH=PATH for the others"
+                    )))
+                }
+                _ => data.all = Some(v.clone()),
+            }
+        }
+        Ok(data)
+    }
+
+    /// The data `bench` gets.
+    pub fn for_bench(&self, bench: &str) -> Option<&str> {
+        self.per_bench.get(bench).or(self.all.as_ref()).map(String::as_str)
+    }
+}
+
 /// `keel sweep --eval`'s checks: no studies, and `--eval-data` for the benchmarks that need data.
-pub fn check_sweep(benches: &[Bench], has_data: bool) -> Result<(), InputError> {
+pub fn check_sweep(benches: &[Bench], data: &EvalData) -> Result<(), InputError> {
     if let Some(b) = benches.iter().find(|b| b.study()) {
         let name = b.name();
         return Err(InputError(format!(
             "--eval {name}: run it per run with `keel eval --bench {name} --run DIR` (it is a study, not a score)"
         )));
     }
-    let needs_data = |b: &&Bench| matches!(b.data(), Data::Required(_));
-    if !has_data && benches.iter().any(|b| needs_data(&b)) {
-        let names: Vec<&str> = ALL.iter().filter(needs_data).map(|b| b.name()).collect();
-        let (list, verb) = match names.split_last() {
-            Some((last, rest)) if !rest.is_empty() => (format!("{} and {last}", rest.join(", ")), "need"),
-            _ => (names.join(""), "needs"),
-        };
-        return Err(InputError(format!("--eval {list} {verb} --eval-data\n  pass the benchmark's folder or file")));
+    let lacking: Vec<&str> = benches
+        .iter()
+        .filter(|b| matches!(b.data(), Data::Required(_)) && data.for_bench(b.name()).is_none())
+        .map(|b| b.name())
+        .collect();
+    if let Some((last, rest)) = lacking.split_last() {
+        let (list, verb) =
+            if rest.is_empty() { (last.to_string(), "needs") } else { (format!("{} and {last}", rest.join(", ")), "need") };
+        return Err(InputError(format!(
+            "--eval {list} {verb} --eval-data\n  pass --eval-data PATH for all of them, or --eval-data BENCH=PATH for each"
+        )));
     }
     Ok(())
 }
 
 impl Bench {
-    /// The `keel eval` arguments with which `keel sweep` scores the run in `run`: `data` goes to
-    /// benchmarks that need data, `shots` (from the test split) to those that take shots.
-    pub fn sweep_args(&self, run: &Path, data: Option<&str>, shots: usize, limit: Option<usize>) -> Vec<OsString> {
+    /// The `keel eval` arguments with which `keel sweep` scores the run in `run`: its data to
+    /// benchmarks that need data, shots (from the test split where a subject has no dev split) to
+    /// those that take shots, the generation budget, the limit.
+    pub fn sweep_args(&self, run: &Path, evals: &crate::sweep::Evals) -> Vec<OsString> {
         let mut args: Vec<OsString> = ["eval", "--quiet", "--bench", self.name(), "--run"].map(Into::into).into();
         args.push(run.into());
-        if let (Some(d), Data::Required(_)) = (data, self.data()) {
+        if let (Some(d), Data::Required(_)) = (evals.data.for_bench(self.name()), self.data()) {
             args.extend(["--data", d].map(Into::into));
         }
-        if shots > 0 && self.takes_shots() {
+        if let (Some(shots), true) = (evals.shots, self.takes_shots()) {
             args.extend(["--shots", &shots.to_string(), "--shots-from", "test"].map(Into::into));
         }
-        if let Some(l) = limit {
+        if let Some(n) = evals.max_gen_toks {
+            args.extend(["--max-gen-toks", &n.to_string()].map(Into::into));
+        }
+        if let Some(l) = evals.limit {
             args.extend(["--limit", &l.to_string()].map(Into::into));
         }
         args
