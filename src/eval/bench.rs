@@ -174,6 +174,12 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The results folder, created now if [`Session::start`] has not been called.
+    pub fn dir(&mut self) -> Result<PathBuf> {
+        self.start()?;
+        Ok(self.out.clone().expect("started"))
+    }
+
     /// The results folder, created by [`Session::start`] if the benchmark did not call it.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.start()?;

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod generation;
 pub mod generative;
+pub mod groups;
 pub mod gsm8k;
 pub mod hf;
 pub mod layer_removal;

@@ -243,8 +243,11 @@ pub fn check_sweep(benches: &[Bench], data: &EvalData) -> Result<(), InputError>
         .map(|b| b.name())
         .collect();
     if let Some((last, rest)) = lacking.split_last() {
-        let (list, verb) =
-            if rest.is_empty() { (last.to_string(), "needs") } else { (format!("{} and {last}", rest.join(", ")), "need") };
+        let (list, verb) = if rest.is_empty() {
+            (last.to_string(), "needs")
+        } else {
+            (format!("{} and {last}", rest.join(", ")), "need")
+        };
         return Err(InputError(format!(
             "--eval {list} {verb} --eval-data\n  pass --eval-data PATH for all of them, or --eval-data BENCH=PATH for each"
         )));
