@@ -9,17 +9,21 @@
 //! Each benchmark implements the interface of `bench.rs` in its own file; `ALL` in `registry.rs`
 //! lists them all.
 
+pub mod arc;
 pub mod bench;
 pub mod generative;
 pub mod gsm8k;
+pub mod hellaswag;
 pub mod hf;
 pub mod layer_removal;
 pub mod mc;
 pub mod mmlu;
+pub mod piqa;
 pub mod ppl;
 pub mod records;
 pub mod registry;
 pub mod synthetic;
+pub mod winogrande;
 
 use crate::data::tokenizer::KeelTokenizer;
 
