@@ -9,20 +9,24 @@
 //! Each benchmark implements the interface of `bench.rs` in its own file; `ALL` in `registry.rs`
 //! lists them all.
 
+pub mod arc;
 pub mod bench;
 pub mod generation;
 pub mod generative;
 pub mod groups;
 pub mod gsm8k;
+pub mod hellaswag;
 pub mod hf;
 pub mod layer_removal;
 pub mod mc;
 pub mod mmlu;
+pub mod piqa;
 pub mod ppl;
 pub mod py_random;
 pub mod records;
 pub mod registry;
 pub mod synthetic;
+pub mod winogrande;
 
 use crate::data::tokenizer::KeelTokenizer;
 

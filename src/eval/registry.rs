@@ -5,7 +5,7 @@
 //! and `keel sweep` passes it `--eval-data`/`--eval-shots` and reports its [`Benchmark::metrics`].
 
 use super::bench::{Benchmark, Data, Outcome, Scorer, Session, Settings};
-use super::{gsm8k, layer_removal, mc, mmlu, ppl, synthetic, KeelLm};
+use super::{arc, gsm8k, hellaswag, layer_removal, mc, mmlu, piqa, ppl, synthetic, winogrande, KeelLm};
 use crate::files::write_atomic;
 use crate::run_dir::{RunDir, RESULTS};
 use crate::InputError;
@@ -20,6 +20,11 @@ pub static ALL: &[Bench] = &[
     Bench(&ppl::Ppl),
     Bench(&mc::McJsonl),
     Bench(&mc::Bigbench),
+    Bench(&hellaswag::Hellaswag),
+    Bench(&arc::ArcEasy),
+    Bench(&arc::ArcChallenge),
+    Bench(&piqa::Piqa),
+    Bench(&winogrande::Winogrande),
     Bench(&gsm8k::Gsm8kBench(gsm8k::Variant::Gsm8k)),
     Bench(&gsm8k::Gsm8kBench(gsm8k::Variant::Gsm8kCot)),
     Bench(&synthetic::Synthetic),
