@@ -10,12 +10,14 @@
 //! lists them all.
 
 pub mod bench;
+pub mod cmmlu;
 pub mod generative;
 pub mod gsm8k;
 pub mod hf;
 pub mod layer_removal;
 pub mod mc;
 pub mod mmlu;
+pub mod mmlu_pro;
 pub mod ppl;
 pub mod records;
 pub mod registry;

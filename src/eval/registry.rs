@@ -5,7 +5,7 @@
 //! and `keel sweep` passes it `--eval-data`/`--eval-shots` and reports its [`Benchmark::metrics`].
 
 use super::bench::{Benchmark, Data, Outcome, Scorer, Session, Settings};
-use super::{layer_removal, mc, mmlu, ppl, synthetic, KeelLm};
+use super::{cmmlu, layer_removal, mc, mmlu, mmlu_pro, ppl, synthetic, KeelLm};
 use crate::files::write_atomic;
 use crate::run_dir::{RunDir, RESULTS};
 use crate::InputError;
@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 /// Every benchmark, in the order `--help` lists them.
 pub static ALL: &[Bench] = &[
     Bench(&mmlu::Mmlu),
+    Bench(&mmlu_pro::MmluPro),
+    Bench(&cmmlu::Cmmlu),
     Bench(&ppl::Ppl),
     Bench(&mc::McJsonl),
     Bench(&mc::Bigbench),
