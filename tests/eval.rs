@@ -461,8 +461,22 @@ fn eval_cli_end_to_end_and_bad_input() {
     assert_eq!(res["shots_source"]["virology"], "none");
     assert_eq!(res["shots_source"]["abstract_algebra"], "dev");
     let csv = std::fs::read_to_string(run.join("eval/mmlu-5shot/questions.csv")).unwrap();
-    assert!(csv.starts_with("id,subject,gold,predicted,ll_a,ll_b,ll_c,ll_d,"));
-    assert_eq!(csv.lines().count(), 8);
+    assert!(
+        csv.starts_with("id,subject,gold,predicted,ll_a,ll_b,ll_c,ll_d,shots,shots_dropped,truncated_tokens,prompt\n")
+    );
+    // The last column is the full context each question's answers were scored after (quoted: it
+    // holds newlines), as lm-evaluation-harness's --log_samples records it.
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(csv.as_bytes()).records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 7);
+    let opts =
+        mmlu::Options { shots: 5, shots_from: ShotSource::Test, overflow: mmlu::Overflow::TruncateLeft, limit: None };
+    let (items, _) = mmlu::build(&KeelTokenizer::byte(), 64, &subjects(), &opts).unwrap();
+    for (row, item) in rows.iter().zip(&items) {
+        assert_eq!(&row[0], format!("{}/{}", item.question.subject, item.question.row));
+        assert_eq!(&row[11], item.context);
+    }
+    assert!(rows[0][11]
+        .starts_with("The following are multiple choice questions (with answers) about abstract algebra.\n\n"));
     // Results are never overwritten without --force.
     let again = five_shot();
     assert_eq!(again.status.code(), Some(2));
@@ -618,7 +632,8 @@ fn overflowing_five_shot_prompts_are_left_truncated_as_the_harness_does() {
         let res: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(tmp.path().join(out).join("results.json")).unwrap()).unwrap();
         let csv = std::fs::read_to_string(tmp.path().join(out).join("questions.csv")).unwrap();
-        let row: Vec<String> = csv.lines().nth(1).unwrap().split(',').map(String::from).collect();
+        let first = csv::Reader::from_reader(csv.as_bytes()).records().next().unwrap().unwrap();
+        let row: Vec<String> = first.iter().map(String::from).collect();
         (res, row)
     };
     let model = eval::load_run(&run, &Device::Cpu).unwrap().model;
@@ -638,12 +653,14 @@ fn overflowing_five_shot_prompts_are_left_truncated_as_the_harness_does() {
         assert!((got - want).abs() < 1e-4, "{letter}: keel {got}, harness rule {want}");
     }
     assert_eq!((row[8].as_str(), row[9].as_str()), ("5", "0"), "all five shots are kept");
+    assert_eq!(row[11], context, "the prompt column holds the context before truncation");
 
     let (res, row) = eval(&["--overflow", "drop-shots"], "drop");
     assert_eq!(res["overflow"], "drop-shots");
     assert_eq!(res["questions_with_dropped_shots"], 1);
     assert_eq!((row[8].as_str(), row[9].as_str()), ("0", "5"), "a 64-token context holds no exemplar");
     let zero_shot = mmlu::prompt(&geo.name, &[], &geo.test[0]);
+    assert_eq!(row[11], zero_shot, "the prompt column holds the context actually scored");
     let r = harness_truncation(&zero_shot, " A", max_len);
     let got: f64 = row[4].parse().unwrap();
     assert!((got - independent_logprob(&model, &r).0).abs() < 1e-4);

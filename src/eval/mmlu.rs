@@ -198,26 +198,66 @@ pub fn load_dir(dir: &Path, only: &[String]) -> Result<Vec<Subject>> {
 
 /// `{question}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:` (the harness's `doc_to_text`).
 pub fn format_question(q: &Question) -> String {
-    let mut s = q.question.trim().to_string();
-    for (letter, choice) in LETTERS.iter().zip(&q.choices) {
-        s.push_str(&format!("\n{letter}. {choice}"));
-    }
-    s.push_str("\nAnswer:");
-    s
+    lettered(q.question.trim(), &q.choices, "Answer:")
 }
 
 /// The full prompt for `q` after `shots`.
 pub fn prompt(subject: &str, shots: &[Question], q: &Question) -> String {
-    let mut s =
+    let description =
         format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
-    for shot in shots {
-        s.push_str(&format_question(shot));
+    let shots: Vec<(String, &str)> = shots.iter().map(|s| (format_question(s), LETTERS[s.answer])).collect();
+    fewshot_context(&description, &shots, &format_question(q))
+}
+
+/// The letters lm-evaluation-harness labels options with (`string.ascii_uppercase`, as
+/// `leaderboard/mmlu_pro/utils.py` indexes it): MMLU and CMMLU use the first four, MMLU-Pro up to ten.
+pub const OPTION_LETTERS: [&str; 26] = [
+    "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "P", "Q", "R", "S", "T", "U", "V", "W",
+    "X", "Y", "Z",
+];
+
+/// `{question}\nA. {option}\nB. {option}...\n{cue}`: the text the lettered multiple-choice tasks
+/// share (MMLU's and CMMLU's `doc_to_text` templates, MMLU-Pro's `utils.doc_to_text`). The caller
+/// strips the question where its task does. At most 26 options (the caller checks).
+pub fn lettered(question: &str, options: &[String], cue: &str) -> String {
+    let mut s = question.to_string();
+    for (letter, option) in OPTION_LETTERS.iter().zip(options) {
+        s.push_str(&format!("\n{letter}. {option}"));
+    }
+    s.push('\n');
+    s.push_str(cue);
+    s
+}
+
+/// lm-evaluation-harness's plain-text few-shot context (`ConfigurableTask.fewshot_context` and
+/// `build_qa_turn` in `lm_eval/api/task.py`, 0.4.x, no chat template): the task's `description`,
+/// then each exemplar as its text, `target_delimiter` (" "), its target and `fewshot_delimiter`
+/// ("\n\n"), then the question's text with no delimiter after it.
+pub fn fewshot_context(description: &str, shots: &[(String, &str)], text: &str) -> String {
+    let mut s = description.to_string();
+    for (shot, target) in shots {
+        s.push_str(shot);
         s.push(' ');
-        s.push_str(LETTERS[shot.answer]);
+        s.push_str(target);
         s.push_str("\n\n");
     }
-    s.push_str(&format_question(q));
+    s.push_str(text);
     s
+}
+
+/// The `n` requests ` A`, ` B`, ... after `context` (`construct_requests` of a `multiple_choice`
+/// task whose choices are letters: target delimiter " " then the letter), each left-truncated as
+/// the harness does ([`fit`]), with the most tokens any of them lost.
+pub fn letter_requests(tok: &KeelTokenizer, max_len: usize, context: &str, n: usize) -> Result<(Vec<Request>, usize)> {
+    let mut requests = Vec::with_capacity(n);
+    let mut truncated = 0;
+    for letter in &OPTION_LETTERS[..n] {
+        let (tokens, start) = encode_pair(tok, context, &format!(" {letter}"))?;
+        let (req, cut) = fit(tokens, start, max_len)?;
+        truncated = truncated.max(cut);
+        requests.push(req);
+    }
+    Ok((requests, truncated))
 }
 
 /// Few-shot settings.
@@ -328,14 +368,15 @@ pub struct Accuracy {
 }
 
 impl Accuracy {
-    fn add(&mut self, ok: bool) {
+    pub fn add(&mut self, ok: bool) {
         self.total += 1;
         self.correct += ok as usize;
         self.accuracy = self.correct as f64 / self.total as f64;
     }
 }
 
-fn empty() -> Accuracy {
+/// No questions yet (accuracy NaN until the first).
+pub fn empty() -> Accuracy {
     Accuracy { correct: 0, total: 0, accuracy: f64::NAN }
 }
 
@@ -353,6 +394,10 @@ pub struct Answered {
     pub shots: usize,
     pub shots_dropped: usize,
     pub truncated_tokens: usize,
+    /// The full context the four answers were scored after (lm-evaluation-harness's
+    /// `--log_samples` `arguments`), before any left truncation. Last, so that readers of the
+    /// earlier columns keep working.
+    pub prompt: String,
 }
 
 /// Micro-averaged accuracy overall, per category and per subject.
@@ -387,6 +432,7 @@ pub fn score(items: &[Item], scores: &[Scored]) -> (Vec<Answered>, Summary) {
             shots: item.shots_used,
             shots_dropped: item.shots_dropped,
             truncated_tokens: item.truncated_tokens,
+            prompt: item.context.clone(),
         });
     }
     (answered, summary)

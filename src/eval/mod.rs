@@ -11,6 +11,7 @@
 
 pub mod arc;
 pub mod bench;
+pub mod cmmlu;
 pub mod generation;
 pub mod generative;
 pub mod groups;
@@ -20,6 +21,7 @@ pub mod hf;
 pub mod layer_removal;
 pub mod mc;
 pub mod mmlu;
+pub mod mmlu_pro;
 pub mod piqa;
 pub mod ppl;
 pub mod py_random;

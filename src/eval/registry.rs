@@ -5,7 +5,9 @@
 //! and `keel sweep` passes it `--eval-data`/`--eval-shots` and reports its [`Benchmark::metrics`].
 
 use super::bench::{Benchmark, Data, Outcome, Scorer, Session, Settings};
-use super::{arc, gsm8k, hellaswag, layer_removal, mc, mmlu, piqa, ppl, synthetic, winogrande, KeelLm};
+use super::{
+    arc, cmmlu, groups, gsm8k, hellaswag, layer_removal, mc, mmlu, mmlu_pro, piqa, ppl, synthetic, winogrande, KeelLm,
+};
 use crate::files::write_atomic;
 use crate::run_dir::{RunDir, RESULTS};
 use crate::InputError;
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 /// Every benchmark, in the order `--help` lists them.
 pub static ALL: &[Bench] = &[
     Bench(&mmlu::Mmlu),
+    Bench(&mmlu_pro::MmluPro),
+    Bench(&cmmlu::Cmmlu),
     Bench(&ppl::Ppl),
     Bench(&mc::McJsonl),
     Bench(&mc::Bigbench),
@@ -27,6 +31,9 @@ pub static ALL: &[Bench] = &[
     Bench(&winogrande::Winogrande),
     Bench(&gsm8k::Gsm8kBench(gsm8k::Variant::Gsm8k)),
     Bench(&gsm8k::Gsm8kBench(gsm8k::Variant::Gsm8kCot)),
+    Bench(&groups::KNOWLEDGE),
+    Bench(&groups::MATH_CODE),
+    Bench(&groups::MULTILINGUAL),
     Bench(&synthetic::Synthetic),
     Bench(&layer_removal::LayerRemoval),
 ];
