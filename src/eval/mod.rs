@@ -9,6 +9,7 @@
 //! Each benchmark implements the interface of `bench.rs` in its own file; `ALL` in `registry.rs`
 //! lists them all.
 
+pub mod bbh;
 pub mod bench;
 pub mod generation;
 pub mod generative;

@@ -5,7 +5,7 @@
 //! and `keel sweep` passes it `--eval-data`/`--eval-shots` and reports its [`Benchmark::metrics`].
 
 use super::bench::{Benchmark, Data, Outcome, Scorer, Session, Settings};
-use super::{layer_removal, mc, mmlu, ppl, synthetic, KeelLm};
+use super::{bbh, layer_removal, mc, mmlu, ppl, synthetic, KeelLm};
 use crate::files::write_atomic;
 use crate::run_dir::{RunDir, RESULTS};
 use crate::InputError;
@@ -20,6 +20,8 @@ pub static ALL: &[Bench] = &[
     Bench(&ppl::Ppl),
     Bench(&mc::McJsonl),
     Bench(&mc::Bigbench),
+    Bench(&bbh::BbhZeroshot),
+    Bench(&bbh::BbhFewshot),
     Bench(&synthetic::Synthetic),
     Bench(&layer_removal::LayerRemoval),
 ];
