@@ -503,6 +503,20 @@ fn keel_eval_bbh_end_to_end() {
     assert!(rows[0][2].starts_with("Made-up instruction.\n\nQ: first shot\nA: T1\n\n"));
     assert!(!rows[0][4].contains("\n\n") && !rows[0][4].contains('Q'), "cut at the few-shot stops");
 
+    // The chain-of-thought variant (lm-eval's default `bbh`): its prompt, its `get-answer` filter.
+    let cot = eval("bbh_cot_fewshot", "2", "c", &["--limit", "1"]);
+    assert!(cot.status.success(), "{}", String::from_utf8_lossy(&cot.stderr));
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("c/results.json")).unwrap()).unwrap();
+    assert_eq!((res["exact_match_filter"].as_str(), res["questions"].as_u64()), (Some("get-answer"), Some(2)));
+    assert!(res["exact_match_macro"].is_f64());
+    let text = std::fs::read_to_string(tmp.path().join("c/samples.csv")).unwrap();
+    assert!(text.starts_with("subtask,id,prompt,target,generation,extracted_get_answer,exact_match_get_answer,"));
+    let rows = csv_rows(&tmp.path().join("c/samples.csv"));
+    assert!(rows[0][2]
+        .starts_with("Made-up instruction.\n\nQ: c1\nA: Let's think step by step.\nSo the answer is x.\n\nQ: c2\n"));
+    assert!(rows[0][2].ends_with("Q: True and not False is\nA: Let's think step by step.\n"));
+
     // Bad input: exit 2 with the reason.
     for (bench, extra, needle) in [
         ("bbh_zeroshot", vec!["--subtasks", "nope"], "--subtasks nope: not a BBH subtask"),

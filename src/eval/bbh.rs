@@ -1,12 +1,21 @@
 //! BIG-Bench Hard (27 subtasks) scored as lm-evaluation-harness's generative groups score it:
-//! `bbh_zeroshot` (`lm_eval/tasks/bbh/zeroshot/`, template v3.0, group v3.0) and `bbh_fewshot`
-//! (`lm_eval/tasks/bbh/fewshot/`, template v2.0, group v3.0), as released in lm-eval 0.4.13.
+//! `bbh_zeroshot` (`lm_eval/tasks/bbh/zeroshot/`, template v3.0, group v3.0), `bbh_fewshot`
+//! (`lm_eval/tasks/bbh/fewshot/`, template v2.0, group v3.0) and `bbh_cot_fewshot`
+//! (`lm_eval/tasks/bbh/cot_fewshot/`, template v4.0, group v3.0; lm-eval's plain `bbh` group is
+//! this one), as released in lm-eval 0.4.13.
 //!
 //! Per subtask and item (`input`, `target` of the hub dataset `SaylorTwift/bbh`, split `test`):
 //!
 //! ```text
 //! {description}Q: {shot input}\nA: {shot target}\n\n      (bbh_fewshot: the 3 fixed first_n exemplars)
 //! Q: {input}\nA:
+//! ```
+//!
+//! and for `bbh_cot_fewshot` (`target_delimiter: ""`, chain-of-thought exemplar targets):
+//!
+//! ```text
+//! {description}Q: {shot input}\nA: Let's think step by step.\n{shot target}\n\n      (3 exemplars)
+//! Q: {input}\nA: Let's think step by step.\n
 //! ```
 //!
 //! The description ends in `\n\n` (it is the subtask YAML's `description`, prepended verbatim by
@@ -1151,5 +1160,35 @@ impl Benchmark for BbhFewshot {
 
     fn run(&self, s: &mut Session) -> Result<Outcome> {
         run(Variant::Fewshot, s)
+    }
+}
+
+/// `--bench bbh_cot_fewshot` (lm-eval's default `bbh` group).
+pub struct BbhCotFewshot;
+
+impl Benchmark for BbhCotFewshot {
+    fn name(&self) -> &'static str {
+        "bbh_cot_fewshot"
+    }
+
+    fn about(&self) -> &'static str {
+        "BIG-Bench Hard, 27 subtasks, 3 chain-of-thought exemplars, as lm-evaluation-harness's bbh (bbh_cot_fewshot)"
+    }
+
+    fn data(&self) -> Data {
+        Data::Required(DATA_HINT)
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        &["exact_match", "exact_match_macro"]
+    }
+
+    /// `bbh_cot_fewshot`, or `bbh_cot_fewshot-{n}shot` with `--shots n` other than 3.
+    fn folder(&self, s: &Settings) -> String {
+        fewshot_folder(Variant::CotFewshot, s)
+    }
+
+    fn run(&self, s: &mut Session) -> Result<Outcome> {
+        run(Variant::CotFewshot, s)
     }
 }

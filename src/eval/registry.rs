@@ -22,6 +22,7 @@ pub static ALL: &[Bench] = &[
     Bench(&mc::Bigbench),
     Bench(&bbh::BbhZeroshot),
     Bench(&bbh::BbhFewshot),
+    Bench(&bbh::BbhCotFewshot),
     Bench(&synthetic::Synthetic),
     Bench(&layer_removal::LayerRemoval),
 ];
