@@ -10,6 +10,7 @@
 //! lists them all.
 
 pub mod arc;
+pub mod bbh;
 pub mod bench;
 pub mod cmmlu;
 pub mod generation;

@@ -6,7 +6,8 @@
 
 use super::bench::{Benchmark, Data, Outcome, Scorer, Session, Settings};
 use super::{
-    arc, cmmlu, groups, gsm8k, hellaswag, layer_removal, mc, mmlu, mmlu_pro, piqa, ppl, synthetic, winogrande, KeelLm,
+    arc, bbh, cmmlu, groups, gsm8k, hellaswag, layer_removal, mc, mmlu, mmlu_pro, piqa, ppl, synthetic, winogrande,
+    KeelLm,
 };
 use crate::files::write_atomic;
 use crate::run_dir::{RunDir, RESULTS};
@@ -31,6 +32,9 @@ pub static ALL: &[Bench] = &[
     Bench(&winogrande::Winogrande),
     Bench(&gsm8k::Gsm8kBench(gsm8k::Variant::Gsm8k)),
     Bench(&gsm8k::Gsm8kBench(gsm8k::Variant::Gsm8kCot)),
+    Bench(&bbh::BbhZeroshot),
+    Bench(&bbh::BbhFewshot),
+    Bench(&bbh::BbhCotFewshot),
     Bench(&groups::KNOWLEDGE),
     Bench(&groups::MATH_CODE),
     Bench(&groups::MULTILINGUAL),
