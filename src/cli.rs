@@ -54,8 +54,10 @@ pub struct EvalArgs {
     /// tokenizer.json, or ORG/NAME from the Hugging Face hub cache.
     #[arg(long, value_name = "DIR_OR_ORG/NAME")]
     pub hf_model: Option<String>,
-    /// Benchmark data: MMLU folder (or hf:ORG/NAME), JSONL file, BIG-bench task folder, prepared data
-    /// folder or text file (ppl, layer-removal; default: the run's own validation data).
+    /// Benchmark data: the task's folder as the hub stores it (or hf:ORG/NAME where supported), a
+    /// split file (parquet, JSONL, JSON), MMLU's or CMMLU's CSV folder, a BIG-bench task folder, a
+    /// group's folder of member folders, a prepared data folder or text file (ppl, layer-removal;
+    /// default: the run's own validation data).
     #[arg(long)]
     pub data: Option<String>,
     /// Few-shot exemplars per question (default: the task's lm-evaluation-harness default, 0 for
@@ -227,8 +229,8 @@ pub struct SweepArgs {
     /// Rebuild summary.csv from the run directories in --out.
     #[arg(long)]
     pub collect: bool,
-    /// Score each finished run with `keel eval` (comma-separated: synthetic, ppl, mmlu, mc-jsonl,
-    /// bigbench); summary.csv gains one column per score.
+    /// Score each finished run with `keel eval` (comma-separated benchmarks, e.g. synthetic, ppl,
+    /// mmlu, gsm8k, hellaswag; see `keel eval --help`); summary.csv gains one column per score.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub eval: Vec<Bench>,
     /// --data for the evaluations that need it: PATH for every one, or BENCH=PATH for one

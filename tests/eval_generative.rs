@@ -212,7 +212,7 @@ fn reads_jsonl_and_reports_bad_lines() {
 
     let (_d, p) = jsonl("{\"question\": \"q\", \"answer\": \"a\"}\n{\"question\": \"q\"}\n", "missing.jsonl");
     let msg = gsm8k::read(&p).unwrap_err().to_string();
-    assert!(msg.contains("missing.jsonl, line 2") && msg.contains("\"answer\""), "{msg}");
+    assert!(msg.contains("missing.jsonl, row 2") && msg.contains("\"answer\""), "{msg}");
 
     let (_d, p) = jsonl("\n", "empty.jsonl");
     assert!(gsm8k::read(&p).unwrap_err().to_string().contains("no problems"));

@@ -69,11 +69,9 @@ fn read_parquet(path: &Path, fix: &str) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// Where row `r` of `path` is, for messages: `FILE, line N` (JSONL) or `FILE, row N`.
+/// Where row `r` of `path` is, for messages: `FILE, row N` (for JSONL, N is the line).
 pub fn place(path: &Path, r: &Record) -> String {
-    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    let unit = if ext == "parquet" || ext == "json" { "row" } else { "line" };
-    format!("{}, {unit} {}", path.display(), r.line)
+    format!("{}, row {}", path.display(), r.line)
 }
 
 /// Field `key` of a row as a string, or an input error naming file, row and field.
