@@ -458,7 +458,7 @@ pub fn evaluate_run(dir: &Path, evals: &Evals) -> Result<(), String> {
     for bench in &evals.benches {
         let name = bench.name();
         let mut cmd = crate::child::keel().map_err(|e| e.to_string())?;
-        cmd.args(bench.sweep_args(dir, evals));
+        cmd.args(bench.sweep_args(dir, &evals.data, evals.shots, evals.max_gen_toks, evals.limit));
         let Some(out) =
             crate::child::run(cmd.stdout(Stdio::piped()).stderr(Stdio::piped())).map_err(|e| e.to_string())?
         else {

@@ -8,7 +8,7 @@
 //! `registry.rs`, which `keel eval` and `keel sweep --eval` both ask.
 
 use super::{results_dir, KeelLm, LanguageModel};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -221,6 +221,18 @@ impl Outcome {
         }
         self.rows = Some((file, w.into_inner()?));
         Ok(self)
+    }
+
+    /// Writes the per-item CSV, then `results.json`, into `dir`.
+    pub fn write_to(&self, dir: &std::path::Path) -> Result<()> {
+        let write = |file: &str, bytes: &[u8]| {
+            let path = dir.join(file);
+            crate::files::write_atomic(&path, bytes).with_context(|| format!("writing {}", path.display()))
+        };
+        if let Some((file, csv)) = &self.rows {
+            write(file, csv)?;
+        }
+        write(crate::run_dir::RESULTS, self.results.as_bytes())
     }
 
     pub fn figure(mut self, figure: Figure) -> Self {

@@ -9,7 +9,7 @@
 //! written inside the group's, as `keel eval --bench MEMBER` would write it.
 
 use super::bench::{Benchmark, Data, Outcome, Session, Settings};
-use super::registry::{Bench, Report, ALL};
+use super::{arc, bbh, cmmlu, gsm8k, hellaswag, mmlu, piqa, winogrande};
 use crate::InputError;
 use anyhow::Result;
 use serde::Serialize;
@@ -20,22 +20,22 @@ use std::path::Path;
 pub struct Group {
     pub name: &'static str,
     pub about: &'static str,
-    pub members: &'static [&'static str],
+    pub members: &'static [&'static dyn Benchmark],
 }
 
 /// The paper's three domains, with the tasks keel has for each.
 pub static KNOWLEDGE: Group = Group {
     name: "knowledge",
     about: "Knowledge and common sense: mmlu, hellaswag, arc_easy, arc_challenge, piqa, winogrande (averaged as lm-evaluation-harness averages a group)",
-    members: &["mmlu", "hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande"],
+    members: &[&mmlu::Mmlu, &hellaswag::Hellaswag, &arc::ArcEasy, &arc::ArcChallenge, &piqa::Piqa, &winogrande::Winogrande],
 };
 pub static MATH_CODE: Group = Group {
     name: "math_code",
     about: "Math and reasoning: gsm8k, bbh_fewshot (no code task: keel does not execute generated code)",
-    members: &["gsm8k", "bbh_fewshot"],
+    members: &[&gsm8k::Gsm8kBench(gsm8k::Variant::Gsm8k), &bbh::BbhFewshot],
 };
 pub static MULTILINGUAL: Group =
-    Group { name: "multilingual", about: "Multilingual understanding: cmmlu (Chinese)", members: &["cmmlu"] };
+    Group { name: "multilingual", about: "Multilingual understanding: cmmlu (Chinese)", members: &[&cmmlu::Cmmlu] };
 
 /// Member metrics under the names lm-evaluation-harness gives them (keel's MMLU says `accuracy`).
 fn harness_metric(metric: &str) -> &str {
@@ -88,10 +88,6 @@ pub fn aggregate(members: &[Member]) -> BTreeMap<String, f64> {
     out
 }
 
-fn member(name: &str) -> Result<Bench> {
-    ALL.iter().copied().find(|b| b.name() == name).ok_or_else(|| anyhow::anyhow!("internal: no benchmark {name}"))
-}
-
 impl Benchmark for Group {
     fn name(&self) -> &'static str {
         self.name
@@ -126,8 +122,7 @@ impl Benchmark for Group {
     fn run(&self, s: &mut Session) -> Result<Outcome> {
         let start = std::time::Instant::now();
         let root = Path::new(s.data()).to_path_buf();
-        let benches: Vec<Bench> = self.members.iter().map(|m| member(m)).collect::<Result<_>>()?;
-        for b in &benches {
+        for b in self.members {
             let path = root.join(b.name());
             if !path.exists() {
                 return Err(InputError(format!(
@@ -143,22 +138,21 @@ impl Benchmark for Group {
         let dir = s.dir()?;
         let mut members = Vec::new();
         let mut summary = String::new();
-        for b in benches {
+        for &b in self.members {
             let settings = Settings { data: Some(root.join(b.name()).display().to_string()), ..s.settings.clone() };
             let folder = b.folder(&settings);
             let out = dir.join(&folder);
             let mut sub = Session::new(&mut *s.scorer, &settings, &mut *s.progress, Some(out), dir.clone(), true);
             let outcome = b.run(&mut sub)?;
-            let report = Report { out: sub.finish()?, outcome };
-            report.write()?;
-            let v: serde_json::Value = serde_json::from_str(&report.outcome.results)?;
+            outcome.write_to(&sub.finish()?)?;
+            let v: serde_json::Value = serde_json::from_str(&outcome.results)?;
             let metrics = b
                 .metrics()
                 .iter()
                 .filter_map(|m| v.get(*m).and_then(|x| x.as_f64()).map(|x| (harness_metric(m).to_string(), x)))
                 .collect();
             let items = v.get("questions").and_then(|q| q.as_u64()).unwrap_or(0) as usize;
-            summary.push_str(&report.outcome.summary);
+            summary.push_str(&outcome.summary);
             summary.push('\n');
             members.push(Member { bench: b.name().to_string(), folder, items, metrics });
         }

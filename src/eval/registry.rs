@@ -9,10 +9,9 @@ use super::{
     arc, bbh, cmmlu, groups, gsm8k, hellaswag, layer_removal, mc, mmlu, mmlu_pro, piqa, ppl, synthetic, winogrande,
     KeelLm,
 };
-use crate::files::write_atomic;
 use crate::run_dir::{RunDir, RESULTS};
 use crate::InputError;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -168,14 +167,7 @@ impl<'a> Evaluation<'a> {
 impl Report {
     /// Writes the per-item CSV, then `results.json`, into the results folder.
     pub fn write(&self) -> Result<()> {
-        let write = |file: &str, bytes: &[u8]| {
-            let path = self.out.join(file);
-            write_atomic(&path, bytes).with_context(|| format!("writing {}", path.display()))
-        };
-        if let Some((file, csv)) = &self.outcome.rows {
-            write(file, csv)?;
-        }
-        write(RESULTS, self.outcome.results.as_bytes())
+        self.outcome.write_to(&self.out)
     }
 }
 
@@ -275,19 +267,26 @@ impl Bench {
     /// The `keel eval` arguments with which `keel sweep` scores the run in `run`: its data to
     /// benchmarks that need data, shots (from the test split where a subject has no dev split) to
     /// those that take shots, the generation budget, the limit.
-    pub fn sweep_args(&self, run: &Path, evals: &crate::sweep::Evals) -> Vec<OsString> {
+    pub fn sweep_args(
+        &self,
+        run: &Path,
+        data: &EvalData,
+        shots: Option<usize>,
+        max_gen_toks: Option<usize>,
+        limit: Option<usize>,
+    ) -> Vec<OsString> {
         let mut args: Vec<OsString> = ["eval", "--quiet", "--bench", self.name(), "--run"].map(Into::into).into();
         args.push(run.into());
-        if let (Some(d), Data::Required(_)) = (evals.data.for_bench(self.name()), self.data()) {
+        if let (Some(d), Data::Required(_)) = (data.for_bench(self.name()), self.data()) {
             args.extend(["--data", d].map(Into::into));
         }
-        if let (Some(shots), true) = (evals.shots, self.takes_shots()) {
+        if let (Some(shots), true) = (shots, self.takes_shots()) {
             args.extend(["--shots", &shots.to_string(), "--shots-from", "test"].map(Into::into));
         }
-        if let Some(n) = evals.max_gen_toks {
+        if let Some(n) = max_gen_toks {
             args.extend(["--max-gen-toks", &n.to_string()].map(Into::into));
         }
-        if let Some(l) = evals.limit {
+        if let Some(l) = limit {
             args.extend(["--limit", &l.to_string()].map(Into::into));
         }
         args
