@@ -135,25 +135,10 @@ pub fn description(subject: &str) -> Option<String> {
         .map(|(_, zh)| format!("以下是关于{zh}的单项选择题，请直接给出正确答案的选项。\n\n"))
 }
 
-/// One question of a subject's split.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Question {
-    pub subject: String,
-    /// Row in its file, from 0 (the file's own index column).
-    pub row: usize,
-    pub question: String,
-    pub choices: [String; 4],
-    /// Index of `Answer` among A-D.
-    pub answer: usize,
-}
-
-/// A subject's splits (`dev` read only when shots are wanted).
-#[derive(Debug, Clone)]
-pub struct Subject {
-    pub name: String,
-    pub dev: Option<Vec<Question>>,
-    pub test: Vec<Question>,
-}
+/// A question and a subject's splits are MMLU's: `row` counts from 0 after the header (the
+/// file's own index column), `answer` is the index of `Answer` among A-D, and `dev` is read only
+/// when shots are wanted.
+pub use super::mmlu::{Question, Subject};
 
 /// Reads one `{split}/{subject}.csv`: a header naming `Question`, `A`-`D` and `Answer` (the
 /// released files start with an unnamed index column), RFC-4180 quoting, UTF-8.
