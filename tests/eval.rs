@@ -3,61 +3,18 @@
 
 mod common;
 
+use common::eval::{keel, FakeLm};
+use common::tiny_run;
+
 use candle_core::{Device, Tensor};
 use keel::cli::ShotSource;
 use keel::data::tokenizer::KeelTokenizer;
 use keel::eval::{self, mc, mmlu, ppl, synthetic, KeelLm, LanguageModel, Request, Scored};
 use keel::model::Model;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mmlu");
-
-fn keel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-/// A byte-level model whose scores are a fixed function of the tokens: each continuation token t
-/// gets log-probability `-(t as f64) / 100`, and is "greedy" when it is below 100.
-struct FakeLm {
-    tok: KeelTokenizer,
-    max_len: usize,
-    seen: Vec<Request>,
-}
-
-impl FakeLm {
-    fn new(max_len: usize) -> Self {
-        FakeLm { tok: KeelTokenizer::byte(), max_len, seen: Vec::new() }
-    }
-}
-
-impl LanguageModel for FakeLm {
-    fn describe(&self) -> String {
-        "fake".into()
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn tokenizer(&self) -> &KeelTokenizer {
-        &self.tok
-    }
-    fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> anyhow::Result<Vec<Scored>> {
-        self.seen.extend(requests.iter().cloned());
-        done(requests.len());
-        Ok(requests
-            .iter()
-            .map(|r| {
-                let cont = &r.tokens[r.cont_start..];
-                Scored {
-                    logprob: cont.iter().map(|&t| -(t as f64) / 100.0).sum(),
-                    greedy: cont.iter().all(|&t| t < 100),
-                    n_tokens: cont.len(),
-                }
-            })
-            .collect())
-    }
-}
 
 fn subjects() -> Vec<mmlu::Subject> {
     mmlu::load_dir(Path::new(FIXTURE), &[]).unwrap()
@@ -241,21 +198,6 @@ fn accuracy_is_micro_averaged_overall_and_per_category() {
     assert_eq!(summary.categories["other"].total, 1);
     assert_eq!(summary.categories["humanities"].accuracy, 0.0);
     assert_eq!(mmlu::category("high_school_government_and_politics"), "social_sciences");
-}
-
-/// A run directory holding a tiny byte-level model with random weights (init_std 0.3, so its
-/// predictions are far from uniform).
-fn tiny_run(dir: &Path, placement: &str, seq_len: usize) -> PathBuf {
-    let base = ["model.depth=4", "model.d_model=16", "model.n_heads=2", "model.n_kv_heads=1", "model.init_std=0.3"];
-    let (placement, seq_len) = (format!("model.placement=\"{placement}\""), format!("train.seq_len={seq_len}"));
-    let resolved = common::resolve_with(&base, &[&placement, &seq_len], 256);
-    let model = Model::new(&resolved, &Device::Cpu).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.toml"), resolved.to_toml(toml::Table::new())).unwrap();
-    let tensors: HashMap<String, Tensor> =
-        model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    dir.to_path_buf()
 }
 
 /// log p(tokens[cont_start..]) from one unpadded forward pass per request, in f64 on the host.

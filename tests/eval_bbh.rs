@@ -5,25 +5,14 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use common::eval::{csv_rows, input_error, keel, read_json, write};
+use common::tiny_run;
+
 use keel::eval::bbh::{
     self, aggregate, build_prompt, filters, metric, word_sort, word_to_num, Example, Filter, MapRegexFilter,
     MultiChoiceRegexFilter, NumberParseRegexFilter, Prompt, Score, Variant,
 };
-use keel::model::Model;
-use keel::InputError;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn keel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 /// A prompts file as scripts/get_bbh.sh writes it, with made-up text.
 fn prompts_json(description: &str) -> String {
@@ -67,11 +56,6 @@ fn bbh_dir(root: &Path) -> PathBuf {
     dir
 }
 
-fn input_error(e: anyhow::Error) -> String {
-    assert!(e.downcast_ref::<InputError>().is_some(), "not an InputError: {e:#}");
-    format!("{e:#}")
-}
-
 #[test]
 fn zero_and_few_shot_prompts_match_the_yaml_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
@@ -103,7 +87,7 @@ fn zero_and_few_shot_prompts_match_the_yaml_byte_for_byte() {
         "D\n\nQ: c1\nA: Let's think step by step.\nt.\n\nQ: q\nA: Let's think step by step.\n"
     );
     // Too many shots for the 3 exemplars: first_n's assertion, an input error.
-    let msg = input_error(bbh::load(&dir, Variant::Fewshot, &only, 4, None).unwrap_err());
+    let msg = input_error(bbh::load(&dir, Variant::Fewshot, &only, 4, None).unwrap_err(), &[]);
     assert!(msg.contains("boolean_expressions.json") && msg.contains("--shots 3"), "{msg}");
 }
 
@@ -285,7 +269,7 @@ fn evaluate_scores_each_filter_and_aggregates() {
     let dir = bbh_dir(tmp.path());
     let tasks = bbh::load(&dir, Variant::Zeroshot, &[], 0, None);
     // Only two subtasks are present: the first missing one is named.
-    let msg = input_error(tasks.unwrap_err());
+    let msg = input_error(tasks.unwrap_err(), &[]);
     assert!(msg.contains("causal_judgement") && msg.contains("--subtasks"), "{msg}");
     let only = vec!["date_understanding".to_string(), "boolean_expressions".to_string()];
     let tasks = bbh::load(&dir, Variant::Zeroshot, &only, 0, None).unwrap();
@@ -385,18 +369,18 @@ fn reads_the_hub_layouts_and_names_bad_rows() {
     assert_eq!(bbh::read_items(&dir, "snarks").unwrap()[0].target, "(A)");
     // A null target names the file and row.
     write_parquet(&dir.join("hyperbaton/test-00000-of-00001.parquet"), &[("a", Some("(A)")), ("b", None)]);
-    let msg = input_error(bbh::read_items(&dir, "hyperbaton").unwrap_err());
+    let msg = input_error(bbh::read_items(&dir, "hyperbaton").unwrap_err(), &[]);
     assert!(msg.contains("hyperbaton/test-00000-of-00001.parquet, row 2") && msg.contains("\"target\""), "{msg}");
     // The original release: a row without input.
     write(&dir.join("bbh/ruin_names.json"), r#"{"examples": [{"input": "a", "target": "b"}, {"target": "c"}]}"#);
-    let msg = input_error(bbh::read_items(&dir, "ruin_names").unwrap_err());
+    let msg = input_error(bbh::read_items(&dir, "ruin_names").unwrap_err(), &[]);
     assert!(msg.contains("ruin_names.json, row 2") && msg.contains("\"input\""), "{msg}");
     write(&dir.join("web_of_lies.json"), r#"{"canary": "x"}"#);
-    let msg = input_error(bbh::read_items(&dir, "web_of_lies").unwrap_err());
+    let msg = input_error(bbh::read_items(&dir, "web_of_lies").unwrap_err(), &[]);
     assert!(msg.contains("web_of_lies.json has no \"examples\""), "{msg}");
     write(&dir.join("word_sorting.json"), r#"{"examples": []}"#);
-    assert!(input_error(bbh::read_items(&dir, "word_sorting").unwrap_err()).contains("holds no items"));
-    let msg = input_error(bbh::read_items(&dir, "hyperbaton_x").unwrap_err());
+    assert!(input_error(bbh::read_items(&dir, "word_sorting").unwrap_err(), &[]).contains("holds no items"));
+    let msg = input_error(bbh::read_items(&dir, "hyperbaton_x").unwrap_err(), &[]);
     assert!(msg.contains("no test items of BBH subtask hyperbaton_x") && msg.contains("hf download SaylorTwift/bbh"));
 }
 
@@ -404,50 +388,32 @@ fn reads_the_hub_layouts_and_names_bad_rows() {
 fn bad_subtasks_and_prompts_are_input_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bbh_dir(tmp.path());
-    let msg = input_error(bbh::load(&dir, Variant::Zeroshot, &["boolean".to_string()], 0, None).unwrap_err());
+    let msg = input_error(bbh::load(&dir, Variant::Zeroshot, &["boolean".to_string()], 0, None).unwrap_err(), &[]);
     assert!(
         msg.contains("--subtasks boolean") && msg.contains("word_sorting") && msg.contains("causal_judgement"),
         "{msg}"
     );
     let only = vec!["boolean_expressions".to_string()];
     std::fs::remove_file(dir.join("prompts/boolean_expressions.json")).unwrap();
-    let msg = input_error(bbh::load(&dir, Variant::Zeroshot, &only, 0, None).unwrap_err());
+    let msg = input_error(bbh::load(&dir, Variant::Zeroshot, &only, 0, None).unwrap_err(), &[]);
     assert!(msg.contains("prompts/boolean_expressions.json") && msg.contains("scripts/get_bbh.sh"), "{msg}");
     write(&dir.join("prompts/boolean_expressions.json"), r#"{"zeroshot": {"descr": "x"}}"#);
-    let msg = input_error(bbh::load(&dir, Variant::Zeroshot, &only, 0, None).unwrap_err());
+    let msg = input_error(bbh::load(&dir, Variant::Zeroshot, &only, 0, None).unwrap_err(), &[]);
     assert!(msg.contains("no \"description\""), "{msg}");
-    let msg = input_error(bbh::load(&dir, Variant::Fewshot, &only, 3, None).unwrap_err());
+    let msg = input_error(bbh::load(&dir, Variant::Fewshot, &only, 3, None).unwrap_err(), &[]);
     assert!(msg.contains("no \"fewshot\""), "{msg}");
     std::fs::remove_dir_all(dir.join("prompts")).unwrap();
-    let msg = input_error(bbh::load(&dir, Variant::Zeroshot, &only, 0, None).unwrap_err());
+    let msg = input_error(bbh::load(&dir, Variant::Zeroshot, &only, 0, None).unwrap_err(), &[]);
     assert!(
         msg.contains("prompts does not exist") && msg.contains(&format!("scripts/get_bbh.sh {}", dir.display())),
         "{msg}"
     );
 }
 
-/// A run directory holding a tiny byte-level model with random weights (as tests/eval.rs makes).
-fn tiny_run(dir: &Path, seq_len: usize) -> PathBuf {
-    let base = ["model.depth=4", "model.d_model=16", "model.n_heads=2", "model.n_kv_heads=1", "model.init_std=0.3"];
-    let seq_len = format!("train.seq_len={seq_len}");
-    let resolved = common::resolve_with(&base, &["model.placement=\"keel\"", &seq_len], 256);
-    let model = Model::new(&resolved, &Device::Cpu).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.toml"), resolved.to_toml(toml::Table::new())).unwrap();
-    let tensors: HashMap<String, Tensor> =
-        model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    dir.to_path_buf()
-}
-
-fn csv_rows(path: &Path) -> Vec<csv::StringRecord> {
-    csv::Reader::from_path(path).unwrap().records().map(|r| r.unwrap()).collect()
-}
-
 #[test]
 fn keel_eval_bbh_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = tiny_run(&tmp.path().join("run"), 96);
+    let run = tiny_run(&tmp.path().join("run"), "keel", 96);
     let dir = bbh_dir(tmp.path());
     let eval = |bench: &str, batch: &str, out: &str, extra: &[&str]| {
         keel()
@@ -466,8 +432,7 @@ fn keel_eval_bbh_end_to_end() {
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
     let three = eval("bbh_zeroshot", "3", "z3", &[]);
     assert!(three.status.success(), "{}", String::from_utf8_lossy(&three.stderr));
-    let res: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("z1/results.json")).unwrap()).unwrap();
+    let res: serde_json::Value = read_json(&tmp.path().join("z1/results.json"));
     assert_eq!(res["bench"], "bbh_zeroshot");
     assert_eq!(res["questions"], 4);
     assert_eq!(res["shots"], 0);
@@ -489,15 +454,13 @@ fn keel_eval_bbh_end_to_end() {
     for (a, b) in rows1.iter().zip(&rows3) {
         assert_eq!(a, b);
     }
-    let res3: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("z3/results.json")).unwrap()).unwrap();
+    let res3: serde_json::Value = read_json(&tmp.path().join("z3/results.json"));
     assert_eq!(res["exact_match"], res3["exact_match"]);
     assert_eq!(res["exact_match_strict_match_micro"], res3["exact_match_strict_match_micro"]);
 
     let few = eval("bbh_fewshot", "2", "f", &["--limit", "2"]);
     assert!(few.status.success(), "{}", String::from_utf8_lossy(&few.stderr));
-    let res: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("f/results.json")).unwrap()).unwrap();
+    let res: serde_json::Value = read_json(&tmp.path().join("f/results.json"));
     assert_eq!((res["shots"].as_u64(), res["questions"].as_u64()), (Some(3), Some(3)));
     let rows = csv_rows(&tmp.path().join("f/samples.csv"));
     assert!(rows[0][2].starts_with("Made-up instruction.\n\nQ: first shot\nA: T1\n\n"));
@@ -506,8 +469,7 @@ fn keel_eval_bbh_end_to_end() {
     // The chain-of-thought variant (lm-eval's default `bbh`): its prompt, its `get-answer` filter.
     let cot = eval("bbh_cot_fewshot", "2", "c", &["--limit", "1"]);
     assert!(cot.status.success(), "{}", String::from_utf8_lossy(&cot.stderr));
-    let res: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("c/results.json")).unwrap()).unwrap();
+    let res: serde_json::Value = read_json(&tmp.path().join("c/results.json"));
     assert_eq!((res["exact_match_filter"].as_str(), res["questions"].as_u64()), (Some("get-answer"), Some(2)));
     assert!(res["exact_match_macro"].is_f64());
     let text = std::fs::read_to_string(tmp.path().join("c/samples.csv")).unwrap();

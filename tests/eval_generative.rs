@@ -284,16 +284,7 @@ fn python_random_sample_is_reproduced_draw_for_draw() {
 
 mod common;
 
-fn keel_bin() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-gen-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::eval::{keel, temp_dir};
 
 fn gsm8k_files(dir: &std::path::Path) {
     let row = |a: u32, b: u32| {
@@ -320,12 +311,12 @@ fn samples(dir: &std::path::Path) -> Vec<Vec<String>> {
 /// the prompt's last `context - budget` tokens), and bad input exiting 2.
 #[test]
 fn gsm8k_generates_as_keel_generate_does_whatever_the_batch_size() {
-    let root = temp_dir("gsm8k");
+    let root = temp_dir("gen-gsm8k");
     let run = common::tiny_run(&root.join("run"), "keel", 96);
     let data = root.join("data");
     gsm8k_files(&data);
     let eval = |bench: &str, batch: &str, out: &str, extra: &[&str]| {
-        let o = keel_bin()
+        let o = keel()
             .args(["eval", "--quiet", "--bench", bench, "--run"])
             .arg(&run)
             .arg("--data")
@@ -367,7 +358,7 @@ fn gsm8k_generates_as_keel_generate_does_whatever_the_batch_size() {
     for row in one.iter().take(2) {
         let prompt = &row[1];
         let kept = &prompt[prompt.len() - (96 - 24)..];
-        let o = keel_bin()
+        let o = keel()
             .args(["generate", "--run"])
             .arg(&run)
             .args(["--prompt", kept, "--temperature", "0", "--max-new-tokens", "24", "--stop", "Question:"])
@@ -390,7 +381,7 @@ fn gsm8k_generates_as_keel_generate_does_whatever_the_batch_size() {
         (vec!["--bench", "gsm8k", "--shots", "8"], "holds only 7 problems"),
         (vec!["--bench", "gsm8k", "--max-gen-toks", "96"], "leaves no room for the prompt"),
     ] {
-        let o = keel_bin()
+        let o = keel()
             .args(["eval", "--quiet", "--run"])
             .arg(&run)
             .arg("--data")
@@ -404,7 +395,7 @@ fn gsm8k_generates_as_keel_generate_does_whatever_the_batch_size() {
         assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{}", String::from_utf8_lossy(&o.stderr));
     }
     std::fs::remove_file(data.join("main/train.jsonl")).unwrap();
-    let o = keel_bin()
+    let o = keel()
         .args(["eval", "--quiet", "--bench", "gsm8k", "--run"])
         .arg(&run)
         .arg("--data")

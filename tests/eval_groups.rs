@@ -4,10 +4,11 @@
 
 mod common;
 
+use common::eval::{keel, read_json, temp_dir};
+
 use keel::eval::groups::{aggregate, Member};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 fn member(bench: &str, items: usize, metrics: &[(&str, f64)]) -> Member {
     Member {
@@ -35,24 +36,9 @@ fn a_group_weights_by_size_over_the_members_reporting_each_metric() {
     assert_eq!(agg.len(), 4);
 }
 
-fn keel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-groups-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 #[test]
 fn the_multilingual_group_reports_what_its_member_reports_alone() {
-    let root = temp("multi");
+    let root = temp_dir("groups-multi");
     let run = common::tiny_run(&root.join("run"), "keel", 128);
     let data = root.join("data");
     let cmmlu = data.join("cmmlu");
@@ -76,9 +62,9 @@ fn the_multilingual_group_reports_what_its_member_reports_alone() {
     };
     eval("multilingual", &data, "group");
     eval("cmmlu", &cmmlu, "alone");
-    let group = json(&root.join("group/results.json"));
-    let alone = json(&root.join("alone/results.json"));
-    let member = json(&root.join("group/cmmlu-0shot/results.json"));
+    let group = read_json(&root.join("group/results.json"));
+    let alone = read_json(&root.join("alone/results.json"));
+    let member = read_json(&root.join("group/cmmlu-0shot/results.json"));
     assert!(root.join("group/cmmlu-0shot/questions.csv").is_file());
     assert_eq!(member["acc"], alone["acc"]);
     assert_eq!(group["acc"], alone["acc"]);

@@ -5,22 +5,20 @@
 
 mod common;
 
-use candle_core::Device;
-use keel::data::tokenizer::KeelTokenizer;
+use common::eval::{input_error, keel, read_json, write, FakeLm};
+use common::tiny_run;
+
 use keel::eval::arc::{self, Doc, Form, Task};
 use keel::eval::hellaswag::{self, py_capitalize};
 use keel::eval::py_random::PyRandom;
-use keel::eval::{piqa, winogrande, LanguageModel, Request, Scored};
-use keel::model::Model;
+use keel::eval::{piqa, winogrande};
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
@@ -196,44 +194,8 @@ fn write_winogrande(path: &Path) {
     );
 }
 
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-    path.to_path_buf()
-}
-
 fn jsonl(rows: &[Value]) -> String {
     rows.iter().map(|r| r.to_string() + "\n").collect()
-}
-
-/// A byte-level model that scores each continuation token t as `-(t as f64) / 100` and records the
-/// requests it sees.
-struct FakeLm {
-    tok: KeelTokenizer,
-    seen: Vec<Request>,
-}
-
-impl LanguageModel for FakeLm {
-    fn describe(&self) -> String {
-        "fake".into()
-    }
-    fn max_len(&self) -> usize {
-        4096
-    }
-    fn tokenizer(&self) -> &KeelTokenizer {
-        &self.tok
-    }
-    fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> anyhow::Result<Vec<Scored>> {
-        self.seen.extend(requests.iter().cloned());
-        done(requests.len());
-        Ok(requests
-            .iter()
-            .map(|r| {
-                let cont = &r.tokens[r.cont_start..];
-                Scored { logprob: cont.iter().map(|&t| -(t as f64) / 100.0).sum(), greedy: false, n_tokens: cont.len() }
-            })
-            .collect())
-    }
 }
 
 /// The (context, continuation) text of each request a fake model was asked to score.
@@ -245,14 +207,6 @@ fn seen_text(lm: &FakeLm) -> Vec<(String, String)> {
             (t(&r.tokens[..r.cont_start]), t(&r.tokens[r.cont_start..]))
         })
         .collect()
-}
-
-fn input_error(e: anyhow::Error, expect: &[&str]) {
-    assert!(keel::is_input_error(&e), "not an input error: {e:#}");
-    let msg = format!("{e:#}");
-    for x in expect {
-        assert!(msg.contains(x), "{msg}\n  lacks {x:?}");
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -556,7 +510,7 @@ fn requests_reach_the_model_as_lm_eval_builds_them() {
     let tmp = tempfile::tempdir().unwrap();
     write_winogrande(&tmp.path().join("v.parquet"));
     let docs = arc::read_docs(&winogrande::WINOGRANDE, &tmp.path().join("v.parquet")).unwrap();
-    let mut lm = FakeLm { tok: KeelTokenizer::byte(), seen: Vec::new() };
+    let mut lm = FakeLm::new(4096);
     let prefixes = vec![String::new(); docs.len()];
     let (rows, acc, _) = arc::evaluate(&mut lm, &winogrande::WINOGRANDE, &docs, &prefixes, &mut |_, _| {}).unwrap();
     let seen = seen_text(&lm);
@@ -681,30 +635,13 @@ fn malformed_rows_are_input_errors_naming_file_and_row() {
 // ---------------------------------------------------------------------------------------------
 // End to end: `keel eval` on a tiny trained run
 
-fn keel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-/// A freshly initialised keel run with the byte tokenizer (no training needed to score).
-fn tiny_run(dir: &Path) -> PathBuf {
-    let base = ["model.depth=4", "model.d_model=16", "model.n_heads=2", "model.n_kv_heads=1", "model.init_std=0.3"];
-    let resolved = common::resolve_with(&base, &["model.placement=\"keel\"", "train.seq_len=512"], 256);
-    let model = Model::new(&resolved, &Device::Cpu).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.toml"), resolved.to_toml(toml::Table::new())).unwrap();
-    let tensors: HashMap<String, candle_core::Tensor> =
-        model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    dir.to_path_buf()
-}
-
 fn eval(run: &Path, args: &[&str], data: &Path) -> std::process::Output {
     keel().args(["eval", "--quiet", "--run"]).arg(run).args(args).arg("--data").arg(data).output().unwrap()
 }
 
 fn results(run: &Path, folder: &str) -> (Value, Vec<csv::StringRecord>, csv::StringRecord) {
     let dir = run.join("eval").join(folder);
-    let res: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let res = read_json(&dir.join("results.json"));
     let mut r = csv::Reader::from_path(dir.join("questions.csv")).unwrap();
     let header = r.headers().unwrap().clone();
     (res, r.records().map(|x| x.unwrap()).collect(), header)
@@ -749,7 +686,7 @@ fn check_results(res: &Value, rows: &[csv::StringRecord], header: &csv::StringRe
 #[test]
 fn each_task_end_to_end_on_a_tiny_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = tiny_run(&tmp.path().join("run"));
+    let run = tiny_run(&tmp.path().join("run"), "keel", 512);
     let ok = |o: &std::process::Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // ARC: the hub folder, both configs; arc_challenge reads its own config's file.

@@ -6,9 +6,11 @@
 
 mod common;
 
+use common::eval::{input_error, keel, read_json, read_rows, FakeLm};
+use common::tiny_run;
+
 use candle_core::{Device, Tensor};
-use keel::data::tokenizer::KeelTokenizer;
-use keel::eval::{self, cmmlu, mmlu_pro, LanguageModel, Request, Scored};
+use keel::eval::{self, cmmlu, mmlu_pro};
 use keel::model::Model;
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
@@ -18,62 +20,7 @@ use parquet::schema::parser::parse_message_type;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
-
-fn keel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-/// A byte-level model whose scores are a fixed function of the tokens: each continuation token t
-/// gets log-probability `-(t as f64) / 100` (so ` A` always beats ` B`, ...).
-struct FakeLm {
-    tok: KeelTokenizer,
-    max_len: usize,
-    seen: Vec<Request>,
-}
-
-impl FakeLm {
-    fn new(max_len: usize) -> Self {
-        FakeLm { tok: KeelTokenizer::byte(), max_len, seen: Vec::new() }
-    }
-}
-
-impl LanguageModel for FakeLm {
-    fn describe(&self) -> String {
-        "fake".into()
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn tokenizer(&self) -> &KeelTokenizer {
-        &self.tok
-    }
-    fn score(&mut self, requests: &[Request], done: &mut dyn FnMut(usize)) -> anyhow::Result<Vec<Scored>> {
-        self.seen.extend(requests.iter().cloned());
-        done(requests.len());
-        Ok(requests
-            .iter()
-            .map(|r| {
-                let cont = &r.tokens[r.cont_start..];
-                Scored {
-                    logprob: cont.iter().map(|&t| -(t as f64) / 100.0).sum(),
-                    greedy: cont.iter().all(|&t| t < 100),
-                    n_tokens: cont.len(),
-                }
-            })
-            .collect())
-    }
-}
-
-/// The error is keel's input error (exit status 2) and its message holds every needle.
-fn input_error(e: anyhow::Error, needles: &[&str]) {
-    assert!(e.downcast_ref::<keel::InputError>().is_some(), "not an input error: {e:#}");
-    let msg = e.to_string();
-    for n in needles {
-        assert!(msg.contains(n), "{n:?} missing from: {msg}");
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // MMLU-Pro fixtures: parquet as the hub stores TIGER-Lab/MMLU-Pro (data/{split}-00000-of-00001.parquet)
@@ -576,20 +523,6 @@ fn cmmlu_refuses_malformed_inputs_naming_file_and_row() {
 // End to end through the binary on a tiny model
 // ---------------------------------------------------------------------------------------------
 
-/// A run directory holding a tiny byte-level model with random weights.
-fn tiny_run(dir: &Path, placement: &str, seq_len: usize) -> PathBuf {
-    let base = ["model.depth=4", "model.d_model=16", "model.n_heads=2", "model.n_kv_heads=1", "model.init_std=0.3"];
-    let (placement, seq_len) = (format!("model.placement=\"{placement}\""), format!("train.seq_len={seq_len}"));
-    let resolved = common::resolve_with(&base, &[&placement, &seq_len], 256);
-    let model = Model::new(&resolved, &Device::Cpu).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.toml"), resolved.to_toml(toml::Table::new())).unwrap();
-    let tensors: HashMap<String, Tensor> =
-        model.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    dir.to_path_buf()
-}
-
 /// log p(continuation) of `context + continuation` (bytes) under lm-evaluation-harness's left
 /// truncation, from one unpadded forward pass in f64 on the host.
 fn direct_logprob(model: &Model, context: &str, continuation: &str, max_len: usize) -> f64 {
@@ -607,17 +540,6 @@ fn direct_logprob(model: &Model, context: &str, continuation: &str, max_len: usi
         total += row[tokens[p + 1] as usize] - lse;
     }
     total
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn read_rows(path: &Path) -> (Vec<String>, Vec<HashMap<String, String>>) {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
-    let rows = r.records().map(|x| header.iter().cloned().zip(x.unwrap().iter().map(String::from)).collect()).collect();
-    (header, rows)
 }
 
 /// Each CSV row's log-likelihoods are the model's on its `prompt` column followed by ` A`, ` B`,

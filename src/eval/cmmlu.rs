@@ -31,7 +31,9 @@
 
 use super::bench::{Benchmark, Data, Outcome, Session, Settings};
 use super::generative::py_strip;
-use super::mmlu::{argmax, empty, fewshot_context, letter_requests, lettered, Accuracy, LETTERS};
+use super::mmlu::{
+    argmax, empty, enough_exemplars, fewshot_context, letter_requests, lettered, subject_names, Accuracy, LETTERS,
+};
 use super::LanguageModel;
 use crate::InputError;
 use anyhow::Result;
@@ -133,25 +135,10 @@ pub fn description(subject: &str) -> Option<String> {
         .map(|(_, zh)| format!("以下是关于{zh}的单项选择题，请直接给出正确答案的选项。\n\n"))
 }
 
-/// One question of a subject's split.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Question {
-    pub subject: String,
-    /// Row in its file, from 0 (the file's own index column).
-    pub row: usize,
-    pub question: String,
-    pub choices: [String; 4],
-    /// Index of `Answer` among A-D.
-    pub answer: usize,
-}
-
-/// A subject's splits (`dev` read only when shots are wanted).
-#[derive(Debug, Clone)]
-pub struct Subject {
-    pub name: String,
-    pub dev: Option<Vec<Question>>,
-    pub test: Vec<Question>,
-}
+/// A question and a subject's splits are MMLU's: `row` counts from 0 after the header (the
+/// file's own index column), `answer` is the index of `Answer` among A-D, and `dev` is read only
+/// when shots are wanted.
+pub use super::mmlu::{Question, Subject};
 
 /// Reads one `{split}/{subject}.csv`: a header naming `Question`, `A`-`D` and `Answer` (the
 /// released files start with an unnamed index column), RFC-4180 quoting, UTF-8.
@@ -242,33 +229,7 @@ pub fn resolve_data(data: &str) -> Result<PathBuf> {
 /// `shots > 0` (which then must exist).
 pub fn load_dir(dir: &Path, only: &[String], shots: usize) -> Result<Vec<Subject>> {
     let test_dir = dir.join("test");
-    let mut names = Vec::new();
-    let entries = std::fs::read_dir(&test_dir).map_err(|e| bad(format!("cannot read {}: {e}", test_dir.display())))?;
-    for entry in entries {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(subject) = name.strip_suffix(".csv") {
-            names.push(subject.to_string());
-        }
-    }
-    names.sort();
-    if names.is_empty() {
-        return Err(bad(format!(
-            "{} holds no {{subject}}.csv files\n  point --data at a CMMLU folder",
-            test_dir.display()
-        )));
-    }
-    if !only.is_empty() {
-        for s in only {
-            if !names.contains(s) {
-                return Err(bad(format!(
-                    "--subjects {s}: no {s}.csv in {}\n  subjects found: {}",
-                    test_dir.display(),
-                    names.join(", ")
-                )));
-            }
-        }
-        names.retain(|n| only.contains(n));
-    }
+    let names = subject_names(&test_dir, ".csv", "a CMMLU", only)?;
     let mut subjects = Vec::new();
     for name in names {
         let test_path = test_dir.join(format!("{name}.csv"));
@@ -288,14 +249,7 @@ pub fn load_dir(dir: &Path, only: &[String], shots: usize) -> Result<Vec<Subject
                 )));
             }
             let dev = read_csv(&dev_path, &name)?;
-            if dev.len() < shots {
-                return Err(bad(format!(
-                    "--shots {shots}: {} holds only {} rows to take exemplars from (lm-evaluation-harness's first_n sampler refuses too)\n  pass --shots {} or fewer",
-                    dev_path.display(),
-                    dev.len(),
-                    dev.len()
-                )));
-            }
+            enough_exemplars(shots, dev.len(), &dev_path)?;
             Some(dev)
         } else {
             None

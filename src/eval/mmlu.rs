@@ -151,6 +151,51 @@ pub fn read_csv(path: &Path, subject: &str) -> Result<Vec<Question>> {
     Ok(out)
 }
 
+/// `--shots n` taken by lm-evaluation-harness's `first_n` sampler from a split of `available`
+/// rows in `path`: the harness refuses more shots than the split holds, and so does keel.
+pub fn enough_exemplars(n: usize, available: usize, path: &Path) -> Result<()> {
+    if n > available {
+        return Err(bad(format!(
+            "--shots {n}: {} holds only {available} rows to take exemplars from (lm-evaluation-harness's first_n sampler refuses too)\n  pass --shots {available} or fewer",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The subjects of a folder of per-subject CSV files (MMLU's `test/`, CMMLU's `test/`): the
+/// names of its `{subject}{suffix}` files, sorted, or those of `only` (each must be there).
+/// `folder` names the dataset in the error for an empty folder ("an MMLU").
+pub fn subject_names(test_dir: &Path, suffix: &str, folder: &str, only: &[String]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(test_dir).map_err(|e| bad(format!("cannot read {}: {e}", test_dir.display())))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(subject) = name.strip_suffix(suffix) {
+            names.push(subject.to_string());
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        return Err(bad(format!(
+            "{} holds no {{subject}}{suffix} files\n  point --data at {folder} folder",
+            test_dir.display()
+        )));
+    }
+    if !only.is_empty() {
+        for s in only {
+            if !names.contains(s) {
+                return Err(bad(format!(
+                    "--subjects {s}: no {s}{suffix} in {}\n  subjects found: {}",
+                    test_dir.display(),
+                    names.join(", ")
+                )));
+            }
+        }
+        names.retain(|n| only.contains(n));
+    }
+    Ok(names)
+}
+
 /// Subjects found in `DIR/test/*_test.csv` (sorted), with their dev splits where present.
 pub fn load_dir(dir: &Path, only: &[String]) -> Result<Vec<Subject>> {
     let test_dir = dir.join("test");
@@ -160,32 +205,7 @@ pub fn load_dir(dir: &Path, only: &[String]) -> Result<Vec<Subject>> {
             dir.display()
         )));
     }
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(&test_dir).map_err(|e| bad(format!("cannot read {}: {e}", test_dir.display())))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(subject) = name.strip_suffix("_test.csv") {
-            names.push(subject.to_string());
-        }
-    }
-    names.sort();
-    if names.is_empty() {
-        return Err(bad(format!(
-            "{} holds no {{subject}}_test.csv files\n  point --data at an MMLU folder",
-            test_dir.display()
-        )));
-    }
-    if !only.is_empty() {
-        for s in only {
-            if !names.contains(s) {
-                return Err(bad(format!(
-                    "--subjects {s}: no {s}_test.csv in {}\n  subjects found: {}",
-                    test_dir.display(),
-                    names.join(", ")
-                )));
-            }
-        }
-        names.retain(|n| only.contains(n));
-    }
+    let names = subject_names(&test_dir, "_test.csv", "an MMLU", only)?;
     let mut subjects = Vec::new();
     for name in names {
         let test = read_csv(&test_dir.join(format!("{name}_test.csv")), &name)?;

@@ -26,7 +26,9 @@
 //! test split file (parquet, JSONL or JSON), with the validation split looked up beside it.
 
 use super::bench::{Benchmark, Data, Outcome, Session, Settings};
-use super::mmlu::{argmax, empty, fewshot_context, letter_requests, lettered, Accuracy, OPTION_LETTERS};
+use super::mmlu::{
+    argmax, empty, enough_exemplars, fewshot_context, letter_requests, lettered, Accuracy, OPTION_LETTERS,
+};
 use super::records::{self, Record};
 use super::LanguageModel;
 use crate::InputError;
@@ -292,14 +294,7 @@ pub fn evaluate(
 
 /// The first `n` rows of the validation split (`first_n`; the harness refuses more than it has).
 pub fn first_n(validation: Vec<Question>, n: usize, path: &Path) -> Result<Vec<Question>> {
-    if n > validation.len() {
-        return Err(bad(format!(
-            "--shots {n}: {} holds only {} rows to take exemplars from (lm-evaluation-harness's first_n sampler refuses too)\n  pass --shots {} or fewer",
-            path.display(),
-            validation.len(),
-            validation.len()
-        )));
-    }
+    enough_exemplars(n, validation.len(), path)?;
     Ok(validation.into_iter().take(n).collect())
 }
 

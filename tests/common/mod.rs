@@ -68,3 +68,5 @@ pub fn tiny_run(dir: &std::path::Path, placement: &str, seq_len: usize) -> std::
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     dir.to_path_buf()
 }
+
+pub mod eval;
