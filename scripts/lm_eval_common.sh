@@ -5,12 +5,15 @@
 #
 #   agree_defaults   PLACEMENT (pre_ln), RUN (runs/agree, or runs/agree-$PLACEMENT), STEPS (70),
 #                    SEQ_LEN (1024), BATCH (16), INIT_STD (unset), VENV (/work/torchenv when it exists,
-#                    else data/lm-eval-venv), LM_EVAL_VERSION (0.4.13); sets root, keel, py, hf
+#                    else data/lm-eval-venv), LM_EVAL_VERSION (0.4.13), KEEL (a keel binary to use
+#                    instead of building target/release/keel, e.g. another branch's); sets root, keel,
+#                    py, hf
 #   agree_python     a Python environment at $VENV with lm-eval[hf]==$LM_EVAL_VERSION (transformers,
 #                    accelerate, torch), pyarrow, pandas and word2number (BBH's object_counting filter);
 #                    pip installs only what is missing
 #   agree_model      data/raw/kjv.txt and data/raw/gpt2/{encoder.json,vocab.bpe}
-#                    (scripts/get_data.sh --no-prepare), `keel data prepare` into data/kjv-gpt2,
+#                    (scripts/get_data.sh --no-prepare), `keel data prepare` of $CORPUS_FILE (default
+#                    data/raw/kjv.txt) into data/{its name}-gpt2 (data/kjv-gpt2),
 #                    `cargo build --release $CARGO_FEATURES`, trains $RUN from $RUN.toml (written when
 #                    absent: $PLACEMENT, RMSNorm, SwiGLU, depth 8, d_model 128, 4 heads, seq_len $SEQ_LEN,
 #                    batch 4, $STEPS steps; about 5 minutes on 2 busy CPU cores), `keel export --run $RUN
@@ -33,7 +36,7 @@ agree_defaults() {
   if [ -z "${VENV:-}" ]; then
     if [ -x /work/torchenv/bin/python ]; then VENV=/work/torchenv; else VENV=$root/data/lm-eval-venv; fi
   fi
-  keel=$root/target/release/keel
+  keel=${KEEL:-$root/target/release/keel}
   py=$VENV/bin/python
   hf=$RUN-hf
 }
@@ -60,14 +63,21 @@ agree_model() {
     say "corpora and GPT-2 vocabulary (scripts/get_data.sh --no-prepare)"
     scripts/get_data.sh "$raw" --no-prepare
   fi
-  say "cargo build --release ${CARGO_FEATURES:-}"
-  # shellcheck disable=SC2086
-  cargo build --release -q ${CARGO_FEATURES:-}
-  [ -f data/kjv-gpt2/meta.json ] || "$keel" data prepare -q --input "$raw/kjv.txt" --tokenizer "$raw/gpt2" --out data/kjv-gpt2
+  if [ -n "${KEEL:-}" ]; then
+    say "using KEEL=$KEEL (no build)"
+  else
+    say "cargo build --release ${CARGO_FEATURES:-}"
+    # shellcheck disable=SC2086
+    cargo build --release -q ${CARGO_FEATURES:-}
+  fi
+  local corpus=${CORPUS_FILE:-$raw/kjv.txt}
+  local prepared
+  prepared=data/$(basename "$corpus" .txt)-gpt2
+  [ -f "$prepared/meta.json" ] || "$keel" data prepare -q --input "$corpus" --tokenizer "$raw/gpt2" --out "$prepared"
   if [ ! -f "$RUN.toml" ]; then
     mkdir -p "$(dirname "$RUN")"
     cat > "$RUN.toml" <<EOF
-# Small $PLACEMENT model on the King James Bible with the GPT-2 tokenizer, for the
+# Small $PLACEMENT model on $corpus with the GPT-2 tokenizer, for the
 # keel-vs-lm-evaluation-harness agreement checks (scripts/lm_eval_agreement.sh,
 # scripts/lm_eval_tasks_agreement.sh).
 [model]
@@ -92,7 +102,7 @@ grad_norm_every = 0
 checkpoint_every = 0
 
 [data]
-path = "data/kjv-gpt2"
+path = "$prepared"
 EOF
   fi
   if [ ! -f "$RUN/model.safetensors" ]; then

@@ -29,19 +29,31 @@
 #      disagreement or a |delta log-likelihood| above TOL.
 #
 # Environment: PLACEMENT (pre_ln; keel, post_ln, deepnorm, mix_ln, hybrid_norm go through the
-# remote-code export), RUN, STEPS, SEQ_LEN, INIT_STD, BATCH (16, both evaluators), VENV, CARGO_FEATURES
+# remote-code export), RUN, STEPS, SEQ_LEN, INIT_STD (e.g. INIT_STD=0.2 STEPS=1: a random model, whose
+# greedy generations differ from item to item), BATCH (16, both evaluators), VENV, KEEL, CARGO_FEATURES
 # (see scripts/lm_eval_common.sh); TASKS (comma-separated, default all of: gsm8k gsm8k_cot hellaswag
 # arc_easy arc_challenge piqa winogrande mmlu_pro cmmlu bbh_zeroshot bbh_fewshot; with the default,
 # tasks this keel build does not have are skipped with a note), LIMIT (score only the first LIMIT
 # items of each task or subtask on both sides; results go to *-limitLIMIT folders), MAX_GEN_TOKS
 # (256, lm-eval's default budget; it must stay below the model's context, SEQ_LEN), N (300 items per
-# task), SEED (28), FIXTURES (data/agree-fixtures), FAIL_ABOVE.
+# task), SEED (28), FIXTURES (data/agree-fixtures), FAIL_ABOVE, CORPUS (kjv: train on the King James
+# Bible, as the MMLU script does; fixtures: train on text in the generative tasks' formats written by
+# make_fixtures.py --corpus-out (the GSM8K and BBH test items among it, so some answers are right),
+# into RUN runs/agree-fmt[-$PLACEMENT] by default, so that greedy answers end in "#### N" / "The answer
+# is N." and run into the stop strings; it needs more STEPS than the Bible, e.g. STEPS=150 with
+# SEQ_LEN=512, about 2 minutes).
 # Needs what scripts/lm_eval_agreement.sh needs; no network once the environment, corpus, build and
 # BBH prompt parts are there (the evaluations run with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lm_eval_common.sh
 . scripts/lm_eval_common.sh
+CORPUS=${CORPUS:-kjv}
+case $CORPUS in
+  kjv) ;;
+  fixtures) [ -n "${RUN:-}" ] || { RUN=runs/agree-fmt; [ "${PLACEMENT:-pre_ln}" = pre_ln ] || RUN=$RUN-$PLACEMENT; } ;;
+  *) echo "CORPUS is kjv or fixtures, not $CORPUS" >&2; exit 2 ;;
+esac
 agree_defaults
 ALL_TASKS="gsm8k gsm8k_cot hellaswag arc_easy arc_challenge piqa winogrande mmlu_pro cmmlu bbh_zeroshot bbh_fewshot"
 TASKS=${TASKS:-}
@@ -56,14 +68,21 @@ suffix=${LIMIT:+-limit$LIMIT}
 [ "$N" = 300 ] && [ "$SEED" = 28 ] || suffix=$suffix-n$N-seed$SEED
 keel_root=$RUN/eval/agree-tasks$suffix
 lm_dir=$RUN-lm-eval-tasks$suffix
-if [ "$MAX_GEN_TOKS" -ge "$SEQ_LEN" ]; then
-  echo "MAX_GEN_TOKS=$MAX_GEN_TOKS leaves no room for the prompt in SEQ_LEN=$SEQ_LEN (lm-eval asserts max_length - max_gen_toks > 0)" >&2
-  exit 2
-fi
 
 # 1. environment, model, export
 agree_python
+if [ "$CORPUS" = fixtures ]; then
+  [ -s data/raw/kjv.txt ] || scripts/get_data.sh data/raw --no-prepare
+  CORPUS_FILE=data/agree-corpus-n$N-seed$SEED.txt
+  [ -s "$CORPUS_FILE" ] || "$py" scripts/lm_eval_task/make_fixtures.py --kjv data/raw/kjv.txt --out "$FIXTURES" \
+    --n "$N" --seed "$SEED" --corpus-out "$CORPUS_FILE"
+fi
 agree_model
+context=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["max_position_embeddings"])' "$hf/config.json")
+if [ "$MAX_GEN_TOKS" -ge "$context" ]; then
+  echo "MAX_GEN_TOKS=$MAX_GEN_TOKS leaves no room for the prompt in the model's context of $context tokens (lm-eval asserts max_length - max_gen_toks > 0)" >&2
+  exit 2
+fi
 
 # which tasks: all that this keel has, or the ones asked for
 bench_list=$("$keel" eval --help | sed -n 's/^ *- \([a-z0-9_-]*\): .*/\1/p')

@@ -35,6 +35,12 @@ OUT gets (parquet written by pyarrow, snappy, as the hub's files are):
     bbh/{subtask}/test-00000-of-00001.parquet                 SaylorTwift/bbh: input, target
     fixtures.json                                             what was written (counts, seed, subjects)
 
+With --corpus-out FILE it writes only FILE: training text in the generative tasks' formats (GSM8K's
+"Question: ...\nAnswer: ... #### N", gsm8k_cot's "Q: ...\nA: ... The answer is N.", BBH's "Q: ...\nA:
+..."), fresh items and the GSM8K and BBH fixtures' test items with their answers (on purpose, so that
+a model trained on it gets some right), for a model whose greedy answers end in the tasks' answer
+patterns and stop strings.
+
 With --tasks-out DIR (needs lm_eval importable, i.e. run with the venv's python), DIR gets one YAML
 per task: `include:` the installed harness's own task YAML (absolute path) and override only the
 task name (keel_ prefix), `dataset_path` (parquet or csv), `dataset_name: null` and
@@ -202,10 +208,15 @@ def gsm_item(rng, bible, long_p=0.0):
     return {"question": q, "answer": ans}
 
 
-def make_gsm8k(out, bible, n, seed):
+def gsm8k_splits(bible, n, seed):
     rng = random.Random(f"{seed}-gsm8k")
     train = [gsm_item(rng, bible) for _ in range(60)]
     test = [gsm_item(rng, bible, long_p=0.04) for _ in range(n)]
+    return train, test
+
+
+def make_gsm8k(out, bible, n, seed):
+    train, test = gsm8k_splits(bible, n, seed)
     pa, _ = pa_modules()
     schema = pa.schema([("question", pa.string()), ("answer", pa.string())])
     d = os.path.join(out, "gsm8k", "main")
@@ -530,17 +541,62 @@ def bbh_item(rng, bible, task):
     raise ValueError(task)
 
 
+def bbh_tests(bible, n, seed):
+    per = max(1, n // len(BBH_SUBTASKS))
+    out = {}
+    for t in BBH_SUBTASKS:
+        rng = random.Random(f"{seed}-bbh-{t}")
+        out[t] = [bbh_item(rng, bible, t) for _ in range(per)]
+    return out
+
+
 def make_bbh(out, bible, n, seed):
     pa, _ = pa_modules()
     schema = pa.schema([("input", pa.string()), ("target", pa.string())])
-    per = max(1, n // len(BBH_SUBTASKS))
     counts = {}
-    for t in BBH_SUBTASKS:
-        rng = random.Random(f"{seed}-bbh-{t}")
-        rows = [bbh_item(rng, bible, t) for _ in range(per)]
+    for t, rows in bbh_tests(bible, n, seed).items():
         write_parquet(os.path.join(out, "bbh", t, "test-00000-of-00001.parquet"), rows, schema)
         counts[t] = len(rows)
     return counts
+
+
+# ---------------------------------------------------------------------------------------- corpus
+
+def write_corpus(path, bible, n, seed, fresh=4000):
+    """Training text in the generative tasks' prompt formats, so that a small model trained on it
+    answers in format: it writes "#### N" or "The answer is N.", then starts the next "Question:" or
+    "Q:", which the tasks' stop strings and filters must then handle. Besides `fresh` new items it
+    holds the GSM8K and BBH fixtures' test items with their answers, on purpose: a model that has
+    seen them gets some right, so the scoring of right answers (exact_match's normalisation) is
+    compared too. (Such a model's scores say nothing about the model, only about the agreement.)"""
+    rng = random.Random(f"{seed}-corpus")
+
+    def cot(it):
+        gold = it["answer"].rsplit("####", 1)[1].strip()
+        work = re.sub(r"<<[^>]*>>", "", it["answer"].rsplit("####", 1)[0].strip().replace("\n", " "))
+        return f"Q: {it['question']}\nA: {work} The answer is {gold}.\n\n"
+
+    chunks = []
+    for _ in range(fresh):
+        kind = rng.randrange(4)
+        if kind < 2:
+            it = gsm_item(rng, bible)
+            chunks.append(f"Question: {it['question']}\nAnswer: {it['answer']}\n\n")
+        elif kind == 2:
+            chunks.append(cot(gsm_item(rng, bible)))
+        else:
+            it = bbh_item(rng, bible, rng.choice(BBH_SUBTASKS))
+            chunks.append(f"Q: {it['input']}\nA: {it['target']}\n\n")
+    _, test = gsm8k_splits(bible, n, seed)
+    for it in test:
+        chunks.append(f"Question: {it['question']}\nAnswer: {it['answer']}\n\n")
+        chunks.append(cot(it))
+    for rows in bbh_tests(bible, n, seed).values():
+        chunks.extend(f"Q: {it['input']}\nA: {it['target']}\n\n" for it in rows)
+    rng.shuffle(chunks)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(chunks))
+    return len(chunks)
 
 
 # ---------------------------------------------------------------------------------------- task YAMLs
@@ -633,7 +689,13 @@ def main():
     ap.add_argument("--n", type=int, default=N_DEFAULT, help=f"items per task (default {N_DEFAULT})")
     ap.add_argument("--seed", type=int, default=SEED_DEFAULT)
     ap.add_argument("--tasks-out", help="also write lm-eval task YAMLs for the fixtures here")
+    ap.add_argument("--corpus-out", help="only write a training text in the generative tasks' formats to this file")
     args = ap.parse_args()
+
+    if args.corpus_out:
+        k = write_corpus(args.corpus_out, Bible(read_verses(args.kjv)), args.n, args.seed)
+        print(f"{k} items in the generative tasks' formats (the GSM8K and BBH test items among them) -> {args.corpus_out}")
+        return
 
     out = os.path.abspath(args.out)
     bible = Bible(read_verses(args.kjv))
