@@ -22,7 +22,8 @@
 #      --model_args pretrained=$RUN-hf,dtype=float32,trust_remote_code=True --device cpu
 #      --batch_size $BATCH --tasks keel_TASK --log_samples` (generative tasks with --gen_kwargs
 #      max_gen_toks=$MAX_GEN_TOKS) into $RUN-lm-eval-tasks*/out/TASK, both timed: wall seconds
-#      per task go to $RUN-lm-eval-tasks*/timing.tsv, with questions/s for gsm8k
+#      per task go to $RUN-lm-eval-tasks*/timing.tsv; for gsm8k, questions/s of both (wall, and
+#      generation alone: keel's results.json, lm-eval's progress bar) to gsm8k_speed.txt
 #   4. scripts/compare_tasks.py prints the agreement table (items, prompts identical, max |delta
 #      log-likelihood|, generation / extracted-answer / score mismatches, aggregates on both sides)
 #      and writes $RUN-lm-eval-tasks*/agreement.json; with FAIL_ABOVE=TOL it exits 1 on any
@@ -173,8 +174,8 @@ done
 say "wall seconds per task ($timing; lm-eval's include loading the model and the data, as keel's do)"
 column -t -s $'\t' "$timing" || cat "$timing"
 if grep -q '^gsm8k	' "$timing"; then
-  "$py" - "$timing" "$keel_root/gsm8k/results.json" "$BATCH" "$MAX_GEN_TOKS" <<'EOF'
-import csv, json, sys
+  "$py" - "$timing" "$keel_root/gsm8k/results.json" "$lm_dir/out/gsm8k/lm_eval.log" "$BATCH" "$MAX_GEN_TOKS" <<'EOF' | tee "$lm_dir/gsm8k_speed.txt"
+import csv, json, re, sys
 rows = [r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t") if r["task"] == "gsm8k"]
 last = {r["side"]: r for r in rows}
 keel = json.load(open(sys.argv[2]))
@@ -182,10 +183,18 @@ parts = []
 for side in ("keel", "lm_eval"):
     if side in last and last[side]["items"]:
         n, s = int(last[side]["items"]), float(last[side]["wall_s"])
-        parts.append(f"{side} {n} questions in {s:.1f} s wall = {n / s:.3f} questions/s")
-print(f"gsm8k on CPU, batch {sys.argv[3]}, max_gen_toks {sys.argv[4]}: " + "; ".join(parts)
-      + f" (keel's own generation-only figure: {keel.get('questions_per_s', 0):.3f} questions/s,"
-      f" {keel.get('generated_tokens_per_s', 0):.1f} tokens/s)")
+        parts.append(f"{side} {n} questions in {s:.1f} s wall = {n / s:.2f} questions/s")
+gen = [f"keel {keel.get('questions_per_s', 0):.2f} questions/s ({keel.get('generated_tokens_per_s', 0):.0f} tokens/s)"]
+try:
+    # the harness's progress bar: "Running generate_until requests: 100%|...| 300/300 [01:23<00:00, ...]"
+    bars = re.findall(r"Running generate_until requests: 100%\|[^|]*\| (\d+)/\d+ \[(?:(\d+):)?(\d+):(\d+)<", open(sys.argv[3]).read())
+    n, h, m, s = bars[-1]
+    secs = int(h or 0) * 3600 + int(m) * 60 + int(s)
+    gen.append(f"lm_eval {int(n) / max(secs, 1):.2f} questions/s ({int(n)} in {secs} s by its progress bar)")
+except (OSError, IndexError):
+    pass
+print(f"gsm8k on CPU, batch {sys.argv[4]}, max_gen_toks {sys.argv[5]}: " + "; ".join(parts)
+      + "; generation alone: " + ", ".join(gen))
 EOF
 fi
 
