@@ -9,7 +9,7 @@ prompts, log-likelihoods, generations, extracted answers, per-item scores and ag
 
 --task NAME KEEL_DIR HARNESS_DIR (repeatable)
     NAME        one of: gsm8k gsm8k_cot hellaswag arc_easy arc_challenge piqa winogrande mmlu_pro cmmlu
-                bbh_zeroshot bbh_fewshot mmlu
+                bbh_zeroshot bbh_fewshot bbh_cot_fewshot mmlu
     KEEL_DIR    keel's results folder: results.json and the per-item CSV (samples.csv for generative
                 tasks, questions.csv for multiple-choice ones)
     HARNESS_DIR lm-eval's --output_path (searched recursively): its results_*.json and the
@@ -64,6 +64,9 @@ SPECS = {
                          aggregates={"exact_match": ("keel_bbh_zeroshot", "exact_match,flexible-extract")}),
     "bbh_fewshot": dict(kind="gen", lm="keel_bbh_fewshot_", subtasks=True, subtask_col="subtask", filters=["none"],
                         aggregates={"exact_match": ("keel_bbh_fewshot", "exact_match,none")}),
+    "bbh_cot_fewshot": dict(kind="gen", lm="keel_bbh_cot_fewshot_", subtasks=True, subtask_col="subtask",
+                            filters=["get-answer"],
+                            aggregates={"exact_match": ("keel_bbh_cot_fewshot", "exact_match,get-answer")}),
     "hellaswag": dict(kind="mc", lm="keel_hellaswag", metrics=["acc", "acc_norm"],
                       aggregates={"acc": ("keel_hellaswag", "acc,none"), "acc_norm": ("keel_hellaswag", "acc_norm,none")}),
     "arc_easy": dict(kind="mc", lm="keel_arc_easy", metrics=["acc", "acc_norm"],

@@ -15,7 +15,8 @@
 #      King James Bible, templated arithmetic and a few Chinese words) in the hub's layouts into
 #      $FIXTURES, and lm-eval task YAMLs that `include:` the installed harness's own task YAMLs with
 #      only the task name and the data files changed (keel_gsm8k, keel_hellaswag, ..., groups
-#      keel_cmmlu, keel_bbh_zeroshot, keel_bbh_fewshot) into $FIXTURES/lm_eval_tasks; for BBH, the
+#      keel_cmmlu, keel_bbh_zeroshot, keel_bbh_fewshot, keel_bbh_cot_fewshot) into
+#      $FIXTURES/lm_eval_tasks; for BBH, the
 #      prompt parts keel reads (prompts/{subtask}.json) come from scripts/get_bbh.sh
 #   3. per task: `keel eval --bench TASK --data FIXTURE --batch-size $BATCH --out $RUN/eval/agree-tasks*/TASK`
 #      (generative tasks with --max-gen-toks $MAX_GEN_TOKS) and `lm_eval run --model hf
@@ -33,16 +34,18 @@
 # remote-code export), RUN, STEPS, SEQ_LEN, INIT_STD (e.g. INIT_STD=0.2 STEPS=1: a random model, whose
 # greedy generations differ from item to item), BATCH (16, both evaluators), VENV, KEEL, CARGO_FEATURES
 # (see scripts/lm_eval_common.sh); TASKS (comma-separated, default all of: gsm8k gsm8k_cot hellaswag
-# arc_easy arc_challenge piqa winogrande mmlu_pro cmmlu bbh_zeroshot bbh_fewshot; with the default,
-# tasks this keel build does not have are skipped with a note), LIMIT (score only the first LIMIT
-# items of each task or subtask on both sides; results go to *-limitLIMIT folders), MAX_GEN_TOKS
-# (256, lm-eval's default budget; it must stay below the model's context, SEQ_LEN), N (300 items per
-# task), SEED (28), FIXTURES (data/agree-fixtures), FAIL_ABOVE, CORPUS (kjv: train on the King James
+# arc_easy arc_challenge piqa winogrande mmlu_pro cmmlu bbh_zeroshot bbh_fewshot bbh_cot_fewshot;
+# with the default, tasks this keel build does not have are skipped with a note), LIMIT (score only
+# the first LIMIT items of each task or subtask on both sides; results go to *-limitLIMIT folders),
+# MAX_GEN_TOKS (256, lm-eval's default budget, given to both sides for every generative task, so
+# also to bbh_cot_fewshot, whose own 1024 does not fit the small models; it must stay below the
+# model's context), N (300 items per task), SEED (28), FIXTURES (data/agree-fixtures), FAIL_ABOVE,
+# CORPUS (kjv: train on the King James
 # Bible, as the MMLU script does; fixtures: train on text in the generative tasks' formats written by
 # make_fixtures.py --corpus-out (the GSM8K and BBH test items among it, so some answers are right),
 # into RUN runs/agree-fmt[-$PLACEMENT] by default, so that greedy answers end in "#### N" / "The answer
-# is N." and run into the stop strings; it needs more STEPS than the Bible, e.g. STEPS=150 with
-# SEQ_LEN=512, about 2 minutes).
+# is N." and run into the stop strings; it needs more STEPS than the Bible, e.g. STEPS=250 with
+# SEQ_LEN=512, about 8 minutes on 2 busy cores).
 # Needs what scripts/lm_eval_agreement.sh needs; no network once the environment, corpus, build and
 # BBH prompt parts are there (the evaluations run with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1).
 set -euo pipefail
@@ -56,7 +59,7 @@ case $CORPUS in
   *) echo "CORPUS is kjv or fixtures, not $CORPUS" >&2; exit 2 ;;
 esac
 agree_defaults
-ALL_TASKS="gsm8k gsm8k_cot hellaswag arc_easy arc_challenge piqa winogrande mmlu_pro cmmlu bbh_zeroshot bbh_fewshot"
+ALL_TASKS="gsm8k gsm8k_cot hellaswag arc_easy arc_challenge piqa winogrande mmlu_pro cmmlu bbh_zeroshot bbh_fewshot bbh_cot_fewshot"
 TASKS=${TASKS:-}
 LIMIT=${LIMIT:-}
 MAX_GEN_TOKS=${MAX_GEN_TOKS:-256}
@@ -124,7 +127,7 @@ data_of() {
     winogrande) echo "$FIXTURES/winogrande" ;;
     mmlu_pro) echo "$FIXTURES/mmlu_pro" ;;
     cmmlu) echo "$FIXTURES/cmmlu" ;;
-    bbh_zeroshot | bbh_fewshot) echo "$FIXTURES/bbh" ;;
+    bbh_*) echo "$FIXTURES/bbh" ;;
   esac
 }
 generative() { case $1 in gsm8k | gsm8k_cot | bbh_*) return 0 ;; *) return 1 ;; esac; }

@@ -45,7 +45,8 @@ With --tasks-out DIR (needs lm_eval importable, i.e. run with the venv's python)
 per task: `include:` the installed harness's own task YAML (absolute path) and override only the
 task name (keel_ prefix), `dataset_path` (parquet or csv), `dataset_name: null` and
 `dataset_kwargs.data_files` (each split the YAML names, by absolute path), plus the groups
-keel_cmmlu, keel_bbh_zeroshot and keel_bbh_fewshot with the harness groups' aggregation. So the
+keel_cmmlu, keel_bbh_zeroshot, keel_bbh_fewshot and keel_bbh_cot_fewshot with the harness groups'
+aggregation. So the
 prompts, filters and metrics are the harness's, read from its files.
 """
 import argparse
@@ -63,8 +64,6 @@ CMMLU_SUBJECTS = ["agronomy", "anatomy", "ancient_chinese"]
 BBH_SUBTASKS = ["boolean_expressions", "object_counting", "word_sorting", "date_understanding"]
 MMLU_PRO_CATEGORIES = ["biology", "business", "chemistry", "computer science", "economics", "engineering", "health",
                        "history", "law", "math", "other", "philosophy", "physics", "psychology"]
-TASKS = ["gsm8k", "gsm8k_cot", "hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "mmlu_pro", "cmmlu",
-         "bbh_zeroshot", "bbh_fewshot"]
 
 # Non-ASCII words and names mixed into some items: each has more UTF-8 bytes than characters.
 ACCENTED = ["naïve", "café", "façade", "rôle", "fiancée", "coöperate", "élan", "Zoë", "Chloé", "Søren", "Łukasz",
@@ -672,7 +671,7 @@ def write_tasks(data, dst):
                    {sp: split("cmmlu", sp, f"{s}.csv") for sp in ("test", "dev")})
         names.append(name)
     write_group(dst, "keel_cmmlu", lm("cmmlu", "_cmmlu.yaml"), names)
-    for variant in ("zeroshot", "fewshot"):
+    for variant in ("zeroshot", "fewshot", "cot_fewshot"):
         names = []
         for t in BBH_SUBTASKS:
             name = f"keel_bbh_{variant}_{t}"
