@@ -32,7 +32,12 @@ bbh's `subtask`, mmlu's id prefix). What is compared, per item:
   - aggregates: keel's results.json values against lm-eval's results_*.json (task or group), and
     both recomputed from the per-item scores.
 --fail-above TOL exits 1 when any |delta log-likelihood| exceeds TOL or anything else differs
-(prompts, item sets, generations, extracted answers, scores, aggregates beyond 1e-9).
+(prompts, item sets, generations, extracted answers, scores, aggregates beyond 1e-9, generation
+budgets).
+--tokenizer DIR (the exported model) explains large log-likelihood differences that come from
+lm-eval's own logits cache: with `logits_cache=True` (HFLM's default) lm-eval 0.4.13 scores a request
+wrongly when another request of the task has the same tokens (context + continuation)[:-1] split
+with a longer continuation (see cache_collisions); run it with logits_cache=False to compare.
 """
 import argparse
 import csv
@@ -260,7 +265,40 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
-def compare(name, spec, keel_dir, harness_dir, show):
+def cache_collisions(h, tokenizer):
+    """lm-eval's HFLM (0.4.13, `logits_cache=True`, its default) computes the logits once for all
+    log-likelihood requests whose tokens `(context + continuation)[:-1]` coincide (`Collator` with
+    group_by="contexts", `_lookup_one_token_cont`), and then gathers each request's continuation
+    tokens from the first positions of the longest continuation's logits (`torch.gather(logits, 2,
+    cont_toks...)` in `_loglikelihood_tokens`, models/huggingface.py; only `max_equal` takes the
+    trailing slice). A request sharing those tokens with a longer continuation (the same text split
+    elsewhere between context and continuation) so gets a wrong log-likelihood. Returns
+    {(item, choice): the request it collides with} for such requests."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    groups = {}
+    for i, it in h.items():
+        for j, (ctx, cont) in enumerate(it["requests"]):
+            # lm-eval's _encode_pair: trailing spaces of the context move to the continuation
+            n = len(ctx) - len(ctx.rstrip())
+            if n:
+                ctx, cont = ctx[:-n], ctx[-n:] + cont
+            whole, c = enc(ctx + cont), enc(ctx)
+            groups.setdefault(tuple(whole[:-1]), []).append((len(whole) - len(c), i, j))
+    out = {}
+    for members in groups.values():
+        longest = max(m[0] for m in members)
+        if len({m[0] for m in members}) > 1:
+            rep = next(m for m in members if m[0] == longest)
+            for n, i, j in members:
+                if n < longest:
+                    out[(i, j)] = f"item {'/'.join(str(x) for x in rep[1] if x != '')} choice {rep[2]}"
+    return out
+
+
+def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None):
     k_results, k_path, k = read_keel(name, spec, keel_dir)
     h_results, h_files, h = read_harness(name, spec, harness_dir)
     common = sorted(set(k) & set(h))
@@ -314,6 +352,10 @@ def compare(name, spec, keel_dir, harness_dir, show):
                 if va != vb:
                     rep["score_mismatches"].append({"item": ident, "metric": f"{m},{f}", "keel": va, "lm_eval": vb,
                                                     "ll_keel": a.get("ll"), "ll_lm_eval": b.get("ll")})
+    if tokenizer and spec["kind"] == "mc" and any(d > 1e-3 for d, *_ in per_item):
+        hits = cache_collisions(h, tokenizer)
+        rep["lm_eval_cache_collisions"] = [{"item": "/".join(str(x) for x in i if x != ""), "choice": j, "with": w}
+                                           for (i, j), w in sorted(hits.items())]
     per_item.sort(key=lambda x: -x[0])
     rep["largest_deltas"] = [{"item": i, "max_abs_delta": d, "ll_keel": la, "ll_lm_eval": lb, "keel_truncated_tokens": t}
                              for d, i, la, lb, t in per_item[:5]]
@@ -337,11 +379,19 @@ def compare(name, spec, keel_dir, harness_dir, show):
                     aggs.append({"keel_key": f"subtasks.{sub}.exact_match,{f}", "keel": kv,
                                  "lm_eval_key": f"{spec['lm']}{sub} exact_match,{f}", "lm_eval": lv, "identical": same})
     rep["aggregates"] = aggs
+    if spec["kind"] == "gen":
+        # the same budget on both sides: lm-eval's generation_kwargs as logged, keel's results.json
+        kw = next((h[i].get("gen_kwargs") for i in common if h[i].get("gen_kwargs")), None) or {}
+        rep["max_gen_toks_lm_eval"] = kw.get("max_gen_toks")
+        rep["until_lm_eval"] = kw.get("until")
+        rep["max_gen_toks_keel"] = k_results.get("max_gen_toks")
+        rep["budget_differs"] = (rep["max_gen_toks_lm_eval"] is not None and rep["max_gen_toks_keel"] is not None
+                                 and int(rep["max_gen_toks_lm_eval"]) != int(rep["max_gen_toks_keel"]))
     rep["keel_questions_per_s"] = k_results.get("questions_per_s")
     rep["agree"] = (not only_k and not only_h and rep["prompts_identical"] == rep["prompts_compared"]
                     and not rep["prompt_mismatches"] and not rep["generation_mismatches"]
                     and not rep["extracted_mismatches"] and not rep["score_mismatches"]
-                    and all(x["identical"] for x in aggs))
+                    and all(x["identical"] for x in aggs) and not rep.get("budget_differs"))
     return rep
 
 
@@ -364,13 +414,15 @@ def main():
     ap.add_argument("--show", type=int, default=5, help="disagreements to print per kind and task (default 5)")
     ap.add_argument("--json", help="also write the full report here")
     ap.add_argument("--fail-above", type=float, help="exit 1 on any disagreement or |delta loglik| above this")
+    ap.add_argument("--tokenizer", help="the exported model's folder: where log-likelihoods differ, look for requests"
+                    " that lm-eval's logits cache mixes up (transformers needed)")
     args = ap.parse_args()
 
     reports = []
     for name, kd, hd in args.task:
         if name not in SPECS:
             sys.exit(f"unknown task {name}; known: {' '.join(SPECS)}")
-        reports.append(compare(name, SPECS[name], kd, hd, args.show))
+        reports.append(compare(name, SPECS[name], kd, hd, args.show, args.tokenizer))
 
     hdr = ["task", "items keel/lm", "prompts identical", "max|dLL|", "gen mism.", "extr. mism.", "score mism.",
            "aggregates keel / lm-eval"]
@@ -411,6 +463,12 @@ def main():
             for d in r["largest_deltas"][:args.show]:
                 print(f"  |dLL| {d['max_abs_delta']:.2e} at item {d['item']} (keel cut {d['keel_truncated_tokens']} tokens):"
                       f" keel {d['ll_keel']} lm-eval {d['ll_lm_eval']}")
+            for c in r.get("lm_eval_cache_collisions", [])[:args.show]:
+                print(f"  lm-eval logits_cache collision: item {c['item']} choice {c['choice']} shares its tokens"
+                      f" (context + continuation)[:-1] with {c['with']}, whose continuation is longer, so lm-eval"
+                      f" scored it on the wrong positions (rerun lm-eval with logits_cache=False)")
+        if r.get("budget_differs"):
+            print(f"  max_gen_toks: keel {r['max_gen_toks_keel']}, lm-eval {r['max_gen_toks_lm_eval']}")
         for a in [a for a in r["aggregates"] if not a["identical"]]:
             print(f"  aggregate {a['keel_key']}: keel {a['keel']} vs lm-eval {a['lm_eval_key']} {a['lm_eval']}")
         rc = r["recomputed"]

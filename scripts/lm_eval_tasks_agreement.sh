@@ -19,8 +19,8 @@
 #      $FIXTURES/lm_eval_tasks; for BBH, the
 #      prompt parts keel reads (prompts/{subtask}.json) come from scripts/get_bbh.sh
 #   3. per task: `keel eval --bench TASK --data FIXTURE --batch-size $BATCH --out $RUN/eval/agree-tasks*/TASK`
-#      (generative tasks with --max-gen-toks $MAX_GEN_TOKS) and `lm_eval run --model hf
-#      --model_args pretrained=$RUN-hf,dtype=float32,trust_remote_code=True --device cpu
+#      (generative tasks with --max-gen-toks $MAX_GEN_TOKS) and `lm_eval run --model hf --model_args
+#      pretrained=$RUN-hf,dtype=float32,trust_remote_code=True,logits_cache=False --device cpu
 #      --batch_size $BATCH --tasks keel_TASK --log_samples` (generative tasks with --gen_kwargs
 #      max_gen_toks=$MAX_GEN_TOKS) into $RUN-lm-eval-tasks*/out/TASK, both timed: wall seconds
 #      per task go to $RUN-lm-eval-tasks*/timing.tsv; for gsm8k, questions/s of both (wall, and
@@ -40,6 +40,12 @@
 # MAX_GEN_TOKS (256, lm-eval's default budget, given to both sides for every generative task, so
 # also to bbh_cot_fewshot, whose own 1024 does not fit the small models; it must stay below the
 # model's context), N (300 items per task), SEED (28), FIXTURES (data/agree-fixtures), FAIL_ABOVE,
+# LOGITS_CACHE (0; 1 runs lm-eval with its default logits_cache=True, which in 0.4.13 scores a
+# log-likelihood request wrongly when another request of the task has the same tokens
+# (context + continuation)[:-1] with a longer continuation: models/huggingface.py,
+# _loglikelihood_tokens, gathers the shorter continuation's tokens from the first positions of the
+# longer one's logits; the fixtures hit this in hellaswag and winogrande, and compare_tasks.py names
+# such requests; lm-eval's results then go to *-logitscache folders),
 # CORPUS (kjv: train on the King James
 # Bible, as the MMLU script does; fixtures: train on text in the generative tasks' formats written by
 # make_fixtures.py --corpus-out (the GSM8K and BBH test items among it, so some answers are right),
@@ -67,11 +73,15 @@ N=${N:-300}
 SEED=${SEED:-28}
 FIXTURES=${FIXTURES:-data/agree-fixtures}
 FAIL_ABOVE=${FAIL_ABOVE:-}
+LOGITS_CACHE=${LOGITS_CACHE:-0}
+lm_model_args="pretrained=$hf,dtype=float32,trust_remote_code=True"
+[ "$LOGITS_CACHE" = 1 ] || lm_model_args+=",logits_cache=False"
 suffix=${LIMIT:+-limit$LIMIT}
 [ "$MAX_GEN_TOKS" = 256 ] || suffix=$suffix-gen$MAX_GEN_TOKS
 [ "$N" = 300 ] && [ "$SEED" = 28 ] || suffix=$suffix-n$N-seed$SEED
 keel_root=$RUN/eval/agree-tasks$suffix
 lm_dir=$RUN-lm-eval-tasks$suffix
+if [ "$LOGITS_CACHE" = 1 ]; then lm_dir=$lm_dir-logitscache; fi
 
 # 1. environment, model, export
 agree_python
@@ -163,7 +173,7 @@ for t in "${tasks[@]}"; do
     mkdir -p "$out"
     t0=$(now)
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false "$VENV/bin/lm_eval" run \
-      --model hf --model_args "pretrained=$hf,dtype=float32,trust_remote_code=True" --device cpu --batch_size "$BATCH" \
+      --model hf --model_args "$lm_model_args" --device cpu --batch_size "$BATCH" \
       --include_path "$FIXTURES/lm_eval_tasks" "${lm_args[@]}" \
       --log_samples --output_path "$out" > "$out/lm_eval.log" 2>&1 || { tail -n 40 "$out/lm_eval.log"; exit 1; }
     t1=$(now)
@@ -205,4 +215,4 @@ fi
 say "agreement"
 fail=()
 [ -n "$FAIL_ABOVE" ] && fail=(--fail-above "$FAIL_ABOVE")
-"$py" scripts/compare_tasks.py "${compare_args[@]}" --json "$lm_dir/agreement.json" "${fail[@]}"
+"$py" scripts/compare_tasks.py "${compare_args[@]}" --tokenizer "$hf" --json "$lm_dir/agreement.json" "${fail[@]}"
