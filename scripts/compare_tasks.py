@@ -26,7 +26,8 @@ bbh's `subtask`, mmlu's id prefix). What is compared, per item:
     " " + `continuation`; lettered tasks (mmlu, mmlu_pro, cmmlu) `prompt` + " A", " B", ...;
     generative `prompt`. "prompts identical" counts items whose requests are all byte-identical.
   - log-likelihoods: |keel - lm-eval| over every choice (keel writes 6 decimals, so a difference
-    up to 5e-7 is rounding alone);
+    up to 5e-7 is rounding alone), also relative to max(1, |log-likelihood|): above 1e-5 it is
+    more than float32 rounding and counts as a disagreement;
   - generations (the text cut at the first stop string) and, per filter, the extracted answer;
   - per-item scores: acc / acc_norm, or exact_match per filter;
   - aggregates: keel's results.json values against lm-eval's results_*.json (task or group), and
@@ -50,6 +51,8 @@ import sys
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 AGG_TOL = 1e-9
+# |delta log-likelihood| / max(1, |log-likelihood|) above this is more than float32 rounding
+REL_TOL = 1e-5
 
 # kind: "mc" (log-likelihood) or "gen" (generate_until)
 # lm: lm-eval task name, or prefix of its subtasks' names (subtasks=True)
@@ -309,7 +312,7 @@ def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None):
            "prompts_identical": 0, "prompts_compared": 0, "prompt_mismatches": [], "max_abs_delta_ll": None,
            "generation_mismatches": [], "extracted_mismatches": [], "score_mismatches": [],
            "keel_truncated_items": sum(1 for i in common if k[i]["truncated"] > 0)}
-    deltas, per_item = [], []
+    deltas, rel, per_item = [], [], []
     filters = spec.get("filters", ["none"])
     per_filter_scores = {"keel": {}, "lm_eval": {}}
     for i in common:
@@ -332,6 +335,7 @@ def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None):
             if len(a["ll"]) == len(b["ll"]):
                 dd = [abs(x - y) for x, y in zip(a["ll"], b["ll"])]
                 deltas.extend(dd)
+                rel.extend(d / max(1.0, abs(y)) for d, y in zip(dd, b["ll"]))
                 per_item.append((max(dd), ident, a["ll"], b["ll"], a["truncated"]))
             else:
                 rep["prompt_mismatches"].append({"item": ident, "choices_keel": len(a["ll"]), "choices_lm_eval": len(b["ll"])})
@@ -352,7 +356,7 @@ def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None):
                 if va != vb:
                     rep["score_mismatches"].append({"item": ident, "metric": f"{m},{f}", "keel": va, "lm_eval": vb,
                                                     "ll_keel": a.get("ll"), "ll_lm_eval": b.get("ll")})
-    if tokenizer and spec["kind"] == "mc" and any(d > 1e-3 for d, *_ in per_item):
+    if tokenizer and spec["kind"] == "mc" and any(d / max(1.0, min(abs(x) for x in lb)) > 1e-5 for d, _, _, lb, _ in per_item):
         hits = cache_collisions(h, tokenizer)
         rep["lm_eval_cache_collisions"] = [{"item": "/".join(str(x) for x in i if x != ""), "choice": j, "with": w}
                                            for (i, j), w in sorted(hits.items())]
@@ -360,6 +364,8 @@ def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None):
     rep["largest_deltas"] = [{"item": i, "max_abs_delta": d, "ll_keel": la, "ll_lm_eval": lb, "keel_truncated_tokens": t}
                              for d, i, la, lb, t in per_item[:5]]
     rep["max_abs_delta_ll"] = max(deltas) if deltas else None
+    # relative to |log-likelihood| (at least 1): float32 rounding shows up as ~1e-7 here
+    rep["max_rel_delta_ll"] = max(rel) if rel else None
     rep["mean_abs_delta_ll"] = sum(deltas) / len(deltas) if deltas else None
     rep["recomputed"] = {side: {m: mean(v) for m, v in d.items()} for side, d in per_filter_scores.items()}
     aggs = []
@@ -391,7 +397,8 @@ def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None):
     rep["agree"] = (not only_k and not only_h and rep["prompts_identical"] == rep["prompts_compared"]
                     and not rep["prompt_mismatches"] and not rep["generation_mismatches"]
                     and not rep["extracted_mismatches"] and not rep["score_mismatches"]
-                    and all(x["identical"] for x in aggs) and not rep.get("budget_differs"))
+                    and all(x["identical"] for x in aggs) and not rep.get("budget_differs")
+                    and (rep["max_rel_delta_ll"] is None or rep["max_rel_delta_ll"] <= REL_TOL))
     return rep
 
 
@@ -424,7 +431,7 @@ def main():
             sys.exit(f"unknown task {name}; known: {' '.join(SPECS)}")
         reports.append(compare(name, SPECS[name], kd, hd, args.show, args.tokenizer))
 
-    hdr = ["task", "items keel/lm", "prompts identical", "max|dLL|", "gen mism.", "extr. mism.", "score mism.",
+    hdr = ["task", "items keel/lm", "prompts identical", "max|dLL| (rel.)", "gen mism.", "extr. mism.", "score mism.",
            "aggregates keel / lm-eval"]
     rows = []
     for r in reports:
@@ -434,7 +441,7 @@ def main():
         gen = SPECS[r["task"]]["kind"] == "gen"
         rows.append([r["task"], f"{r['items_keel']}/{r['items_lm_eval']}",
                      f"{r['prompts_identical']}/{r['prompts_compared']}",
-                     "n/a" if r["max_abs_delta_ll"] is None else f"{r['max_abs_delta_ll']:.1e}",
+                     "n/a" if r["max_abs_delta_ll"] is None else f"{r['max_abs_delta_ll']:.1e} ({r['max_rel_delta_ll']:.0e})",
                      str(len(r["generation_mismatches"])) if gen else "-",
                      str(len(r["extracted_mismatches"])) if gen else "-",
                      str(len(r["score_mismatches"])), agg])
@@ -448,10 +455,13 @@ def main():
     for r in reports:
         extra = [a for a in r["aggregates"] if a["keel_key"].startswith("subtasks.") and not a["identical"]]
         issues = (r["prompt_mismatches"], r["generation_mismatches"], r["extracted_mismatches"], r["score_mismatches"])
-        big = r["max_abs_delta_ll"] is not None and r["max_abs_delta_ll"] > (args.fail_above or 1e-4)
+        if args.fail_above is not None:
+            big = r["max_abs_delta_ll"] is not None and r["max_abs_delta_ll"] > args.fail_above
+        else:
+            big = r["max_rel_delta_ll"] is not None and r["max_rel_delta_ll"] > REL_TOL
         if r["agree"] and not extra and not big:
             continue
-        print(f"\n== {r['task']}: disagreements (keel {r['keel_dir']})")
+        print(f"\n== {r['task']}: {'disagreements' if not r['agree'] else 'log-likelihood differences above --fail-above'} (keel {r['keel_dir']})")
         if r["only_keel"] or r["only_lm_eval"]:
             print(f"  items only in keel: {r['only_keel'][:5]}  only in lm-eval: {r['only_lm_eval'][:5]}")
         for label, lst in zip(("prompt", "generation", "extracted", "score"), issues):
