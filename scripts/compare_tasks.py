@@ -39,6 +39,9 @@ budgets).
 lm-eval's own logits cache: with `logits_cache=True` (HFLM's default) lm-eval 0.4.13 scores a request
 wrongly when another request of the task has the same tokens (context + continuation)[:-1] split
 with a longer continuation (see cache_collisions); run it with logits_cache=False to compare.
+--model DIR (the exported model) explains generation mismatches: it decodes the prompt alone with
+transformers and prints the top-2 logit margin where keel's and lm-eval's generations part (see
+near_tie); a margin of float32 rounding size is a near-tie the two broke differently.
 """
 import argparse
 import csv
@@ -301,7 +304,40 @@ def cache_collisions(h, tokenizer):
     return out
 
 
-def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None):
+_MODEL = {}
+
+
+def near_tie(model_dir, prompt, max_gen_toks, gen_keel, gen_lm):
+    """Where greedy generations part, decode the prompt alone (batch 1, no padding) with
+    transformers and report the top-2 logit margin at the step where keel's and lm-eval's texts
+    first differ, and which side the lone decoding follows. A margin near float32 rounding (~1e-5)
+    means the two evaluators only broke a near-tie differently (lm-eval decodes left-padded batches,
+    which changes the float arithmetic; keel decodes each row as it would alone)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model_dir not in _MODEL:
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+        m = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32).eval()
+        _MODEL[model_dir] = (tok, m)
+    tok, m = _MODEL[model_dir]
+    max_len = m.config.max_position_embeddings
+    ctx = tok(prompt, add_special_tokens=False)["input_ids"][-(max_len - max_gen_toks):]
+    ids = torch.tensor([ctx])
+    with torch.no_grad():
+        out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_gen_toks, do_sample=False,
+                         output_scores=True, return_dict_in_generate=True, pad_token_id=tok.eos_token_id)
+    new = out.sequences[0, len(ctx):].tolist()
+    text = tok.decode(new, skip_special_tokens=True)
+    c = next((j for j, (x, y) in enumerate(zip(gen_keel, gen_lm)) if x != y), min(len(gen_keel), len(gen_lm)))
+    step = next((j for j in range(len(new)) if len(tok.decode(new[:j + 1], skip_special_tokens=True)) > c), len(new) - 1)
+    top = torch.topk(out.scores[step][0].double(), 2)
+    return {"alone_follows": "keel" if text.startswith(gen_keel) else "lm-eval" if text.startswith(gen_lm) else "neither",
+            "step": step, "top2_margin": (top.values[0] - top.values[1]).item(),
+            "top2": [tok.decode([t]) for t in top.indices.tolist()]}
+
+
+def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None, model=None):
     k_results, k_path, k = read_keel(name, spec, keel_dir)
     h_results, h_files, h = read_harness(name, spec, harness_dir)
     common = sorted(set(k) & set(h))
@@ -341,8 +377,12 @@ def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None):
                 rep["prompt_mismatches"].append({"item": ident, "choices_keel": len(a["ll"]), "choices_lm_eval": len(b["ll"])})
         else:
             if a["generation"] != b["generation"]:
-                rep["generation_mismatches"].append({"item": ident, "keel": a["generation"], "lm_eval": b["generation"],
-                                                     **{"first_diff_at": first_diff(a["generation"], b["generation"])["at"]}})
+                d = {"item": ident, "keel": a["generation"], "lm_eval": b["generation"],
+                     "first_diff_at": first_diff(a["generation"], b["generation"])["at"]}
+                if model and len(rep["generation_mismatches"]) < 20:
+                    budget = int(k_results.get("max_gen_toks") or (b.get("gen_kwargs") or {}).get("max_gen_toks") or 256)
+                    d["near_tie"] = near_tie(model, a["requests"][0][0], budget, a["generation"], b["generation"])
+                rep["generation_mismatches"].append(d)
             for f in filters:
                 ea, eb = a["extracted"].get(f), b["extracted"].get(f)
                 if ea != eb:
@@ -423,13 +463,15 @@ def main():
     ap.add_argument("--fail-above", type=float, help="exit 1 on any disagreement or |delta loglik| above this")
     ap.add_argument("--tokenizer", help="the exported model's folder: where log-likelihoods differ, look for requests"
                     " that lm-eval's logits cache mixes up (transformers needed)")
+    ap.add_argument("--model", help="the exported model's folder: where generations differ, decode the prompt alone"
+                    " and report the top-2 logit margin where they part (transformers needed)")
     args = ap.parse_args()
 
     reports = []
     for name, kd, hd in args.task:
         if name not in SPECS:
             sys.exit(f"unknown task {name}; known: {' '.join(SPECS)}")
-        reports.append(compare(name, SPECS[name], kd, hd, args.show, args.tokenizer))
+        reports.append(compare(name, SPECS[name], kd, hd, args.show, args.tokenizer, args.model))
 
     hdr = ["task", "items keel/lm", "prompts identical", "max|dLL| (rel.)", "gen mism.", "extr. mism.", "score mism.",
            "aggregates keel / lm-eval"]
@@ -466,7 +508,11 @@ def main():
             print(f"  items only in keel: {r['only_keel'][:5]}  only in lm-eval: {r['only_lm_eval'][:5]}")
         for label, lst in zip(("prompt", "generation", "extracted", "score"), issues):
             for d in lst[:args.show]:
-                print(f"  {label}: " + ", ".join(f"{k}={short(v)}" for k, v in d.items()))
+                print(f"  {label}: " + ", ".join(f"{k}={short(v)}" for k, v in d.items() if k != "near_tie"))
+                if "near_tie" in d:
+                    t = d["near_tie"]
+                    print(f"    decoded alone by transformers, the prompt follows {t['alone_follows']}; at new token"
+                          f" {t['step']} the top two {t['top2']} differ by {t['top2_margin']:.2e} in logit")
             if len(lst) > args.show:
                 print(f"  ... {len(lst) - args.show} more {label} mismatches")
         if big:

@@ -215,4 +215,4 @@ fi
 say "agreement"
 fail=()
 [ -n "$FAIL_ABOVE" ] && fail=(--fail-above "$FAIL_ABOVE")
-"$py" scripts/compare_tasks.py "${compare_args[@]}" --tokenizer "$hf" --json "$lm_dir/agreement.json" "${fail[@]}"
+"$py" scripts/compare_tasks.py "${compare_args[@]}" --tokenizer "$hf" --model "$hf" --json "$lm_dir/agreement.json" "${fail[@]}"
