@@ -3,9 +3,9 @@
 prompts, log-likelihoods, generations, extracted answers, per-item scores and aggregate scores.
 
     python3 scripts/compare_tasks.py \
-        --task gsm8k runs/agree/eval/gsm8k-5shot runs/agree-tasks/gsm8k/out \
-        --task hellaswag runs/agree/eval/hellaswag-0shot runs/agree-tasks/hellaswag/out \
-        [--show 5] [--json report.json] [--fail-above TOL]
+        --task gsm8k runs/agree/eval/agree-tasks/gsm8k runs/agree-lm-eval-tasks/out/gsm8k \
+        --task hellaswag runs/agree/eval/agree-tasks/hellaswag runs/agree-lm-eval-tasks/out/hellaswag \
+        [--show 5] [--json report.json] [--fail-above TOL] [--tokenizer runs/agree-hf] [--model runs/agree-hf]
 
 --task NAME KEEL_DIR HARNESS_DIR (repeatable)
     NAME        one of: gsm8k gsm8k_cot hellaswag arc_easy arc_challenge piqa winogrande mmlu_pro cmmlu
@@ -47,7 +47,6 @@ import argparse
 import csv
 import glob
 import json
-import math
 import os
 import re
 import sys
@@ -337,7 +336,7 @@ def near_tie(model_dir, prompt, max_gen_toks, gen_keel, gen_lm):
             "top2": [tok.decode([t]) for t in top.indices.tolist()]}
 
 
-def compare(name, spec, keel_dir, harness_dir, show, tokenizer=None, model=None):
+def compare(name, spec, keel_dir, harness_dir, tokenizer=None, model=None):
     k_results, k_path, k = read_keel(name, spec, keel_dir)
     h_results, h_files, h = read_harness(name, spec, harness_dir)
     common = sorted(set(k) & set(h))
@@ -471,7 +470,7 @@ def main():
     for name, kd, hd in args.task:
         if name not in SPECS:
             sys.exit(f"unknown task {name}; known: {' '.join(SPECS)}")
-        reports.append(compare(name, SPECS[name], kd, hd, args.show, args.tokenizer, args.model))
+        reports.append(compare(name, SPECS[name], kd, hd, args.tokenizer, args.model))
 
     hdr = ["task", "items keel/lm", "prompts identical", "max|dLL| (rel.)", "gen mism.", "extr. mism.", "score mism.",
            "aggregates keel / lm-eval"]
