@@ -38,7 +38,7 @@
 
 use super::bench::{Benchmark, Data, Outcome, Session, Settings};
 use super::generative::mean_and_stderr;
-use super::mmlu::argmax;
+use super::mmlu::{argmax, argmax_per_char};
 use super::records::{self, Record};
 use super::{encode_pair, fit, LanguageModel, Request};
 use crate::InputError;
@@ -51,13 +51,7 @@ fn bad(msg: String) -> anyhow::Error {
     InputError(msg).into()
 }
 
-/// lm-evaluation-harness's `target_delimiter` and `fewshot_delimiter` defaults
-/// (`lm_eval/config/task.py::TaskConfig`), which none of these tasks overrides.
-pub const TARGET_DELIMITER: &str = " ";
-pub const FEWSHOT_DELIMITER: &str = "\n\n";
-
-/// lm-evaluation-harness's default few-shot seed (`lm_eval/defaults.py`, `fewshot_random_seed`).
-pub const FEWSHOT_SEED: u64 = 1234;
+pub use super::{FEWSHOT_DELIMITER, FEWSHOT_SEED, TARGET_DELIMITER};
 
 /// How one item becomes requests.
 #[derive(Debug, Clone, PartialEq)]
@@ -295,8 +289,7 @@ pub fn score(
     let mut rows = Vec::with_capacity(docs.len());
     let (mut acc, mut acc_norm) = (Vec::new(), Vec::new());
     for (((doc, prefix), ll), &cut) in docs.iter().zip(prefixes).zip(lls).zip(truncated) {
-        let norm: Vec<f64> = ll.iter().zip(&doc.choices).map(|(l, c)| l / c.chars().count() as f64).collect();
-        let (p, pn) = (argmax(ll), argmax(&norm));
+        let (p, pn) = (argmax(ll), argmax_per_char(ll, &doc.choices));
         let (context, choices, continuation, target) = match &doc.form {
             Form::Query(q) => (format!("{prefix}{q}"), &doc.choices, String::new(), doc.choices[doc.gold].clone()),
             Form::Blank { before, options, after } => {

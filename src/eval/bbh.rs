@@ -207,8 +207,7 @@ impl Variant {
     }
 }
 
-/// lm-eval's `fewshot_delimiter`, after each exemplar.
-pub const FEWSHOT_DELIMITER: &str = "\n\n";
+pub use super::FEWSHOT_DELIMITER;
 
 /// The template's `exact_match` settings.
 pub fn metric(variant: Variant) -> Result<ExactMatch, RegexError> {

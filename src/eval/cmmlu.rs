@@ -32,7 +32,8 @@
 use super::bench::{Benchmark, Data, Outcome, Session, Settings};
 use super::generative::py_strip;
 use super::mmlu::{
-    argmax, empty, enough_exemplars, fewshot_context, letter_requests, lettered, subject_names, Accuracy, LETTERS,
+    argmax, argmax_per_char, empty, enough_exemplars, fewshot_context, letter_requests, lettered, subject_names,
+    Accuracy, LETTERS,
 };
 use super::LanguageModel;
 use crate::InputError;
@@ -275,8 +276,7 @@ pub fn prompt(shots: &[Question], q: &Question) -> String {
 /// The predictions by `acc` (argmax) and `acc_norm` (argmax of each log-likelihood divided by its
 /// choice's length in characters, as `process_results` of a `multiple_choice` task divides).
 pub fn predict(ll: &[f64]) -> (usize, usize) {
-    let norm: Vec<f64> = ll.iter().zip(LETTERS).map(|(l, c)| l / c.chars().count() as f64).collect();
-    (argmax(ll), argmax(&norm))
+    (argmax(ll), argmax_per_char(ll, &LETTERS))
 }
 
 /// One question's outcome: a row of `questions.csv`.

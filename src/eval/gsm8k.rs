@@ -87,10 +87,7 @@ pub const COT_EXEMPLARS: [(&str, &str); 8] = [
      "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars left. 23 - 15 is 8. The answer is 8."),
 ];
 
-/// lm-evaluation-harness's defaults: `target_delimiter` between an exemplar's text and target,
-/// `fewshot_delimiter` after each exemplar (`lm_eval/api/task.py::build_qa_turn`).
-pub const TARGET_DELIMITER: &str = " ";
-pub const FEWSHOT_DELIMITER: &str = "\n\n";
+pub use super::{FEWSHOT_DELIMITER, FEWSHOT_SEED, TARGET_DELIMITER};
 
 /// A task's question text (`doc_to_text`).
 pub fn doc_to_text(variant: Variant, question: &str) -> String {
@@ -252,9 +249,6 @@ pub fn evaluate(
         .collect();
     Ok(Report { rows, scores })
 }
-
-/// lm-evaluation-harness's `fewshot_random_seed` default.
-pub const FEWSHOT_SEED: u64 = 1234;
 
 /// The train indices lm-evaluation-harness's default sampler draws for each of the first
 /// `problems` test problems: `Random(1234).sample(train, shots)` once per problem, in order.

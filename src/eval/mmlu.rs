@@ -380,6 +380,13 @@ pub fn argmax(values: &[f64]) -> usize {
     best
 }
 
+/// The `acc_norm` prediction: the argmax of each log-likelihood divided by its choice's length in
+/// characters (Python's `len`, not bytes), as a `multiple_choice` task's `process_results` divides.
+pub fn argmax_per_char<S: AsRef<str>>(ll: &[f64], choices: &[S]) -> usize {
+    let norm: Vec<f64> = ll.iter().zip(choices).map(|(l, c)| l / c.as_ref().chars().count() as f64).collect();
+    argmax(&norm)
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Accuracy {
     pub correct: usize,

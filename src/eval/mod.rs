@@ -38,6 +38,16 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
+/// lm-evaluation-harness's `target_delimiter` and `fewshot_delimiter` defaults
+/// (`lm_eval/config/task.py::TaskConfig`): between an exemplar's text and its target, and after
+/// each exemplar. None of keel's tasks overrides them.
+pub const TARGET_DELIMITER: &str = " ";
+pub const FEWSHOT_DELIMITER: &str = "\n\n";
+
+/// lm-evaluation-harness's default few-shot seed (`lm_eval/defaults.py`, `fewshot_random_seed`),
+/// which seeds its default sampler (see `py_random.rs`).
+pub const FEWSHOT_SEED: u64 = 1234;
+
 /// Score `tokens[cont_start..]` given `tokens[..cont_start]` (`cont_start >= 1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
