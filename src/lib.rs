@@ -31,6 +31,7 @@ pub mod run_dir;
 pub mod signals;
 pub mod stress;
 pub mod sweep;
+pub mod tensorboard;
 pub mod train;
 
 /// Exit status of a run stopped by SIGINT or SIGTERM after writing a checkpoint (128 + SIGINT).

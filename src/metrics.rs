@@ -7,6 +7,9 @@
 //! - `eval.csv`: step,val_loss,val_ppl
 //! - `grad_norms.csv`: step,layer,kind,grad_norm (long format; layer is the sub-layer index,
 //!   0 = bottom, empty for the embedding, final norm and head rows)
+//!
+//! The same numbers go to TensorBoard event files beside them (unless `run.tensorboard = false`),
+//! written and flushed with each CSV row, under the tags of [`tags`].
 
 use crate::run_dir::RunDir;
 use crate::InputError;
@@ -18,11 +21,39 @@ pub const EVAL_HEADER: [&str; 3] = ["step", "val_loss", "val_ppl"];
 pub const GRAD_NORMS_HEADER: [&str; 4] = ["step", "layer", "kind", "grad_norm"];
 
 use crate::files::write_atomic;
+use crate::tensorboard::{self, Event, EventLog};
 
 pub struct RunWriters {
     metrics: csv::Writer<File>,
     eval: csv::Writer<File>,
     grad_norms: csv::Writer<File>,
+    events: Option<EventLog>,
+}
+
+/// The TensorBoard tags of a run's numbers (`torch.utils.tensorboard` style: the part before the
+/// first `/` is the dashboard's section).
+pub mod tags {
+    pub const LOSS: &str = "train/loss";
+    pub const LR: &str = "train/lr";
+    pub const GRAD_NORM: &str = "train/grad_norm";
+    pub const TOKENS_PER_S: &str = "train/tokens_per_s";
+    pub const VAL_LOSS: &str = "val/loss";
+    /// The prefix of the per-sub-layer gradient norms.
+    pub const GRAD_NORMS: &str = "grad_norm";
+    /// The histogram of the sub-layers' gradient norms over depth.
+    pub const GRAD_NORM_BY_DEPTH: &str = "grad_norm_by_depth";
+
+    /// `grad_norm/0007_attn` for sub-layer 7 of a run of `depth` (zero-padded, so that the tags
+    /// sort by depth), `grad_norm/embedding` for the rows that are not a sub-layer.
+    pub fn grad_norm(layer: Option<usize>, kind: &str, depth: usize) -> String {
+        match layer {
+            Some(i) => {
+                let width = depth.saturating_sub(1).max(1).to_string().len();
+                format!("{GRAD_NORMS}/{i:0width$}_{kind}")
+            }
+            None => format!("{GRAD_NORMS}/{kind}"),
+        }
+    }
 }
 
 fn open(path: &Path, header: &[&str]) -> std::io::Result<csv::Writer<File>> {
@@ -245,23 +276,59 @@ fn reopen(path: &Path, kept: &str) -> std::io::Result<csv::Writer<File>> {
 }
 
 impl RunWriters {
-    pub fn create(dir: &RunDir) -> std::io::Result<Self> {
+    /// Starts a run's CSVs, and its TensorBoard event file when `tensorboard` is set.
+    pub fn create(dir: &RunDir, tensorboard: bool) -> std::io::Result<Self> {
         Ok(RunWriters {
             metrics: open(&dir.metrics(), &METRICS_HEADER)?,
             eval: open(&dir.eval_csv(), &EVAL_HEADER)?,
             grad_norms: open(&dir.grad_norms(), &GRAD_NORMS_HEADER)?,
+            events: tensorboard.then(|| EventLog::create(dir.path())).transpose()?,
         })
     }
 
     /// Continues a run's CSVs after step `step`: all three must hold every row up to it (see
-    /// [`verify_for_resume`]) before any is rewritten; rows written after it are dropped.
-    pub fn resume(dir: &RunDir, step: usize, layout: Layout) -> anyhow::Result<Self> {
+    /// [`verify_for_resume`]) and its event files must read back (see [`EventLog::verify`])
+    /// before any is rewritten; rows and events written after it are dropped. The events go on in
+    /// a new file (when `tensorboard` is set), so TensorBoard sees every step once.
+    pub fn resume(dir: &RunDir, step: usize, layout: Layout, tensorboard: bool) -> anyhow::Result<Self> {
         let [m, e, g] = verify_for_resume(dir, step, layout)?;
-        Ok(RunWriters {
+        // Turned off, events are still cut back to the checkpoint (so that turning them on again
+        // repeats no step), but a damaged file is only reported.
+        let kept = match EventLog::verify(dir.path(), step) {
+            Ok(kept) => kept,
+            Err(e) if !tensorboard => {
+                eprintln!(
+                    "warning: {}\n  (run.tensorboard is false: the file is left as it is)",
+                    e.0.lines().next().unwrap_or_default()
+                );
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let writers = RunWriters {
             metrics: reopen(&dir.metrics(), &m)?,
             eval: reopen(&dir.eval_csv(), &e)?,
             grad_norms: reopen(&dir.grad_norms(), &g)?,
-        })
+            events: None,
+        };
+        let events = if tensorboard {
+            Some(EventLog::resume(dir.path(), kept)?)
+        } else {
+            EventLog::cut(kept)?;
+            None
+        };
+        Ok(RunWriters { events, ..writers })
+    }
+
+    /// Writes one summary event and flushes it, as each CSV row is.
+    fn event(&mut self, step: usize, values: Vec<tensorboard::SummaryValue>) -> std::io::Result<()> {
+        match self.events.as_mut() {
+            Some(log) => {
+                log.write(&Event::summary(step, values))?;
+                log.flush()
+            }
+            None => Ok(()),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -284,12 +351,23 @@ impl RunWriters {
             format!("{tokens_per_s:.1}"),
             format!("{elapsed_s:.3}"),
         ])?;
-        self.metrics.flush()
+        self.metrics.flush()?;
+        use tensorboard::scalar;
+        self.event(
+            step,
+            vec![
+                scalar(tags::LOSS, loss),
+                scalar(tags::LR, lr),
+                scalar(tags::GRAD_NORM, grad_norm),
+                scalar(tags::TOKENS_PER_S, tokens_per_s),
+            ],
+        )
     }
 
     pub fn eval(&mut self, step: usize, val_loss: f64) -> std::io::Result<()> {
         self.eval.write_record([step.to_string(), val_loss.to_string(), val_loss.exp().to_string()])?;
-        self.eval.flush()
+        self.eval.flush()?;
+        self.event(step, vec![tensorboard::scalar(tags::VAL_LOSS, val_loss)])
     }
 
     pub fn grad_norms(&mut self, step: usize, rows: &[GradNormRow]) -> std::io::Result<()> {
@@ -297,7 +375,17 @@ impl RunWriters {
             let layer = r.layer.map(|l| l.to_string()).unwrap_or_default();
             self.grad_norms.write_record([step.to_string(), layer, r.kind.to_string(), r.grad_norm.to_string()])?;
         }
-        self.grad_norms.flush()
+        self.grad_norms.flush()?;
+        if self.events.is_none() {
+            return Ok(());
+        }
+        let sub_layers: Vec<f64> = rows.iter().filter(|r| r.layer.is_some()).map(|r| r.grad_norm).collect();
+        let mut values: Vec<_> = rows
+            .iter()
+            .map(|r| tensorboard::scalar(tags::grad_norm(r.layer, r.kind, sub_layers.len()), r.grad_norm))
+            .collect();
+        values.extend(tensorboard::depth_histogram(tags::GRAD_NORM_BY_DEPTH, &sub_layers));
+        self.event(step, values)
     }
 }
 

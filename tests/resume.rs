@@ -84,6 +84,41 @@ fn assert_same_results(reference: &Path, run: &Path) {
         );
     }
     assert!(run.join("DONE").exists());
+    assert_same_events(reference, run);
+}
+
+/// `(tag, step) -> value` over a run's TensorBoard event files, in the order TensorBoard reads
+/// them, asserting that no step of a tag is there twice.
+fn events(dir: &Path) -> std::collections::BTreeMap<(String, i64), f32> {
+    let mut out = std::collections::BTreeMap::new();
+    for file in keel::tensorboard::event_files(dir).unwrap() {
+        for e in keel::tensorboard::read_events(&file).unwrap() {
+            for (tag, v) in e.scalars() {
+                let old = out.insert((tag.to_string(), e.step), v);
+                assert!(old.is_none(), "{}: {tag} at step {} is there twice", dir.display(), e.step);
+            }
+        }
+    }
+    out
+}
+
+/// The union of the event files holds every step exactly once, with the uninterrupted run's values
+/// (but for the wall-clock tokens/s) and `metrics.csv`'s losses.
+fn assert_same_events(reference: &Path, run: &Path) {
+    let clockless = |d: &Path| {
+        let mut m = events(d);
+        m.retain(|(tag, _), _| tag != "train/tokens_per_s");
+        m
+    };
+    let (a, b) = (clockless(reference), clockless(run));
+    assert_eq!(a.keys().filter(|(t, _)| t == "train/loss").count(), 60);
+    assert_eq!(a, b, "the event files differ from the uninterrupted run's");
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (step, loss): (i64, f64) = (f[0].parse().unwrap(), f[3].parse().unwrap());
+        assert_eq!(b[&("train/loss".to_string(), step)], loss as f32, "step {step}");
+    }
 }
 
 /// Polls `done` every millisecond for up to a minute; returns whether it came true.

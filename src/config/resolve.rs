@@ -300,7 +300,7 @@ fn all_pre_ln_mix_ln(fraction: f64, depth: usize) -> String {
 /// up to the checkpoint (total steps changes the schedule from there on, as the user asked). The
 /// data's paths say where the data lives, not what it is: its identity (see
 /// `data::identity`) is checked on its own, so a moved folder resumes and other data does not.
-pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 10] = [
+pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 11] = [
     "train.steps",
     "train.recompute",
     "train.log_every",
@@ -309,6 +309,7 @@ pub const SAFE_TO_CHANGE_ON_RESUME: [&str; 10] = [
     "run.name",
     "run.out_dir",
     "run.device",
+    "run.tensorboard",
     "data.path",
     "data.source",
 ];
@@ -318,7 +319,7 @@ pub const INIT_FROM: &str = "train.init_from";
 
 /// [`SAFE_TO_CHANGE_ON_RESUME`] before the data's paths joined it: the fingerprint of checkpoints
 /// written by earlier keels (see [`Resolved::legacy_fingerprint`]).
-const LEGACY_SAFE: [&str; 8] = [
+const LEGACY_SAFE: [&str; 9] = [
     "train.steps",
     "train.recompute",
     "train.log_every",
@@ -327,6 +328,8 @@ const LEGACY_SAFE: [&str; 8] = [
     "run.name",
     "run.out_dir",
     "run.device",
+    // Newer than both fingerprints: left out of them, so that they stay as they were.
+    "run.tensorboard",
 ];
 
 impl Config {

@@ -314,11 +314,13 @@ pub struct RunConfig {
     pub out_dir: String,
     /// `cpu`, `cuda`, `cuda:N`, `metal` or `auto` (`--device` overrides).
     pub device: String,
+    /// TensorBoard event files in the run directory beside the CSVs (`crate::tensorboard`).
+    pub tensorboard: bool,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { name: "run".into(), out_dir: "runs".into(), device: "cpu".into() }
+        RunConfig { name: "run".into(), out_dir: "runs".into(), device: "cpu".into(), tensorboard: true }
     }
 }
 

@@ -321,14 +321,15 @@ fn train_into(
     let world = crate::dist::world();
     let root = world.is_root();
     let progress = if root { progress } else { ProgressMode::Quiet };
+    let events = resolved.config.run.tensorboard;
     let mut writers = if root {
         Some(
             match &start {
-                Start::Fresh => RunWriters::create(&run).map_err(anyhow::Error::from),
-                Start::Over => RunWriters::resume(&run, 0, layout),
-                Start::Checkpoint(c) => RunWriters::resume(&run, c.state.step, layout),
-                Start::Init { over: false, .. } => RunWriters::create(&run).map_err(anyhow::Error::from),
-                Start::Init { over: true, .. } => RunWriters::resume(&run, 0, layout),
+                Start::Fresh => RunWriters::create(&run, events).map_err(anyhow::Error::from),
+                Start::Over => RunWriters::resume(&run, 0, layout, events),
+                Start::Checkpoint(c) => RunWriters::resume(&run, c.state.step, layout, events),
+                Start::Init { over: false, .. } => RunWriters::create(&run, events).map_err(anyhow::Error::from),
+                Start::Init { over: true, .. } => RunWriters::resume(&run, 0, layout, events),
             }
             .with_context(|| format!("preparing output files in {}", out.display()))?,
         )
