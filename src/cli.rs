@@ -35,6 +35,10 @@ pub enum Command {
     /// Export a run for Hugging Face: a Llama folder for Pre-LN/RMSNorm/SwiGLU runs,
     /// KeelForCausalLM (transformers remote code) for every other placement.
     Export(ExportArgs),
+    /// One table of every run under the given folders: status (done, diverged, running,
+    /// stopped, failed), shape, steps, losses, speed.
+    #[command(visible_alias = "ls")]
+    Runs(RunsArgs),
 }
 
 /// `--shots-from` values.
@@ -414,4 +418,22 @@ pub struct BenchArgs {
     /// Rounds of each decoding mode (with --decode).
     #[arg(long, default_value_t = 3, requires = "decode")]
     pub rounds: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Run directories, or folders holding runs at any depth (a sweep's or stress grid's --out,
+    /// runs/).
+    #[arg(default_value = "runs")]
+    pub dirs: Vec<PathBuf>,
+    /// Sort by this column, ascending (numbers numerically, missing values last; default: the
+    /// folders' order).
+    #[arg(long, value_name = "COLUMN")]
+    pub sort: Option<crate::runs::Column>,
+    /// Print CSV (a header and one line per run) instead of the table.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// Print a JSON array, one object per run, instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }

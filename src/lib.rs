@@ -28,6 +28,7 @@ pub mod probe;
 pub mod recompute;
 pub mod rng;
 pub mod run_dir;
+pub mod runs;
 pub mod signals;
 pub mod stress;
 pub mod sweep;

@@ -38,6 +38,7 @@ fn main() {
         Command::Eval(_) => "eval",
         Command::Generate(_) => "generate",
         Command::Export(_) => "export",
+        Command::Runs(_) => "runs",
     };
     if let Err(why) = keel::ops::simd_limit_from_env() {
         fail(keel::InputError(why).into(), command);
@@ -63,6 +64,7 @@ fn main() {
         Command::Eval(args) => commands::eval::run(&args),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Export(args) => commands::export::run(&args),
+        Command::Runs(args) => commands::runs::run(&args),
     });
     match result {
         Ok(ExitStatus::Success) => keel::dist::finish(),

@@ -114,6 +114,11 @@ impl RunDir {
     /// The keel process training this run right now ("PID 4242"), if one is: probed with the lock
     /// itself, so a lock file left by a process that has ended names nobody. Takes nothing.
     pub fn holder(&self) -> Option<String> {
+        self.holding().map(|h| h.to_string())
+    }
+
+    /// [`RunDir::holder`] as a value: the process's PID when it wrote one.
+    pub fn holding(&self) -> Option<Holder> {
         let mut file = std::fs::File::open(self.root.join(LOCK)).ok()?;
         match file.try_lock_shared() {
             Ok(()) => None,
@@ -302,9 +307,23 @@ impl RunDir {
     }
 }
 
+/// The process holding a run directory's lock: its PID, or `None` when it has not written one
+/// (yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder(pub Option<u32>);
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, "PID {pid}"),
+            None => f.write_str("another process"),
+        }
+    }
+}
+
 /// Who holds a lock file's lock, from the PID its holder writes into it right after locking
 /// (given a moment to do so).
-fn holder_of(file: &mut std::fs::File) -> String {
+fn holder_of(file: &mut std::fs::File) -> Holder {
     use std::io::{Read, Seek};
     let mut holder = String::new();
     for _ in 0..20 {
@@ -315,10 +334,7 @@ fn holder_of(file: &mut std::fs::File) -> String {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    match holder.trim().parse::<u32>() {
-        Ok(pid) => format!("PID {pid}"),
-        Err(_) => "another process".to_string(),
-    }
+    Holder(holder.trim().parse::<u32>().ok())
 }
 
 /// `summary.json`.

@@ -7,6 +7,7 @@ pub mod export;
 pub mod generate;
 pub mod plot;
 pub mod probe;
+pub mod runs;
 pub mod stress;
 pub mod sweep;
 pub mod train;
