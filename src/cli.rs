@@ -190,6 +190,10 @@ pub struct PlotArgs {
     /// Steps of grad_norms.csv to draw (default: the first and the last).
     #[arg(long, value_delimiter = ',')]
     pub steps: Vec<usize>,
+    /// Smooth training-loss curves with TensorBoard's debiased EMA of weight W in [0, 1)
+    /// (TensorBoard's default is 0.6), the raw curve drawn faint behind; 0 draws them raw.
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub smooth: f64,
 }
 
 #[derive(Debug, Args)]

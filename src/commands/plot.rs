@@ -15,13 +15,18 @@ pub fn run(args: &PlotArgs) -> Result<ExitStatus> {
         column: args.column.clone(),
         against: args.against.clone(),
         steps: args.steps.clone(),
+        smooth: args.smooth,
     };
     // Every input is read (and a damaged one refused), and every figure drawn, before the output
     // folder is made or anything written.
-    let figures = plot::figures(&args.paths, &opts)?;
+    let plot = plot::figures(&args.paths, &opts)?;
     crate::fault::pause_point("plot-before-write");
-    for written in plot::write(&figures, &args.out)? {
+    for written in plot::write(&plot.figures, &args.out)? {
         println!("{}", written.display());
+    }
+    // Runs not finished (a sweep watched while it runs), steps asked for but missing.
+    for note in &plot.notes {
+        eprintln!("note: {note}");
     }
     Ok(ExitStatus::Success)
 }
