@@ -882,9 +882,8 @@ struct RunInfo {
     placement: String,
     depth: usize,
     planned_steps: Option<usize>,
-    /// The keel process training it right now ("PID 4242").
-    holder: Option<String>,
-    done: bool,
+    /// Where it stands (running, stopped, done, ...).
+    status: crate::runs::Status,
 }
 
 impl RunInfo {
@@ -897,29 +896,37 @@ impl RunInfo {
             placement: config.as_ref().map(|c| c.model.placement.to_string()).unwrap_or_default(),
             depth: config.as_ref().map_or(0, |c| c.model.depth),
             planned_steps: config.as_ref().map(|c| c.train.steps),
-            holder: dir.holder(),
-            done: dir.is_done(),
+            status: crate::runs::Status::of(&dir),
         }
+    }
+
+    /// It has ended for good (`DONE`), finished or diverged (or with a damaged summary).
+    fn is_finished(&self) -> bool {
+        self.status.is_finished() || RunDir::at(&self.path).is_done()
+    }
+
+    /// A live keel process is training it: its CSVs' last lines may be half-written.
+    fn is_live(&self) -> bool {
+        matches!(self.status, crate::runs::Status::Running(_))
     }
 
     /// Why the run is not finished, or `None` when it is (diverged runs included): running,
     /// stopped (resumable or not), or started with no step logged; `last_step` from its metrics.
     fn unfinished(&self, last_step: Option<usize>) -> Option<String> {
-        if self.done {
-            return None;
-        }
+        use crate::runs::Status;
         let at = |k: usize| match self.planned_steps {
             Some(n) => format!("step {k} of {n}"),
             None => format!("step {k}"),
         };
-        Some(match (&self.holder, last_step) {
-            (Some(who), Some(k)) => format!("running as {who}, at {}", at(k)),
-            (Some(who), None) => format!("running as {who}, no step logged yet"),
-            (None, Some(k)) => match crate::checkpoint::list(&RunDir::at(&self.path)).first() {
-                Some((c, _)) => format!("stopped at {}, resumable from step {c}", at(k)),
-                None => format!("stopped at {}, no checkpoint", at(k)),
-            },
-            (None, None) => "started, no step logged yet".into(),
+        Some(match (&self.status, last_step) {
+            _ if self.is_finished() => return None,
+            (Status::Running(who), Some(k)) => format!("running as {who}, at {}", at(k)),
+            (Status::Running(who), None) => format!("running as {who}, no step logged yet"),
+            (Status::Stopped { checkpoint }, Some(k)) => {
+                format!("stopped at {}, resumable from step {checkpoint}", at(k))
+            }
+            (_, Some(k)) => format!("stopped at {}, no checkpoint", at(k)),
+            (_, None) => "started, no step logged yet".into(),
         })
     }
 }
@@ -961,7 +968,7 @@ impl RunCurves {
     fn read(path: &Path) -> Result<Self> {
         let info = RunInfo::of(path);
         let dir = RunDir::at(path);
-        let live = info.holder.is_some();
+        let live = info.is_live();
         let train = if dir.metrics().exists() { run_points(&dir.metrics(), live, "step", "loss")? } else { Vec::new() };
         let val =
             if dir.eval_csv().exists() { run_points(&dir.eval_csv(), live, "step", "val_loss")? } else { Vec::new() };
@@ -990,10 +997,10 @@ fn loss_figure_of(curves: &[RunCurves], opts: &Options, name: &str, title: &str)
     for (c, &color) in curves.iter().zip(&colors) {
         let marker = c.diverged_at.and_then(|k| c.train.iter().rev().find(|p| p.0 <= k as f64).copied());
         // A run still going (or stopped before its end) says so where its line is named.
-        let label = match (&c.info.holder, c.info.done) {
-            (Some(_), _) => format!("{} (running)", c.info.name),
-            (None, false) => format!("{} (not finished)", c.info.name),
-            (None, true) => c.info.name.clone(),
+        let label = match &c.info.status {
+            crate::runs::Status::Running(_) => format!("{} (running)", c.info.name),
+            _ if c.info.is_finished() => c.info.name.clone(),
+            _ => format!("{} (not finished)", c.info.name),
         };
         if smooth {
             let mut raw = Series::new(format!("{label} (raw)"), color, c.train.clone());
@@ -1055,7 +1062,7 @@ fn grad_rows(run: &RunInfo) -> Result<(GradRows, Vec<usize>)> {
     if !file.exists() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let (h, rows) = records_of(&file, run.holder.is_some())?;
+    let (h, rows) = records_of(&file, run.is_live())?;
     if h.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -1424,7 +1431,7 @@ fn grid_figures(dir: &Path, opts: &Options, plot: &mut Plot) -> Result<()> {
         };
         let missing: Vec<&RunInfo> = runs.iter().filter(|r| !listed.contains(&r.name)).collect();
         if !missing.is_empty() {
-            let (done, running): (Vec<&RunInfo>, Vec<&RunInfo>) = missing.into_iter().partition(|r| r.done);
+            let (done, running): (Vec<&RunInfo>, Vec<&RunInfo>) = missing.into_iter().partition(|r| r.is_finished());
             let mut parts = Vec::new();
             if !running.is_empty() {
                 let names: Vec<&str> = running.iter().map(|r| r.name.as_str()).collect();

@@ -37,6 +37,39 @@ pub enum Status {
 }
 
 impl Status {
+    /// Where the run in `dir` stands (reads its config and summary; see [`row`] for everything
+    /// else). The one place that tells a run's status: `keel runs` and `keel plot` ask it.
+    pub fn of(dir: &RunDir) -> Status {
+        let summary = summary(dir).ok().flatten();
+        Status::from_parts(dir, dir.read_config().is_ok(), summary.as_ref())
+    }
+
+    /// The status from what the caller already read: whether the config reads, and the summary
+    /// when it exists and parses.
+    fn from_parts(dir: &RunDir, config_reads: bool, summary: Option<&Summary>) -> Status {
+        let done = dir.is_done();
+        if let Some(holder) = dir.holding() {
+            Status::Running(holder)
+        } else if !config_reads || (done && summary.is_none() && dir.summary().exists()) {
+            Status::Unreadable
+        } else if done {
+            match summary {
+                Some(s) if s.diverged => Status::Diverged { at: s.diverged_at_step },
+                _ => Status::Done,
+            }
+        } else {
+            match crate::checkpoint::list(dir).first() {
+                Some((step, _)) => Status::Stopped { checkpoint: *step },
+                None => Status::Failed,
+            }
+        }
+    }
+
+    /// The run has ended for good: finished or diverged.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Status::Done | Status::Diverged { .. })
+    }
+
     /// The status's one-word name, as `--csv` and `--json` write it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -436,21 +469,7 @@ pub fn row(run: String, dir: &RunDir) -> RunRow {
         Err(why) => problems.push(why),
     }
     let done = dir.is_done();
-    r.status = if let Some(holder) = dir.holding() {
-        Status::Running(holder)
-    } else if config.is_err() || (done && summary.is_none() && dir.summary().exists()) {
-        Status::Unreadable
-    } else if done {
-        match &summary {
-            Some(s) if s.diverged => Status::Diverged { at: s.diverged_at_step },
-            _ => Status::Done,
-        }
-    } else {
-        match crate::checkpoint::list(dir).first() {
-            Some((step, _)) => Status::Stopped { checkpoint: *step },
-            None => Status::Failed,
-        }
-    };
+    r.status = Status::from_parts(dir, config.is_ok(), summary.as_ref());
     if done && summary.is_none() && !dir.summary().exists() {
         problems.push(format!("finished, but has no {}", crate::run_dir::SUMMARY));
     }
