@@ -82,7 +82,7 @@ def check_run(name, run_dir, acc):
         checked += 1
     grad_rows = read_csv(os.path.join(run_dir, "grad_norms.csv"))
     depth = max([int(r["layer"]) for r in grad_rows if r["layer"]] or [0]) + 1
-    width = len(str(max(depth - 1, 1)))
+    width = max(4, len(str(depth - 1)))
     blocks = defaultdict(list)
     for row in grad_rows:
         step = int(row["step"])

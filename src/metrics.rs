@@ -43,12 +43,14 @@ pub mod tags {
     /// The histogram of the sub-layers' gradient norms over depth.
     pub const GRAD_NORM_BY_DEPTH: &str = "grad_norm_by_depth";
 
-    /// `grad_norm/0007_attn` for sub-layer 7 of a run of `depth` (zero-padded, so that the tags
-    /// sort by depth), `grad_norm/embedding` for the rows that are not a sub-layer.
+    /// `grad_norm/0007_attn` for sub-layer 7, `grad_norm/embedding` for the rows that are not a
+    /// sub-layer. Zero-padded to 4 digits whatever the run's depth, so that the tags sort by depth
+    /// and a sweep's runs of every depth up to 10,000 share the tag of each sub-layer (TensorBoard
+    /// overlays runs by tag); deeper runs widen it to their own digits.
     pub fn grad_norm(layer: Option<usize>, kind: &str, depth: usize) -> String {
         match layer {
             Some(i) => {
-                let width = depth.saturating_sub(1).max(1).to_string().len();
+                let width = depth.saturating_sub(1).to_string().len().max(4);
                 format!("{GRAD_NORMS}/{i:0width$}_{kind}")
             }
             None => format!("{GRAD_NORMS}/{kind}"),

@@ -83,7 +83,7 @@ fn the_event_file_holds_every_number_of_the_csvs() {
     for r in &eval {
         assert_eq!(get(tags::VAL_LOSS, r[0].parse().unwrap()), r[1].parse::<f64>().unwrap() as f32);
     }
-    // grad_norms.csv: step, layer, kind, norm; sub-layer tags zero-padded to the depth's width.
+    // grad_norms.csv: step, layer, kind, norm; sub-layer tags zero-padded to 4 digits.
     let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for r in csv_rows(&dir.join("grad_norms.csv")) {
         let (step, norm): (usize, f64) = (r[0].parse().unwrap(), r[3].parse().unwrap());
@@ -94,8 +94,8 @@ fn the_event_file_holds_every_number_of_the_csvs() {
         }
     }
     assert_eq!(by_step.keys().copied().collect::<Vec<_>>(), [1, 4, 8, 12]);
-    assert!(scalars.contains_key(&("grad_norm/0_attn".to_string(), 1)));
-    assert!(scalars.contains_key(&("grad_norm/5_ffn".to_string(), 12)));
+    assert!(scalars.contains_key(&("grad_norm/0000_attn".to_string(), 1)));
+    assert!(scalars.contains_key(&("grad_norm/0005_ffn".to_string(), 12)));
     for (step, norms) in &by_step {
         let h = &histograms[step];
         assert_eq!(&h.bucket, norms, "step {step}");
