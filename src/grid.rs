@@ -182,11 +182,34 @@ fn run_one(job: &Job, configs: &Path, threads: Option<usize>, device: Option<&st
         Some(0) => Status::Finished,
         // Stopped with a checkpoint, or ended by the stop's SIGTERM before it could take it.
         Some(crate::EXIT_INTERRUPTED) | None if crate::child::stopping() => Status::Stopped,
-        code => {
+        Some(code) => {
             let err = String::from_utf8_lossy(&out.stderr);
-            Status::Failed(format!("exit {code:?}: {}", err.lines().last().unwrap_or("")))
+            Status::Failed(format!("exit {code}: {}", err.lines().last().unwrap_or("")))
         }
+        None => Status::Failed(format!(
+            "{}; `keel sweep` with the same flags resumes it from its last checkpoint",
+            killed_by(&out.status)
+        )),
     })
+}
+
+/// "killed by signal 9 (SIGKILL)" for a child that a signal ended.
+fn killed_by(status: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            let name = match sig {
+                9 => " (SIGKILL)",
+                15 => " (SIGTERM)",
+                6 => " (SIGABRT)",
+                11 => " (SIGSEGV)",
+                _ => "",
+            };
+            return format!("killed by signal {sig}{name}");
+        }
+    }
+    format!("ended without an exit code ({status})")
 }
 
 /// Runs `jobs` with up to `parallel` at once; `report` sees each as it ends. With `devices`, one
