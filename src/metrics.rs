@@ -307,19 +307,15 @@ impl RunWriters {
             }
             Err(e) => return Err(e.into()),
         };
-        let writers = RunWriters {
-            metrics: reopen(&dir.metrics(), &m)?,
-            eval: reopen(&dir.eval_csv(), &e)?,
-            grad_norms: reopen(&dir.grad_norms(), &g)?,
-            events: None,
-        };
+        let (metrics, eval, grad_norms) =
+            (reopen(&dir.metrics(), &m)?, reopen(&dir.eval_csv(), &e)?, reopen(&dir.grad_norms(), &g)?);
         let events = if tensorboard {
             Some(EventLog::resume(dir.path(), kept)?)
         } else {
             EventLog::cut(kept)?;
             None
         };
-        Ok(RunWriters { events, ..writers })
+        Ok(RunWriters { metrics, eval, grad_norms, events })
     }
 
     /// Writes one summary event and flushes it, as each CSV row is.

@@ -884,25 +884,32 @@ struct RunInfo {
     planned_steps: Option<usize>,
     /// Where it stands (running, stopped, done, ...).
     status: crate::runs::Status,
+    /// `DONE` is there (a finished run whose summary is damaged included).
+    done: bool,
+    /// The step `summary.json` says it diverged at.
+    diverged_at: Option<usize>,
 }
 
 impl RunInfo {
     fn of(path: &Path) -> Self {
         let dir = RunDir::at(path);
         let config = dir.read_config().ok();
+        let summary = dir.read_summary();
         RunInfo {
             path: path.to_path_buf(),
             name: dir_name(path),
             placement: config.as_ref().map(|c| c.model.placement.to_string()).unwrap_or_default(),
             depth: config.as_ref().map_or(0, |c| c.model.depth),
             planned_steps: config.as_ref().map(|c| c.train.steps),
-            status: crate::runs::Status::of(&dir),
+            status: crate::runs::Status::from_parts(&dir, config.is_some(), summary.as_ref()),
+            done: dir.is_done(),
+            diverged_at: summary.and_then(|s| s.diverged_at_step),
         }
     }
 
     /// It has ended for good (`DONE`), finished or diverged (or with a damaged summary).
     fn is_finished(&self) -> bool {
-        self.status.is_finished() || RunDir::at(&self.path).is_done()
+        self.status.is_finished() || self.done
     }
 
     /// A live keel process is training it: its CSVs' last lines may be half-written.
@@ -961,7 +968,6 @@ struct RunCurves {
     info: RunInfo,
     train: Vec<(f64, f64)>,
     val: Vec<(f64, f64)>,
-    diverged_at: Option<usize>,
 }
 
 impl RunCurves {
@@ -972,8 +978,7 @@ impl RunCurves {
         let train = if dir.metrics().exists() { run_points(&dir.metrics(), live, "step", "loss")? } else { Vec::new() };
         let val =
             if dir.eval_csv().exists() { run_points(&dir.eval_csv(), live, "step", "val_loss")? } else { Vec::new() };
-        let diverged_at = dir.read_summary().and_then(|s| s.diverged_at_step);
-        Ok(RunCurves { info, train, val, diverged_at })
+        Ok(RunCurves { info, train, val })
     }
 
     fn unfinished(&self) -> Option<String> {
@@ -995,7 +1000,7 @@ fn loss_figure_of(curves: &[RunCurves], opts: &Options, name: &str, title: &str)
     let colors = run_colors(curves.iter().map(|c| &c.info));
     let smooth = opts.smooth > 0.0;
     for (c, &color) in curves.iter().zip(&colors) {
-        let marker = c.diverged_at.and_then(|k| c.train.iter().rev().find(|p| p.0 <= k as f64).copied());
+        let marker = c.info.diverged_at.and_then(|k| c.train.iter().rev().find(|p| p.0 <= k as f64).copied());
         // A run still going (or stopped before its end) says so where its line is named.
         let label = match &c.info.status {
             crate::runs::Status::Running(_) => format!("{} (running)", c.info.name),

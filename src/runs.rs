@@ -37,16 +37,10 @@ pub enum Status {
 }
 
 impl Status {
-    /// Where the run in `dir` stands (reads its config and summary; see [`row`] for everything
-    /// else). The one place that tells a run's status: `keel runs` and `keel plot` ask it.
-    pub fn of(dir: &RunDir) -> Status {
-        let summary = summary(dir).ok().flatten();
-        Status::from_parts(dir, dir.read_config().is_ok(), summary.as_ref())
-    }
-
-    /// The status from what the caller already read: whether the config reads, and the summary
-    /// when it exists and parses.
-    fn from_parts(dir: &RunDir, config_reads: bool, summary: Option<&Summary>) -> Status {
+    /// Where the run in `dir` stands, from what the caller has read: whether its config reads,
+    /// and its summary when it exists and parses. The one place that tells a run's status:
+    /// `keel runs` and `keel plot` ask it.
+    pub fn from_parts(dir: &RunDir, config_reads: bool, summary: Option<&Summary>) -> Status {
         let done = dir.is_done();
         if let Some(holder) = dir.holding() {
             Status::Running(holder)

@@ -287,7 +287,6 @@ pub struct Kept {
 /// A run's event file being written.
 pub struct EventLog {
     file: std::io::BufWriter<std::fs::File>,
-    path: PathBuf,
 }
 
 impl EventLog {
@@ -296,7 +295,7 @@ impl EventLog {
         let name = new_file_name(&event_files(dir)?);
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        let mut log = EventLog { file: std::io::BufWriter::new(file), path };
+        let mut log = EventLog { file: std::io::BufWriter::new(file) };
         log.write(&Event { wall_time: now(), step: 0, what: Some(What::FileVersion(FILE_VERSION.into())) })?;
         Ok(log)
     }
@@ -352,10 +351,6 @@ impl EventLog {
     /// Pushes what was written to the file, as the CSVs are after each row.
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
