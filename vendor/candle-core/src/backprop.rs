@@ -760,7 +760,8 @@ impl GradStore {
                     }
                     .bt())?
                 }
-                entry.insert(grad.clone());
+                // Contiguous, as a sum is: some backward rules (gather's scatter-add) need it.
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
