@@ -1,7 +1,7 @@
 //! A run directory's machine-readable training logs: append-only CSVs with stable headers (the
 //! file names and the rest of the layout are [`crate::run_dir`]'s).
 //!
-//! Formats (documented in README.md):
+//! Formats (documented in docs/outputs.md):
 //! - `metrics.csv`: step,tokens,lr,loss,grad_norm,tokens_per_s,elapsed_s (one row per step;
 //!   grad_norm is the global norm before clipping)
 //! - `eval.csv`: step,val_loss,val_ppl
