@@ -509,7 +509,7 @@ pub struct PrepareArgs {
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// Experiment config (TOML with [model], [train], [data], [run] and [divergence] sections).
+    /// Experiment config (TOML with `[model]`, `[train]`, `[data]`, `[run]` and `[divergence]` sections).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Override a config value: --set section.key=value (repeatable).
@@ -541,7 +541,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub force: bool,
     /// With --resume: continue although the data differs from what the run was started on (its
-    /// identity is recorded in config.toml's [meta]); the new data's identity is recorded.
+    /// identity is recorded in config.toml's `[meta]`); the new data's identity is recorded.
     #[arg(long)]
     pub accept_data_change: bool,
     /// No progress output.

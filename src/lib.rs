@@ -36,7 +36,7 @@
 //! | `keel runs`: finding runs, their status, the table | [`runs`] |
 //! | benchmarks (one file each, listed once in [`eval::registry`]); a new benchmark starts here | [`eval`] |
 //! | sampling text with a KV cache | [`decode`] |
-//! | throughput measurement; figures; Hugging Face export | [`bench`], [`plot`], [`export`] |
+//! | throughput measurement; figures; Hugging Face export | [`bench`](mod@bench), [`plot`], [`export`] |
 
 pub mod bench;
 pub mod checkpoint;

@@ -260,7 +260,7 @@ fn verified_prefix(dir: &RunDir, log: Log, max_step: usize, layout: Layout) -> R
 }
 
 /// Verifies, without changing anything, that the run's CSVs hold every row up to `step`; returns
-/// what each keeps (in [`Log::ALL`] order).
+/// what each keeps (in `Log::ALL` order).
 pub fn verify_for_resume(dir: &RunDir, step: usize, layout: Layout) -> Result<[String; 3], InputError> {
     let [m, e, g] = Log::ALL;
     Ok([
