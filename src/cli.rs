@@ -140,7 +140,7 @@ const EXPORT_HELP: &str = "Export a run for Hugging Face: a Llama folder for Pre
 KeelForCausalLM (transformers remote code) for every other placement.
 
 Examples:
-  keel export --run runs/quick --hf hf/quick
+  keel export --run runs/quick --hf runs/quick-hf
 
 Docs: docs/export.md.";
 

@@ -379,6 +379,13 @@ fn subcommands() -> Vec<Vec<String>> {
 }
 
 #[test]
+fn the_cli_definition_passes_claps_own_checks() {
+    // Release builds skip clap's debug assertions; the long helps added to every subcommand must not
+    // hide a conflicting definition.
+    keel::cli::Cli::command().debug_assert();
+}
+
+#[test]
 fn every_subcommands_help_has_examples_that_the_docs_give_too() {
     let docs: String = pages().iter().map(|p| read(p)).collect::<Vec<_>>().join("\n");
     let commands = subcommands();
