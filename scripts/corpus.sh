@@ -15,7 +15,7 @@ if [ "$want" != synthetic ] && [ -f "$want/meta.json" ]; then
 else
   if [ "$want" != synthetic ]; then
     echo "note: $want is absent (scripts/get_data.sh prepares it): training on the built-in synthetic tasks instead;"
-    echo "      the figures will not be comparable with the README's, which are on the Bible."
+    echo "      the figures will not be comparable with docs/results.md's, which are on the Bible."
   fi
   corpus=synthetic
   corpus_sets=(--set data.source=synthetic)

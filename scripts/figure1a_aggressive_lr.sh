@@ -3,7 +3,8 @@
 # peak LR, on the King James Bible (BPE-8k; the synthetic tasks when data/bible-bpe8k is absent,
 # see scripts/corpus.sh): depth 64 sub-layers, d_model 64, seq 64, batch 8, 400 steps, peak LR
 # 2e-2 (the paper's 4.5e-3 scaled up for a 16-32x narrower model), then the loss figure with
-# divergence marked. About 2-3 minutes on 2 cores. Not part of CI.
+# divergence marked. 2 min 11 s on a 2-core AMD EPYC (Zen 4), 8 min 8 s on a 2-core Intel Xeon with
+# nothing else running (identical losses). Not part of CI.
 #   scripts/figure1a_aggressive_lr.sh [OUT=runs/fig1a]
 set -euo pipefail
 source "$(dirname "$0")/corpus.sh"

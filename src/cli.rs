@@ -1,43 +1,196 @@
 //! Command-line definitions (clap). Each subcommand's logic lives in `commands/`.
+//!
+//! Each subcommand's long help (`keel COMMAND --help`) ends with examples; `tests/docs.rs` checks
+//! that every example command also appears in README.md or docs/, so the two say the same.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "keel", version = crate::VERSION, about = "Experiment runner for very deep Transformers (Keel: Post-LN is back, arXiv 2601.19895)")]
+#[command(
+    name = "keel",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("KEEL_GIT_REV"), ")"),
+    about = "Experiment runner for very deep Transformers (Keel: Post-LN is back, arXiv 2601.19895)",
+    after_help = "`keel COMMAND --help` gives each command's flags and examples; README.md and docs/ in the repository give the rest."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+const TRAIN_HELP: &str = "Train one experiment described by a TOML config.
+
+The config has the sections [model], [train], [data], [run] and [divergence]; every key is optional
+and --set section.key=value overrides any of them. The run directory gets the resolved config.toml,
+metrics.csv, eval.csv, grad_norms.csv, checkpoints and TensorBoard event files, and at the end
+model.safetensors and summary.json. SIGINT or SIGTERM writes a checkpoint and exits with status
+130; --resume continues from the newest valid checkpoint, byte for byte.
+
+Examples:
+  keel train --config configs/quickstart.toml --out runs/quick
+  keel train --resume runs/quick
+  keel train --config configs/quickstart.toml --set model.placement=pre_ln --set train.lr=1e-3
+
+Docs: docs/configuration.md (every key), docs/running.md (checkpoints, resuming, fine-tuning).";
+
+const BENCH_HELP: &str = "Measure training speed (tokens/s, ms per phase) on a fixed config.
+
+Times forward + backward + clipping + AdamW steps, by default on the reference config R (d_model
+128, 4 heads, depth 32, seq 128, batch 8, byte vocabulary), and prints the CPU and SIMD levels;
+--matmul times the matrix products instead, --decode text generation with and without the KV cache.
+
+Examples:
+  keel bench --placements keel,pre_ln --steps 10 --warmup 2
+  keel bench --decode 256 --set model.depth=64 --set train.seq_len=512 --rounds 3
+
+Docs: docs/speed.md.";
+
+const DATA_HELP: &str = "Prepare corpora: tokenize once into memory-mapped shards.
+
+Examples:
+  keel data prepare --input data/raw/kjv.txt --tokenizer bpe:8192 --out data/bible-bpe8k
+
+Docs: docs/data.md.";
+
+const PREPARE_HELP: &str = "Tokenize text/JSONL inputs into train/val token shards with a tokenizer.json and meta.json.
+
+Each document goes whole to the training or the validation split (--val-fraction, seeded by
+--seed). The output folder holds train_*.bin and val_*.bin shards, the tokenizer.json used and
+meta.json (inputs with their sha256, token and document counts, vocabulary); train on it with
+--set data.path=FOLDER.
+
+Examples:
+  keel data prepare --input data/raw/kjv.txt --tokenizer bpe:8192 --out data/bible-bpe8k
+  keel data prepare --input data/raw/shakespeare --tokenizer data/raw/gpt2 --out data/shakespeare-gpt2
+
+Docs: docs/data.md.";
+
+const PROBE_HELP: &str = "Per-sub-layer gradient norms at initialization, beside the paper's prediction.
+
+Runs forward and backward on one fixed batch for each placement x depth (or, with --run, a trained
+run's weights) and writes per sub-layer the input and parameter gradient norms, the ratio to the
+top sub-layer's input gradient, and three residual-path predictions of that ratio.
+
+Examples:
+  keel probe --placements post_ln,pre_ln,keel --depths 8,32,128,512 --out runs/probe.csv
+  keel probe --run runs/fig1c/d64-keel --step 0 --out runs/probe-init.csv
+
+Docs: docs/stress-and-probe.md.";
+
+const STRESS_HELP: &str = "Maximum tolerable learning rate per placement and depth (the paper's Table 1).
+
+Trains every placement x depth with the learning rate rising linearly from 0 to --peak-lr over
+--warmup-steps, stops each run at its first divergence, and writes stress.csv and table1.md.
+Running the same command again skips finished runs and resumes interrupted ones.
+
+Examples:
+  keel stress --depths 64,512 --peak-lr 5e-2 --warmup-steps 400 --jobs 2 --out runs/stress
+
+Docs: docs/stress-and-probe.md, docs/results.md.";
+
+const SWEEP_HELP: &str = "Grids of runs: depth x placement x learning rate x seed x any config key.
+
+Each grid point is an ordinary run directory under --out, named after its values; summary.csv holds
+one row per run. Running the same command again skips finished runs and resumes stopped ones;
+Ctrl-C stops the grid with a checkpoint in every running run.
+
+Examples:
+  keel sweep --depths 64..1024 --placements pre_ln,keel --jobs 2 --out runs/sw --dry-run
+  keel sweep --depths 64..1024 --placements pre_ln,keel --jobs 2 --out runs/sw
+
+Docs: docs/sweeps.md.";
+
+const PLOT_HELP: &str = "Figures (PNG and SVG) from run, sweep and stress folders and probe CSVs.
+
+Run directories give loss curves and gradient norms against depth; a sweep folder a summary.csv
+column against depth (or --against another column); a stress folder the maximum learning rates;
+a probe CSV the gradient ratios with their predictions. Works while a sweep is still running.
+
+Examples:
+  keel plot runs/quick --out figures
+  keel plot runs/fig1c --column final_val_loss --out figures
+  keel plot runs/alpha --against alpha --out figures
+
+Docs: docs/plotting.md.";
+
+const EVAL_HELP: &str = "Score a run (or a Hugging Face Llama model) on benchmarks: MMLU, perplexity, multiple choice,
+BIG-bench, the synthetic tasks, and the layer-removal study.
+
+Prompts, truncation, scoring and metrics follow lm-evaluation-harness; results go to
+RUN/eval/NAME/ (results.json and a per-item CSV).
+
+Examples:
+  keel eval --bench ppl --run runs/quick
+  keel eval --bench mmlu --run runs/bible --data data/mmlu --shots 0
+  keel eval --bench layer-removal --run runs/fig1c/d64-keel --limit 64
+
+Docs: docs/evaluation.md.";
+
+const GENERATE_HELP: &str = "Sample text from a run (or a Hugging Face Llama model), decoding with a KV cache.
+
+Prints the prompt, then the text as it comes; the same seed, prompt and settings give the same
+samples. --temperature 0 is greedy.
+
+Examples:
+  keel generate --run runs/bible --prompt \"And God said\" --max-new-tokens 200 --temperature 0.8 --top-k 50 --num-samples 2
+
+Docs: docs/generate.md.";
+
+const EXPORT_HELP: &str = "Export a run for Hugging Face: a Llama folder for Pre-LN/RMSNorm/SwiGLU runs,
+KeelForCausalLM (transformers remote code) for every other placement.
+
+Examples:
+  keel export --run runs/quick --hf runs/quick-hf
+
+Docs: docs/export.md.";
+
+const RUNS_HELP: &str = "One table of every run under the given folders: status (done, diverged, running,
+stopped, failed), shape, steps, losses, speed.
+
+Examples:
+  keel runs
+  keel runs runs/sw --sort final_val
+  keel runs runs/sw --json
+
+Docs: docs/running.md (Watching runs).";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train one experiment described by a TOML config.
+    #[command(long_about = TRAIN_HELP)]
     Train(TrainArgs),
     /// Measure training speed (tokens/s, ms per phase) on a fixed config.
+    #[command(long_about = BENCH_HELP)]
     Bench(BenchArgs),
     /// Prepare corpora: tokenize once into memory-mapped shards.
-    #[command(subcommand)]
+    #[command(subcommand, long_about = DATA_HELP)]
     Data(DataCommand),
     /// Per-sub-layer gradient norms at initialization, beside the paper's prediction.
+    #[command(long_about = PROBE_HELP)]
     Probe(ProbeArgs),
     /// Maximum tolerable learning rate per placement and depth (the paper's Table 1).
+    #[command(long_about = STRESS_HELP)]
     Stress(StressArgs),
     /// Grids of runs: depth x placement x learning rate x seed x any config key.
+    #[command(long_about = SWEEP_HELP)]
     Sweep(SweepArgs),
     /// Figures (PNG and SVG) from run, sweep and stress folders and probe CSVs.
+    #[command(long_about = PLOT_HELP)]
     Plot(PlotArgs),
     /// Score a run (or a Hugging Face Llama model) on benchmarks: MMLU, perplexity, multiple choice,
     /// BIG-bench, the synthetic tasks, and the layer-removal study.
+    #[command(long_about = EVAL_HELP)]
     Eval(EvalArgs),
     /// Sample text from a run (or a Hugging Face Llama model), decoding with a KV cache.
+    #[command(long_about = GENERATE_HELP)]
     Generate(GenerateArgs),
     /// Export a run for Hugging Face: a Llama folder for Pre-LN/RMSNorm/SwiGLU runs,
     /// KeelForCausalLM (transformers remote code) for every other placement.
+    #[command(long_about = EXPORT_HELP)]
     Export(ExportArgs),
     /// One table of every run under the given folders: status (done, diverged, running,
     /// stopped, failed), shape, steps, losses, speed.
-    #[command(visible_alias = "ls")]
+    #[command(visible_alias = "ls", long_about = RUNS_HELP)]
     Runs(RunsArgs),
 }
 
@@ -321,6 +474,7 @@ pub struct ProbeArgs {
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
     /// Tokenize text/JSONL inputs into train/val token shards with a tokenizer.json and meta.json.
+    #[command(long_about = PREPARE_HELP)]
     Prepare(PrepareArgs),
 }
 
@@ -355,7 +509,7 @@ pub struct PrepareArgs {
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// Experiment config (TOML with [model], [train], [data], [run] sections).
+    /// Experiment config (TOML with `[model]`, `[train]`, `[data]`, `[run]` and `[divergence]` sections).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Override a config value: --set section.key=value (repeatable).
@@ -387,7 +541,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub force: bool,
     /// With --resume: continue although the data differs from what the run was started on (its
-    /// identity is recorded in config.toml's [meta]); the new data's identity is recorded.
+    /// identity is recorded in config.toml's `[meta]`); the new data's identity is recorded.
     #[arg(long)]
     pub accept_data_change: bool,
     /// No progress output.

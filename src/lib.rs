@@ -1,5 +1,42 @@
 //! keel: an experiment runner for very deep Transformers, reproducing
 //! "Post-LayerNorm Is Back: Stable, ExpressivE, and Deep" (Chen & Wei, arXiv 2601.19895).
+//!
+//! This page is the module map for contributors. Users start at `README.md` and `docs/` in the
+//! repository; `docs/architecture.md` has this map with the conventions the code keeps.
+//!
+//! # From the command line to the library
+//!
+//! [`cli`] declares the flags (clap); [`commands`] holds one thin adapter per subcommand (flags
+//! to one library call to a printout, returning an [`ExitStatus`]). Nothing outside `main.rs` and
+//! [`commands`] imports [`cli`] or [`commands`], and there are no import cycles between files.
+//! Errors from bad input are [`InputError`], [`config::ConfigError`] or [`data::DataError`]
+//! ([`is_input_error`]): exit status 2, one screen.
+//!
+//! # Modules
+//!
+//! | concept | module |
+//! |---|---|
+//! | the experiment: config sections, loading and `--set`, validation into [`config::Resolved`] | [`config`] |
+//! | norm placements: each sub-layer's residual form, init scale, final-norm default, probe prediction, Llama compatibility; a new placement starts here | [`placement`] |
+//! | the decoder-only model `(B, T, C)`, built from what the placement says | [`model`] |
+//! | fused CPU and CUDA kernels, each beside its composite twin; the CUDA sources in `src/ops/cuda/` | [`ops`] |
+//! | AdamW, the learning-rate schedule, gradient norms; per-block activation recomputation | [`optim`], [`recompute`] |
+//! | the training loop, starting and resuming a run, fine-tuning from a run's weights | [`train`] |
+//! | divergence as the paper's Table 1 defines it | [`divergence`] |
+//! | training data: the synthetic corpus, text files, prepared shards, tokenizers, `keel data prepare` | [`data`] |
+//! | a run directory's layout and lock, `summary.json`, loading a finished run | [`run_dir`] |
+//! | checkpoints that resume bit for bit; the training CSVs; TensorBoard event files | [`checkpoint`], [`metrics`], [`tensorboard`] |
+//! | atomic writes, checksums, new-or-empty output folders | [`files`] |
+//! | SIGINT / SIGTERM handling; fault injection points for tests | [`signals`], [`fault`] |
+//! | keel's own seeded random number generator | [`rng`] |
+//! | `--device` to a Candle device | [`device`] |
+//! | data parallelism: ranks, the MPI and NCCL engines, collectives | [`dist`] |
+//! | grids of runs and their `keel` child processes; sweeps, the stress test, the probe | [`grid`], [`child`], [`sweep`], [`stress`], [`probe`] |
+//! | a run's memory estimate, and the check that refuses what cannot fit | [`memory`] |
+//! | `keel runs`: finding runs, their status, the table | [`runs`] |
+//! | benchmarks (one file each, listed once in [`eval::registry`]); a new benchmark starts here | [`eval`] |
+//! | sampling text with a KV cache | [`decode`] |
+//! | throughput measurement; figures; Hugging Face export | [`bench`](mod@bench), [`plot`], [`export`] |
 
 pub mod bench;
 pub mod checkpoint;

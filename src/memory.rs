@@ -303,7 +303,7 @@ pub fn check_in(r: &Resolved, room: &Room) -> Result<Estimate, InputError> {
         fixes.push("a device with more memory (--device cuda)".into());
     }
     Err(InputError(format!(
-        "this run needs about {} of memory, more than {}\n  estimate (README, Memory): {} parameters\n    parameters   {:>12}\n    gradients    {:>12}\n    AdamW m, v   {:>12}\n    activations  {:>12}  (batch {} x {} tokens; train.recompute = \"{})\n  fixes:\n    - {}",
+        "this run needs about {} of memory, more than {}\n  estimate (docs/speed.md, Memory: the estimate): {} parameters\n    parameters   {:>12}\n    gradients    {:>12}\n    AdamW m, v   {:>12}\n    activations  {:>12}  (batch {} x {} tokens; train.recompute = \"{})\n  fixes:\n    - {}",
         bytes(e.total()),
         room.describe(),
         count(e.params),

@@ -1,7 +1,7 @@
 //! A run directory's machine-readable training logs: append-only CSVs with stable headers (the
 //! file names and the rest of the layout are [`crate::run_dir`]'s).
 //!
-//! Formats (documented in README.md):
+//! Formats (documented in docs/outputs.md):
 //! - `metrics.csv`: step,tokens,lr,loss,grad_norm,tokens_per_s,elapsed_s (one row per step;
 //!   grad_norm is the global norm before clipping)
 //! - `eval.csv`: step,val_loss,val_ppl
@@ -260,7 +260,7 @@ fn verified_prefix(dir: &RunDir, log: Log, max_step: usize, layout: Layout) -> R
 }
 
 /// Verifies, without changing anything, that the run's CSVs hold every row up to `step`; returns
-/// what each keeps (in [`Log::ALL`] order).
+/// what each keeps (in `Log::ALL` order).
 pub fn verify_for_resume(dir: &RunDir, step: usize, layout: Layout) -> Result<[String; 3], InputError> {
     let [m, e, g] = Log::ALL;
     Ok([

@@ -295,7 +295,7 @@ pub struct Estimate {
 }
 
 /// Rough time: 6 x parameters x tokens at 50 GFLOP/s, about what keel sustains on 2 CPU cores
-/// (README, Speed); attention and per-op overhead come on top for deep-narrow models. Parameters
+/// (docs/speed.md); attention and per-op overhead come on top for deep-narrow models. Parameters
 /// and memory are counted from the config (`memory`), so a dry run of a huge grid allocates nothing.
 pub fn estimate(job: &Job) -> Estimate {
     let t = job.config.train();

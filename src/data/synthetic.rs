@@ -9,7 +9,7 @@
 //! - `copy`: copy a string, `copy kqzt=kqzt`
 //! - `sort`: sort digits, `sort 52913=12359`
 //! - `bal`: are the brackets balanced, `bal ([]{})=yes`
-//! - `perm`: compose two permutations of 0..n, (p*q)[i] = p[q[i]], `perm 2031*1302=0321`
+//! - `perm`: compose two permutations of 0..n, `(p*q)[i] = p[q[i]]`, `perm 2031*1302=0321`
 
 use crate::rng::Rng;
 

@@ -253,7 +253,7 @@ impl KeelLm {
     }
 }
 
-/// log softmax(row)[target] and whether `target` is the argmax (ties go to the lowest index).
+/// `log softmax(row)[target]` and whether `target` is the argmax (ties go to the lowest index).
 pub fn log_softmax_at(row: &[f32], target: usize) -> (f64, bool) {
     let mut max = f32::NEG_INFINITY;
     let mut arg = 0;

@@ -19,10 +19,10 @@
 //! ```
 //!
 //! keel stores weights (in, out) and applies `x W`; PyTorch stores (out, in) and applies `x W^T`,
-//! hence the transposes. keel's RoPE is already Llama's: it rotates the pairs (x[j], x[j + D/2])
+//! hence the transposes. keel's RoPE is already Llama's: it rotates the pairs `(x[j], x[j + D/2])`
 //! of each head ("rotate half", non-interleaved) by t * theta^(-2j/D), exactly as transformers'
 //! `rotate_half`, so q and k need no row permutation (Meta's original checkpoints, which rotate
-//! interleaved pairs (x[2j], x[2j + 1]), do need one). `tests/export.rs` checks this: logits from
+//! interleaved pairs `(x[2j], x[2j + 1])`, do need one). `tests/export.rs` checks this: logits from
 //! candle-transformers' Llama equal keel's for sequences of 1 to 16 tokens, and an interleaving permutation
 //! breaks them. Grouped KV heads match too: query head h reads KV head h / (H / Hkv) in both.
 //!

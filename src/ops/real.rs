@@ -16,7 +16,7 @@ pub trait Real: WithDType + num_traits::Float + Send + Sync + std::iter::Sum {
     /// The standard normal CDF, Phi(x) = (1 + erf(x / sqrt 2)) / 2.
     fn normal_cdf(self) -> Self;
 
-    /// xs[i] <- exp(xs[i] - shift).
+    /// `xs[i] <- exp(xs[i] - shift)`.
     #[inline(always)]
     fn exp_shifted(xs: &mut [Self], shift: Self) {
         for x in xs {
@@ -54,7 +54,7 @@ impl Real for f64 {
     }
 }
 
-/// Sum of a[i] * b[i] with eight independent accumulators, so the loop vectorizes (a single
+/// Sum of `a[i] * b[i]` with eight independent accumulators, so the loop vectorizes (a single
 /// running float sum cannot be reordered by the compiler). The order is fixed: deterministic.
 #[inline(always)]
 pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {

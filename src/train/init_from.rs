@@ -240,7 +240,7 @@ pub struct ArchDiff {
     pub fix: Option<String>,
 }
 
-/// Keys of [`architecture_keys`] (of either placement) on which `source` and `new` (resolved
+/// Keys of `architecture_keys` (of either placement) on which `source` and `new` (resolved
 /// from `new_raw`) differ. Keys that default to a value derived from others (`d_ff`,
 /// `n_kv_heads`, `final_norm`; `alpha` as a multiple of L) are named only when fixing the others
 /// would not make them equal: `new_raw` leaves them unset and the source has its default, so
