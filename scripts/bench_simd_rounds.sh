@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Interleaved speed rounds for the README's "Speed" tables: keel before (a binary you built from
+# Interleaved speed rounds for the speed tables of docs/speed.md: keel before (a binary you built from
 # an older commit), keel now capped at AVX2 (KEEL_SIMD=avx2), keel now, and PyTorch eager, at R
 # and deep-narrow, then the matrix products at the model's shapes. Not part of CI.
 #
