@@ -8,21 +8,16 @@
 #   e.g. git worktree add ../before ba61baf && (cd ../before && CARGO_TARGET_DIR=../target-before cargo build --release)
 #        scripts/bench_compile_rounds.sh ../target-before/release/keel ~/torchenv/bin/python 3 rounds-compile
 #
-# DN_COMPILE=0 leaves torch.compile out at deep-narrow (depth 512: its compilation is long; the
-# first round records how long in OUT_DIR/DN_compile_1.txt). Each command's output is kept as
-# OUT_DIR/{R,DN,MM}_{before,now,eager,compile}_ROUND.txt. Run it on an idle machine.
+# DN_COMPILE=0 leaves torch.compile out at deep-narrow (depth 512: its compilation is long; each
+# round gives it 10 minutes and records how long it ran in OUT_DIR/DN_compile_ROUND.txt). Each
+# command's output is kept as OUT_DIR/{R,DN,MM}_{before,now,eager,compile}_ROUND.txt. Run it on an
+# idle machine.
 set -euo pipefail
 before=${1:?usage: bench_compile_rounds.sh BEFORE_KEEL PYTHON [ROUNDS] [OUT_DIR]}
 py=${2:?usage: bench_compile_rounds.sh BEFORE_KEEL PYTHON [ROUNDS] [OUT_DIR]}
 rounds=${3:-3}
 out=${4:-bench-rounds-compile}
-cd "$(dirname "$0")/.."
-cargo build --release --quiet
-now=./target/release/keel
-mkdir -p "$out"
-grep -m1 'model name' /proc/cpuinfo | tee "$out/cpu.txt"
-dn_keel=(--set model.d_model=64 --set model.n_heads=4 --set model.depth=512 --set train.seq_len=64 --set train.batch_size=4)
-dn_torch=(--d-model 64 --n-heads 4 --depth 512 --seq-len 64 --batch-size 4)
+source "$(dirname "$0")/bench_rounds_common.sh"
 for r in $(seq 1 "$rounds"); do
   "$before" bench --placements keel,pre_ln --steps 10 >"$out/R_before_$r.txt" 2>&1
   "$now" bench --placements keel,pre_ln --steps 10 >"$out/R_now_$r.txt" 2>&1
@@ -32,22 +27,14 @@ for r in $(seq 1 "$rounds"); do
   "$now" bench --placements keel,pre_ln --steps 5 --warmup 2 "${dn_keel[@]}" >"$out/DN_now_$r.txt" 2>&1
   "$py" scripts/bench_torch.py --placements keel,pre_ln --steps 5 --warmup 2 "${dn_torch[@]}" >"$out/DN_eager_$r.txt" 2>&1
   if [ "${DN_COMPILE:-1}" = 1 ]; then
-    /usr/bin/env time -f 'wall %e s' "$py" scripts/bench_torch.py --placements keel,pre_ln --steps 5 --warmup 2 \
-      "${dn_torch[@]}" --compile >"$out/DN_compile_$r.txt" 2>&1
+    # Given up after 10 minutes; the file says how long it ran.
+    start=$SECONDS
+    timeout 600 "$py" scripts/bench_torch.py --placements keel,pre_ln --steps 5 --warmup 2 \
+      "${dn_torch[@]}" --compile >"$out/DN_compile_$r.txt" 2>&1 || echo "stopped (exit $?)" >>"$out/DN_compile_$r.txt"
+    echo "wall $((SECONDS - start)) s" >>"$out/DN_compile_$r.txt"
   fi
   "$now" bench --matmul >"$out/MM_now_$r.txt" 2>&1
   "$py" scripts/matmul_torch.py --threads 2 >"$out/MM_torch_$r.txt" 2>&1
   echo "round $r of $rounds done"
 done
-# tokens/s per round (the placement rows of each file)
-for cfg in R DN; do
-  for v in before now eager compile; do
-    ls "$out/${cfg}_${v}_1.txt" >/dev/null 2>&1 || continue
-    printf '%s %s:' "$cfg" "$v"
-    for r in $(seq 1 "$rounds"); do
-      awk '($1=="keel"||$1=="pre_ln") && $2 ~ /^[0-9,]+$/ {printf " %s=%s", $1, $3}' "$out/${cfg}_${v}_$r.txt"
-      printf ' |'
-    done
-    echo
-  done
-done
+tokens_per_round "$rounds" before now eager compile

@@ -14,13 +14,7 @@ before=${1:?usage: bench_simd_rounds.sh BEFORE_KEEL PYTHON [ROUNDS] [OUT_DIR]}
 py=${2:?usage: bench_simd_rounds.sh BEFORE_KEEL PYTHON [ROUNDS] [OUT_DIR]}
 rounds=${3:-5}
 out=${4:-bench-rounds}
-cd "$(dirname "$0")/.."
-cargo build --release --quiet
-now=./target/release/keel
-mkdir -p "$out"
-grep -m1 'model name' /proc/cpuinfo | tee "$out/cpu.txt"
-dn_keel=(--set model.d_model=64 --set model.n_heads=4 --set model.depth=512 --set train.seq_len=64 --set train.batch_size=4)
-dn_torch=(--d-model 64 --n-heads 4 --depth 512 --seq-len 64 --batch-size 4)
+source "$(dirname "$0")/bench_rounds_common.sh"
 for r in $(seq 1 "$rounds"); do
   "$before" bench --placements keel,pre_ln --steps 10 >"$out/R_before_$r.txt" 2>&1
   KEEL_SIMD=avx2 "$now" bench --placements keel,pre_ln --steps 10 >"$out/R_avx2_$r.txt" 2>&1
@@ -34,14 +28,4 @@ for r in $(seq 1 "$rounds"); do
   "$py" scripts/matmul_torch.py --threads 2 >"$out/MM_torch_$r.txt" 2>&1
   echo "round $r of $rounds done"
 done
-# tokens/s per round (placement rows of each file)
-for cfg in R DN; do
-  for v in before avx2 now torch; do
-    printf '%s %s:' "$cfg" "$v"
-    for r in $(seq 1 "$rounds"); do
-      awk '($1=="keel"||$1=="pre_ln") && $2 ~ /^[0-9,]+$/ {printf " %s=%s", $1, $3}' "$out/${cfg}_${v}_$r.txt"
-      printf ' |'
-    done
-    echo
-  done
-done
+tokens_per_round "$rounds" before avx2 now torch
