@@ -740,25 +740,12 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                // The checks `zeros_like(tensor).add(grad)` made.
-                if grad.shape() != tensor.shape() {
-                    Err(Error::ShapeMismatchBinaryOp {
-                        lhs: tensor.shape().clone(),
-                        rhs: grad.shape().clone(),
-                        op: "add",
-                    }
-                    .bt())?
-                }
-                if grad.dtype() != tensor.dtype() {
-                    Err(Error::DTypeMismatchBinaryOp { lhs: tensor.dtype(), rhs: grad.dtype(), op: "add" }.bt())?
-                }
-                if !grad.device().same_device(tensor.device()) {
-                    Err(Error::DeviceMismatchBinaryOp {
-                        lhs: tensor.device().location(),
-                        rhs: grad.device().location(),
-                        op: "add",
-                    }
-                    .bt())?
+                // The checks `zeros_like(tensor).add(grad)` made, with the addition's own helpers.
+                tensor.same_shape_binary_op(grad, "add")?;
+                {
+                    let (t, g) = (tensor.storage(), grad.storage());
+                    t.same_device(&g, "add")?;
+                    t.same_dtype(&g, "add")?;
                 }
                 // Contiguous, as a sum is: some backward rules (gather's scatter-add) need it.
                 entry.insert(grad.contiguous()?);
